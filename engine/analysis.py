@@ -1,0 +1,389 @@
+"""Analysis: checking attributes against rule schemas and running rule implementations.
+
+The result is an :class:`ActionGraph`: every action any analyzed target declared, indexed by the
+files they produce, plus each target's providers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbuild.engine.api import (
+    COMMON_ATTRS,
+    OUT_DIR,
+    Action,
+    Attr,
+    DefaultInfo,
+    File,
+    Provider,
+    RuleContext,
+    RuleDef,
+    Target,
+)
+from pbuild.engine.errors import AnalysisError, LoadError, PbuildError
+from pbuild.engine.labels import Label
+from pbuild.engine.loading import Loader, TargetDecl
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "string_list": "a list of strings",
+    "string_dict": "a table of strings",
+    "int": "an integer",
+    "bool": "true or false",
+    "dict": "a table",
+    "label": "a label or file name",
+    "label_list": "a list of labels or file names",
+    "output": "a file name",
+    "output_list": "a list of file names",
+}
+
+
+@dataclass
+class ConfiguredTarget:
+    """An analyzed target: its providers and the actions it declared."""
+
+    label: Label
+    decl: TargetDecl
+    rule: RuleDef
+    providers: tuple[Provider, ...]
+    actions: list[Action]
+    deps: tuple[Label, ...]
+
+    def as_target(self) -> Target:
+        return Target(self.label, self.providers)
+
+
+@dataclass
+class ActionGraph:
+    """All declared actions and who produces which file."""
+
+    targets: dict[Label, ConfiguredTarget] = field(default_factory=dict)
+    producers: dict[str, Action] = field(default_factory=dict)
+
+    def add(self, configured: ConfiguredTarget) -> None:
+        for action in configured.actions:
+            for output in action.outputs:
+                existing = self.producers.get(output.path)
+                if existing is not None:
+                    raise AnalysisError(
+                        f"output {output.path} is declared by both {existing.owner} and {action.owner}",
+                        location=configured.decl.location,
+                        label=configured.label,
+                        hint="give one of the outputs another name",
+                    )
+                self.producers[output.path] = action
+        self.targets[configured.label] = configured
+
+    def actions_for(self, files: Sequence[File]) -> list[Action]:
+        """The actions needed to produce ``files``, dependencies first (a stable topological order)."""
+        order: list[Action] = []
+        seen: set[int] = set()
+        stack: list[tuple[Action, bool]] = []
+        for f in reversed(files):
+            producer = self.producers.get(f.path)
+            if producer is not None:
+                stack.append((producer, False))
+        while stack:
+            action, expanded = stack.pop()
+            ident = id(action)
+            if expanded:
+                if ident not in seen:
+                    seen.add(ident)
+                    order.append(action)
+                continue
+            if ident in seen:
+                continue
+            stack.append((action, True))
+            for f in reversed(action.inputs):
+                producer = self.producers.get(f.path)
+                if producer is not None and id(producer) not in seen:
+                    stack.append((producer, False))
+        return order
+
+
+def check_plain_attrs(schema: Mapping[str, Attr], decl: TargetDecl) -> dict[str, Any]:
+    """Check non-label attributes (used by target generators, which run at load time)."""
+    values: dict[str, Any] = {}
+    problems = _unknown_and_missing(schema, decl)
+    if problems:
+        raise problems[0]
+    for name, spec in schema.items():
+        raw = decl.attrs.get(name, spec.default)
+        values[name] = _check_type(name, spec, raw, decl) if name in decl.attrs else raw
+    return values
+
+
+def _unknown_and_missing(schema: Mapping[str, Attr], decl: TargetDecl) -> list[PbuildError]:
+    problems: list[PbuildError] = []
+    for name in decl.attrs:
+        if name not in schema and name not in COMMON_ATTRS:
+            near = difflib.get_close_matches(name, list(schema), n=1)
+            problems.append(
+                LoadError(
+                    f"unknown attribute {name!r} for rule {decl.rule}",
+                    location=decl.attr_locations.get(name, decl.location),
+                    label=decl.label,
+                    hint=(f"did you mean {near[0]!r}? " if near else "")
+                    + f"{decl.rule} accepts: {', '.join(sorted(schema))}",
+                )
+            )
+    for name, spec in schema.items():
+        if spec.required and name not in decl.attrs:
+            problems.append(
+                LoadError(
+                    f"missing required attribute {name!r} ({_TYPE_NAMES.get(spec.kind, spec.kind)}: {spec.doc})",
+                    location=decl.location,
+                    label=decl.label,
+                    hint=f"add {name} = ... to [{decl.label.name}]",
+                )
+            )
+    return problems
+
+
+def _check_type(name: str, spec: Attr, raw: Any, decl: TargetDecl) -> Any:
+    def bad() -> LoadError:
+        return LoadError(
+            f"attribute {name!r} must be {_TYPE_NAMES.get(spec.kind, spec.kind)}, got {type(raw).__name__} {raw!r}",
+            location=decl.attr_locations.get(name, decl.location),
+            label=decl.label,
+            hint=spec.doc,
+        )
+
+    kind = spec.kind
+    if kind in ("string", "output"):
+        if not isinstance(raw, str):
+            raise bad()
+        if spec.values and raw not in spec.values:
+            raise LoadError(
+                f"attribute {name!r} must be one of {', '.join(map(repr, spec.values))}, got {raw!r}",
+                location=decl.attr_locations.get(name, decl.location),
+                label=decl.label,
+            )
+        return raw
+    if kind in ("string_list", "output_list"):
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise bad()
+        return tuple(raw)
+    if kind == "string_dict":
+        if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+            raise bad()
+        return dict(raw)
+    if kind == "int":
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise bad()
+        return raw
+    if kind == "bool":
+        if not isinstance(raw, bool):
+            raise bad()
+        return raw
+    if kind == "dict":
+        if not isinstance(raw, dict):
+            raise bad()
+        return raw
+    if kind == "label":
+        if not isinstance(raw, str):
+            raise bad()
+        return raw
+    if kind == "label_list":
+        if isinstance(raw, dict) and spec.allow_files:
+            return raw  # a glob table, expanded by the analyzer
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise bad()
+        return tuple(raw)
+    raise AssertionError(kind)
+
+
+class Analyzer:
+    """Analyzes targets on demand (depth-first, memoized), reporting cycles with their path."""
+
+    def __init__(self, loader: Loader, config: Mapping[str, Any]) -> None:
+        self.loader = loader
+        self.config = config
+        self.graph = ActionGraph()
+        self._in_progress: list[Label] = []
+
+    def analyze(self, labels: Sequence[Label]) -> ActionGraph:
+        for label in labels:
+            self._analyze(label, None, None)
+        return self.graph
+
+    def _analyze(self, label: Label, parent: TargetDecl | None, attr_name: str | None) -> ConfiguredTarget:
+        done = self.graph.targets.get(label)
+        if done is not None:
+            return done
+        decl = self.loader.target(label, referenced_from=parent, attr_name=attr_name)
+        if label in self._in_progress:
+            cycle = self._in_progress[self._in_progress.index(label):] + [label]
+            raise AnalysisError(
+                "dependency cycle: " + " -> ".join(str(x) for x in cycle),
+                location=decl.location,
+                label=label,
+                hint="break the cycle by removing one of these dependencies",
+            )
+        self._in_progress.append(label)
+        try:
+            configured = self._configure(decl)
+        finally:
+            self._in_progress.pop()
+        self.graph.add(configured)
+        return configured
+
+    def _configure(self, decl: TargetDecl) -> ConfiguredTarget:
+        definition = self.loader.registry.lookup(decl.rule)
+        if not isinstance(definition, RuleDef):
+            raise LoadError(f"{decl.rule} is a target generator, not a rule", label=decl.label)
+        problems = _unknown_and_missing(definition.attrs, decl)
+        if problems:
+            if len(problems) > 1:
+                raise LoadError(
+                    f"{len(problems)} problems:\n" + "\n".join("  " + p.render() for p in problems),
+                    label=decl.label,
+                )
+            raise problems[0]
+        package = decl.label.package
+        values: dict[str, Any] = {}
+        files: dict[str, tuple[File, ...]] = {}
+        deps: list[Label] = []
+        for name, spec in definition.attrs.items():
+            raw = decl.attrs[name] if name in decl.attrs else spec.default
+            if name in decl.attrs:
+                raw = _check_type(name, spec, raw, decl)
+            if spec.kind in ("label", "label_list"):
+                items = self._label_items(name, spec, raw, decl)
+                targets: list[Target] = []
+                flat: list[File] = []
+                for item in items:
+                    if isinstance(item, File):
+                        flat.append(item)
+                        targets.append(Target(Label(package, item.path), (DefaultInfo(files=(item,)),)))
+                        continue
+                    dep = self._analyze(item, decl, name)
+                    deps.append(item)
+                    self._check_providers(name, spec, dep, decl)
+                    target = dep.as_target()
+                    targets.append(target)
+                    dep_files = target.files
+                    if spec.allow_files not in (False, True):
+                        self._check_extensions(name, spec, dep_files, decl)
+                    flat.extend(dep_files)
+                files[name] = tuple(flat)
+                if spec.kind == "label":
+                    values[name] = targets[0] if targets else None
+                else:
+                    values[name] = tuple(targets)
+            elif spec.kind in ("output", "output_list"):
+                names = [raw] if spec.kind == "output" and raw else list(raw or ())
+                outs = []
+                for out_name in names:
+                    if not out_name or out_name.startswith("/") or ".." in out_name.split("/"):
+                        raise LoadError(
+                            f"attribute {name!r}: output {out_name!r} must be a relative path without '..'",
+                            location=decl.attr_locations.get(name, decl.location),
+                            label=decl.label,
+                        )
+                    prefix = f"{OUT_DIR}/{package}/" if package else f"{OUT_DIR}/"
+                    outs.append(File(prefix + out_name, is_source=False))
+                values[name] = outs[0] if spec.kind == "output" and outs else (tuple(outs) if spec.kind == "output_list" else None)
+            else:
+                values[name] = raw
+        ctx = RuleContext(
+            label=decl.label,
+            rule=definition,
+            attr_values=values,
+            files=files,
+            workspace_config=self.config,
+            attr_locations=decl.attr_locations,
+            target_location=decl.location,
+            workspace_root=self.loader.workspace.root,
+        )
+        try:
+            providers = tuple(definition.implementation(ctx))
+        except PbuildError as exc:
+            if exc.label is None:
+                exc.label = decl.label
+            if exc.location is None:
+                exc.location = decl.location
+            raise
+        if not any(isinstance(p, DefaultInfo) for p in providers):
+            providers = (DefaultInfo(),) + providers
+        return ConfiguredTarget(decl.label, decl, definition, providers, ctx.actions.declared, tuple(deps))
+
+    def _label_items(self, name: str, spec: Attr, raw: Any, decl: TargetDecl) -> list[Label | File]:
+        package = decl.label.package
+        if raw is None:
+            return []
+        if isinstance(raw, dict):
+            include = raw.get("glob")
+            exclude = raw.get("exclude", [])
+            if set(raw) - {"glob", "exclude"} or not isinstance(include, list) or not isinstance(exclude, list):
+                raise LoadError(
+                    f"attribute {name!r}: a file table must be {{ glob = [...], exclude = [...] }}",
+                    location=decl.attr_locations.get(name, decl.location),
+                    label=decl.label,
+                )
+            matched = self.loader.glob(package, include, exclude)
+            return [File(f"{package}/{m}" if package else m) for m in matched]
+        entries = [raw] if isinstance(raw, str) else list(raw)
+        items: list[Label | File] = []
+        for entry in entries:
+            where = decl.attr_locations.get(name, decl.location)
+            if entry.startswith((":", "//")):
+                try:
+                    items.append(Label.parse(entry, current_package=package))
+                except LoadError as exc:
+                    exc.location, exc.label = where, decl.label
+                    raise
+                continue
+            if not spec.allow_files:
+                raise LoadError(
+                    f"attribute {name!r} takes labels, got {entry!r}",
+                    location=where,
+                    label=decl.label,
+                    hint=f"write ':{entry}' for a target of this package",
+                )
+            path = f"{package}/{entry}" if package else entry
+            if entry.startswith("/") or ".." in entry.split("/"):
+                raise LoadError(f"attribute {name!r}: {entry!r} must be a path inside the package",
+                                location=where, label=decl.label)
+            full = self.loader.workspace.path(path)
+            if not os.path.isfile(full):
+                # A file name that matches a target of the package means that target.
+                pkg = self.loader.package(package)
+                if pkg is not None and entry in pkg.targets:
+                    items.append(Label(package, entry))
+                    continue
+                raise LoadError(
+                    f"attribute {name!r}: file {entry!r} does not exist in //{package}",
+                    location=where,
+                    label=decl.label,
+                    hint=f"create {path} or fix the name",
+                )
+            if spec.allow_files is not True:
+                self._check_extensions(name, spec, (File(path),), decl)
+            items.append(File(path))
+        return items
+
+    def _check_extensions(self, name: str, spec: Attr, files: Sequence[File], decl: TargetDecl) -> None:
+        allowed = spec.allow_files
+        if isinstance(allowed, tuple):
+            for f in files:
+                if not any(f.basename.endswith("." + ext.lstrip(".")) for ext in allowed):
+                    raise LoadError(
+                        f"attribute {name!r}: {f.path} is not one of the allowed file types ({', '.join(allowed)})",
+                        location=decl.attr_locations.get(name, decl.location),
+                        label=decl.label,
+                    )
+
+    def _check_providers(self, name: str, spec: Attr, dep: ConfiguredTarget, decl: TargetDecl) -> None:
+        for kind in spec.providers:
+            if not any(isinstance(p, kind) for p in dep.providers):
+                raise AnalysisError(
+                    f"attribute {name!r}: {dep.label} (a {dep.rule.name}) does not provide {kind.__name__}",
+                    location=decl.attr_locations.get(name, decl.location),
+                    label=decl.label,
+                    hint=f"{name} needs targets of a rule that provides {kind.__name__}",
+                )

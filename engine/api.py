@@ -1,0 +1,610 @@
+"""The public rule API: everything a rule (built-in or a workspace plugin) may use.
+
+A rule module defines rules with :func:`rule` and lists them in a module-level ``RULES`` list;
+the engine collects ``RULES`` from the built-in families and from the plugins named in
+``WORKSPACE.toml``. There is no global registry.
+
+A rule implementation receives a :class:`RuleContext`, declares actions through
+``ctx.actions`` and returns a list of providers (frozen dataclasses deriving :class:`Provider`).
+Rules never run anything themselves and never read files: actions do, at execution time.
+
+Paths: every :class:`File` has a workspace-relative ``path``. Source files are where the user put
+them (``app/program.py``); generated files live under ``pbuild-out/<package>/`` (for the root
+package, directly under ``pbuild-out/``). Inside the sandbox a process action sees the same
+relative paths below its exec root.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pbuild.engine.errors import AnalysisError, Location, PbuildError
+from pbuild.engine.labels import Label
+
+OUT_DIR = "pbuild-out"
+
+__all__ = [
+    "OUT_DIR",
+    "Action",
+    "ActionIO",
+    "Attr",
+    "DefaultInfo",
+    "File",
+    "InProcessAction",
+    "Label",
+    "PbuildError",
+    "ProcessAction",
+    "Provider",
+    "RuleContext",
+    "RuleDef",
+    "RunInfo",
+    "Target",
+    "TestInfo",
+    "GeneratedTarget",
+    "GeneratorContext",
+    "GeneratorDef",
+    "attr",
+    "rule",
+    "target_generator",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and providers
+
+
+@dataclass(frozen=True, order=True)
+class File:
+    """A file an action reads or writes. ``path`` is workspace-relative."""
+
+    path: str
+    is_source: bool = True
+    is_directory: bool = False
+
+    @property
+    def basename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def extension(self) -> str:
+        base = self.basename
+        return base.rsplit(".", 1)[-1] if "." in base else ""
+
+    def __str__(self) -> str:
+        return self.path
+
+
+class Provider:
+    """Base class of typed records a rule returns. Subclasses are frozen dataclasses."""
+
+
+@dataclass(frozen=True)
+class DefaultInfo(Provider):
+    """What building a target produces (``files``) and what running it needs (``runfiles``)."""
+
+    files: tuple[File, ...] = ()
+    runfiles: tuple[File, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunInfo(Provider):
+    """How ``pbuild run`` starts a target once it is built.
+
+    ``argv`` items that are :class:`File` become absolute paths of the materialized outputs.
+    The arguments the user gives after the label are appended (a leading ``--`` is dropped
+    unless ``keep_dashdash`` is set, which the image launcher needs).
+    """
+
+    argv: tuple[str | File, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    keep_dashdash: bool = False
+
+
+@dataclass(frozen=True)
+class TestInfo(Provider):
+    """How ``pbuild test`` runs a test target: one sandboxed process action per target."""
+
+    argv: tuple[str, ...]
+    inputs: tuple[File, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = ""
+    timeout_s: float = 300.0
+
+
+P = TypeVar("P", bound=Provider)
+
+
+@dataclass(frozen=True)
+class Target:
+    """An analyzed dependency as a rule sees it: its label and the providers it returned."""
+
+    label: Label
+    providers: tuple[Provider, ...]
+
+    def get(self, kind: type[P]) -> P | None:
+        for provider in self.providers:
+            if isinstance(provider, kind):
+                return provider
+        return None
+
+    def __getitem__(self, kind: type[P]) -> P:
+        found = self.get(kind)
+        if found is None:
+            raise KeyError(kind.__name__)
+        return found
+
+    def __contains__(self, kind: type[Provider]) -> bool:
+        return self.get(kind) is not None
+
+    @property
+    def files(self) -> tuple[File, ...]:
+        info = self.get(DefaultInfo)
+        return info.files if info else ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions
+
+
+@dataclass(frozen=True)
+class ProcessAction:
+    """Run ``argv`` in the sandbox with the exec root as described in the module docstring.
+
+    ``workdir`` is relative to the exec root. ``host_tools`` marks actions that run programs of
+    the host (``bash``, ``python3``): their key includes the host fingerprint.
+    """
+
+    owner: Label
+    mnemonic: str
+    argv: tuple[str, ...]
+    inputs: tuple[File, ...]
+    outputs: tuple[File, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = ""
+    host_tools: bool = True
+    progress: str = ""
+    # Extra strings that should invalidate the key (for example a rule's own version).
+    salt: str = ""
+    # If set, the action's stdout and stderr go to this declared output (test logs).
+    stdout_to: str = ""
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class InProcessAction:
+    """Call ``function(io, params)`` in the engine's process.
+
+    ``function`` must be a module-level function; its qualified name and ``version`` are part of
+    the action key, so bump ``version`` whenever the function's output for the same inputs and
+    ``params`` changes. ``params`` must be JSON-serializable. With ``network=True`` the
+    function may fetch from the network (only fetches that verify a pinned hash should).
+    """
+
+    owner: Label
+    mnemonic: str
+    function: Callable[[ActionIO, Mapping[str, Any]], None]
+    version: str
+    params: Mapping[str, Any]
+    inputs: tuple[File, ...]
+    outputs: tuple[File, ...]
+    network: bool = False
+    progress: str = ""
+
+    @property
+    def function_name(self) -> str:
+        return f"{self.function.__module__}:{self.function.__qualname__}"
+
+
+Action = ProcessAction | InProcessAction
+
+
+class ActionIO:
+    """What an in-process action's function may touch: its inputs, its outputs and a temp dir.
+
+    The engine creates it; functions use :meth:`input_path` and :meth:`output_path` to turn
+    declared :class:`File` objects into real paths.
+    """
+
+    def __init__(
+        self,
+        inputs: Mapping[str, str],
+        outputs: Mapping[str, str],
+        tmpdir: str,
+        label: Label,
+        jobs: int = 1,
+    ) -> None:
+        self._inputs = dict(inputs)
+        self._outputs = dict(outputs)
+        self.tmpdir = tmpdir
+        self.label = label
+        self.jobs = jobs
+
+    def input_path(self, file: File | str) -> str:
+        key = file.path if isinstance(file, File) else file
+        try:
+            return self._inputs[key]
+        except KeyError:
+            raise PbuildError(f"action of {self.label} reads undeclared input {key}") from None
+
+    def output_path(self, file: File | str) -> str:
+        key = file.path if isinstance(file, File) else file
+        try:
+            return self._outputs[key]
+        except KeyError:
+            raise PbuildError(f"action of {self.label} writes undeclared output {key}") from None
+
+    @property
+    def input_paths(self) -> Mapping[str, str]:
+        return self._inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribute schemas
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One attribute of a rule's schema. Build these with the ``attr.*`` helpers."""
+
+    kind: str  # string, string_list, string_dict, int, bool, label, label_list, output, output_list, dict
+    doc: str
+    default: Any = None
+    required: bool = False
+    allow_files: bool | tuple[str, ...] = False  # True, or allowed extensions without the dot
+    values: tuple[Any, ...] = ()
+    providers: tuple[type[Provider], ...] = ()
+
+    @property
+    def is_label(self) -> bool:
+        return self.kind in ("label", "label_list")
+
+
+class attr:
+    """Constructors for attribute schemas; every attribute has a doc string."""
+
+    @staticmethod
+    def string(doc: str, *, default: str | None = None, required: bool = False,
+               values: Sequence[str] = ()) -> Attr:
+        return Attr("string", doc, default, required, values=tuple(values))
+
+    @staticmethod
+    def string_list(doc: str, *, default: Sequence[str] = (), required: bool = False) -> Attr:
+        return Attr("string_list", doc, tuple(default), required)
+
+    @staticmethod
+    def string_dict(doc: str, *, default: Mapping[str, str] | None = None, required: bool = False) -> Attr:
+        return Attr("string_dict", doc, dict(default or {}), required)
+
+    @staticmethod
+    def integer(doc: str, *, default: int | None = None, required: bool = False) -> Attr:
+        return Attr("int", doc, default, required)
+
+    @staticmethod
+    def boolean(doc: str, *, default: bool = False) -> Attr:
+        return Attr("bool", doc, default, False)
+
+    @staticmethod
+    def dict(doc: str, *, default: Mapping[str, Any] | None = None, required: bool = False) -> Attr:
+        """A free-form TOML table (for structured settings); validate it in the rule."""
+        return Attr("dict", doc, dict(default or {}), required)
+
+    @staticmethod
+    def label(doc: str, *, required: bool = False, allow_files: bool | Sequence[str] = False,
+              providers: Sequence[type[Provider]] = ()) -> Attr:
+        files = allow_files if isinstance(allow_files, bool) else tuple(allow_files)
+        return Attr("label", doc, None, required, files, providers=tuple(providers))
+
+    @staticmethod
+    def label_list(doc: str, *, required: bool = False, allow_files: bool | Sequence[str] = False,
+                   providers: Sequence[type[Provider]] = ()) -> Attr:
+        files = allow_files if isinstance(allow_files, bool) else tuple(allow_files)
+        return Attr("label_list", doc, (), required, files, providers=tuple(providers))
+
+    @staticmethod
+    def output(doc: str, *, required: bool = False) -> Attr:
+        return Attr("output", doc, None, required)
+
+    @staticmethod
+    def output_list(doc: str, *, required: bool = False) -> Attr:
+        return Attr("output_list", doc, (), required)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+
+
+@dataclass(frozen=True)
+class RuleDef:
+    """A rule: its name, schema, documentation and implementation."""
+
+    name: str
+    implementation: Callable[[RuleContext], Sequence[Provider]]
+    attrs: Mapping[str, Attr]
+    doc: str
+    executable: bool = False
+    test: bool = False
+
+
+# Attributes every target has, whatever its rule.
+COMMON_ATTRS: Mapping[str, Attr] = {
+    "visibility": Attr("string_list", "Accepted for compatibility; pbuild does not enforce it.", ()),
+    "tags": Attr("string_list", "Free-form tags (for `pbuild query`).", ()),
+}
+
+
+def rule(
+    name: str,
+    *,
+    attrs: Mapping[str, Attr],
+    doc: str,
+    executable: bool = False,
+    test: bool = False,
+) -> Callable[[Callable[[RuleContext], Sequence[Provider]]], RuleDef]:
+    """Turn an implementation function into a :class:`RuleDef`; list it in the module's ``RULES``."""
+
+    def wrap(impl: Callable[[RuleContext], Sequence[Provider]]) -> RuleDef:
+        for key in attrs:
+            if key in COMMON_ATTRS or key == "rule":
+                raise ValueError(f"rule {name}: attribute {key!r} is reserved")
+        return RuleDef(name, impl, dict(attrs), doc, executable, test)
+
+    return wrap
+
+
+class _Namespace:
+    """Attribute access over a mapping (``ctx.attr.srcs``) with a useful error for typos."""
+
+    def __init__(self, what: str, values: Mapping[str, Any]) -> None:
+        self._what = what
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{self._what} has no attribute {name!r}") from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._values.get(name, default)
+
+    def items(self) -> Any:
+        return self._values.items()
+
+
+class Actions:
+    """``ctx.actions``: the ways a rule declares work."""
+
+    def __init__(self, ctx: RuleContext) -> None:
+        self._ctx = ctx
+        self.declared: list[Action] = []
+
+    def run(
+        self,
+        *,
+        argv: Sequence[str],
+        inputs: Sequence[File],
+        outputs: Sequence[File],
+        mnemonic: str,
+        env: Mapping[str, str] | None = None,
+        workdir: str = "",
+        host_tools: bool = True,
+        progress: str = "",
+        salt: str = "",
+    ) -> ProcessAction:
+        """Declare a sandboxed process action."""
+        action = ProcessAction(
+            owner=self._ctx.label,
+            mnemonic=mnemonic,
+            argv=tuple(argv),
+            inputs=tuple(sorted(set(inputs))),
+            outputs=tuple(outputs),
+            env=tuple(sorted((env or {}).items())),
+            workdir=workdir,
+            host_tools=host_tools,
+            progress=progress or f"{mnemonic} {self._ctx.label}",
+            salt=salt,
+        )
+        self._check_outputs(action.outputs)
+        self.declared.append(action)
+        return action
+
+    def call(
+        self,
+        function: Callable[[ActionIO, Mapping[str, Any]], None],
+        *,
+        version: str,
+        params: Mapping[str, Any],
+        inputs: Sequence[File],
+        outputs: Sequence[File],
+        mnemonic: str,
+        network: bool = False,
+        progress: str = "",
+    ) -> InProcessAction:
+        """Declare an in-process action (see :class:`InProcessAction`)."""
+        try:
+            json.dumps(params, sort_keys=True)
+        except TypeError as exc:
+            raise AnalysisError(f"action params must be JSON-serializable: {exc}", label=self._ctx.label) from None
+        action = InProcessAction(
+            owner=self._ctx.label,
+            mnemonic=mnemonic,
+            function=function,
+            version=version,
+            params=params,
+            inputs=tuple(sorted(set(inputs))),
+            outputs=tuple(outputs),
+            network=network,
+            progress=progress or f"{mnemonic} {self._ctx.label}",
+        )
+        self._check_outputs(action.outputs)
+        self.declared.append(action)
+        return action
+
+    def write(self, output: File, content: str | bytes, *, mnemonic: str = "FileWrite") -> InProcessAction:
+        """Declare an action that writes fixed ``content`` to ``output``."""
+        data = content.encode() if isinstance(content, str) else content
+        return self.call(
+            _write_content,
+            version="1",
+            params={"content": data.decode("latin-1"), "output": output.path},
+            inputs=(),
+            outputs=(output,),
+            mnemonic=mnemonic,
+        )
+
+    def _check_outputs(self, outputs: Sequence[File]) -> None:
+        prefix = self._ctx.out_prefix
+        for output in outputs:
+            if output.is_source or not output.path.startswith(prefix):
+                raise AnalysisError(
+                    f"action output {output.path} is not a file declared by this target",
+                    label=self._ctx.label,
+                    hint="create outputs with ctx.declare_file()",
+                )
+
+
+def _write_content(io: ActionIO, params: Mapping[str, Any]) -> None:
+    with open(io.output_path(params["output"]), "wb") as handle:
+        handle.write(params["content"].encode("latin-1"))
+
+
+class RuleContext:
+    """What a rule implementation sees of its target.
+
+    * ``ctx.label`` and ``ctx.package``: the target's address.
+    * ``ctx.attr.NAME``: attribute values; label attributes are :class:`Target` objects (a list
+      for ``label_list``); output attributes are :class:`File` objects.
+    * ``ctx.files.NAME``: for label attributes, the files of the named targets, flattened.
+    * ``ctx.file.NAME``: for a ``label`` attribute with ``allow_files``, its single file.
+    * ``ctx.declare_file(name)`` / ``ctx.declare_directory(name)``: a new output below
+      ``pbuild-out/<package>/``.
+    * ``ctx.actions``: see :class:`Actions`.
+    * ``ctx.config(section)``: a table of ``WORKSPACE.toml`` (read-only).
+    * ``ctx.fail(message, attr=..., hint=...)``: stop analysis with a message that names the
+      target and the attribute's line.
+    """
+
+    def __init__(
+        self,
+        *,
+        label: Label,
+        rule: RuleDef,
+        attr_values: Mapping[str, Any],
+        files: Mapping[str, tuple[File, ...]],
+        workspace_config: Mapping[str, Any],
+        attr_locations: Mapping[str, Location],
+        target_location: Location,
+        workspace_root: str,
+    ) -> None:
+        self.label = label
+        self.package = label.package
+        self.rule = rule
+        self.attr = _Namespace(f"rule {rule.name}", attr_values)
+        self.files = _Namespace(f"rule {rule.name}", files)
+        single = {name: (values[0] if len(values) == 1 else None) for name, values in files.items()}
+        self.file = _Namespace(f"rule {rule.name}", single)
+        self.out_prefix = f"{OUT_DIR}/{label.package}/" if label.package else f"{OUT_DIR}/"
+        self.actions = Actions(self)
+        self._config = workspace_config
+        self._attr_locations = attr_locations
+        self._target_location = target_location
+        # Read-only knowledge for rules that must find things at analysis time (plugins, locks).
+        self.workspace_root = workspace_root
+        self.outputs = _Namespace(
+            f"rule {rule.name}",
+            {k: v for k, v in attr_values.items() if rule.attrs.get(k, Attr("", "")).kind.startswith("output")},
+        )
+
+    def declare_file(self, name: str) -> File:
+        """A new generated file ``pbuild-out/<package>/<name>``."""
+        self._check_name(name)
+        return File(self.out_prefix + name, is_source=False)
+
+    def declare_directory(self, name: str) -> File:
+        """A new generated directory ``pbuild-out/<package>/<name>`` (stored as a tree)."""
+        self._check_name(name)
+        return File(self.out_prefix + name, is_source=False, is_directory=True)
+
+    def _check_name(self, name: str) -> None:
+        parts = name.split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            self.fail(f"output name {name!r} must be a relative path without '..'")
+
+    def config(self, section: str) -> Mapping[str, Any]:
+        value = self._config.get(section, {})
+        return value if isinstance(value, Mapping) else {}
+
+    def location(self, attr_name: str | None = None) -> Location:
+        if attr_name and attr_name in self._attr_locations:
+            return self._attr_locations[attr_name]
+        return self._target_location
+
+    def fail(self, message: str, *, attr: str | None = None, hint: str | None = None) -> None:
+        text = f"attribute {attr!r}: {message}" if attr else message
+        raise AnalysisError(text, location=self.location(attr), label=self.label, hint=hint)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target generators (like Pants' target generators): one declaration that expands, at load time,
+# into several targets, e.g. one target per project of a lock file.
+
+
+@dataclass(frozen=True)
+class GeneratedTarget:
+    """A target a generator produces: ``[name]`` with ``rule`` and ``attrs`` as if written by hand."""
+
+    name: str
+    rule: str
+    attrs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GeneratorDef:
+    """A target generator: validated ``attrs`` in, a list of :class:`GeneratedTarget` out."""
+
+    name: str
+    implementation: Callable[[GeneratorContext], Sequence[GeneratedTarget]]
+    attrs: Mapping[str, Attr]
+    doc: str
+
+
+class GeneratorContext:
+    """What a generator sees: its package, its (string-typed) attributes and the package's files."""
+
+    def __init__(self, *, label: Label, attr_values: Mapping[str, Any], package_dir: str,
+                 location: Location, attr_locations: Mapping[str, Location]) -> None:
+        self.label = label
+        self.package = label.package
+        self.attr = _Namespace(f"generator {label}", attr_values)
+        self.package_dir = package_dir
+        self._location = location
+        self._attr_locations = attr_locations
+
+    def read_file(self, relative_path: str) -> str | None:
+        """Text of a file in this package, or None if it does not exist."""
+        import os
+
+        path = os.path.join(self.package_dir, relative_path)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def fail(self, message: str, *, attr: str | None = None, hint: str | None = None) -> None:
+        location = self._attr_locations.get(attr, self._location) if attr else self._location
+        raise AnalysisError(message, location=location, label=self.label, hint=hint)
+
+
+def target_generator(
+    name: str, *, attrs: Mapping[str, Attr], doc: str
+) -> Callable[[Callable[[GeneratorContext], Sequence[GeneratedTarget]]], GeneratorDef]:
+    """Turn a function into a :class:`GeneratorDef`; list it in the module's ``RULES`` too."""
+
+    def wrap(impl: Callable[[GeneratorContext], Sequence[GeneratedTarget]]) -> GeneratorDef:
+        return GeneratorDef(name, impl, dict(attrs), doc)
+
+    return wrap

@@ -1,0 +1,186 @@
+"""One command's build pipeline: workspace → load → analyze → execute → materialize.
+
+The CLI parses flags into a :class:`BuildRequest`; everything here takes what it needs as
+arguments so tests can drive it without a command line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbuild.engine.analysis import ActionGraph, Analyzer
+from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, TestInfo
+from pbuild.engine.errors import BuildFailed, PbuildError
+from pbuild.engine.events import Reporter
+from pbuild.engine.hashing import StatIndex, digest_bytes
+from pbuild.engine.labels import Label
+from pbuild.engine.loading import Loader
+from pbuild.engine.registry import RuleRegistry
+from pbuild.engine.scheduler import BuildResult, ExecOptions, Executor
+from pbuild.engine.store import LocalStore
+from pbuild.engine.workspace import Workspace, find_workspace
+
+
+def default_cache_dir() -> str:
+    """``$PBUILD_CACHE``, else ``$XDG_CACHE_HOME/pbuild``, else ``~/.cache/pbuild``."""
+    if os.environ.get("PBUILD_CACHE"):
+        return os.path.abspath(os.environ["PBUILD_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "pbuild")
+
+
+@dataclass
+class BuildRequest:
+    patterns: Sequence[str]
+    cwd: str = field(default_factory=os.getcwd)
+    workspace: str | None = None
+    cache_dir: str | None = None
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    keep_going: bool = False
+    event_file: str | None = None
+    remote_settings: Any = None
+    quiet: bool = False
+    interactive: bool | None = None
+
+
+@dataclass
+class Session:
+    """What one command holds open: the workspace, its loader, analyzer and store."""
+
+    workspace: Workspace
+    loader: Loader
+    analyzer: Analyzer
+    store: LocalStore
+    index: StatIndex
+    cache_dir: str
+    remote: Any = None
+    sha_index: Any = None
+
+    def close(self) -> None:
+        self.index.save()
+        if self.sha_index is not None:
+            self.sha_index.save()
+        if self.remote is not None:
+            self.remote.close()
+
+
+def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
+    workspace = find_workspace(request.cwd, request.workspace)
+    cache_dir = os.path.abspath(request.cache_dir) if request.cache_dir else default_cache_dir()
+    registry = RuleRegistry(workspace)
+    loader = Loader(workspace, registry)
+    analyzer = Analyzer(loader, workspace.config)
+    store = LocalStore(cache_dir)
+    index_path = os.path.join(cache_dir, "index", digest_bytes(workspace.root.encode()) + ".stat")
+    session = Session(workspace, loader, analyzer, store, StatIndex(index_path), cache_dir)
+    settings = request.remote_settings
+    if settings is not None and getattr(settings, "url", None):
+        from pbuild.engine.remote import Sha256Index, open_remote
+
+        session.remote = open_remote(settings, cache_dir=cache_dir, warn=warn or (lambda m: print(m, file=sys.stderr)))
+        session.sha_index = Sha256Index(cache_dir)
+    return session
+
+
+def current_package(workspace: Workspace, cwd: str) -> str:
+    rel = os.path.relpath(os.path.abspath(cwd), workspace.root)
+    return "" if rel == "." or rel.startswith("..") else rel.replace(os.sep, "/")
+
+
+def analyze(session: Session, patterns: Sequence[str], cwd: str) -> tuple[list[Label], ActionGraph]:
+    labels = session.loader.expand_patterns(patterns, current_package(session.workspace, cwd))
+    graph = session.analyzer.analyze(labels)
+    return labels, graph
+
+
+def requested_files(graph: ActionGraph, labels: Sequence[Label]) -> list[File]:
+    files: list[File] = []
+    for label in labels:
+        info = graph.targets[label].as_target().get(DefaultInfo)
+        if info is not None:
+            files.extend(info.files)
+            files.extend(info.runfiles)
+    return files
+
+
+def execute(session: Session, actions: Sequence[Action], request: BuildRequest, *,
+            reporter: Reporter, cache_results: bool = True,
+            no_cache_mnemonics: frozenset[str] = frozenset(), keep_going: bool | None = None) -> tuple[BuildResult, Executor]:
+    options = ExecOptions(
+        jobs=max(1, request.jobs),
+        keep_going=request.keep_going if keep_going is None else keep_going,
+        source_date_epoch=os.environ.get("SOURCE_DATE_EPOCH", "0"),
+        cache_results=cache_results,
+        no_cache_mnemonics=no_cache_mnemonics,
+    )
+    executor = Executor(
+        workspace_root=session.workspace.root,
+        store=session.store,
+        stat_index=session.index,
+        reporter=reporter,
+        options=options,
+        remote=session.remote,
+        sha_index=session.sha_index,
+        hide_paths=(session.workspace.root, session.cache_dir),
+    )
+    result = executor.execute(actions)
+    return result, executor
+
+
+def build(request: BuildRequest, *, reporter: Reporter | None = None) -> tuple[Session, ActionGraph, list[Label], BuildResult]:
+    """Build the targets ``request.patterns`` name. Raises BuildFailed when an action failed."""
+    reporter = reporter or Reporter(event_file=request.event_file, quiet=request.quiet, interactive=request.interactive)
+    session = open_session(request, warn=reporter.message)
+    try:
+        labels, graph = analyze(session, request.patterns, request.cwd)
+        actions = graph.actions_for(requested_files(graph, labels))
+        result, _ = execute(session, actions, request, reporter=reporter)
+    except BaseException:
+        reporter.finish()
+        session.close()
+        raise
+    reporter.finish()
+    session.close()
+    if not result.ok:
+        raise BuildFailed(
+            f"build failed: {len(result.failures)} action(s) failed"
+            + (f", {result.skipped} not run" if result.skipped else ""),
+            hint="use --keep-going to build everything that can be built" if not request.keep_going else None,
+        )
+    return session, graph, labels, result
+
+
+def test_actions(graph: ActionGraph, labels: Sequence[Label]) -> list[tuple[Label, ProcessAction]]:
+    """One sandboxed test action per test target among ``labels``."""
+    tests = []
+    for label in labels:
+        configured = graph.targets[label]
+        info = configured.as_target().get(TestInfo)
+        if not configured.rule.test or info is None:
+            continue
+        prefix = f"{OUT_DIR}/{label.package}/" if label.package else f"{OUT_DIR}/"
+        log = File(f"{prefix}{label.name}.test.log", is_source=False)
+        action = ProcessAction(
+            owner=label,
+            mnemonic="TestRunner",
+            argv=tuple(info.argv),
+            inputs=tuple(sorted(set(info.inputs))),
+            outputs=(log,),
+            env=tuple(sorted(info.env.items())),
+            workdir=info.workdir,
+            host_tools=True,
+            progress=f"Testing {label}",
+            stdout_to=log.path,
+            timeout_s=info.timeout_s,
+        )
+        tests.append((label, action))
+    return tests
+
+
+def raise_first(errors: Sequence[PbuildError]) -> None:
+    if errors:
+        raise errors[0]

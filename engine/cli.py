@@ -1,0 +1,217 @@
+"""The ``pbuild`` command line. Errors become messages and exit codes here, in one place."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pbuild.engine.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, PbuildError
+
+VERSION = "0.1.0"
+
+_DESCRIPTION = "pbuild: hermetic, content-hashed builds of Python programs and reproducible OCI images."
+_COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock", "push",
+             "images", "ps", "logs", "exec", "stop", "rm", "help")
+_LAUNCHER_COMMANDS = ("ps", "logs", "exec", "stop", "rm")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", metavar="DIR", help="workspace root (default: search upward for WORKSPACE.toml)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="local cache (default: $PBUILD_CACHE, else $XDG_CACHE_HOME/pbuild, else ~/.cache/pbuild)")
+
+
+def _add_build_flags(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="actions to run at once (default: the number of CPUs)")
+    parser.add_argument("-k", "--keep-going", action="store_true", help="build everything that can be built after a failure")
+    parser.add_argument("--build-event-json", metavar="FILE", help="write one JSON line per action and a summary to FILE")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    try:
+        from pbuild.engine.remote import add_remote_flags
+
+        add_remote_flags(parser)
+    except ImportError:  # remote support not installed in this checkout
+        return
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pbuild", description=_DESCRIPTION,
+                                     epilog="`pbuild PATTERN...` is short for `pbuild build PATTERN...`.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("build", help="build targets", description="Build the targets the patterns name "
+                       "(//pkg:name, :name, //pkg, //..., //pkg/..., //pkg:all).")
+    p.add_argument("patterns", nargs="+", metavar="PATTERN")
+    _add_build_flags(p)
+
+    p = sub.add_parser("run", help="build and run a binary or an image",
+                       description="Build TARGET, then run it. For a py_binary, arguments after -- are passed on. "
+                       "For an image, launcher flags (-e, -v, -p, --name, -d, ...) and then -- CMD ARGS; "
+                       "oci:PATH and docker-archive:PATH run an image from disk.")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    _add_build_flags(p)
+
+    p = sub.add_parser("test", help="build and run tests", description="Run test targets in parallel; passing "
+                       "results are cached by action key.")
+    p.add_argument("patterns", nargs="+", metavar="PATTERN")
+    p.add_argument("--no-cache-test-results", action="store_true", help="run tests even if a passing result is cached")
+    _add_build_flags(p)
+
+    p = sub.add_parser("query", help="query the target graph",
+                       description="EXPR: a pattern, deps(X), rdeps(U, X), somepath(A, B), allpaths(A, B), "
+                       "combined with +, -, ^ (union, difference, intersection).")
+    p.add_argument("expr", metavar="EXPR")
+    p.add_argument("--output", choices=("label", "json", "dot"), default="label")
+    _add_common(p)
+
+    p = sub.add_parser("clean", help="remove outputs", description="Remove pbuild-out/; with --expunge also empty the cache.")
+    p.add_argument("--expunge", action="store_true", help="also remove the local cache (CAS, AC, indexes)")
+    _add_common(p)
+
+    sub.add_parser("version", help="print the version", description="Print pbuild's version.")
+
+    p = sub.add_parser("lock", help="resolve third-party dependencies into lock files",
+                       description="Write third_party/python/requirements.lock and/or the Debian lock.")
+    p.add_argument("--python", action="store_true", help="lock third_party/python/requirements.in")
+    p.add_argument("--debian", action="store_true", help="lock the deb_packages targets of third_party/debian")
+    p.add_argument("--mirror", metavar="URL", help="Debian mirror (default: $PBUILD_DEBIAN_MIRROR, else the host's apt sources)")
+    _add_common(p)
+
+    p = sub.add_parser("push", help="push an image to a registry", description="Build an image target and push it to REF.")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("reference", metavar="REF", help="e.g. 127.0.0.1:5000/app:1.0")
+    p.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
+    _add_build_flags(p)
+
+    p = sub.add_parser("images", help="list built images", description="List images built in this workspace.")
+    _add_common(p)
+
+    for name, text in (("ps", "list containers"), ("logs", "show a container's output"),
+                       ("exec", "run a command in a running container"), ("stop", "stop a container"),
+                       ("rm", "remove a container")):
+        p = sub.add_parser(name, help=text, description=f"{text} (see docs/launcher.md)", add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("help", help="show this help")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0].startswith(("//", ":")):
+        args_list.insert(0, "build")
+    parser = make_parser()
+    if args_list and args_list[0] in _LAUNCHER_COMMANDS:
+        return _launcher(args_list)
+    if args_list and args_list[0] == "run" and len(args_list) > 1 and args_list[1].startswith(("oci:", "docker-archive:")):
+        return _launcher(args_list)
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:
+        return int(exc.code or 0) if exc.code in (0, None) else EXIT_BAD_INPUT
+    if args.command in (None, "help"):
+        parser.print_help()
+        return 0 if args.command == "help" else EXIT_BAD_INPUT
+    try:
+        return _dispatch(args)
+    except PbuildError as exc:
+        print(exc.render(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pbuild: interrupted; the cache is consistent (every entry is written atomically)", file=sys.stderr)
+        return 130
+
+
+def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:
+    from pbuild.engine.build import BuildRequest
+
+    settings = None
+    if hasattr(args, "remote_cache"):
+        from pbuild.engine.remote import resolve_remote_settings
+        from pbuild.engine.workspace import find_workspace
+
+        workspace = find_workspace(os.getcwd(), args.workspace)
+        settings = resolve_remote_settings(args, workspace.config, _user_config())
+    return BuildRequest(
+        patterns=patterns,
+        workspace=args.workspace,
+        cache_dir=args.cache_dir,
+        jobs=args.jobs,
+        keep_going=args.keep_going,
+        event_file=args.build_event_json,
+        remote_settings=settings,
+        quiet=args.quiet,
+    )
+
+
+def _user_config() -> dict[str, Any]:
+    import tomllib
+
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    path = os.path.join(base, "pbuild", "config.toml")
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise PbuildError(f"invalid TOML in {path}: {exc}", hint="fix or remove the user config file") from None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "version":
+        print(f"pbuild {VERSION}")
+        return 0
+    if command == "build":
+        from pbuild.engine.build import build
+
+        build(_request(args, args.patterns))
+        return 0
+    if command == "run":
+        from pbuild.engine.commands import run_target
+
+        return run_target(_request(args, [args.target]), args.target, args.args)
+    if command == "test":
+        from pbuild.engine.commands import run_tests
+
+        return run_tests(_request(args, args.patterns), no_cache=args.no_cache_test_results)
+    if command == "query":
+        from pbuild.engine.commands import query_command
+
+        return query_command(args.expr, output=args.output, workspace=args.workspace, cache_dir=args.cache_dir)
+    if command == "clean":
+        from pbuild.engine.commands import clean
+
+        return clean(workspace=args.workspace, cache_dir=args.cache_dir, expunge=args.expunge)
+    if command == "lock":
+        from pbuild.engine.commands import lock
+
+        return lock(workspace=args.workspace, python=args.python, debian=args.debian, mirror=args.mirror)
+    if command == "push":
+        from pbuild.engine.commands import push
+
+        return push(_request(args, [args.target]), args.reference, plain_http=args.plain_http)
+    if command == "images":
+        from pbuild.engine.commands import list_images
+
+        return list_images(workspace=args.workspace)
+    raise AssertionError(command)
+
+
+def _launcher(argv: list[str]) -> int:
+    try:
+        from pbuild.tools.launcher import main as launcher_main
+    except ImportError:
+        print("error: the image launcher is not installed", file=sys.stderr)
+        return EXIT_BUILD_FAILED
+    return int(launcher_main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

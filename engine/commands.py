@@ -1,0 +1,200 @@
+"""The commands beyond ``build``: run, test, query, clean, lock, push, images."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pbuild.engine.api import OUT_DIR, File, RunInfo
+from pbuild.engine.build import (
+    BuildRequest,
+    analyze,
+    default_cache_dir,
+    execute,
+    open_session,
+    requested_files,
+    test_actions,
+)
+from pbuild.engine.errors import EXIT_BUILD_FAILED, BuildFailed, PbuildError
+from pbuild.engine.events import Reporter
+from pbuild.engine.store import LocalStore, remove_tree
+from pbuild.engine.workspace import find_workspace
+
+
+def _image_info_type() -> Any:
+    try:
+        from pbuild.rules.oci.providers import ImageInfo
+    except ImportError:
+        return None
+    return ImageInfo
+
+
+def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any]:
+    from pbuild.engine.build import build
+
+    session, graph, labels, _ = build(request)
+    if len(labels) != 1:
+        raise PbuildError(f"{target} names {len(labels)} targets; name exactly one", hint="use a label, not a pattern")
+    return session, graph.targets[labels[0]]
+
+
+def run_target(request: BuildRequest, target: str, extra: Sequence[str]) -> int:
+    """``pbuild run TARGET ARGS``: build, then exec a binary or hand an image to the launcher."""
+    request.quiet = True if request.quiet is False and not sys.stderr.isatty() else request.quiet
+    session, configured = _build_one(request, target)
+    root = session.workspace.root
+    image_type = _image_info_type()
+    providers = configured.as_target()
+    if image_type is not None and image_type in providers:
+        info = providers[image_type]
+        from pbuild.tools.launcher import main as launcher_main
+
+        layout = os.path.join(root, info.layout.path)
+        return int(launcher_main(["run", f"oci:{layout}", *extra]))
+    run_info = providers.get(RunInfo)
+    if run_info is None:
+        raise PbuildError(f"{configured.label} (a {configured.rule.name}) cannot be run",
+                          label=configured.label, hint="pbuild run takes a py_binary, an image, or oci:PATH")
+    args = list(extra)
+    if args[:1] == ["--"] and not run_info.keep_dashdash:
+        args = args[1:]
+    argv = [os.path.join(root, a.path) if isinstance(a, File) else a for a in run_info.argv] + args
+    env = dict(os.environ)
+    env.update(run_info.env)
+    env["BUILD_WORKSPACE_DIRECTORY"] = root
+    env["BUILD_WORKING_DIRECTORY"] = os.getcwd()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError as exc:
+        raise BuildFailed(f"cannot start {argv[0]}: {exc.strerror}", label=configured.label) from None
+    return 0  # not reached
+
+
+def run_tests(request: BuildRequest, *, no_cache: bool) -> int:
+    """``pbuild test``: build test targets, run each test in the sandbox, print one line per target."""
+    reporter = Reporter(event_file=request.event_file, quiet=True, interactive=False)
+    session = open_session(request, warn=reporter.message)
+    lines: list[str] = []
+    try:
+        labels, graph = analyze(session, request.patterns, request.cwd)
+        tests = test_actions(graph, labels)
+        if not tests:
+            raise PbuildError(f"no test targets in {' '.join(request.patterns)}",
+                              hint="test targets use rules such as py_test")
+        needed = [a for _, a in tests]
+        build_actions = graph.actions_for([f for a in needed for f in a.inputs])
+        result, _ = execute(session, build_actions + needed, request, reporter=reporter,
+                            no_cache_mnemonics=frozenset({"TestRunner"}) if no_cache else frozenset(),
+                            keep_going=True)
+    finally:
+        summary = reporter.finish()
+        session.close()
+    failures = {id(f.action): f for f in result.failures}
+    failed = 0
+    for label, action in tests:
+        status = result.statuses.get(id(action))
+        if status in ("cached", "remote_cached"):
+            lines.append(f"{label}  PASSED (cached)")
+        elif status == "executed":
+            lines.append(f"{label}  PASSED")
+        else:
+            failed += 1
+            failure = failures.get(id(action))
+            lines.append(f"{label}  FAILED" if failure or status == "failed" else f"{label}  NO STATUS (build failed)")
+            if failure is not None:
+                lines.append(failure.error.message.split("\n", 1)[-1])
+    build_failures = [f for f in result.failures if f.action.mnemonic != "TestRunner"]
+    for line in lines:
+        print(line)
+    passed = len(tests) - failed
+    print(f"{passed} passed, {failed} failed ({summary.line()})")
+    if build_failures:
+        for failure in build_failures:
+            print(failure.error.render(), file=sys.stderr)
+    return EXIT_BUILD_FAILED if failed or build_failures else 0
+
+
+def query_command(expr: str, *, output: str, workspace: str | None, cache_dir: str | None) -> int:
+    from pbuild.engine.query import TargetGraph, evaluate, render
+
+    request = BuildRequest(patterns=(), workspace=workspace, cache_dir=cache_dir)
+    session = open_session(request)
+    graph = TargetGraph(session.loader, session.analyzer)
+    result = evaluate(expr, graph, request.cwd)
+    print(render(result, graph, output), end="")
+    return 0
+
+
+def clean(*, workspace: str | None, cache_dir: str | None, expunge: bool) -> int:
+    ws = find_workspace(os.getcwd(), workspace)
+    remove_tree(os.path.join(ws.root, OUT_DIR))
+    if expunge:
+        LocalStore(os.path.abspath(cache_dir) if cache_dir else default_cache_dir()).expunge()
+    return 0
+
+
+def lock(*, workspace: str | None, python: bool, debian: bool, mirror: str | None) -> int:
+    ws = find_workspace(os.getcwd(), workspace)
+    if not python and not debian:
+        raise PbuildError("pbuild lock needs --python and/or --debian", hint="pbuild lock --python --debian")
+    if python:
+        from pbuild.rules.python import lock_python
+
+        lock_python(ws.root)
+    if debian:
+        from pbuild.rules.debian import lock_debian
+
+        lock_debian(ws.root, mirror=mirror)
+    return 0
+
+
+def push(request: BuildRequest, reference: str, *, plain_http: bool) -> int:
+    session, configured = _build_one(request, request.patterns[0])
+    image_type = _image_info_type()
+    providers = configured.as_target()
+    if image_type is None or image_type not in providers:
+        raise PbuildError(f"{configured.label} is not an image", label=configured.label,
+                          hint="pbuild push takes an image target")
+    from pbuild.rules.oci.registry import push_main
+
+    layout = os.path.join(session.workspace.root, providers[image_type].layout.path)
+    return int(push_main(layout, reference, plain_http=plain_http, out=print))
+
+
+def list_images(*, workspace: str | None) -> int:
+    """Images built in this workspace: every ``pbuild-out/**/digest`` beside an ``oci/`` layout."""
+    ws = find_workspace(os.getcwd(), workspace)
+    top = os.path.join(ws.root, OUT_DIR)
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        if "digest" in filenames and os.path.isdir(os.path.join(dirpath, "oci")):
+            rel = os.path.relpath(dirpath, top)
+            package, _, name = rel.rpartition("/")
+            with open(os.path.join(dirpath, "digest"), encoding="utf-8") as handle:
+                digest = handle.read().strip()
+            size, tags = _layout_size_and_tags(os.path.join(dirpath, "oci"), digest)
+            rows.append((f"//{package}:{name}", ",".join(tags) or "<none>", digest, size))
+    print(f"{'TARGET':30} {'TAGS':30} {'DIGEST':20} SIZE")
+    for label, tags, digest, size in rows:
+        print(f"{label:30} {tags:30} {digest[:19]:20} {size / 1e6:.1f} MB")
+    return 0
+
+
+def _layout_size_and_tags(layout: str, digest: str) -> tuple[int, list[str]]:
+    try:
+        algo, hexd = digest.split(":", 1)
+        with open(os.path.join(layout, "blobs", algo, hexd), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
+        with open(os.path.join(layout, "index.json"), encoding="utf-8") as handle:
+            index = json.load(handle)
+        tags = [m.get("annotations", {}).get("org.opencontainers.image.ref.name", "") for m in index.get("manifests", [])]
+        return size, [t for t in tags if t]
+    except (OSError, ValueError, KeyError):
+        return 0, []

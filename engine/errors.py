@@ -1,0 +1,93 @@
+"""The one root of every error pbuild reports to a user.
+
+Each error carries *where* (file:line and/or a label), *what* was expected and *how to fix it*;
+the CLI turns them into a message and an exit code in one place (``cli.main``). Anything that
+is not a ``PbuildError`` is a bug in pbuild and is allowed to show a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_BUILD_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in a user's file: ``path:line[:column]``."""
+
+    path: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        text = self.path
+        if self.line is not None:
+            text += f":{self.line}"
+            if self.column is not None:
+                text += f":{self.column}"
+        return text
+
+
+class PbuildError(Exception):
+    """Base of all user-facing errors.
+
+    ``where`` is a location and/or a label, ``hint`` says how to fix it. ``exit_code`` is 2 for
+    bad input or configuration and 1 for a build or test that ran and failed.
+    """
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        location: Location | None = None,
+        label: object | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.location = location
+        self.label = label
+        self.hint = hint
+
+    def render(self) -> str:
+        where = []
+        if self.location is not None:
+            where.append(str(self.location))
+        if self.label is not None:
+            where.append(f"target {self.label}")
+        head = f"{': '.join(where)}: " if where else ""
+        text = f"error: {head}{self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class WorkspaceError(PbuildError):
+    """No workspace, or a bad WORKSPACE.toml."""
+
+
+class LoadError(PbuildError):
+    """A BUILD.toml cannot be read: bad TOML, unknown rule, bad attribute, missing label."""
+
+
+class AnalysisError(PbuildError):
+    """A rule refused its attributes, a cycle, or two targets claiming one output."""
+
+
+class BuildFailed(PbuildError):
+    """An action ran and failed (non-zero exit, missing output)."""
+
+    exit_code = EXIT_BUILD_FAILED
+
+
+class CacheCorruption(PbuildError):
+    """A cache entry failed its digest check. Never shown to a user directly: we rebuild."""
+
+
+class HashMismatch(PbuildError):
+    """A fetched or stored file does not have the digest that pins it."""

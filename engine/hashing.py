@@ -1,0 +1,142 @@
+"""File digests (xxh3-128) with a persistent stat index, and the host fingerprint.
+
+The stat index maps a path to (size, mtime_ns, ctime_ns, inode) and the digest seen for that
+state, so a no-op build reads no file contents. A file modified in the same instant it was
+indexed could keep its stat, so entries younger than ``_RACY_NS`` are not trusted (the "racily
+clean" problem git also guards against).
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import platform
+import sys
+import threading
+import time
+
+import xxhash
+
+_CHUNK = 1 << 20
+_RACY_NS = 2_000_000_000
+_INDEX_VERSION = 1
+
+
+def digest_bytes(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def digest_file(path: str) -> tuple[str, int]:
+    """xxh3-128 hex digest and size of a file's contents."""
+    hasher = xxhash.xxh3_128()
+    size = 0
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            hasher.update(chunk)
+    return hasher.hexdigest(), size
+
+
+StatKey = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class StatIndex:
+    """Persistent ``path -> (stat key, digest)``; thread-safe; saved atomically."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[StatKey, str]] = {}
+        self._dirty = False
+        self._volatile: set[str] = set()
+        self.hashed_files = 0
+        try:
+            with open(path, "rb") as handle:
+                version, entries = marshal.load(handle)
+            if version == _INDEX_VERSION:
+                self._entries = entries
+        except (OSError, ValueError, EOFError, TypeError):
+            pass  # a missing or damaged index only costs re-hashing
+
+    def digest(self, path: str) -> str:
+        """The digest of ``path`` (absolute), from the index when its stat is unchanged."""
+        st = os.stat(path)
+        key = stat_key(st)
+        entry = self._entries.get(path)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        digest, _ = digest_file(path)
+        self.hashed_files += 1
+        self.record(path, st, digest)
+        return digest
+
+    def lookup(self, path: str) -> str | None:
+        """The indexed digest if the file's stat still matches, else None (never reads the file)."""
+        entry = self._entries.get(path)
+        if entry is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return entry[1] if entry[0] == stat_key(st) else None
+
+    def record(self, path: str, st: os.stat_result, digest: str) -> None:
+        if time.time_ns() - st.st_mtime_ns < _RACY_NS or time.time_ns() - st.st_ctime_ns < _RACY_NS:
+            # Too fresh to trust on the next run; remember for this run only.
+            with self._lock:
+                self._entries[path] = (stat_key(st), digest)
+                self._dirty = True
+                self._volatile.add(path)
+            return
+        with self._lock:
+            self._entries[path] = (stat_key(st), digest)
+            self._dirty = True
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            if self._entries.pop(path, None) is not None:
+                self._dirty = True
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        with self._lock:
+            entries = {k: v for k, v in self._entries.items() if k not in self._volatile}
+            self._dirty = False
+        os.makedirs(os.path.dirname(self._path), exist_ok=True)
+        tmp = f"{self._path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as handle:
+            marshal.dump((_INDEX_VERSION, entries), handle)
+        os.replace(tmp, self._path)
+
+
+_FINGERPRINT: str | None = None
+
+
+def host_fingerprint() -> str:
+    """What makes host tools behave differently: architecture, libc, OS release, Python version."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        os_release = ""
+        try:
+            with open("/etc/os-release", encoding="utf-8") as handle:
+                fields = dict(
+                    line.rstrip("\n").split("=", 1) for line in handle if "=" in line
+                )
+            os_release = f"{fields.get('ID', '')}-{fields.get('VERSION_ID', '').strip(chr(34))}"
+        except OSError:
+            pass
+        libc = "-".join(platform.libc_ver())
+        _FINGERPRINT = "|".join(
+            [platform.machine(), libc, os_release.replace('"', ""), sys.implementation.name,
+             "%d.%d.%d" % sys.version_info[:3]]
+        )
+    return _FINGERPRINT

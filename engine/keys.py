@@ -1,0 +1,56 @@
+"""Action keys: xxh3-128 over everything that can change an action's outputs.
+
+The key material is canonical JSON (sorted keys, no spaces) of: the action kind and version,
+argv or function name and params, environment, input paths with their digests, output paths,
+and for actions that run host tools the host fingerprint. The same material's sha256 names the
+action in a remote cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+
+from pbuild.engine.api import Action, InProcessAction, ProcessAction
+from pbuild.engine.hashing import digest_bytes, host_fingerprint
+
+# Bump when the meaning of a key changes (sandbox layout, environment, ...).
+ENGINE_KEY_VERSION = "pbuild-action-v1"
+
+
+def key_material(action: Action, input_digests: Mapping[str, str], env: Mapping[str, str]) -> bytes:
+    inputs = [[f.path, input_digests[f.path]] for f in action.inputs]
+    outputs = [[f.path, f.is_directory] for f in action.outputs]
+    if isinstance(action, ProcessAction):
+        body: dict[str, object] = {
+            "kind": "process",
+            "argv": list(action.argv),
+            "env": sorted(env.items()),
+            "workdir": action.workdir,
+            "salt": action.salt,
+            "stdout_to": action.stdout_to,
+        }
+        if action.host_tools:
+            body["host"] = host_fingerprint()
+    else:
+        assert isinstance(action, InProcessAction)
+        body = {
+            "kind": "in-process",
+            "function": action.function_name,
+            "version": action.version,
+            "params": action.params,
+        }
+    body["engine"] = ENGINE_KEY_VERSION
+    body["inputs"] = inputs
+    body["outputs"] = outputs
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def action_key(material: bytes) -> str:
+    return digest_bytes(material)
+
+
+def remote_key(material: bytes) -> str:
+    """The sha256 that names this action in a remote cache (Bazel's caches speak sha256)."""
+    return hashlib.sha256(material).hexdigest()

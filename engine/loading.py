@@ -1,0 +1,294 @@
+"""Loading: reading the BUILD.toml files a command needs into target declarations.
+
+Loading knows TOML, labels, globs and target generators, but not what rules do: attribute
+values stay raw here and are checked against the rule's schema in ``analysis``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pathspec
+
+from pbuild.engine.api import GeneratorContext, GeneratorDef, RuleDef
+from pbuild.engine.errors import LoadError, Location
+from pbuild.engine.labels import Label, Pattern
+from pbuild.engine.registry import RuleRegistry
+from pbuild.engine.tomlpos import table_positions, toml_error_location
+from pbuild.engine.workspace import ALWAYS_IGNORED, BUILD_FILE, IGNORE_FILE, Workspace
+
+
+@dataclass(frozen=True)
+class TargetDecl:
+    """One target as written (or generated): its rule name and raw attribute values."""
+
+    label: Label
+    rule: str
+    attrs: Mapping[str, Any]
+    location: Location
+    attr_locations: Mapping[str, Location]
+
+
+@dataclass(frozen=True)
+class Package:
+    """A folder with a BUILD.toml, and its targets in file order."""
+
+    name: str
+    build_file: str  # workspace-relative
+    targets: Mapping[str, TargetDecl]
+
+
+class Loader:
+    """Reads packages on demand and caches them for one command."""
+
+    def __init__(self, workspace: Workspace, registry: RuleRegistry) -> None:
+        self.workspace = workspace
+        self.registry = registry
+        self._packages: dict[str, Package | None] = {}
+        self._ignore = _read_ignore(workspace.root)
+
+    # -- packages --------------------------------------------------------------------------
+
+    def package(self, name: str) -> Package | None:
+        """The package ``name`` ('' is the root), or None if the folder has no BUILD.toml."""
+        if name in self._packages:
+            return self._packages[name]
+        package = self._read_package(name)
+        self._packages[name] = package
+        return package
+
+    def _read_package(self, name: str) -> Package | None:
+        if name and self.is_ignored(name + "/"):
+            return None
+        build_rel = f"{name}/{BUILD_FILE}" if name else BUILD_FILE
+        path = self.workspace.path(build_rel)
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise LoadError(
+                f"invalid TOML: {str(exc).split(' (at')[0]}",
+                location=toml_error_location(build_rel, exc),
+                hint="fix the syntax (targets are tables: [name] with rule = \"...\")",
+            ) from None
+        tables, keys = table_positions(text)
+        targets: dict[str, TargetDecl] = {}
+        for target_name, body in data.items():
+            where = Location(build_rel, tables.get(target_name))
+            if not isinstance(body, dict):
+                raise LoadError(
+                    f"{target_name!r} is not a target table",
+                    location=Location(build_rel, keys.get(("", target_name))),
+                    hint=f'write [{target_name}] with rule = "..." and the rule\'s attributes',
+                )
+            label = Label(name, target_name)
+            attr_locations = {
+                key: Location(build_rel, keys.get((target_name, key), tables.get(target_name)))
+                for key in body
+            }
+            rule_name = body.get("rule")
+            if not isinstance(rule_name, str):
+                raise LoadError(
+                    "missing rule = \"...\"",
+                    location=where,
+                    label=label,
+                    hint="every target names its rule, e.g. rule = \"genrule\"",
+                )
+            attrs = {k: v for k, v in body.items() if k != "rule"}
+            decl = TargetDecl(label, rule_name, attrs, where, attr_locations)
+            definition = self.registry.lookup(rule_name)
+            if definition is None:
+                known = self.registry.names()
+                near = difflib.get_close_matches(rule_name, known, n=3)
+                raise LoadError(
+                    f"unknown rule {rule_name!r}",
+                    location=attr_locations.get("rule", where),
+                    label=label,
+                    hint=(f"did you mean {', '.join(near)}? " if near else "")
+                    + f"known rules: {', '.join(sorted(known))}",
+                )
+            if isinstance(definition, GeneratorDef):
+                for generated in self._expand(definition, decl, name):
+                    if generated.label.name in targets or generated.label.name in data:
+                        raise LoadError(
+                            f"generated target {generated.label} clashes with another target",
+                            location=where,
+                            label=label,
+                        )
+                    targets[generated.label.name] = generated
+            targets[target_name] = decl
+        return Package(name, build_rel, targets)
+
+    def _expand(self, generator: GeneratorDef, decl: TargetDecl, package: str) -> list[TargetDecl]:
+        from pbuild.engine.analysis import check_plain_attrs  # attribute checks live with analysis
+
+        values = check_plain_attrs(generator.attrs, decl)
+        context = GeneratorContext(
+            label=decl.label,
+            attr_values=values,
+            package_dir=self.workspace.path(package),
+            location=decl.location,
+            attr_locations=decl.attr_locations,
+        )
+        out = []
+        for generated in generator.implementation(context):
+            out.append(
+                TargetDecl(
+                    Label(package, generated.name),
+                    generated.rule,
+                    dict(generated.attrs),
+                    decl.location,
+                    {k: decl.location for k in generated.attrs},
+                )
+            )
+        return out
+
+    def target(self, label: Label, *, referenced_from: TargetDecl | None = None,
+               attr_name: str | None = None) -> TargetDecl:
+        """The declaration of ``label``; a clear error (with near names) when it does not exist."""
+        package = self.package(label.package)
+        where = referenced_from.attr_locations.get(attr_name or "", referenced_from.location) if referenced_from else None
+        by = referenced_from.label if referenced_from else None
+        if package is None:
+            near = difflib.get_close_matches(label.package, list(self._nearby_packages(label.package)), n=3)
+            raise LoadError(
+                f"no package //{label.package} (no {BUILD_FILE} in {label.package or 'the workspace root'})"
+                + (f" for {label}" if by else ""),
+                location=where,
+                label=by,
+                hint=(f"did you mean {', '.join('//' + n for n in near)}?" if near else
+                      f"create {label.package}/{BUILD_FILE} or fix the label"),
+            )
+        decl = package.targets.get(label.name)
+        if decl is None:
+            near = difflib.get_close_matches(label.name, list(package.targets), n=3)
+            raise LoadError(
+                f"no target {label.name!r} in //{label.package}" + (f" for {label}" if by else ""),
+                location=where,
+                label=by,
+                hint=(f"did you mean {', '.join(':' + n for n in near)}?" if near else
+                      f"targets in {package.build_file}: {', '.join(sorted(package.targets)) or 'none'}"),
+            )
+        return decl
+
+    def _nearby_packages(self, name: str) -> Iterable[str]:
+        parent = name.rsplit("/", 1)[0] if "/" in name else ""
+        return self.discover_packages(parent) if os.path.isdir(self.workspace.path(parent)) else ()
+
+    # -- patterns --------------------------------------------------------------------------
+
+    def expand_patterns(self, patterns: Iterable[str], current_package: str = "") -> list[Label]:
+        """The labels a command's patterns name, in a stable order; errors for empty patterns."""
+        labels: dict[Label, None] = {}
+        for text in patterns:
+            pattern = Pattern.parse(text, current_package=current_package)
+            if pattern.kind == "label":
+                label = Label(pattern.package, pattern.name)
+                self.target(label)
+                labels[label] = None
+                continue
+            if pattern.kind == "package":
+                names = [pattern.package]
+            else:
+                names = list(self.discover_packages(pattern.package))
+            found = False
+            for name in names:
+                package = self.package(name)
+                if package is None:
+                    if pattern.kind == "package":
+                        self.target(Label(name, "all"))  # raises the missing-package error
+                    continue
+                for target_name in package.targets:
+                    labels[Label(name, target_name)] = None
+                    found = True
+            if not found:
+                raise LoadError(f"pattern {pattern} matches no targets",
+                                hint="check the path; `pbuild query //...` lists all targets")
+        return list(labels)
+
+    def discover_packages(self, below: str) -> Iterator[str]:
+        """Packages at or below folder ``below``, skipping ignored folders, in sorted order."""
+        top = self.workspace.path(below)
+        if not os.path.isdir(top):
+            raise LoadError(f"no folder {below!r} in the workspace", hint="check the pattern")
+        stack = [below]
+        while stack:
+            rel = stack.pop()
+            abs_dir = self.workspace.path(rel)
+            try:
+                entries = sorted(os.scandir(abs_dir), key=lambda e: e.name, reverse=True)
+            except OSError:
+                continue
+            subdirs = []
+            has_build = False
+            for entry in entries:
+                if entry.name == BUILD_FILE and entry.is_file():
+                    has_build = True
+                elif entry.is_dir(follow_symlinks=False) and entry.name not in ALWAYS_IGNORED:
+                    child = f"{rel}/{entry.name}" if rel else entry.name
+                    if not self.is_ignored(child + "/") and not entry.name.startswith(".pbuild"):
+                        subdirs.append(child)
+            if has_build:
+                yield rel
+            stack.extend(subdirs)
+
+    # -- globs -----------------------------------------------------------------------------
+
+    def is_ignored(self, relative: str) -> bool:
+        parts = relative.strip("/").split("/")
+        if any(part in ALWAYS_IGNORED for part in parts):
+            return True
+        return self._ignore is not None and self._ignore.match_file(relative)
+
+    def glob(self, package: str, include: list[str], exclude: list[str]) -> list[str]:
+        """Files of ``package`` matching ``include`` and not ``exclude`` (gitignore-style patterns).
+
+        Sub-packages (folders with their own BUILD.toml) are not searched, as in Bazel.
+        """
+        spec = pathspec.PathSpec.from_lines("gitwildmatch", include)
+        not_spec = pathspec.PathSpec.from_lines("gitwildmatch", exclude) if exclude else None
+        base = self.workspace.path(package)
+        results: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel_dir = os.path.relpath(dirpath, base)
+            rel_dir = "" if rel_dir == "." else rel_dir
+            kept = []
+            for d in sorted(dirnames):
+                rel = f"{rel_dir}/{d}" if rel_dir else d
+                ws_rel = f"{package}/{rel}" if package else rel
+                if self.is_ignored(ws_rel + "/") or os.path.exists(os.path.join(dirpath, d, BUILD_FILE)):
+                    continue
+                kept.append(d)
+            dirnames[:] = kept
+            for f in sorted(filenames):
+                rel = f"{rel_dir}/{f}" if rel_dir else f
+                ws_rel = f"{package}/{rel}" if package else rel
+                if f == BUILD_FILE or self.is_ignored(ws_rel):
+                    continue
+                if spec.match_file(rel) and not (not_spec and not_spec.match_file(rel)):
+                    results.append(rel)
+        return sorted(results)
+
+
+def _read_ignore(root: str) -> pathspec.PathSpec | None:
+    try:
+        with open(os.path.join(root, IGNORE_FILE), encoding="utf-8") as handle:
+            return pathspec.PathSpec.from_lines("gitwildmatch", handle)
+    except FileNotFoundError:
+        return None
+
+
+def rule_of(registry: RuleRegistry, decl: TargetDecl) -> RuleDef:
+    definition = registry.lookup(decl.rule)
+    assert isinstance(definition, RuleDef)
+    return definition

@@ -1,0 +1,104 @@
+"""Which rule names exist: the built-in families and the workspace's plugins.
+
+Families are imported lazily: a workspace of genrules never pays for importing the image
+rules. Each family module lists its rules in a module-level ``RULES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+from pbuild.engine.api import GeneratorDef, RuleDef
+from pbuild.engine.errors import Location, WorkspaceError
+from pbuild.engine.workspace import WORKSPACE_FILE, Workspace
+
+# Cheapest first: most lookups stop at core.
+BUILTIN_FAMILIES = (
+    "pbuild.rules.core",
+    "pbuild.rules.python",
+    "pbuild.rules.debian",
+    "pbuild.rules.oci",
+)
+
+Definition = RuleDef | GeneratorDef
+
+
+class RuleRegistry:
+    """Maps rule names to definitions, importing rule families on first need."""
+
+    def __init__(self, workspace: Workspace | None = None) -> None:
+        self._rules: dict[str, Definition] = {}
+        self._pending = list(BUILTIN_FAMILIES)
+        self._workspace = workspace
+        self._plugins_loaded = workspace is None
+
+    def lookup(self, name: str) -> Definition | None:
+        while name not in self._rules and (self._pending or not self._plugins_loaded):
+            if self._pending:
+                self._import_family(self._pending.pop(0))
+            else:
+                self._load_plugins()
+        return self._rules.get(name)
+
+    def names(self) -> list[str]:
+        self.lookup("\0")  # forces every family and plugin in
+        return sorted(self._rules)
+
+    def all(self) -> dict[str, Definition]:
+        self.names()
+        return dict(self._rules)
+
+    def _import_family(self, module_name: str) -> None:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return  # a family that is not part of this installation
+            raise
+        self._add(getattr(module, "RULES", ()), module_name)
+
+    def _load_plugins(self) -> None:
+        self._plugins_loaded = True
+        assert self._workspace is not None
+        for rel in self._workspace.plugins:
+            path = self._workspace.path(rel)
+            if not os.path.isfile(path):
+                raise WorkspaceError(
+                    f"plugin {rel} does not exist",
+                    location=Location(WORKSPACE_FILE),
+                    hint="workspace.plugins lists rule modules relative to the workspace root",
+                )
+            module_name = "pbuild_plugin_" + rel.replace("/", "_").replace(".", "_").replace("-", "_")
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:  # a user's plugin failing to import is a user error
+                raise WorkspaceError(
+                    f"plugin {rel} failed to load: {type(exc).__name__}: {exc}",
+                    location=Location(rel),
+                    hint="fix the plugin module; it must define RULES = [...]",
+                ) from None
+            if not hasattr(module, "RULES"):
+                raise WorkspaceError(
+                    f"plugin {rel} defines no RULES list",
+                    location=Location(rel),
+                    hint="end the module with RULES = [my_rule, ...]",
+                )
+            self._add(module.RULES, rel)
+
+    def _add(self, rules: object, origin: str) -> None:
+        for definition in rules:  # type: ignore[attr-defined]
+            if not isinstance(definition, RuleDef | GeneratorDef):
+                raise WorkspaceError(f"{origin}: RULES holds {definition!r}, not a rule")
+            if definition.name in self._rules:
+                raise WorkspaceError(
+                    f"{origin}: rule {definition.name!r} is already defined",
+                    hint="give the plugin's rule another name",
+                )
+            self._rules[definition.name] = definition

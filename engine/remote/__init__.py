@@ -1,0 +1,163 @@
+"""Remote caches: Bazel's HTTP protocol and REAPI v2 over gRPC.
+
+The engine keeps xxh3-128 as its local key; remote caches speak sha256. The engine computes an
+action's ``key_sha256`` itself (sha256 of its canonical action-key bytes) and, on a local AC
+miss, asks :meth:`RemoteCache.get_action_result` and then :meth:`RemoteCache.fetch_blob` for each
+output (if any fetch fails it runs the action locally). After a successful local execution, and
+when uploads are on, it calls :meth:`RemoteCache.upload_action`.
+
+A remote cache never fails a build: a server that is down, slow, refuses credentials or serves
+damaged bytes costs one warning and the work happens locally. Downloads are verified by sha256
+and size before anything becomes visible at their destination.
+
+Implementations live in private modules (``_http``, ``_grpc``) and are imported only when a
+remote is configured, so a build without one never loads grpc.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pbuild.engine.remote._index import Sha256Index
+
+__all__ = [
+    "RemoteActionResult",
+    "RemoteCache",
+    "RemoteOutput",
+    "RemoteSettings",
+    "RemoteStats",
+    "Sha256Index",
+    "add_remote_flags",
+    "open_remote",
+    "resolve_remote_settings",
+]
+
+
+@dataclass(frozen=True)
+class RemoteOutput:
+    """One output file of an action as the remote knows it."""
+
+    path: str  # workspace-relative output path (pbuild-out/...)
+    sha256: str  # hex
+    size: int
+    executable: bool
+
+
+@dataclass(frozen=True)
+class RemoteActionResult:
+    """What an action produced: its output files, exit code and captured stdout/stderr blobs.
+
+    ``stdout_size``/``stderr_size`` complete the digests of the captured streams (REAPI digests
+    are hash plus size); they are filled in on results read from a remote, and on upload the
+    sizes are taken from the local files when left at ``None``.
+    """
+
+    outputs: tuple[RemoteOutput, ...]
+    exit_code: int
+    stdout_sha256: str | None = None
+    stderr_sha256: str | None = None
+    stdout_size: int | None = None
+    stderr_size: int | None = None
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """Where the remote cache is and how to talk to it (see :func:`resolve_remote_settings`)."""
+
+    url: str | None  # http(s)://HOST[:PORT]/PREFIX or grpc(s)://HOST:PORT; None = no remote
+    instance_name: str = ""
+    upload: bool = True
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout_s: float = 60.0
+    retries: int = 3
+
+
+@dataclass(frozen=True)
+class RemoteStats:
+    """Counters of one build's traffic with the remote, for the build summary."""
+
+    bytes_uploaded: int = 0
+    blobs_uploaded: int = 0
+    bytes_downloaded: int = 0
+    blobs_downloaded: int = 0
+    action_results_uploaded: int = 0
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    disabled: bool = False  # the remote stopped being used during the build after failures
+
+
+class RemoteCache(Protocol):
+    """A remote action cache plus content-addressed store. Safe to call from several threads."""
+
+    def get_action_result(self, key_sha256: str) -> RemoteActionResult | None:
+        """The cached result of an action, or ``None`` (miss, or the remote is unusable)."""
+        ...
+
+    def fetch_blob(self, sha256: str, size: int, dest_path: str) -> bool:
+        """Download a blob to ``dest_path``, verified by sha256 and size, written atomically.
+
+        Returns ``False`` (after one warning) on any failure; ``dest_path`` is then untouched.
+        """
+        ...
+
+    def upload_action(self, key_sha256: str, result: RemoteActionResult, blobs: Mapping[str, str]) -> None:
+        """Upload the blobs the remote lacks (``blobs``: sha256 -> local path), then the result.
+
+        Never raises for server trouble; does nothing when uploads are off.
+        """
+        ...
+
+    def stats(self) -> RemoteStats:
+        """The traffic so far."""
+        ...
+
+    def close(self) -> None:
+        """Persist what is known to be present remotely and release connections."""
+        ...
+
+
+def open_remote(settings: RemoteSettings, *, cache_dir: str, warn: Callable[[str], None]) -> RemoteCache | None:
+    """Connect to the remote cache ``settings`` names, or return ``None`` when there is none.
+
+    An unusable remote (unknown scheme, unreachable gRPC server, no SHA256 support) gives one
+    warning through ``warn`` and ``None``: the build then runs locally.
+    """
+    if not settings.url:
+        return None
+    scheme = settings.url.split("://", 1)[0].lower() if "://" in settings.url else ""
+    if scheme in ("http", "https"):
+        from pbuild.engine.remote._http import HttpRemoteCache
+
+        return HttpRemoteCache(settings, cache_dir=cache_dir, warn=warn)
+    if scheme in ("grpc", "grpcs"):
+        from pbuild.engine.remote._grpc import open_grpc_remote
+
+        return open_grpc_remote(settings, cache_dir=cache_dir, warn=warn)
+    warn(f"remote cache {settings.url!r}: unsupported scheme (expected http://, https://, grpc:// or "
+         f"grpcs://); building without a remote cache")
+    return None
+
+
+def add_remote_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--remote-cache``, ``--remote-instance-name``, ``--[no-]remote-upload``,
+    ``--remote-header`` and ``--remote-timeout`` to a sub-command's parser."""
+    from pbuild.engine.remote._settings import add_remote_flags as add
+
+    add(parser)
+
+
+def resolve_remote_settings(
+    args: argparse.Namespace, workspace_config: Mapping[str, Any], user_config: Mapping[str, Any]
+) -> RemoteSettings:
+    """Merge flags over ``WORKSPACE.toml`` ``[remote]`` over the user config file's ``[remote]``.
+
+    ``workspace_config`` and ``user_config`` are the parsed TOML documents (their ``remote``
+    table is read). Raises :class:`pbuild.engine.errors.WorkspaceError` for a bad value.
+    """
+    from pbuild.engine.remote._settings import resolve
+
+    return resolve(args, workspace_config, user_config)

@@ -1,0 +1,196 @@
+"""Bazel's HTTP remote cache protocol: ``GET``/``PUT`` of ``PREFIX/ac/<sha256>`` (a serialized
+REAPI ActionResult) and ``PREFIX/cas/<sha256>`` (the blob's bytes).
+
+Any server that stores what is PUT and serves it back works: nginx with WebDAV, bazel-remote,
+S3-like gateways. Connections are kept alive in a small pool shared by the build's threads.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import urllib.parse
+from collections.abc import Callable
+
+from pbuild.engine.remote import RemoteSettings
+from pbuild.engine.remote._base import (
+    BlobToUpload,
+    Missing,
+    Refused,
+    RemoteBase,
+    RemoteFailure,
+    TimedOut,
+    Transient,
+    UploadRefused,
+    auth_headers,
+)
+
+_POOL_SIZE = 16
+_READ_CHUNK = 1 << 20
+_SEND_BLOCK = 1 << 18
+# Below this size a PUT costs no more than asking first with HEAD.
+HEAD_THRESHOLD = 64 * 1024
+
+
+class _Pool:
+    """Idle keep-alive connections to one server."""
+
+    def __init__(self, scheme: str, host: str, port: int | None, timeout: float) -> None:
+        self._factory: Callable[[], http.client.HTTPConnection]
+        if scheme == "https":
+            self._factory = lambda: http.client.HTTPSConnection(host, port, timeout=timeout, blocksize=_SEND_BLOCK)
+        else:
+            self._factory = lambda: http.client.HTTPConnection(host, port, timeout=timeout, blocksize=_SEND_BLOCK)
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection and whether it was used before (and so may have been closed by the server)."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop(), True
+        return self._factory(), False
+
+    def put(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < _POOL_SIZE:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+def _status_failure(method: str, what: str, status: int, reason: str) -> RemoteFailure:
+    text = f"HTTP {status} {reason} for {method} {what}"
+    if status == 401:
+        return Refused(f"credentials refused ({text})")
+    if status == 403 and method == "GET":
+        return Refused(f"access denied ({text})")
+    if method == "PUT" and status in (403, 405, 501):
+        return UploadRefused(text)
+    if status >= 500 or status in (408, 429):
+        return Transient(text)
+    return RemoteFailure(text)
+
+
+class HttpRemoteCache(RemoteBase):
+    """A :class:`pbuild.engine.remote.RemoteCache` over Bazel's HTTP cache protocol."""
+
+    def __init__(self, settings: RemoteSettings, *, cache_dir: str, warn: Callable[[str], None]) -> None:
+        super().__init__(settings, cache_dir=cache_dir, warn=warn)
+        parts = urllib.parse.urlsplit(settings.url or "")
+        self._prefix = parts.path.rstrip("/")
+        self._headers = dict(auth_headers(settings))
+        self._pool = _Pool(parts.scheme, parts.hostname or "localhost", parts.port, settings.timeout_s)
+
+    # --- one exchange ------------------------------------------------------------------------
+
+    def _exchange(self, method: str, path: str, *, body_path: str | None = None, body: bytes | None = None,
+                  length: int = 0, sink: Callable[[bytes], None] | None = None) -> tuple[int, str, bytes]:
+        """Send one request; return status, reason and body (streamed to ``sink`` on a 200).
+
+        A kept-alive connection the server closed in the meantime is replaced once without
+        counting as a failure: that is normal keep-alive behaviour, not trouble.
+        """
+        headers = dict(self._headers)
+        if method == "PUT":
+            headers["Content-Length"] = str(length)
+            headers["Content-Type"] = "application/octet-stream"
+        for fresh_retry in (False, True):
+            conn, reused = self._pool.get()
+            try:
+                if body_path is not None:
+                    with open(body_path, "rb") as f:
+                        conn.request(method, path, body=f, headers=headers)
+                else:
+                    conn.request(method, path, body=body, headers=headers)
+                resp = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                if reused and not fresh_retry:
+                    continue
+                raise Transient(f"connection lost: {exc}") from None
+            except (TimeoutError, socket.timeout):
+                conn.close()
+                raise TimedOut(f"no answer within {self.settings.timeout_s:g}s") from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise Transient(f"{type(exc).__name__}: {exc}") from None
+            try:
+                if resp.status == 200 and sink is not None:
+                    while chunk := resp.read(_READ_CHUNK):
+                        sink(chunk)
+                    data = b""
+                else:
+                    data = resp.read()
+            except (TimeoutError, socket.timeout):
+                conn.close()
+                raise TimedOut(f"body not received within {self.settings.timeout_s:g}s") from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise Transient(f"download interrupted: {type(exc).__name__}: {exc}") from None
+            except BaseException:
+                conn.close()  # the sink refused the bytes; the rest of the body is unread
+                raise
+            if resp.will_close:
+                conn.close()
+            else:
+                self._pool.put(conn)
+            return resp.status, resp.reason, data
+        raise AssertionError("unreachable")
+
+    def _url(self, kind: str, sha256: str) -> str:
+        return f"{self._prefix}/{kind}/{sha256}"
+
+    # --- protocol hooks ----------------------------------------------------------------------
+
+    def _read_action_result(self, key_sha256: str) -> bytes | None:
+        status, reason, data = self._exchange("GET", self._url("ac", key_sha256))
+        if status == 200:
+            return data
+        if status == 404:
+            return None
+        raise _status_failure("GET", f"ac/{key_sha256[:12]}…", status, reason)
+
+    def _write_action_result(self, key_sha256: str, encoded: bytes) -> None:
+        status, reason, _ = self._exchange("PUT", self._url("ac", key_sha256), body=encoded, length=len(encoded))
+        if status not in (200, 201, 204):
+            raise _status_failure("PUT", f"ac/{key_sha256[:12]}…", status, reason)
+
+    def _read_blob(self, sha256: str, size: int, sink: Callable[[bytes], None]) -> None:
+        status, reason, _ = self._exchange("GET", self._url("cas", sha256), sink=sink)
+        if status == 404:
+            raise Missing("the server does not have it (an action result names a missing blob)")
+        if status != 200:
+            raise _status_failure("GET", f"cas/{sha256[:12]}…", status, reason)
+
+    def _upload_blobs(self, blobs: list[BlobToUpload]) -> None:
+        for blob in blobs:
+            if blob.size >= HEAD_THRESHOLD and self.attempt(lambda b=blob: self._present(b)):  # type: ignore[misc]
+                continue
+            self.attempt(lambda b=blob: self._put_blob(b))  # type: ignore[misc]
+            self.count("blobs_uploaded")
+            self.count("bytes_uploaded", blob.size)
+
+    def _present(self, blob: BlobToUpload) -> bool:
+        status, reason, _ = self._exchange("HEAD", self._url("cas", blob.sha256))
+        if status == 200:
+            return True
+        if status == 404:
+            return False
+        raise _status_failure("HEAD", f"cas/{blob.sha256[:12]}…", status, reason)
+
+    def _put_blob(self, blob: BlobToUpload) -> None:
+        status, reason, _ = self._exchange("PUT", self._url("cas", blob.sha256), body_path=blob.path,
+                                           length=blob.size)
+        if status not in (200, 201, 204):
+            raise _status_failure("PUT", f"cas/{blob.sha256[:12]}…", status, reason)
+
+    def _close(self) -> None:
+        self._pool.close()

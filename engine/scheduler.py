@@ -1,0 +1,430 @@
+"""Executing the action graph: in dependency order, in parallel, each action at most once.
+
+For each action: compute its key from its inputs' digests; a local AC hit whose blobs are intact
+is materialized; else a remote AC hit is downloaded (verified); else the action runs (sandboxed
+for process actions) and its outputs go to the CAS, the AC and, when allowed, the remote.
+
+Cache hits are handled on the calling thread, which keeps no-op builds free of thread hand-offs;
+only actions that must run go to the worker pool.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbuild.engine.api import OUT_DIR, Action, ActionIO, InProcessAction, ProcessAction
+from pbuild.engine.errors import BuildFailed, PbuildError
+from pbuild.engine.events import Reporter
+from pbuild.engine.execroot import base_env, explain_failure, prepare_exec_root, run_process
+from pbuild.engine.hashing import StatIndex, digest_bytes
+from pbuild.engine.keys import action_key, key_material, remote_key
+from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize, remove_tree
+
+_TAIL = 60  # lines of a failing action's stderr shown to the user
+
+
+@dataclass
+class ExecOptions:
+    jobs: int
+    keep_going: bool = False
+    source_date_epoch: str = "0"
+    cache_results: bool = True  # False: do not look up the AC (used for forced test runs)
+    no_cache_mnemonics: frozenset[str] = frozenset()
+
+
+@dataclass
+class ActionFailure:
+    action: Action
+    error: PbuildError
+
+
+@dataclass
+class BuildResult:
+    failures: list[ActionFailure] = field(default_factory=list)
+    statuses: dict[int, str] = field(default_factory=dict)  # id(action) -> status
+    results: dict[int, ActionResult] = field(default_factory=dict)
+    skipped: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.skipped
+
+
+class Executor:
+    """Runs actions for one command. Collaborators are passed in; no globals."""
+
+    def __init__(
+        self,
+        *,
+        workspace_root: str,
+        store: LocalStore,
+        stat_index: StatIndex,
+        reporter: Reporter,
+        options: ExecOptions,
+        remote: Any = None,
+        sha_index: Any = None,
+        hide_paths: Sequence[str] = (),
+    ) -> None:
+        self.root = workspace_root
+        self.store = store
+        self.index = stat_index
+        self.reporter = reporter
+        self.options = options
+        self.remote = remote
+        self.sha_index = sha_index
+        self.hide_paths = tuple(hide_paths)
+        # path -> output record, for every generated file known in this build
+        self._records: dict[str, OutputRecord] = {}
+        self._dir_files: dict[str, list[OutputRecord]] = {}
+        self._env = base_env(options.source_date_epoch)
+
+    # -- public ----------------------------------------------------------------------------
+
+    def execute(self, actions: Sequence[Action]) -> BuildResult:
+        """Run ``actions`` (already in dependency order) and return what happened."""
+        result = BuildResult()
+        producers: dict[str, Action] = {o.path: a for a in actions for o in a.outputs}
+        waiting_on: dict[int, int] = {}
+        dependents: dict[int, list[Action]] = {}
+        for action in actions:
+            deps = {id(producers[f.path]) for f in action.inputs if f.path in producers}
+            waiting_on[id(action)] = len(deps)
+            for dep in deps:
+                dependents.setdefault(dep, []).append(action)
+        ready = [a for a in actions if waiting_on[id(a)] == 0]
+        ready.reverse()
+        failed_ids: set[int] = set()
+        self.reporter.start(len(actions))
+        stop = False
+        running: dict[Future[tuple[str, ActionResult]], tuple[Action, str, bytes, float]] = {}
+        pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs), thread_name_prefix="pbuild")
+
+        def finish(action: Action, status: str, key: str, res: ActionResult | None, started: float) -> None:
+            result.statuses[id(action)] = status
+            if res is not None:
+                result.results[id(action)] = res
+                self._remember(res)
+            self.reporter.action_finished(
+                ident=id(action), label=str(action.owner), mnemonic=action.mnemonic, key=key,
+                status=status, duration_ms=(time.monotonic() - started) * 1000, description=action.progress,
+            )
+            for dependent in dependents.get(id(action), ()):
+                waiting_on[id(dependent)] -= 1
+                if waiting_on[id(dependent)] == 0 and status != "failed":
+                    ready.append(dependent)
+
+        def fail(action: Action, error: PbuildError, key: str, started: float) -> None:
+            nonlocal stop
+            result.failures.append(ActionFailure(action, error))
+            self.reporter.message(error.render())
+            failed_ids.add(id(action))
+            finish(action, "failed", key, None, started)
+            if not self.options.keep_going:
+                stop = True
+
+        try:
+            while ready or running:
+                while ready and not stop:
+                    action = ready.pop()
+                    started = time.monotonic()
+                    try:
+                        material, digests = self._key_material(action)
+                    except PbuildError as exc:
+                        fail(action, exc, "", started)
+                        continue
+                    key = action_key(material)
+                    hit = self._lookup(action, key, material)
+                    if hit is not None:
+                        status, res = hit
+                        finish(action, status, key, res, started)
+                        continue
+                    self.reporter.action_started(id(action), action.progress)
+                    future = pool.submit(self._run, action, key, material, digests)
+                    running[future] = (action, key, material, started)
+                if not running:
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    action, key, material, started = running.pop(future)
+                    try:
+                        status, res = future.result()
+                    except PbuildError as exc:
+                        fail(action, exc, key, started)
+                        continue
+                    finish(action, status, key, res, started)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        result.skipped = len(actions) - len(result.statuses)
+        return result
+
+    def record_for(self, path: str) -> OutputRecord | None:
+        return self._records.get(path)
+
+    def files_of(self, path: str) -> list[OutputRecord]:
+        """Records of a generated file, or of every file of a generated directory."""
+        if path in self._dir_files:
+            return self._dir_files[path]
+        record = self._records.get(path)
+        return [record] if record else []
+
+    # -- keys and lookups ------------------------------------------------------------------
+
+    def _remember(self, res: ActionResult) -> None:
+        for record in res.outputs:
+            self._records[record.path] = record
+        for directory in res.directories:
+            prefix = directory + "/"
+            self._dir_files[directory] = [o for o in res.outputs if o.path.startswith(prefix)]
+
+    def _input_digest(self, path: str, is_directory: bool, is_source: bool) -> str:
+        if not is_source:
+            if path in self._dir_files:
+                listing = "\n".join(f"{o.path} {o.digest} {int(o.executable)}" for o in self._dir_files[path])
+                return digest_bytes(listing.encode())
+            record = self._records.get(path)
+            if record is None:
+                raise PbuildError(f"generated input {path} was not built", hint="this is a bug in a rule")
+            return record.digest
+        full = os.path.join(self.root, path)
+        try:
+            return self.index.digest(full)
+        except FileNotFoundError:
+            raise PbuildError(
+                f"source file {path} does not exist",
+                hint="it was listed in BUILD.toml (or matched a glob) but is gone; restore it or update BUILD.toml",
+            ) from None
+        except IsADirectoryError:
+            raise PbuildError(f"{path} is a folder, not a file", hint="list files, or use a glob") from None
+
+    def _key_material(self, action: Action) -> tuple[bytes, dict[str, str]]:
+        digests = {f.path: self._input_digest(f.path, f.is_directory, f.is_source) for f in action.inputs}
+        env = dict(action.env) if isinstance(action, ProcessAction) else {}
+        return key_material(action, digests, env), digests
+
+    def _lookup(self, action: Action, key: str, material: bytes) -> tuple[str, ActionResult] | None:
+        if not self.options.cache_results or action.mnemonic in self.options.no_cache_mnemonics:
+            return None
+        res = self.store.get_action(key)
+        if res is not None and self._materialize_all(res):
+            return "cached", res
+        if self.remote is not None:
+            res = self._remote_lookup(action, material)
+            if res is not None:
+                self.store.put_action(key, res)
+                return "remote_cached", res
+        return None
+
+    def _materialize_all(self, res: ActionResult) -> bool:
+        """Make pbuild-out hold ``res``'s outputs; False if a blob is missing or damaged."""
+        for directory in res.directories:
+            full_dir = os.path.join(self.root, directory)
+            if os.path.lexists(full_dir) and not os.path.isdir(full_dir):
+                os.unlink(full_dir)
+        for record in res.outputs:
+            dest = os.path.join(self.root, record.path)
+            if self.index.lookup(dest) == record.digest:
+                continue
+            if not self.store.verify_blob(record.digest, record.executable):
+                return False
+            materialize(self.store, record, dest)
+            self.index.record(dest, os.stat(dest), record.digest)
+        return True
+
+    def _remote_lookup(self, action: Action, material: bytes) -> ActionResult | None:
+        remote_result = self.remote.get_action_result(remote_key(material))
+        if remote_result is None or remote_result.exit_code != 0:
+            return None
+        records = []
+        for out in remote_result.outputs:
+            tmp = os.path.join(self.store.tmp_dir, f"dl-{out.sha256}-{os.getpid()}-{id(out)}")
+            if not self.remote.fetch_blob(out.sha256, out.size, tmp):
+                return None
+            digest, size = self.store.put_file(tmp, executable=out.executable, move=True)
+            if self.sha_index is not None:
+                self.sha_index.remember(digest, out.sha256)
+            records.append(OutputRecord(out.path, digest, size, out.executable))
+        declared_dirs = tuple(f.path for f in action.outputs if f.is_directory)
+        res = ActionResult(tuple(records), declared_dirs)
+        if not self._materialize_all(res):
+            return None
+        return res
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _run(self, action: Action, key: str, material: bytes, digests: Mapping[str, str]) -> tuple[str, ActionResult]:
+        work = self.store.new_tmp_dir("act")
+        try:
+            if isinstance(action, ProcessAction):
+                res = self._run_process(action, work)
+            else:
+                res = self._run_in_process(action, work)
+        finally:
+            remove_tree(work)
+        self.store.put_action(key, res)
+        if not self._materialize_all(res):
+            raise PbuildError(f"outputs of {action.owner} vanished from the cache while building",
+                              hint="another process expunged the cache; build again")
+        if self.remote is not None and getattr(self.remote, "upload_enabled", True):
+            self._upload(action, material, res)
+        return "executed", res
+
+    def _upload(self, action: Action, material: bytes, res: ActionResult) -> None:
+        from pbuild.engine.remote import RemoteActionResult, RemoteOutput
+
+        outputs = []
+        blobs: dict[str, str] = {}
+        for record in res.outputs:
+            path = self.store.blob_path(record.digest, record.executable)
+            sha = self.sha_index.sha256_for(record.digest, path) if self.sha_index else None
+            if sha is None:
+                return
+            outputs.append(RemoteOutput(record.path, sha, record.size, record.executable))
+            blobs[sha] = path
+        self.remote.upload_action(remote_key(material), RemoteActionResult(tuple(outputs), 0), blobs)
+
+    def _input_sources(self, action: Action) -> dict[str, str]:
+        """Where each declared input (directories expanded) can be read on the host."""
+        sources: dict[str, str] = {}
+        for f in action.inputs:
+            if f.is_source:
+                sources[f.path] = os.path.join(self.root, f.path)
+                continue
+            for record in self.files_of(f.path):
+                sources[record.path] = self.store.blob_path(record.digest, record.executable)
+        return sources
+
+    def _run_process(self, action: ProcessAction, work: str) -> ActionResult:
+        exec_root = os.path.join(work, "execroot")
+        logs = os.path.join(work, "logs")
+        os.makedirs(exec_root)
+        os.makedirs(logs)
+        writable = prepare_exec_root(exec_root, action, self._input_sources(action))
+        env = dict(self._env)
+        env.update(dict(action.env))
+        outcome = run_process(action, exec_root, writable, env, self.hide_paths, logs)
+        if outcome.setup_error:
+            raise BuildFailed(f"{action.mnemonic} could not start its sandbox: {outcome.setup_error}",
+                              label=action.owner)
+        if action.stdout_to:
+            log_dest = os.path.join(exec_root, action.stdout_to)
+            with open(log_dest, "wb") as log:
+                for part in (outcome.stdout_path, outcome.stderr_path):
+                    with open(part, "rb") as handle:
+                        shutil.copyfileobj(handle, log)
+        if outcome.exit_code != 0:
+            raise self._process_failure(action, outcome)
+        return self._collect(action, exec_root)
+
+    def _process_failure(self, action: ProcessAction, outcome: Any) -> BuildFailed:
+        with open(outcome.stderr_path, "rb") as handle:
+            stderr = handle.read().decode("utf-8", "replace")
+        with open(outcome.stdout_path, "rb") as handle:
+            stdout = handle.read().decode("utf-8", "replace")
+        if action.stdout_to:
+            # test failures: the log is the story; keep it too
+            log = os.path.join(self.root, action.stdout_to)
+            os.makedirs(os.path.dirname(log), exist_ok=True)
+            tmp = log + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(stdout + stderr)
+            os.replace(tmp, log)
+        text = "\n".join((stdout + stderr).rstrip().splitlines()[-_TAIL:])
+        why = explain_failure(stderr + stdout, action, self.root)
+        code = outcome.exit_code
+        how = f"killed by signal {code - 128}" if code > 128 else f"exit code {code}"
+        command = " ".join(_quote(a) for a in action.argv)
+        message = f"{action.mnemonic} failed ({how}): {command}"
+        if text:
+            message += "\n" + "\n".join("    " + line for line in text.splitlines())
+        return BuildFailed(message, label=action.owner, hint=why)
+
+    def _collect(self, action: Action, top: str) -> ActionResult:
+        """Move declared outputs from ``top`` into the CAS; every declared output must exist."""
+        records: list[OutputRecord] = []
+        directories: list[str] = []
+        for output in action.outputs:
+            path = os.path.join(top, output.path)
+            if output.is_directory:
+                if not os.path.isdir(path):
+                    raise BuildFailed(f"{action.mnemonic} did not create its declared directory {output.path}",
+                                      label=action.owner, hint="the command must write every declared output")
+                directories.append(output.path)
+                for dirpath, dirnames, filenames in os.walk(path):
+                    dirnames.sort()
+                    for name in sorted(filenames):
+                        full = os.path.join(dirpath, name)
+                        rel = os.path.relpath(full, top)
+                        records.append(self._ingest(full, rel))
+                continue
+            if not os.path.lexists(path):
+                raise BuildFailed(
+                    f"{action.mnemonic} did not write its declared output {output.path}",
+                    label=action.owner,
+                    hint="the command must write every declared output ($@ or $(OUTS) in a genrule)",
+                )
+            if os.path.isdir(path):
+                raise BuildFailed(f"declared output {output.path} is a folder, not a file", label=action.owner)
+            records.append(self._ingest(path, output.path))
+        return ActionResult(tuple(records), tuple(directories))
+
+    def _ingest(self, full: str, rel: str) -> OutputRecord:
+        if os.path.islink(full):
+            target = os.path.realpath(full)
+            os.unlink(full)
+            shutil.copyfile(target, full)
+        executable = os.access(full, os.X_OK)
+        digest, size = self.store.put_file(full, executable=executable, move=True)
+        return OutputRecord(rel, digest, size, executable)
+
+    def _run_in_process(self, action: InProcessAction, work: str) -> ActionResult:
+        out_top = os.path.join(work, "out")
+        outputs: dict[str, str] = {}
+        for output in action.outputs:
+            dest = os.path.join(out_top, output.path)
+            os.makedirs(dest if output.is_directory else os.path.dirname(dest), exist_ok=True)
+            outputs[output.path] = dest
+        inputs: dict[str, str] = {}
+        for f in action.inputs:
+            inputs[f.path] = os.path.join(self.root, f.path)
+        tmp = os.path.join(work, "tmp")
+        os.makedirs(tmp)
+        io = ActionIO(inputs, outputs, tmp, action.owner, jobs=self.options.jobs)
+        try:
+            action.function(io, action.params)
+        except PbuildError as exc:
+            if exc.label is None:
+                exc.label = action.owner
+            raise
+        except Exception as exc:  # a crashing rule function is reported, with its traceback, as a failed action
+            detail = "".join(traceback.format_exception(exc)[-6:])
+            raise BuildFailed(
+                f"{action.mnemonic} crashed: {type(exc).__name__}: {exc}\n{detail}",
+                label=action.owner,
+                hint=f"this is a bug in {action.function_name}",
+            ) from None
+        return self._collect(action, out_top)
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    text = shlex.quote(arg)
+    return text if len(text) < 400 else text[:400] + "...'"
+
+
+def describe_failures(failures: Sequence[ActionFailure]) -> str:
+    return f"build failed: {len(failures)} action{'s' if len(failures) != 1 else ''} failed"
+
+
+OutPath = Callable[[str], str]
+
+
+def out_dir(root: str) -> str:
+    return os.path.join(root, OUT_DIR)

@@ -1,0 +1,217 @@
+"""The local store: a content-addressed blob store (CAS) and an action cache (AC).
+
+Layout under the cache dir::
+
+    cas/ab/<xxh3>        read-only blob (mode 0444)
+    cas/ab/<xxh3>.x      the same content, executable (0555): outputs keep their mode
+    ac/ab/<key>          JSON: the outputs of the action with that key
+
+Every write goes to a temp file beside its destination and is renamed into place, so a crash or a
+concurrent build never leaves a half-written entry visible. Blobs are verified against their
+digest whenever they are about to be served from a state we cannot vouch for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pbuild.engine.hashing import digest_file
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One output file of an action as stored in the AC."""
+
+    path: str  # workspace-relative (pbuild-out/...)
+    digest: str
+    size: int
+    executable: bool
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What the AC remembers of an action. Directory outputs are listed file by file."""
+
+    outputs: tuple[OutputRecord, ...]
+    directories: tuple[str, ...] = ()  # directory outputs (their files are in ``outputs``)
+    exit_code: int = 0
+    stdout: str | None = None  # digest of captured stdout, if any
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "outputs": [[o.path, o.digest, o.size, o.executable] for o in self.outputs],
+                "directories": list(self.directories),
+                "exit_code": self.exit_code,
+                "stdout": self.stdout,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ActionResult:
+        raw: Mapping[str, Any] = json.loads(data)
+        return cls(
+            outputs=tuple(OutputRecord(p, d, int(s), bool(x)) for p, d, s, x in raw["outputs"]),
+            directories=tuple(raw.get("directories", ())),
+            exit_code=int(raw.get("exit_code", 0)),
+            stdout=raw.get("stdout"),
+        )
+
+
+class LocalStore:
+    """CAS and AC under ``root``. Safe for concurrent use by threads and processes."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.cas_dir = os.path.join(root, "cas")
+        self.ac_dir = os.path.join(root, "ac")
+        self.tmp_dir = os.path.join(root, "tmp")
+        for d in (self.cas_dir, self.ac_dir, self.tmp_dir):
+            os.makedirs(d, exist_ok=True)
+        self._made: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- CAS -------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str, executable: bool = False) -> str:
+        return os.path.join(self.cas_dir, digest[:2], digest + (".x" if executable else ""))
+
+    def has_blob(self, digest: str, executable: bool = False) -> bool:
+        return os.path.exists(self.blob_path(digest, executable))
+
+    def _ensure_dir(self, path: str) -> None:
+        if path not in self._made:
+            os.makedirs(path, exist_ok=True)
+            with self._lock:
+                self._made.add(path)
+
+    def put_file(self, source: str, *, executable: bool, move: bool, digest: str | None = None) -> tuple[str, int]:
+        """Store ``source``'s content; returns (digest, size). With ``move``, the file is consumed."""
+        if digest is None:
+            digest, size = digest_file(source)
+        else:
+            size = os.path.getsize(source)
+        dest = self.blob_path(digest, executable)
+        if os.path.exists(dest):
+            if move:
+                os.unlink(source)
+            return digest, size
+        self._ensure_dir(os.path.dirname(dest))
+        tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
+        if move:
+            os.replace(source, tmp)
+        else:
+            shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o555 if executable else 0o444)
+        os.replace(tmp, dest)
+        return digest, size
+
+    def put_bytes(self, data: bytes, digest: str) -> str:
+        dest = self.blob_path(digest)
+        if not os.path.exists(dest):
+            self._ensure_dir(os.path.dirname(dest))
+            tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+        return dest
+
+    def verify_blob(self, digest: str, executable: bool = False) -> bool:
+        """Re-hash a blob; a damaged one is deleted so it is rebuilt, never served."""
+        path = self.blob_path(digest, executable)
+        try:
+            actual, _ = digest_file(path)
+        except OSError:
+            return False
+        if actual != digest:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            return False
+        return True
+
+    # -- AC --------------------------------------------------------------------------------
+
+    def _ac_path(self, key: str) -> str:
+        return os.path.join(self.ac_dir, key[:2], key)
+
+    def get_action(self, key: str) -> ActionResult | None:
+        try:
+            with open(self._ac_path(key), "rb") as handle:
+                data = handle.read()
+        except OSError:
+            return None
+        try:
+            return ActionResult.from_json(data)
+        except (ValueError, KeyError, TypeError):
+            return None  # a damaged entry is a miss; the action runs again and rewrites it
+
+    def put_action(self, key: str, result: ActionResult) -> None:
+        dest = self._ac_path(key)
+        self._ensure_dir(os.path.dirname(dest))
+        tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(result.to_json())
+        os.replace(tmp, dest)
+
+    def new_tmp_dir(self, prefix: str = "x") -> str:
+        path = os.path.join(self.tmp_dir, f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        os.makedirs(path)
+        return path
+
+    def expunge(self) -> None:
+        """Remove everything (``pbuild clean --expunge``)."""
+        for sub in ("cas", "ac", "tmp", "index"):
+            _force_rmtree(os.path.join(self.root, sub))
+
+
+def _force_rmtree(path: str) -> None:
+    def onerror(func: Any, p: str, exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(p), 0o755)
+            os.chmod(p, 0o755)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a tree even if it holds read-only folders."""
+    if os.path.lexists(path):
+        _force_rmtree(path)
+
+
+def materialize(store: LocalStore, record: OutputRecord, dest: str) -> None:
+    """Make ``dest`` hold the blob of ``record``: a hard link to the read-only blob, else a copy."""
+    blob = store.blob_path(record.digest, record.executable)
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{dest}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        os.link(blob, tmp)
+    except OSError:
+        shutil.copyfile(blob, tmp)
+        os.chmod(tmp, 0o555 if record.executable else 0o444)
+    try:
+        os.replace(tmp, dest)
+    except IsADirectoryError:
+        remove_tree(dest)
+        os.replace(tmp, dest)
+
+
+def outputs_for(result: ActionResult, paths: Sequence[str]) -> list[OutputRecord]:
+    wanted = set(paths)
+    return [o for o in result.outputs if o.path in wanted]

@@ -1,0 +1,87 @@
+"""Finding the workspace and reading ``WORKSPACE.toml``."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbuild.engine.errors import Location, WorkspaceError
+from pbuild.engine.tomlpos import toml_error_location
+
+WORKSPACE_FILE = "WORKSPACE.toml"
+BUILD_FILE = "BUILD.toml"
+IGNORE_FILE = ".pbuildignore"
+# Folders that are never packages nor glob results, whatever .pbuildignore says.
+ALWAYS_IGNORED = ("pbuild-out", ".venv", ".git", "__pycache__")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A workspace root and its parsed ``WORKSPACE.toml``."""
+
+    root: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        section = self.config.get("workspace", {})
+        return str(section.get("name", os.path.basename(self.root)))
+
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        section = self.config.get("workspace", {})
+        return tuple(section.get("plugins", ()))
+
+    def path(self, relative: str) -> str:
+        return os.path.join(self.root, relative) if relative else self.root
+
+
+def find_workspace(start: str, explicit: str | None = None) -> Workspace:
+    """The workspace at ``explicit``, else the nearest folder upward from ``start`` with WORKSPACE.toml."""
+    if explicit is not None:
+        root = os.path.abspath(explicit)
+        if not os.path.isfile(os.path.join(root, WORKSPACE_FILE)):
+            raise WorkspaceError(
+                f"--workspace {explicit}: no {WORKSPACE_FILE} there",
+                hint=f"create {os.path.join(explicit, WORKSPACE_FILE)} (it may be empty) or point at the right folder",
+            )
+        return Workspace(root, read_workspace_config(root))
+    current = os.path.abspath(start)
+    while True:
+        if os.path.isfile(os.path.join(current, WORKSPACE_FILE)):
+            return Workspace(current, read_workspace_config(current))
+        parent = os.path.dirname(current)
+        if parent == current:
+            raise WorkspaceError(
+                f"no {WORKSPACE_FILE} found in {os.path.abspath(start)} or any folder above it",
+                hint=f"run pbuild inside a workspace, pass --workspace DIR, or create {WORKSPACE_FILE} at the root",
+            )
+        current = parent
+
+
+def read_workspace_config(root: str) -> Mapping[str, Any]:
+    path = os.path.join(root, WORKSPACE_FILE)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        config = tomllib.loads(data.decode("utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise WorkspaceError(
+            f"invalid TOML: {exc.args[0].split(' (at')[0]}",
+            location=toml_error_location(WORKSPACE_FILE, exc),
+            hint="fix the syntax; see https://toml.io for the format",
+        ) from None
+    section = config.get("workspace", {})
+    if not isinstance(section, dict):
+        raise WorkspaceError("[workspace] must be a table", location=Location(WORKSPACE_FILE))
+    plugins = section.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise WorkspaceError(
+            "workspace.plugins must be a list of paths to rule modules",
+            location=Location(WORKSPACE_FILE),
+            hint='plugins = ["build_rules/stamp.py"]',
+        )
+    return config

@@ -1,0 +1,116 @@
+"""Determinism in one place: every writer of a tar, a gzip stream or a JSON document uses this.
+
+The invariants (DESIGN.md): the timestamp comes from ``SOURCE_DATE_EPOCH`` (default 0); entries
+are sorted; modes are normalized; tar headers carry uid/gid 0, empty user and group names and no
+PAX atime/ctime; JSON is canonical; gzip headers carry mtime 0 and no file name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tarfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pbuild.engine.errors import PbuildError
+
+#: Size of one tar block; headers and data are padded to it.
+BLOCK = 512
+#: tar archives end with two zero blocks and are padded to a record of 20 blocks (as GNU tar does).
+RECORD = 20 * BLOCK
+
+#: Modes used when a source gives no explicit mode.
+FILE_MODE = 0o644
+EXEC_MODE = 0o755
+DIR_MODE = 0o755
+
+
+def source_date_epoch(environ: Mapping[str, str] | None = None) -> int:
+    """The build timestamp: ``SOURCE_DATE_EPOCH`` (seconds, an integer ≥ 0), default 0."""
+    env = os.environ if environ is None else environ
+    text = env.get("SOURCE_DATE_EPOCH", "").strip()
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise PbuildError(
+            f"SOURCE_DATE_EPOCH={text!r} is not a non-negative integer",
+            hint="set SOURCE_DATE_EPOCH to seconds since 1970-01-01 (for example `git log -1 --format=%ct`)",
+        )
+    return value
+
+
+def rfc3339(epoch: int) -> str:
+    """``epoch`` as the UTC RFC 3339 timestamp OCI configs use (``1970-01-01T00:00:00Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def normalize_mode(mode: int, *, is_dir: bool = False) -> int:
+    """Collapse host permission bits: 0755 for directories and executables, 0644 otherwise.
+
+    Host umasks (022 versus 077) and group-writable checkouts must not change a layer, so only
+    "is it executable by its owner" survives from the host.
+    """
+    if is_dir:
+        return DIR_MODE
+    return EXEC_MODE if mode & stat.S_IXUSR else FILE_MODE
+
+
+def canonical_json(value: Any) -> bytes:
+    """Canonical JSON bytes: sorted keys, no insignificant whitespace, UTF-8, no trailing newline."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def pretty_json(value: Any) -> str:
+    """Stable human-readable JSON (sorted keys, 2-space indent, trailing newline) for lock files."""
+    return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def tar_header(
+    name: str,
+    *,
+    kind: bytes,
+    mode: int,
+    size: int = 0,
+    linkname: str = "",
+    mtime: int = 0,
+) -> bytes:
+    """One deterministic tar header (ustar, with a PAX ``path``/``linkpath`` record when needed).
+
+    ``kind`` is a :mod:`tarfile` type (``REGTYPE``, ``DIRTYPE``, ``SYMTYPE``, ``LNKTYPE``).
+    Only the fields below vary; owner is 0:0 with empty names and no atime/ctime is written.
+    """
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.size = size if kind == tarfile.REGTYPE else 0
+    info.linkname = linkname
+    info.mtime = mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    # PAX only emits extended records for what does not fit ustar (long or non-ASCII names),
+    # and tarfile never adds atime/ctime on its own.
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def tar_padding(size: int) -> bytes:
+    """Zero bytes that pad ``size`` bytes of member data to a whole block."""
+    rest = size % BLOCK
+    return b"\0" * (BLOCK - rest) if rest else b""
+
+
+def tar_trailer(written: int) -> bytes:
+    """Two zero blocks, then padding to a whole record, for an archive of ``written`` bytes so far."""
+    total = written + 2 * BLOCK
+    rest = total % RECORD
+    return b"\0" * (2 * BLOCK + (RECORD - rest if rest else 0))
+
+
+#: The 10-byte gzip member header pbuild writes: deflate, no flags, mtime 0, XFL 0, OS 255 (unknown).
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"

@@ -1,0 +1,124 @@
+"""The Python target: which interpreter and platform locks resolve for and wheels are fetched for.
+
+It comes from the ``[python]`` table of ``WORKSPACE.toml``; every key has a default so a workspace
+without the table targets CPython 3.11 on manylinux_2_28 x86_64.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pbuild.engine.errors import Location, WorkspaceError
+
+_KEYS = ("version", "implementation", "abi", "platform", "interpreter")
+_VERSION_RE = re.compile(r"^3\.\d{1,2}$")
+_MANYLINUX_RE = re.compile(r"^manylinux_2_(\d+)_(\w+)$")
+_LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
+_IMPLEMENTATIONS = {"cp": ("cpython", "CPython"), "pp": ("pypy", "PyPy")}
+
+
+@dataclass(frozen=True)
+class PythonTarget:
+    """The target interpreter and platform (see ``docs`` of the ``[python]`` table)."""
+
+    version: str = "3.11"
+    implementation: str = "cp"
+    abi: str = "cp311"
+    platform: str = "manylinux_2_28_x86_64"
+    interpreter: str = "python3.11"
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], *, where: str = "WORKSPACE.toml") -> PythonTarget:
+        """Validate a ``[python]`` table, reporting every problem at once."""
+        problems = [f"unknown key {key!r} (known: {', '.join(_KEYS)})" for key in table if key not in _KEYS]
+        values: dict[str, str] = {}
+        for key in _KEYS:
+            if key in table:
+                value = table[key]
+                if not isinstance(value, str) or not value:
+                    problems.append(f"{key} must be a non-empty string, not {value!r}")
+                else:
+                    values[key] = value
+        target = cls(**values)
+        if not _VERSION_RE.match(target.version):
+            problems.append(f"version must look like \"3.11\", not {target.version!r}")
+        if target.implementation not in _IMPLEMENTATIONS:
+            problems.append(f"implementation must be one of {sorted(_IMPLEMENTATIONS)}, not {target.implementation!r}")
+        if not re.match(r"^[a-z]+_?\w*$", target.platform):
+            problems.append(f"platform {target.platform!r} is not a wheel platform tag")
+        if problems:
+            raise WorkspaceError(
+                "bad [python] table: " + "; ".join(problems),
+                location=Location(where),
+                hint="see docs for the [python] keys: version, implementation, abi, platform, interpreter",
+            )
+        return target
+
+    @property
+    def platform_tags(self) -> tuple[str, ...]:
+        """Every platform tag a wheel may carry to run on ``platform``, best first.
+
+        pip's ``--platform`` takes tags literally (it does not widen ``manylinux_2_28`` to the older
+        glibc tags that also run there), so the resolver gets the whole list.
+        """
+        match = _MANYLINUX_RE.match(self.platform)
+        if not match:
+            return (self.platform,)
+        newest, arch = int(match.group(1)), match.group(2)
+        tags = [f"manylinux_2_{minor}_{arch}" for minor in range(newest, 4, -1)]
+        for legacy, minor in _LEGACY_MANYLINUX.items():
+            if minor <= newest and (arch in ("x86_64", "i686") or legacy == "manylinux2014"):
+                tags.append(f"{legacy}_{arch}")
+        return tuple(tags)
+
+    @property
+    def machine(self) -> str:
+        """``platform_machine`` of the target (for environment markers)."""
+        match = _MANYLINUX_RE.match(self.platform)
+        if match:
+            return match.group(2)
+        for prefix in ("manylinux2014_", "manylinux2010_", "manylinux1_", "linux_", "musllinux_"):
+            if self.platform.startswith(prefix):
+                return self.platform.split("_", 3 if prefix == "musllinux_" else 1)[-1]
+        return self.platform.rsplit("_", 1)[-1]
+
+    def marker_environment(self) -> dict[str, str]:
+        """PEP 508 marker values of the target, to decide which dependencies apply there."""
+        name, python_impl = _IMPLEMENTATIONS[self.implementation]
+        linux = "linux" in self.platform
+        return {
+            "implementation_name": name,
+            "implementation_version": self.version,
+            "os_name": "posix",
+            "platform_machine": self.machine,
+            "platform_python_implementation": python_impl,
+            "platform_release": "",
+            "platform_system": "Linux" if linux else "",
+            "platform_version": "",
+            "python_full_version": self.version + ".0",
+            "python_version": self.version,
+            "sys_platform": "linux" if linux else self.platform.split("_", 1)[0],
+        }
+
+    def pip_args(self) -> list[str]:
+        """pip options that select wheels for the target instead of the host."""
+        args = ["--only-binary=:all:"]
+        for tag in self.platform_tags:
+            args += ["--platform", tag]
+        args += ["--python-version", self.version, "--implementation", self.implementation, "--abi", self.abi]
+        return args
+
+    def describe(self) -> str:
+        """One line for lock headers and error messages."""
+        return f"{self.implementation}{self.version.replace('.', '')} abi {self.abi} on {self.platform}"
+
+
+def read_python_target(workspace_config: Mapping[str, Any], *, where: str = "WORKSPACE.toml") -> PythonTarget:
+    """The :class:`PythonTarget` of a parsed ``WORKSPACE.toml``."""
+    table = workspace_config.get("python", {})
+    if not isinstance(table, Mapping):
+        raise WorkspaceError("[python] must be a table", location=Location(where))
+    return PythonTarget.from_config(table, where=where)

@@ -1,0 +1,136 @@
+"""In-process actions for locked wheels: fetch one wheel (checked against its pinned hash) and
+install it into a directory tree with hash-based ``.pyc`` files, ready to put on ``sys.path``.
+
+Fetch is the one kind of action that touches the network. It asks pip (so the user's index,
+find-links and certificates apply) for exactly ``name==version`` for the target platform, then
+checks the file's sha256 against the lock; the engine stores the verified wheel in its cache,
+and later builds need no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from pbuild.engine.api import ActionIO
+from pbuild.engine.errors import BuildFailed, HashMismatch
+
+FETCH_VERSION = "1"
+INSTALL_VERSION = "1"
+
+# Compiles every .py below a folder into hash-based .pyc files that record folder-relative paths.
+# It runs in a child with PYTHONHASHSEED=0: marshal writes frozensets in hash order, so a random
+# seed would make the bytes differ between builds.
+_COMPILE_SCRIPT = """
+import compileall, py_compile, sys
+root = sys.argv[1]
+compileall.compile_dir(root, stripdir=root, quiet=2, workers=1,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+"""
+
+
+class NoWheelForPlatform(BuildFailed):
+    """pip found no wheel of a locked project for the target platform."""
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
+    """Download ``name==version`` for the target with pip and verify it against the lock.
+
+    ``params``: ``name``, ``version``, ``filename``, ``sha256`` (from the lock), ``pip_args`` (the
+    target's platform options), ``platform`` (for messages) and ``output`` (the wheel's path).
+    """
+    download_dir = os.path.join(io.tmpdir, "download")
+    os.makedirs(download_dir, exist_ok=True)
+    requirement = f"{params['name']}=={params['version']}"
+    argv = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--no-input",
+        "--progress-bar", "off", *params["pip_args"], "--dest", download_dir, requirement,
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        output = result.stderr + result.stdout
+        if "No matching distribution found" in output or "Could not find a version" in output:
+            raise NoWheelForPlatform(
+                f"no wheel of {requirement} for the target platform {params['platform']}",
+                label=io.label,
+                hint="re-lock with ./pbuild lock --python, or change [python] in WORKSPACE.toml",
+            )
+        tail = "\n".join(line for line in output.splitlines() if "is ignored:" not in line)
+        raise BuildFailed(f"pip could not download {requirement}:\n{tail[-2000:]}", label=io.label,
+                          hint="check your pip configuration (index, network, certificates)")
+    downloaded = sorted(os.listdir(download_dir))
+    if len(downloaded) != 1 or not downloaded[0].endswith(".whl"):
+        raise BuildFailed(f"pip download of {requirement} produced {downloaded}, expected one wheel",
+                          label=io.label)
+    path = os.path.join(download_dir, downloaded[0])
+    verify_wheel(path, expected_sha256=params["sha256"], expected_filename=params["filename"], label=io.label)
+    shutil.move(path, io.output_path(params["output"]))
+
+
+def verify_wheel(path: str, *, expected_sha256: str, expected_filename: str, label: object = None) -> None:
+    """Raise :class:`HashMismatch` naming the file and both hashes unless ``path`` is the locked wheel."""
+    actual = sha256_file(path)
+    name = os.path.basename(path)
+    if actual != expected_sha256:
+        raise HashMismatch(
+            f"{name}: sha256 {actual} does not match the lock's sha256 {expected_sha256}"
+            + (f" (locked file {expected_filename})" if name != expected_filename else ""),
+            label=label,
+            hint="the index serves different bytes than when the lock was made; if that is expected, "
+            "re-lock with ./pbuild lock --python",
+        )
+
+
+def install_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
+    """Unpack a wheel into an importable tree (``params['output']``) and compile it.
+
+    Layout: ``purelib``/``platlib`` at the top (the folder goes on ``sys.path`` as is), scripts in
+    ``bin/``, data in ``data/``, headers in ``include/``. ``params['python']`` is an interpreter of
+    the target's X.Y version used to compile, or empty to skip compiling.
+    """
+    from installer import install
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.sources import WheelFile
+
+    out = io.output_path(params["output"])
+    os.makedirs(out, exist_ok=True)
+    destination = SchemeDictionaryDestination(
+        scheme_dict={
+            "purelib": out,
+            "platlib": out,
+            "scripts": os.path.join(out, "bin"),
+            "data": os.path.join(out, "data"),
+            "headers": os.path.join(out, "include"),
+        },
+        # Scripts find the interpreter on PATH: no build-machine path ends up in the tree.
+        interpreter="/usr/bin/env python3",
+        script_kind="posix",
+    )
+    with WheelFile.open(io.input_path(params["wheel"])) as source:
+        install(source, destination, additional_metadata={})
+    if params.get("python"):
+        compile_tree(out, params["python"])
+
+
+def compile_tree(root: str, python: str) -> None:
+    """Compile every ``.py`` below ``root`` to hash-based ``.pyc`` with ``python``, reproducibly."""
+    env = {"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+    # -s -S keep the host's site-packages out; not -I, which would also ignore PYTHONHASHSEED.
+    result = subprocess.run([python, "-s", "-S", "-c", _COMPILE_SCRIPT, root],
+                            capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise BuildFailed(f"compiling {os.path.basename(root)} failed:\n{result.stderr[-2000:]}")

@@ -1,0 +1,421 @@
+"""Start the real peers the remote-cache and registry tests talk to.
+
+Each helper is a context manager that starts one server on a free 127.0.0.1 port inside a
+directory the caller owns (a pytest ``tmp_path``), waits until it accepts connections, yields a
+small record describing it, and stops it afterwards. Nothing here is mocked: nginx with WebDAV
+PUT (Bazel's HTTP cache protocol), BuildGrid (REAPI over gRPC) and Debian's ``docker-registry``
+(the OCI distribution API) are the programs users run. Two tiny socket servers cover faults a
+well-behaved server cannot produce: a body that stops early and a server that never answers.
+
+Other test modules import these and wrap them in their own fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+_START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel picks it; a race is unlikely)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require(program: str) -> str:
+    """The path of ``program``, or skip with the package that provides it."""
+    found = shutil.which(program)
+    if found is None:
+        venv_bin = Path(sys.executable).parent / program
+        if venv_bin.exists():
+            return str(venv_bin)
+        pytest.skip(f"{program} is not installed (see .ci/run for the packages the tests need)")
+    return found
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within {_START_TIMEOUT_S}s:\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-4000:]
+    except OSError:
+        return "(no log)"
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    # The servers run in their own session so a signal reaches their workers too.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def _started(argv: list[str], port: int, log: Path, *, env: dict[str, str] | None = None
+             ) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+    try:
+        _wait_for_port(port, proc, log)
+        yield proc
+    finally:
+        _stop(proc)
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx: the HTTP cache
+
+
+@dataclass(frozen=True)
+class Nginx:
+    """A running nginx. ``root`` is the directory it serves; ``url(prefix)`` builds cache URLs.
+
+    Locations: ``/cache/`` (WebDAV PUT), ``/auth/`` (the same behind basic auth with
+    ``user``/``password``), ``/fail500/`` (every request answers 500), ``/readonly/`` (GET and
+    HEAD only; PUT answers 403).
+    """
+
+    port: int
+    root: Path
+    user: str = "ci"
+    password: str = "s3cret"
+
+    def url(self, prefix: str = "cache", *, userinfo: str = "") -> str:
+        at = f"{userinfo}@" if userinfo else ""
+        return f"http://{at}127.0.0.1:{self.port}/{prefix}"
+
+
+_NGINX_CONF = """
+daemon off;
+{user}
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    client_max_body_size 0;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location /cache/ {{
+            dav_methods PUT;
+            create_full_put_path on;
+            dav_access user:rw group:r all:r;
+        }}
+        location /auth/ {{
+            auth_basic "pbuild cache";
+            auth_basic_user_file {dir}/htpasswd;
+            dav_methods PUT;
+            create_full_put_path on;
+        }}
+        location /readonly/ {{
+            limit_except GET HEAD {{ deny all; }}
+        }}
+        location /fail500/ {{
+            return 500;
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx_cache(base: Path) -> Iterator[Nginx]:
+    """nginx serving ``base/root`` with the locations described on :class:`Nginx`."""
+    nginx = require("nginx")
+    htpasswd = require("htpasswd")
+    conf_dir = base / "nginx"
+    root = base / "root"
+    for sub in ("tmp", ):
+        (conf_dir / sub).mkdir(parents=True, exist_ok=True)
+    for location in ("cache", "auth", "readonly", "fail500"):
+        (root / location).mkdir(parents=True, exist_ok=True)
+    record = Nginx(port=free_port(), root=root)
+    subprocess.run([htpasswd, "-b", "-c", str(conf_dir / "htpasswd"), record.user, record.password],
+                   check=True, capture_output=True)
+    # As root, nginx workers would drop to `nobody`, who cannot write into a private tmp dir.
+    user_line = "user root;" if os.geteuid() == 0 else ""
+    conf = conf_dir / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(user=user_line, dir=conf_dir, port=record.port, root=root))
+    with _started([nginx, "-p", str(conf_dir), "-c", str(conf)], record.port, conf_dir / "out.log"):
+        yield record
+
+
+# ---------------------------------------------------------------------------------------------
+# BuildGrid: the REAPI cache
+
+
+@dataclass(frozen=True)
+class BuildGrid:
+    port: int
+    instance_name: str
+
+    @property
+    def url(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+
+_BUILDGRID_CONF = """
+server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+authorization:
+  method: none
+storages:
+  - !lru-storage &cas
+    size: 512M
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: {allow_updates}
+    cache-failed-actions: true
+instances:
+  - name: "{instance}"
+    services:
+      - !action-cache
+        cache: *ac
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+"""
+
+
+@contextlib.contextmanager
+def buildgrid_server(base: Path, *, instance_name: str = "", allow_updates: bool = True) -> Iterator[BuildGrid]:
+    """``bgd server start`` with an in-memory CAS and action cache (no execution service)."""
+    bgd = require("bgd")
+    base.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = base / "buildgrid.yml"
+    conf.write_text(_BUILDGRID_CONF.format(port=port, instance=instance_name,
+                                           allow_updates="true" if allow_updates else "false"))
+    with _started([bgd, "server", "start", str(conf)], port, base / "buildgrid.log"):
+        yield BuildGrid(port=port, instance_name=instance_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-registry: the OCI registry
+
+
+@dataclass(frozen=True)
+class Registry:
+    port: int
+    storage: Path
+    user: str | None = None
+    password: str | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+_REGISTRY_CONF = """
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+{auth}
+"""
+
+
+@contextlib.contextmanager
+def docker_registry(base: Path, *, user: str | None = None, password: str | None = None) -> Iterator[Registry]:
+    """Debian's ``docker-registry serve`` over plain HTTP; with ``user``, htpasswd (bcrypt) auth."""
+    registry = require("docker-registry")
+    storage = base / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    auth = ""
+    if user is not None:
+        htpasswd = require("htpasswd")
+        subprocess.run([htpasswd, "-B", "-b", "-c", str(base / "htpasswd"), user, password or ""],
+                       check=True, capture_output=True)
+        auth = f"auth:\n  htpasswd:\n    realm: pbuild-test\n    path: {base / 'htpasswd'}\n"
+    port = free_port()
+    conf = base / "registry.yml"
+    conf.write_text(_REGISTRY_CONF.format(storage=storage, port=port, auth=auth))
+    with _started([registry, "serve", str(conf)], port, base / "registry.log"):
+        yield Registry(port=port, storage=storage, user=user, password=password)
+
+
+@dataclass(frozen=True)
+class Proxy:
+    port: int
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def nginx_proxy(base: Path, upstream_port: int, *, max_body: str) -> Iterator[Proxy]:
+    """nginx in front of another local server, refusing request bodies above ``max_body``.
+
+    This is how registries are usually deployed, and how a registry refuses a blob that is too
+    large (413).
+    """
+    nginx = require("nginx")
+    conf_dir = base / "proxy"
+    (conf_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    user_line = "user root;" if os.geteuid() == 0 else ""
+    conf = conf_dir / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+{user_line}
+worker_processes 1;
+pid {conf_dir}/nginx.pid;
+error_log {conf_dir}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {conf_dir}/tmp/body;
+    proxy_temp_path {conf_dir}/tmp/proxy;
+    fastcgi_temp_path {conf_dir}/tmp/fastcgi;
+    uwsgi_temp_path {conf_dir}/tmp/uwsgi;
+    scgi_temp_path {conf_dir}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size {max_body};
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream_port};
+            proxy_set_header Host $http_host;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+""")
+    with _started([nginx, "-p", str(conf_dir), "-c", str(conf)], port, conf_dir / "out.log"):
+        yield Proxy(port=port)
+
+
+# ---------------------------------------------------------------------------------------------
+# Misbehaving servers
+
+
+@dataclass(frozen=True)
+class SocketServer:
+    port: int
+
+    def url(self, scheme: str = "http", prefix: str = "cache") -> str:
+        suffix = f"/{prefix}" if scheme.startswith("http") else ""
+        return f"{scheme}://127.0.0.1:{self.port}{suffix}"
+
+
+@contextlib.contextmanager
+def _socket_server(handle: object) -> Iterator[SocketServer]:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield SocketServer(port=int(listener.getsockname()[1]))
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+        for conn in held:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[SocketServer]:
+    """Accepts connections and never answers: every request times out."""
+
+    def hold(conn: socket.socket) -> None:
+        # Read and discard so the client's send never blocks; never write anything back.
+        conn.settimeout(30)
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                pass
+
+    with _socket_server(hold) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def truncating_http_server(body: bytes, *, announced: int | None = None) -> Iterator[SocketServer]:
+    """Answers every GET with ``200`` announcing ``announced`` bytes (default ``len(body)*2``),
+    sends ``body`` and closes the connection: a download cut off in the middle."""
+    length = announced if announced is not None else 2 * len(body)
+
+    def answer(conn: socket.socket) -> None:
+        conn.settimeout(10)
+        with contextlib.suppress(OSError):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nContent-Type: application/octet-stream\r\n\r\n"
+            conn.sendall(head.encode() + body)
+            conn.shutdown(socket.SHUT_RDWR)
+        conn.close()
+
+    with _socket_server(answer) as server:
+        yield server
