@@ -22,14 +22,18 @@ from pbuild.tools.sandbox import SandboxRequest, run_sandboxed
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": "UTC", "HOME": "/tmp", "PYTHONHASHSEED": "0"}
 
 
-def median_ms(fn: Callable[[], object], runs: int) -> float:
-    fn()  # warm up
-    times = []
+def medians_ms(contenders: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Median wall time of each contender; runs are interleaved so that drift of the machine
+    (other load, frequency changes) hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():
+        fn()  # warm up
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
 
 def main() -> None:
@@ -55,25 +59,36 @@ def main() -> None:
             result = run_sandboxed(request)
             assert result.exit_code == 0 and result.error is None, result
 
-        plain = median_ms(lambda: subprocess.run(["/bin/true"], check=True), args.runs)
-        sandbox = median_ms(sandboxed, args.runs)
-        print(f"plain subprocess.run(/bin/true): median {plain:6.2f} ms over {args.runs} runs")
-        print(f"run_sandboxed(/bin/true):        median {sandbox:6.2f} ms over {args.runs} runs")
-        print(f"sandbox overhead:                {sandbox - plain:6.2f} ms  (ratio {sandbox / plain:.1f}x; goal <= 15 ms)")
+        contenders: dict[str, Callable[[], object]] = {
+            "plain subprocess.run(/bin/true)": lambda: subprocess.run(["/bin/true"], check=True),
+            "run_sandboxed(/bin/true)": sandboxed,
+        }
         bwrap = shutil.which("bwrap")
         if bwrap:
+            # Comparable isolation: all namespaces, host root read-only, fresh /tmp, /proc, /dev.
             argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--tmpfs", "/tmp",
-                    "--proc", "/proc", "--dev", "/dev", "--bind", exec_root, "/tmp/execroot", "--chdir", "/tmp/execroot",
-                    "--clearenv", "/bin/true"]  # fmt: skip
-            bw = median_ms(lambda: subprocess.run(argv, check=True), args.runs)
-            print(f"bwrap (same isolation) /bin/true: median {bw:6.2f} ms over {args.runs} runs (overhead {bw - plain:.2f} ms)")
+                    "--proc", "/proc", "--dev", "/dev", "--bind", exec_root, "/tmp/execroot",
+                    "--chdir", "/tmp/execroot", "--clearenv", "/bin/true"]  # fmt: skip
+            contenders["bwrap (same isolation) /bin/true"] = lambda: subprocess.run(argv, check=True)
+        result = medians_ms(contenders, args.runs)
+        plain = result["plain subprocess.run(/bin/true)"]
+        for name, value in result.items():
+            print(
+                f"{name:34} median {value:6.2f} ms over {args.runs} runs (overhead {value - plain:6.2f} ms)"
+            )
+        sandbox = result["run_sandboxed(/bin/true)"]
+        print(
+            f"sandbox overhead: {sandbox - plain:.2f} ms (goal <= 15 ms); ratio to plain {sandbox / plain:.1f}x"
+        )
         # Throughput from a thread pool, as the engine runs --jobs N actions.
         n = args.runs
         with ThreadPoolExecutor(args.threads) as pool:
             start = time.perf_counter()
             list(pool.map(lambda _: sandboxed(), range(n)))
             elapsed = time.perf_counter() - start
-        print(f"{n} sandboxed runs from {args.threads} threads: {elapsed:.2f} s ({elapsed / n * 1000:.2f} ms each)")
+        print(
+            f"{n} sandboxed runs from {args.threads} threads: {elapsed:.2f} s ({elapsed / n * 1000:.2f} ms each)"
+        )
 
 
 if __name__ == "__main__":

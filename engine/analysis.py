@@ -299,6 +299,7 @@ class Analyzer:
             attr_locations=decl.attr_locations,
             target_location=decl.location,
             workspace_root=self.loader.workspace.root,
+            on_read=self.loader.recorder.file,
         )
         try:
             providers = tuple(definition.implementation(ctx))

@@ -498,7 +498,9 @@ class RuleContext:
         attr_locations: Mapping[str, Location],
         target_location: Location,
         workspace_root: str,
+        on_read: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_read = on_read
         self.label = label
         self.package = label.package
         self.rule = rule
@@ -532,6 +534,23 @@ class RuleContext:
         parts = name.split("/")
         if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
             self.fail(f"output name {name!r} must be a relative path without '..'")
+
+    def read_workspace_file(self, relative_path: str) -> str | None:
+        """Text of a workspace file read at analysis time (a lock file, say), or None if absent.
+
+        Always read files through this method during analysis: pbuild records the file so a later
+        build notices when it changes. Never open workspace files directly in a rule.
+        """
+        import os
+
+        path = os.path.join(self.workspace_root, relative_path)
+        if self._on_read is not None:
+            self._on_read(path)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def config(self, section: str) -> Mapping[str, Any]:
         value = self._config.get(section, {})
@@ -575,7 +594,9 @@ class GeneratorContext:
     """What a generator sees: its package, its (string-typed) attributes and the package's files."""
 
     def __init__(self, *, label: Label, attr_values: Mapping[str, Any], package_dir: str,
-                 location: Location, attr_locations: Mapping[str, Location]) -> None:
+                 location: Location, attr_locations: Mapping[str, Location],
+                 on_read: Callable[[str], None] | None = None) -> None:
+        self._on_read = on_read
         self.label = label
         self.package = label.package
         self.attr = _Namespace(f"generator {label}", attr_values)
@@ -588,6 +609,8 @@ class GeneratorContext:
         import os
 
         path = os.path.join(self.package_dir, relative_path)
+        if self._on_read is not None:
+            self._on_read(path)
         try:
             with open(path, encoding="utf-8") as handle:
                 return handle.read()

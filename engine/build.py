@@ -7,30 +7,25 @@ arguments so tests can drive it without a command line.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pbuild.engine.analysis import ActionGraph, Analyzer
-from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, TestInfo
+from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, Target, TestInfo
 from pbuild.engine.errors import BuildFailed, PbuildError
 from pbuild.engine.events import Reporter
 from pbuild.engine.hashing import StatIndex, digest_bytes
 from pbuild.engine.labels import Label
-from pbuild.engine.loading import Loader
+from pbuild.engine.loading import Loader, ParseCache
 from pbuild.engine.registry import RuleRegistry
 from pbuild.engine.scheduler import BuildResult, ExecOptions, Executor
 from pbuild.engine.store import LocalStore
-from pbuild.engine.workspace import Workspace, find_workspace
-
-
-def default_cache_dir() -> str:
-    """``$PBUILD_CACHE``, else ``$XDG_CACHE_HOME/pbuild``, else ``~/.cache/pbuild``."""
-    if os.environ.get("PBUILD_CACHE"):
-        return os.path.abspath(os.environ["PBUILD_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "pbuild")
+from pbuild.engine import uptodate
+from pbuild.engine.uptodate import DependencyRecorder
+from pbuild.engine.workspace import WORKSPACE_FILE, Workspace, current_package, default_cache_dir, find_workspace
 
 
 @dataclass
@@ -57,11 +52,13 @@ class Session:
     store: LocalStore
     index: StatIndex
     cache_dir: str
+    index_base: str
     remote: Any = None
     sha_index: Any = None
 
     def close(self) -> None:
         self.index.save()
+        self.loader.parse_cache.save()
         if self.sha_index is not None:
             self.sha_index.save()
         if self.remote is not None:
@@ -72,11 +69,15 @@ def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
     workspace = find_workspace(request.cwd, request.workspace)
     cache_dir = os.path.abspath(request.cache_dir) if request.cache_dir else default_cache_dir()
     registry = RuleRegistry(workspace)
-    loader = Loader(workspace, registry)
+    index_base = os.path.join(cache_dir, "index", digest_bytes(workspace.root.encode()))
+    recorder = DependencyRecorder()
+    recorder.file(workspace.path(WORKSPACE_FILE))
+    for plugin in workspace.plugins:
+        recorder.file(workspace.path(plugin))
+    loader = Loader(workspace, registry, ParseCache(index_base + ".parse"), recorder)
     analyzer = Analyzer(loader, workspace.config)
     store = LocalStore(cache_dir)
-    index_path = os.path.join(cache_dir, "index", digest_bytes(workspace.root.encode()) + ".stat")
-    session = Session(workspace, loader, analyzer, store, StatIndex(index_path), cache_dir)
+    session = Session(workspace, loader, analyzer, store, StatIndex(index_base + ".stat"), cache_dir, index_base)
     settings = request.remote_settings
     if settings is not None and getattr(settings, "url", None):
         from pbuild.engine.remote import Sha256Index, open_remote
@@ -84,11 +85,6 @@ def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
         session.remote = open_remote(settings, cache_dir=cache_dir, warn=warn or (lambda m: print(m, file=sys.stderr)))
         session.sha_index = Sha256Index(cache_dir)
     return session
-
-
-def current_package(workspace: Workspace, cwd: str) -> str:
-    rel = os.path.relpath(os.path.abspath(cwd), workspace.root)
-    return "" if rel == "." or rel.startswith("..") else rel.replace(os.sep, "/")
 
 
 def analyze(session: Session, patterns: Sequence[str], cwd: str) -> tuple[list[Label], ActionGraph]:
@@ -126,19 +122,69 @@ def execute(session: Session, actions: Sequence[Action], request: BuildRequest, 
         remote=session.remote,
         sha_index=session.sha_index,
         hide_paths=(session.workspace.root, session.cache_dir),
+        recorder=session.loader.recorder,
     )
     result = executor.execute(actions)
     return result, executor
 
 
-def build(request: BuildRequest, *, reporter: Reporter | None = None) -> tuple[Session, ActionGraph, list[Label], BuildResult]:
+@dataclass
+class Analyzed:
+    """What execution and the commands need of analysis; picklable, so it can be cached."""
+
+    labels: list[Label]
+    actions: list[Action]
+    targets: dict[Label, Target]
+    rule_names: dict[Label, str]
+
+
+def analyze_for_build(session: Session, request: BuildRequest) -> Analyzed:
+    """Analysis of the requested targets, reused from the last identical command when nothing
+    analysis read (BUILD files, listed folders, files read by rules, pbuild's code) has changed.
+
+    A source file's content never changes analysis, so editing a source skips straight to
+    execution; that keeps the one-file-changed rebuild of a large workspace fast.
+    """
+    cache_path = uptodate.stamp_path(session.index_base, uptodate.request_text(
+        request.patterns, current_package(session.workspace, request.cwd))) + ".analysis"
+    recorder = session.loader.recorder
+    payload = uptodate.load_analysis(cache_path, recorder)
+    if payload is not None:
+        try:
+            analyzed = pickle.loads(payload)
+            if isinstance(analyzed, Analyzed):
+                return analyzed
+        except Exception:  # a cache from another pbuild version: analyze afresh
+            pass
+    labels, graph = analyze(session, request.patterns, request.cwd)
+    analyzed = Analyzed(
+        labels=labels,
+        actions=graph.actions_for(requested_files(graph, labels)),
+        targets={label: graph.targets[label].as_target() for label in labels},
+        rule_names={label: graph.targets[label].rule.name for label in labels},
+    )
+    try:
+        data = pickle.dumps(analyzed, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # a rule returned something unpicklable: just do not cache its analysis
+        return analyzed
+    uptodate.save_analysis(cache_path, recorder, data)
+    return analyzed
+
+
+def build_and_stamp(request: BuildRequest, stamp: str, reporter: Reporter) -> None:
+    """``pbuild build`` after the up-to-date check failed: build, then write a new stamp."""
+    session, _, result = build(request, reporter=reporter)
+    outputs = [os.path.join(session.workspace.root, o.path) for res in result.results.values() for o in res.outputs]
+    uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events)
+
+
+def build(request: BuildRequest, *, reporter: Reporter | None = None) -> tuple[Session, Analyzed, BuildResult]:
     """Build the targets ``request.patterns`` name. Raises BuildFailed when an action failed."""
     reporter = reporter or Reporter(event_file=request.event_file, quiet=request.quiet, interactive=request.interactive)
     session = open_session(request, warn=reporter.message)
     try:
-        labels, graph = analyze(session, request.patterns, request.cwd)
-        actions = graph.actions_for(requested_files(graph, labels))
-        result, _ = execute(session, actions, request, reporter=reporter)
+        analyzed = analyze_for_build(session, request)
+        result, _ = execute(session, analyzed.actions, request, reporter=reporter)
     except BaseException:
         reporter.finish()
         session.close()
@@ -151,7 +197,7 @@ def build(request: BuildRequest, *, reporter: Reporter | None = None) -> tuple[S
             + (f", {result.skipped} not run" if result.skipped else ""),
             hint="use --keep-going to build everything that can be built" if not request.keep_going else None,
         )
-    return session, graph, labels, result
+    return session, analyzed, result
 
 
 def test_actions(graph: ActionGraph, labels: Sequence[Label]) -> list[tuple[Label, ProcessAction]]:

@@ -31,12 +31,13 @@ def _add_build_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", "--keep-going", action="store_true", help="build everything that can be built after a failure")
     parser.add_argument("--build-event-json", metavar="FILE", help="write one JSON line per action and a summary to FILE")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
-    try:
-        from pbuild.engine.remote import add_remote_flags
+    _add_remote_flags(parser)
 
-        add_remote_flags(parser)
-    except ImportError:  # remote support not installed in this checkout
-        return
+
+def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
+    from pbuild.engine.remote import add_remote_flags
+
+    add_remote_flags(parser)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -169,9 +170,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"pbuild {VERSION}")
         return 0
     if command == "build":
-        from pbuild.engine.build import build
+        from pbuild.engine.uptodate import build_command
 
-        build(_request(args, args.patterns))
+        build_command(args.patterns, cwd=os.getcwd(), workspace_dir=args.workspace, cache_dir=args.cache_dir,
+                      event_file=args.build_event_json, quiet=args.quiet,
+                      make_request=lambda: _request(args, args.patterns))
         return 0
     if command == "run":
         from pbuild.engine.commands import run_target

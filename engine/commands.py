@@ -32,22 +32,24 @@ def _image_info_type() -> Any:
     return ImageInfo
 
 
-def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any]:
+def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any, str, Any]:
+    """Build one target; returns (session, its label, its rule's name, its providers as a Target)."""
     from pbuild.engine.build import build
 
-    session, graph, labels, _ = build(request)
-    if len(labels) != 1:
-        raise PbuildError(f"{target} names {len(labels)} targets; name exactly one", hint="use a label, not a pattern")
-    return session, graph.targets[labels[0]]
+    session, analyzed, _ = build(request)
+    if len(analyzed.labels) != 1:
+        raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
+                          hint="use a label, not a pattern")
+    label = analyzed.labels[0]
+    return session, label, analyzed.rule_names[label], analyzed.targets[label]
 
 
 def run_target(request: BuildRequest, target: str, extra: Sequence[str]) -> int:
     """``pbuild run TARGET ARGS``: build, then exec a binary or hand an image to the launcher."""
     request.quiet = True if request.quiet is False and not sys.stderr.isatty() else request.quiet
-    session, configured = _build_one(request, target)
+    session, label, rule_name, providers = _build_one(request, target)
     root = session.workspace.root
     image_type = _image_info_type()
-    providers = configured.as_target()
     if image_type is not None and image_type in providers:
         info = providers[image_type]
         from pbuild.tools.launcher import main as launcher_main
@@ -56,8 +58,8 @@ def run_target(request: BuildRequest, target: str, extra: Sequence[str]) -> int:
         return int(launcher_main(["run", f"oci:{layout}", *extra]))
     run_info = providers.get(RunInfo)
     if run_info is None:
-        raise PbuildError(f"{configured.label} (a {configured.rule.name}) cannot be run",
-                          label=configured.label, hint="pbuild run takes a py_binary, an image, or oci:PATH")
+        raise PbuildError(f"{label} (a {rule_name}) cannot be run",
+                          label=label, hint="pbuild run takes a py_binary, an image, or oci:PATH")
     args = list(extra)
     if args[:1] == ["--"] and not run_info.keep_dashdash:
         args = args[1:]
@@ -71,7 +73,7 @@ def run_target(request: BuildRequest, target: str, extra: Sequence[str]) -> int:
     try:
         os.execve(argv[0], argv, env)
     except OSError as exc:
-        raise BuildFailed(f"cannot start {argv[0]}: {exc.strerror}", label=configured.label) from None
+        raise BuildFailed(f"cannot start {argv[0]}: {exc.strerror}", label=label) from None
     return 0  # not reached
 
 
@@ -154,11 +156,10 @@ def lock(*, workspace: str | None, python: bool, debian: bool, mirror: str | Non
 
 
 def push(request: BuildRequest, reference: str, *, plain_http: bool) -> int:
-    session, configured = _build_one(request, request.patterns[0])
+    session, label, _, providers = _build_one(request, request.patterns[0])
     image_type = _image_info_type()
-    providers = configured.as_target()
     if image_type is None or image_type not in providers:
-        raise PbuildError(f"{configured.label} is not an image", label=configured.label,
+        raise PbuildError(f"{label} is not an image", label=label,
                           hint="pbuild push takes an image target")
     from pbuild.rules.oci.registry import push_main
 

@@ -18,7 +18,9 @@ import time
 import xxhash
 
 _CHUNK = 1 << 20
-_RACY_NS = 2_000_000_000
+# A file written within the filesystem's timestamp granularity (a few ms) of being indexed could
+# change again without changing its stat; entries younger than this are re-checked next time.
+_RACY_NS = 100_000_000
 _INDEX_VERSION = 1
 
 
@@ -67,15 +69,19 @@ class StatIndex:
 
     def digest(self, path: str) -> str:
         """The digest of ``path`` (absolute), from the index when its stat is unchanged."""
+        return self.digest_with_key(path)[0]
+
+    def digest_with_key(self, path: str) -> tuple[str, StatKey]:
+        """The digest of ``path`` and the stat it was taken at."""
         st = os.stat(path)
         key = stat_key(st)
         entry = self._entries.get(path)
         if entry is not None and entry[0] == key:
-            return entry[1]
+            return entry[1], key
         digest, _ = digest_file(path)
         self.hashed_files += 1
         self.record(path, st, digest)
-        return digest
+        return digest, key
 
     def lookup(self, path: str) -> str | None:
         """The indexed digest if the file's stat still matches, else None (never reads the file)."""
@@ -89,7 +95,7 @@ class StatIndex:
         return entry[1] if entry[0] == stat_key(st) else None
 
     def record(self, path: str, st: os.stat_result, digest: str) -> None:
-        if time.time_ns() - st.st_mtime_ns < _RACY_NS or time.time_ns() - st.st_ctime_ns < _RACY_NS:
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS:
             # Too fresh to trust on the next run; remember for this run only.
             with self._lock:
                 self._entries[path] = (stat_key(st), digest)

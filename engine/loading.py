@@ -7,20 +7,71 @@ values stay raw here and are checked against the rule's schema in ``analysis``.
 from __future__ import annotations
 
 import difflib
+import marshal
 import os
+import threading
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import pathspec
+from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.api import GeneratorContext, GeneratorDef, RuleDef
 from pbuild.engine.errors import LoadError, Location
 from pbuild.engine.labels import Label, Pattern
 from pbuild.engine.registry import RuleRegistry
 from pbuild.engine.tomlpos import table_positions, toml_error_location
+from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.engine.workspace import ALWAYS_IGNORED, BUILD_FILE, IGNORE_FILE, Workspace
+
+if TYPE_CHECKING:
+    import pathspec
+
+_PARSE_CACHE_VERSION = 1
+
+
+class ParseCache:
+    """Parsed BUILD.toml files keyed by their stat, so a no-op build does not re-parse TOML.
+
+    tomllib is pure Python and costs about a millisecond per hundred lines; a workspace of
+    thousands of targets would spend most of a no-op build parsing unchanged files.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._entries: dict[str, Any] = {}
+        self._dirty = False
+        self._lock = threading.Lock()
+        if path:
+            try:
+                with open(path, "rb") as handle:
+                    version, entries = marshal.load(handle)
+                if version == _PARSE_CACHE_VERSION:
+                    self._entries = entries
+            except (OSError, ValueError, EOFError, TypeError):
+                pass
+
+    def get(self, rel: str, key: tuple[int, ...]) -> Any:
+        entry = self._entries.get(rel)
+        return entry[1] if entry is not None and entry[0] == key else None
+
+    def put(self, rel: str, key: tuple[int, ...], value: Any) -> None:
+        try:
+            marshal.dumps(value)
+        except ValueError:
+            return  # TOML dates and times are not marshalable; such files are just parsed each time
+        with self._lock:
+            self._entries[rel] = (key, value)
+            self._dirty = True
+
+    def save(self) -> None:
+        if not self._path or not self._dirty:
+            return
+        os.makedirs(os.path.dirname(self._path), exist_ok=True)
+        tmp = f"{self._path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as handle:
+            marshal.dump((_PARSE_CACHE_VERSION, self._entries), handle)
+        os.replace(tmp, self._path)
+        self._dirty = False
 
 
 @dataclass(frozen=True)
@@ -46,10 +97,14 @@ class Package:
 class Loader:
     """Reads packages on demand and caches them for one command."""
 
-    def __init__(self, workspace: Workspace, registry: RuleRegistry) -> None:
+    def __init__(self, workspace: Workspace, registry: RuleRegistry, parse_cache: ParseCache | None = None,
+                 recorder: DependencyRecorder | None = None) -> None:
         self.workspace = workspace
         self.registry = registry
+        self.parse_cache = parse_cache or ParseCache(None)
+        self.recorder = recorder or DependencyRecorder()
         self._packages: dict[str, Package | None] = {}
+        self.recorder.file(os.path.join(workspace.root, IGNORE_FILE))
         self._ignore = _read_ignore(workspace.root)
 
     # -- packages --------------------------------------------------------------------------
@@ -68,20 +123,18 @@ class Loader:
         build_rel = f"{name}/{BUILD_FILE}" if name else BUILD_FILE
         path = self.workspace.path(build_rel)
         try:
-            with open(path, "rb") as handle:
-                raw = handle.read()
+            st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
+            self.recorder.file(path)
             return None
-        text = raw.decode("utf-8", errors="replace")
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise LoadError(
-                f"invalid TOML: {str(exc).split(' (at')[0]}",
-                location=toml_error_location(build_rel, exc),
-                hint="fix the syntax (targets are tables: [name] with rule = \"...\")",
-            ) from None
-        tables, keys = table_positions(text)
+        stat_key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        self.recorder.file(path, stat_key)
+        cached = self.parse_cache.get(build_rel, stat_key)
+        if cached is not None:
+            data, tables, keys = cached
+        else:
+            data, tables, keys = _parse_build_file(path, build_rel)
+            self.parse_cache.put(build_rel, stat_key, (data, tables, keys))
         targets: dict[str, TargetDecl] = {}
         for target_name, body in data.items():
             where = Location(build_rel, tables.get(target_name))
@@ -139,6 +192,7 @@ class Loader:
             package_dir=self.workspace.path(package),
             location=decl.location,
             attr_locations=decl.attr_locations,
+            on_read=self.recorder.file,
         )
         out = []
         for generated in generator.implementation(context):
@@ -225,6 +279,7 @@ class Loader:
         while stack:
             rel = stack.pop()
             abs_dir = self.workspace.path(rel)
+            self.recorder.directory(abs_dir)
             try:
                 entries = sorted(os.scandir(abs_dir), key=lambda e: e.name, reverse=True)
             except OSError:
@@ -255,11 +310,14 @@ class Loader:
 
         Sub-packages (folders with their own BUILD.toml) are not searched, as in Bazel.
         """
+        import pathspec  # imported on first glob: it costs tens of ms at start-up
+
         spec = pathspec.PathSpec.from_lines("gitwildmatch", include)
         not_spec = pathspec.PathSpec.from_lines("gitwildmatch", exclude) if exclude else None
         base = self.workspace.path(package)
         results: list[str] = []
         for dirpath, dirnames, filenames in os.walk(base):
+            self.recorder.directory(dirpath)
             rel_dir = os.path.relpath(dirpath, base)
             rel_dir = "" if rel_dir == "." else rel_dir
             kept = []
@@ -283,9 +341,27 @@ class Loader:
 def _read_ignore(root: str) -> pathspec.PathSpec | None:
     try:
         with open(os.path.join(root, IGNORE_FILE), encoding="utf-8") as handle:
-            return pathspec.PathSpec.from_lines("gitwildmatch", handle)
+            lines = handle.read().splitlines()
     except FileNotFoundError:
         return None
+    import pathspec
+
+    return pathspec.PathSpec.from_lines("gitwildmatch", lines)
+
+
+def _parse_build_file(path: str, build_rel: str) -> tuple[dict[str, Any], dict[str, int], dict[tuple[str, str], int]]:
+    with open(path, "rb") as handle:
+        text = handle.read().decode("utf-8", errors="replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LoadError(
+            f"invalid TOML: {str(exc).split(' (at')[0]}",
+            location=toml_error_location(build_rel, exc),
+            hint='fix the syntax (targets are tables: [name] with rule = "...")',
+        ) from None
+    tables, keys = table_positions(text)
+    return data, tables, keys
 
 
 def rule_of(registry: RuleRegistry, decl: TargetDecl) -> RuleDef:

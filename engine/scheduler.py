@@ -26,6 +26,7 @@ from pbuild.engine.execroot import base_env, explain_failure, prepare_exec_root,
 from pbuild.engine.hashing import StatIndex, digest_bytes
 from pbuild.engine.keys import action_key, key_material, remote_key
 from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize, remove_tree
+from pbuild.engine.uptodate import DependencyRecorder
 
 _TAIL = 60  # lines of a failing action's stderr shown to the user
 
@@ -50,6 +51,7 @@ class BuildResult:
     failures: list[ActionFailure] = field(default_factory=list)
     statuses: dict[int, str] = field(default_factory=dict)  # id(action) -> status
     results: dict[int, ActionResult] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # label, mnemonic, key
     skipped: int = 0
 
     @property
@@ -71,7 +73,9 @@ class Executor:
         remote: Any = None,
         sha_index: Any = None,
         hide_paths: Sequence[str] = (),
+        recorder: DependencyRecorder | None = None,
     ) -> None:
+        self.recorder = recorder or DependencyRecorder()
         self.root = workspace_root
         self.store = store
         self.index = stat_index
@@ -108,6 +112,7 @@ class Executor:
 
         def finish(action: Action, status: str, key: str, res: ActionResult | None, started: float) -> None:
             result.statuses[id(action)] = status
+            result.events.append((str(action.owner), action.mnemonic, key))
             if res is not None:
                 result.results[id(action)] = res
                 self._remember(res)
@@ -194,7 +199,9 @@ class Executor:
             return record.digest
         full = os.path.join(self.root, path)
         try:
-            return self.index.digest(full)
+            digest, key = self.index.digest_with_key(full)
+            self.recorder.file(full, key)
+            return digest
         except FileNotFoundError:
             raise PbuildError(
                 f"source file {path} does not exist",
@@ -231,6 +238,17 @@ class Executor:
             dest = os.path.join(self.root, record.path)
             if self.index.lookup(dest) == record.digest:
                 continue
+            blob = self.store.blob_path(record.digest, record.executable)
+            try:
+                dest_st, blob_st = os.stat(dest), os.stat(blob)
+                if dest_st.st_ino == blob_st.st_ino and dest_st.st_dev == blob_st.st_dev:
+                    # Already a link to the blob: verify the blob once, then trust the stat.
+                    if not self.store.verify_blob(record.digest, record.executable):
+                        return False
+                    self.index.record(dest, dest_st, record.digest)
+                    continue
+            except OSError:
+                pass
             if not self.store.verify_blob(record.digest, record.executable):
                 return False
             materialize(self.store, record, dest)

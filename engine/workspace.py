@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pbuild.engine.errors import Location, WorkspaceError
@@ -18,12 +17,12 @@ IGNORE_FILE = ".pbuildignore"
 ALWAYS_IGNORED = ("pbuild-out", ".venv", ".git", "__pycache__")
 
 
-@dataclass(frozen=True)
 class Workspace:
-    """A workspace root and its parsed ``WORKSPACE.toml``."""
+    """A workspace root and its parsed ``WORKSPACE.toml`` (a plain class: see errors.Location)."""
 
-    root: str
-    config: Mapping[str, Any] = field(default_factory=dict)
+    def __init__(self, root: str, config: Mapping[str, Any] | None = None) -> None:
+        self.root = root
+        self.config: Mapping[str, Any] = config or {}
 
     @property
     def name(self) -> str:
@@ -85,3 +84,17 @@ def read_workspace_config(root: str) -> Mapping[str, Any]:
             hint='plugins = ["build_rules/stamp.py"]',
         )
     return config
+
+
+def default_cache_dir() -> str:
+    """``$PBUILD_CACHE``, else ``$XDG_CACHE_HOME/pbuild``, else ``~/.cache/pbuild``."""
+    if os.environ.get("PBUILD_CACHE"):
+        return os.path.abspath(os.environ["PBUILD_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "pbuild")
+
+
+def current_package(workspace: Workspace, cwd: str) -> str:
+    """The package the user stands in ('' at the root or outside), for relative labels."""
+    rel = os.path.relpath(os.path.abspath(cwd), workspace.root)
+    return "" if rel == "." or rel.startswith("..") else rel.replace(os.sep, "/")

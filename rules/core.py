@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 from pbuild.engine.api import DefaultInfo, File, Provider, RuleContext, Target, attr, rule
@@ -26,9 +25,15 @@ def _expand(ctx: RuleContext, cmd: str, srcs: tuple[File, ...], outs: tuple[File
             located: dict[str, tuple[File, ...]]) -> str:
     """Expand $(SRCS), $(OUTS), $@, $<, $(location LABEL) with paths relative to the package folder."""
     base = ctx.package
+    up = "../" * (base.count("/") + 1) if base else ""
+    inside = base + "/"
 
     def rel(f: File) -> str:
-        return os.path.relpath(f.path, base) if base else f.path
+        # Paths relative to the package folder; cheaper than os.path.relpath, which matters for
+        # workspaces with thousands of genrules.
+        if not base:
+            return f.path
+        return f.path[len(inside):] if f.path.startswith(inside) else up + f.path
 
     def sub(match: re.Match[str]) -> str:
         token = match.group(0)

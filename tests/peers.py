@@ -419,3 +419,66 @@ def truncating_http_server(body: bytes, *, announced: int | None = None) -> Iter
 
     with _socket_server(answer) as server:
         yield server
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny OCI image layout to push
+
+
+@dataclass(frozen=True)
+class Layout:
+    path: Path
+    manifest_digest: str
+    layer_digests: tuple[str, ...]
+    config_digest: str
+
+
+def _layer(files: dict[str, bytes]) -> tuple[bytes, str]:
+    """A gzipped tar holding ``files``; returns it and its diff_id."""
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    tar_bytes = raw.getvalue()
+    return gzip.compress(tar_bytes, mtime=0), "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
+
+
+def make_oci_layout(path: Path, layers: list[dict[str, bytes]]) -> Layout:
+    """Write an OCI image layout with one image made of ``layers`` (each: file name -> bytes)."""
+    import hashlib
+    import json
+
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    def put(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    layer_descs = []
+    diff_ids = []
+    for files in layers:
+        data, diff_id = _layer(files)
+        layer_descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(data)})
+        diff_ids.append(diff_id)
+    config = {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/true"]},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    config_desc = {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   **put(json.dumps(config, sort_keys=True).encode())}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config_desc, "layers": layer_descs}
+    manifest_desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                     **put(json.dumps(manifest, sort_keys=True).encode())}
+    (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest_desc]}))
+    return Layout(path, str(manifest_desc["digest"]), tuple(str(d["digest"]) for d in layer_descs),
+                  str(config_desc["digest"]))

@@ -16,6 +16,7 @@ import ctypes
 import errno
 import os
 import platform
+from collections.abc import Callable
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -84,9 +85,11 @@ class LinuxError(OSError):
         self.operation = operation
 
 
-def _check(result: int, operation: str) -> int:
+def _check(result: int, operation: str | Callable[[], str]) -> int:
+    # ``operation`` may be a lambda so that the message is only formatted on failure: these
+    # calls run dozens of times per sandboxed action.
     if result < 0:
-        raise LinuxError(ctypes.get_errno(), operation)
+        raise LinuxError(ctypes.get_errno(), operation if isinstance(operation, str) else operation())
     return result
 
 
@@ -98,12 +101,12 @@ def _b(path: str | bytes | None) -> bytes | None:
 
 def unshare(flags: int) -> None:
     """Move the calling process into new namespaces (``CLONE_NEW*`` flags)."""
-    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare(flags={flags:#x})")
+    _check(_libc.unshare(ctypes.c_int(flags)), lambda: f"unshare(flags={flags:#x})")
 
 
 def setns(fd: int, nstype: int = 0, what: str = "") -> None:
     """Join the namespace that ``fd`` (from ``/proc/PID/ns/*`` or a pidfd) refers to."""
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns({what or fd})")
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), lambda: f"setns({what or fd})")
 
 
 def mount(
@@ -111,16 +114,16 @@ def mount(
 ) -> None:
     """mount(2); ``source`` may be ``/proc/self/fd/N`` to bind an already opened directory."""
     result = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
-    _check(result, f"mount({source or 'none'} -> {target}, type {fstype or '-'}, flags {flags:#x})")
+    _check(result, lambda: f"mount({source or 'none'} -> {target}, type {fstype or '-'}, flags {flags:#x})")
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount2({target})")
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), lambda: f"umount2({target})")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
     result = _syscall(ctypes.c_long(_NR["pivot_root"]), _b(new_root), _b(put_old))
-    _check(result, f"pivot_root({new_root}, {put_old})")
+    _check(result, lambda: f"pivot_root({new_root}, {put_old})")
 
 
 class _MountAttr(ctypes.Structure):
@@ -144,26 +147,32 @@ def mount_setattr(path: str, attr_set: int, attr_clr: int = 0, recursive: bool =
         ctypes.byref(attr),
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
-    _check(result, f"mount_setattr({path}, set={attr_set:#x}, clear={attr_clr:#x})")
+    _check(result, lambda: f"mount_setattr({path}, set={attr_set:#x}, clear={attr_clr:#x})")
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF, cloexec: bool = False) -> None:
     """Close (or mark close-on-exec) every fd in ``[first, last]`` in one syscall."""
     flags = CLOSE_RANGE_CLOEXEC if cloexec else 0
-    result = _syscall(ctypes.c_long(NR_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags))
-    _check(result, f"close_range({first}, {last})")
+    result = _syscall(
+        ctypes.c_long(NR_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)
+    )
+    _check(result, lambda: f"close_range({first}, {last})")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     result = _libc.prctl(
-        ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)
+        ctypes.c_int(option),
+        ctypes.c_ulong(arg2),
+        ctypes.c_ulong(arg3),
+        ctypes.c_ulong(arg4),
+        ctypes.c_ulong(arg5),
     )
-    return _check(result, f"prctl(option={option}, {arg2})")
+    return _check(result, lambda: f"prctl(option={option}, {arg2})")
 
 
 def sethostname(name: str) -> None:
     raw = name.encode()
-    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname({name})")
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), lambda: f"sethostname({name})")
 
 
 class _CapHeader(ctypes.Structure):
@@ -171,7 +180,11 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -219,12 +232,20 @@ def set_loopback_up() -> None:
     costs several milliseconds per sandboxed action.
     """
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    fd = _check(_libc.socket(ctypes.c_int(2), ctypes.c_int(2 | 0o2000000), ctypes.c_int(0)), "socket(AF_INET)")
+    fd = _check(
+        _libc.socket(ctypes.c_int(2), ctypes.c_int(2 | 0o2000000), ctypes.c_int(0)), "socket(AF_INET)"
+    )
     try:
         req = _IfReq(b"lo", 0)
-        _check(_libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(siocgifflags), ctypes.byref(req)), "ioctl(SIOCGIFFLAGS, lo)")
+        _check(
+            _libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(siocgifflags), ctypes.byref(req)),
+            "ioctl(SIOCGIFFLAGS, lo)",
+        )
         req.flags |= iff_up
-        _check(_libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(siocsifflags), ctypes.byref(req)), "ioctl(SIOCSIFFLAGS, lo up)")
+        _check(
+            _libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(siocsifflags), ctypes.byref(req)),
+            "ioctl(SIOCSIFFLAGS, lo up)",
+        )
     finally:
         os.close(fd)
 

@@ -17,6 +17,7 @@ warning and local work, never in an exception reaching the engine:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -385,10 +386,8 @@ class RemoteBase:
             os.chmod(tmp, 0o644)
             os.replace(tmp, dest_path)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
 
     @staticmethod

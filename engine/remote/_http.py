@@ -8,7 +8,6 @@ S3-like gateways. Connections are kept alive in a small pool shared by the build
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -116,7 +115,7 @@ class HttpRemoteCache(RemoteBase):
                 if reused and not fresh_retry:
                     continue
                 raise Transient(f"connection lost: {exc}") from None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 conn.close()
                 raise TimedOut(f"no answer within {self.settings.timeout_s:g}s") from None
             except (OSError, http.client.HTTPException) as exc:
@@ -129,7 +128,7 @@ class HttpRemoteCache(RemoteBase):
                     data = b""
                 else:
                     data = resp.read()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 conn.close()
                 raise TimedOut(f"body not received within {self.settings.timeout_s:g}s") from None
             except (OSError, http.client.HTTPException) as exc:

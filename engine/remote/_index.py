@@ -8,6 +8,7 @@ used; concurrent builds appending to one log interleave whole lines.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -181,7 +182,6 @@ class KnownPresent:
     def save(self) -> None:
         with self._lock:
             new, self._new = self._new, []
-        try:
+        # Losing this memory only costs re-checking blobs next time.
+        with contextlib.suppress(OSError):
             _append(self._path, new)
-        except OSError:
-            pass  # losing this memory only costs re-checking blobs next time

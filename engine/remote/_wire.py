@@ -221,8 +221,6 @@ class ActionResult:
                 stderr = Digest.decode(_as_bytes(value))
             elif number in (3, 10, 11, 12):  # directories and symlinks: not produced by pbuild
                 unsupported = True
-            elif number in (5, 7) and _as_bytes(value):  # inline stdout/stderr: not requested
-                unsupported = True
         return cls(tuple(files), exit_code, stdout, stderr, unsupported)
 
 
@@ -299,10 +297,10 @@ def get_action_result_request(instance_name: str, action: Digest) -> bytes:
     return enc_str(1, instance_name) + enc_msg(2, action.encode()) + enc_varint(6, DIGEST_FUNCTION_SHA256)
 
 
-def update_action_result_request(instance_name: str, action: Digest, result: ActionResult) -> bytes:
-    """UpdateActionResultRequest: instance_name=1, action_digest=2, action_result=3,
-    digest_function=5."""
-    return (enc_str(1, instance_name) + enc_msg(2, action.encode()) + enc_msg(3, result.encode())
+def update_action_result_request(instance_name: str, action: Digest, encoded_result: bytes) -> bytes:
+    """UpdateActionResultRequest: instance_name=1, action_digest=2, action_result=3 (an encoded
+    ActionResult), digest_function=5."""
+    return (enc_str(1, instance_name) + enc_msg(2, action.encode()) + enc_msg(3, encoded_result)
             + enc_varint(5, DIGEST_FUNCTION_SHA256))
 
 

@@ -26,7 +26,6 @@ from typing import Any
 
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
-
 from pbuild.engine.errors import Location, WorkspaceError
 from pbuild.rules.python.config import PythonTarget, read_python_target
 from pbuild.rules.python.lockfile import (

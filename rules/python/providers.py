@@ -17,6 +17,9 @@ class Wheel:
     filename: str
     sha256: str
     file: File
+    # The wheel installed into an importable tree (purelib/platlib at its top, hash-based .pyc),
+    # as a directory output; None for wheels not installed by pbuild.
+    site: File | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -44,3 +47,7 @@ class PyBinaryInfo(Provider):
     entry_point: str | None = None  # "module:function"
     env: Mapping[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()
+    # The staged first-party sources (import paths below it, compiled) and the script that starts
+    # the binary from them and the wheels' installed trees (``python -s -S <launcher>``).
+    runfiles: File | None = None
+    launcher: File | None = None

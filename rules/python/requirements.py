@@ -7,7 +7,6 @@ are the project's own locked dependencies. Nothing is written by hand per packag
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from pbuild.engine.api import (
@@ -132,11 +131,3 @@ def py_wheel(ctx: RuleContext) -> Sequence[Provider]:
         DefaultInfo(files=(wheel_file,), runfiles=(site,)),
     ]
 
-
-def host_python_for(version: str) -> str:
-    """An interpreter of the target's X.Y on this host to compile with, or '' if there is none."""
-    import shutil
-
-    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
-        return sys.executable
-    return shutil.which(f"python{version}") or ""

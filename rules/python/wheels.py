@@ -28,9 +28,9 @@ INSTALL_VERSION = "1"
 # seed would make the bytes differ between builds.
 _COMPILE_SCRIPT = """
 import compileall, py_compile, sys
-root = sys.argv[1]
+root, mode = sys.argv[1], sys.argv[2]
 compileall.compile_dir(root, stripdir=root, quiet=2, workers=1,
-                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                       invalidation_mode=py_compile.PycInvalidationMode[mode])
 """
 
 
@@ -122,15 +122,28 @@ def install_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
     )
     with WheelFile.open(io.input_path(params["wheel"])) as source:
         install(source, destination, additional_metadata={})
-    if params.get("python"):
-        compile_tree(out, params["python"])
+    python = host_python_for(params["python_version"])
+    if python:
+        compile_tree(out, python, checked=False)
 
 
-def compile_tree(root: str, python: str) -> None:
-    """Compile every ``.py`` below ``root`` to hash-based ``.pyc`` with ``python``, reproducibly."""
+def host_python_for(version: str) -> str:
+    """An interpreter of the target's X.Y on this host to compile with, or '' if there is none."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
+        return sys.executable
+    return shutil.which(f"python{version}") or ""
+
+
+def compile_tree(root: str, python: str, *, checked: bool) -> None:
+    """Compile every ``.py`` below ``root`` to hash-based ``.pyc`` with ``python``, reproducibly.
+
+    ``checked`` pycs are revalidated against their source's hash at import (first-party code);
+    unchecked ones are trusted (installed wheels, which never change in place).
+    """
+    mode = "CHECKED_HASH" if checked else "UNCHECKED_HASH"
     env = {"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
     # -s -S keep the host's site-packages out; not -I, which would also ignore PYTHONHASHSEED.
-    result = subprocess.run([python, "-s", "-S", "-c", _COMPILE_SCRIPT, root],
+    result = subprocess.run([python, "-s", "-S", "-c", _COMPILE_SCRIPT, root, mode],
                             capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
         raise BuildFailed(f"compiling {os.path.basename(root)} failed:\n{result.stderr[-2000:]}")

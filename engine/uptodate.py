@@ -1,0 +1,191 @@
+"""The no-op fast path: proving a build is up to date without loading or analyzing anything.
+
+Without a resident server (Bazel keeps its graph in memory), every command would re-parse,
+re-analyze and re-key the whole graph just to find nothing to do. Instead, each successful build
+writes a *stamp*: the stat of everything that analysis and execution depended on (BUILD files,
+folders that were listed for patterns and globs, files read at analysis time, WORKSPACE.toml,
+plugins, pbuild's own code, source inputs as they were hashed) and of every output it left in
+pbuild-out, plus the action events to replay. The next identical command stats those paths;
+if all match, the build is up to date and nothing else runs. Any difference, and the normal
+path runs (and writes a new stamp).
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pbuild.engine.hashing import digest_bytes
+
+_VERSION = 2
+_ABSENT = (-1, -1, -1, -1)
+StatKey = tuple[int, int, int, int]
+
+
+def _stat_key(path: str, *, directory: bool = False) -> StatKey:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _ABSENT
+    if directory:
+        # A folder changes when entries are added, removed or renamed: its mtime says so.
+        return (0, st.st_mtime_ns, 0, st.st_ino)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class DependencyRecorder:
+    """Collects the paths a build depended on, with their stat at the moment they were used."""
+
+    def __init__(self) -> None:
+        self._paths: dict[str, tuple[bool, StatKey]] = {}
+        self._lock = threading.Lock()
+        self.enabled = True
+
+    def extend(self, entries: Iterable[tuple[str, bool, StatKey]]) -> None:
+        with self._lock:
+            for p, d, k in entries:
+                self._paths.setdefault(p, (d, k))
+
+    def file(self, path: str, key: StatKey | None = None) -> None:
+        if self.enabled and path not in self._paths:
+            value = (False, key if key is not None else _stat_key(path))
+            with self._lock:
+                self._paths.setdefault(path, value)
+
+    def directory(self, path: str) -> None:
+        if self.enabled and path not in self._paths:
+            value = (True, _stat_key(path, directory=True))
+            with self._lock:
+                self._paths.setdefault(path, value)
+
+    def items(self) -> list[tuple[str, bool, StatKey]]:
+        with self._lock:
+            return [(p, d, k) for p, (d, k) in self._paths.items()]
+
+
+def _code_paths() -> list[str]:
+    """pbuild's own modules: changing pbuild changes what analysis produces."""
+    import pbuild.engine as engine_pkg
+    import pbuild.rules as rules_pkg
+
+    paths = []
+    for package in (engine_pkg, rules_pkg):
+        for root in package.__path__:
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+                paths.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
+    return paths
+
+
+def stamp_path(index_base: str, request_text: str) -> str:
+    return f"{index_base}.{digest_bytes(request_text.encode())[:16]}.stamp"
+
+
+def request_text(patterns: Sequence[str], package: str, extra: Iterable[str] = ()) -> str:
+    env = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    return "\0".join([*patterns, "@" + package, "sde=" + env, sys.executable, *extra])
+
+
+Event = tuple[str, str, str]  # label, mnemonic, key
+
+
+def write_stamp(path: str, recorder: DependencyRecorder, outputs: Iterable[str], events: Sequence[Event]) -> None:
+    entries = recorder.items()
+    entries.extend((p, False, _stat_key(p)) for p in _code_paths())
+    entries.extend((p, False, _stat_key(p)) for p in outputs)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as handle:
+        marshal.dump((_VERSION, entries, list(events)), handle)
+    os.replace(tmp, path)
+
+
+def save_analysis(path: str, recorder: DependencyRecorder, payload: bytes) -> None:
+    """Remember an analysis result with what analysis read (the recorder's entries so far)."""
+    entries = recorder.items()
+    entries.extend((p, False, _stat_key(p)) for p in _code_paths())
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as handle:
+        marshal.dump((_VERSION, entries, payload), handle)
+    os.replace(tmp, path)
+
+
+def load_analysis(path: str, recorder: DependencyRecorder) -> bytes | None:
+    """A saved analysis if nothing it read changed; its dependencies join ``recorder``."""
+    try:
+        with open(path, "rb") as handle:
+            version, entries, payload = marshal.load(handle)
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if version != _VERSION or not _unchanged(entries):
+        return None
+    recorder.extend(entries)
+    return payload
+
+
+def check_stamp(path: str) -> list[Event] | None:
+    """The events of the recorded build if nothing it depended on changed, else None."""
+    try:
+        with open(path, "rb") as handle:
+            version, entries, events = marshal.load(handle)
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if version != _VERSION:
+        return None
+    return events if _unchanged(entries) else None
+
+
+def _unchanged(entries: Iterable[tuple[str, bool, StatKey]]) -> bool:
+    stat = os.stat
+    for p, is_dir, key in entries:
+        try:
+            st = stat(p)
+        except OSError:
+            if key != _ABSENT:
+                return False
+            continue
+        if is_dir:
+            if (0, st.st_mtime_ns, 0, st.st_ino) != key:
+                return False
+        elif (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != key:
+            return False
+    return True
+
+
+def discard_stamp(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def build_command(request_patterns: Sequence[str], *, cwd: str, workspace_dir: str | None, cache_dir: str | None,
+                  event_file: str | None, quiet: bool, make_request: Any) -> None:
+    """``pbuild build``: replay the last identical build if nothing it depended on changed, else build.
+
+    Only light modules are imported until the check fails; ``make_request`` builds the full
+    request (remote settings and all) when a real build is needed.
+    """
+    from pbuild.engine.events import Reporter
+    from pbuild.engine.workspace import current_package, default_cache_dir, find_workspace
+
+    workspace = find_workspace(cwd, workspace_dir)
+    cache_root = os.path.abspath(cache_dir) if cache_dir else default_cache_dir()
+    index_base = os.path.join(cache_root, "index", digest_bytes(workspace.root.encode()))
+    stamp = stamp_path(index_base, request_text(request_patterns, current_package(workspace, cwd)))
+    events = check_stamp(stamp)
+    reporter = Reporter(event_file=event_file, quiet=quiet)
+    if events is not None:
+        for label, mnemonic, key in events:
+            reporter.action_finished(ident=0, label=label, mnemonic=mnemonic, key=key, status="cached", duration_ms=0.0)
+        reporter.finish()
+        return
+    discard_stamp(stamp)
+    from pbuild.engine.build import build_and_stamp
+
+    build_and_stamp(make_request(), stamp, reporter)

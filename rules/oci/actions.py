@@ -1,0 +1,119 @@
+"""The in-process actions of the image rules: pure functions of their declared inputs and params.
+
+Each writes a layer blob plus a sidecar JSON with its diff_id, digest, size and media type, so
+the image action never hashes a layer again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pbuild.engine.api import ActionIO
+from pbuild.engine.errors import PbuildError
+from pbuild.rules.oci import determinism, layout, wheels
+from pbuild.rules.oci.layerwriter import LayerDigests, LayerEntry, LayerError, entries_from_tree, write_layer
+
+
+def _write(io: ActionIO, params: Mapping[str, Any], entries: list[LayerEntry]) -> None:
+    digests = write_layer(entries, io.output_path(params["blob"]), compression=params["compression"],
+                          level=params.get("level"), mtime=params["epoch"], jobs=io.jobs)
+    with open(io.output_path(params["meta"]), "wb") as handle:
+        handle.write(determinism.canonical_json(digests.to_json()))
+
+
+def write_file_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
+    """The ``layer`` rule: files, trees, symlinks and directories at their destinations."""
+    entries: list[LayerEntry] = []
+    for item in params["entries"]:
+        kind, dest, origin = item["kind"], item["dest"], item.get("origin", "")
+        if kind == "file":
+            path = io.input_path(item["input"])
+            mode = item.get("mode")
+            if mode is None:
+                mode = determinism.normalize_mode(os.stat(path).st_mode)
+            entries.append(LayerEntry(dest, "file", mode, source=path, origin=origin))
+        elif kind == "tree":
+            entries += entries_from_tree(io.input_path(item["input"]), prefix=dest, origin=origin)
+        elif kind == "dir":
+            entries.append(LayerEntry(dest, "dir", item.get("mode") or determinism.DIR_MODE, origin=origin))
+        elif kind == "symlink":
+            entries.append(LayerEntry(dest, "symlink", 0o777, target=item["target"], origin=origin))
+    modes = {k.strip("/"): v for k, v in params.get("modes", {}).items()}
+    if modes:
+        unknown = sorted(set(modes) - {e.path.strip("/") for e in entries})
+        if unknown:
+            raise LayerError(f"modes names paths that are not in the layer: {', '.join('/' + u for u in unknown)}",
+                             hint="keys of modes are destinations inside the image")
+        entries = [LayerEntry(e.path, e.kind, modes.get(e.path.strip("/"), e.mode), e.source, e.data, e.target, e.origin)
+                   for e in entries]
+    _write(io, params, entries)
+
+
+def write_wheel_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
+    """One or more locked wheels installed into the image interpreter's site-packages."""
+    entries: list[LayerEntry] = []
+    for wheel in params["wheels"]:
+        entries += wheels.wheel_entries(io.input_path(wheel), site_packages=params["site_packages"],
+                                        interpreter=params["interpreter"], python_version=params["python_version"],
+                                        jobs=io.jobs)
+    _write(io, params, entries)
+
+
+def write_app_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
+    """A py_binary's first-party sources below the app root, with bytecode."""
+    root = params["root"].strip("/")
+    entries = [
+        LayerEntry(f"{root}/{item['import_path']}", "file", determinism.FILE_MODE, source=io.input_path(item["input"]),
+                   origin=item["input"])
+        for item in params["sources"]
+    ]
+    _write(io, params, wheels.add_pyc(entries, python_version=params["python_version"], jobs=io.jobs))
+
+
+def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
+    """Assemble config and manifest, and write the OCI layout, the docker-archive and the digest file."""
+    base = None
+    if params.get("base"):
+        base_dir = io.input_path(params["base"])
+        if not os.path.isdir(base_dir):
+            base_dir = os.path.dirname(base_dir)  # the base was given as the layout's index.json
+        base = layout.read_layout(base_dir)
+    layers = []
+    for item in params["layers"]:
+        with open(io.input_path(item["meta"]), "rb") as handle:
+            digests = LayerDigests.from_json(json.load(handle))
+        layers.append(layout.BlobRef(digests, io.input_path(item["blob"]), item["created_by"]))
+    cfg = params["config"]
+    run = layout.RunConfig(
+        entrypoint=tuple(cfg["entrypoint"]) if cfg.get("entrypoint") is not None else None,
+        cmd=tuple(cfg["cmd"]) if cfg.get("cmd") is not None else None,
+        env=cfg.get("env", {}),
+        workdir=cfg.get("workdir") or None,
+        user=cfg.get("user") or None,
+        labels=cfg.get("labels", {}),
+        exposed_ports=tuple(cfg.get("exposed_ports", ())),
+    )
+    image, all_layers = layout.build_image(base=base, layers=layers, run=run, epoch=params["epoch"],
+                                           annotations=params.get("annotations", {}))
+    config = json.loads(image.config)["config"]
+    if not config.get("Entrypoint") and not config.get("Cmd"):
+        raise PbuildError(
+            f"image {io.label} has neither an entrypoint nor a cmd (nor does its base)",
+            label=io.label,
+            hint="set entrypoint = [...] or cmd = [...], or put a py_binary in layers",
+        )
+    tags = params.get("tags", [])
+    with ThreadPoolExecutor(2) as pool:
+        done = [
+            pool.submit(layout.write_layout, io.output_path(params["layout"]), image, all_layers, tags),
+            pool.submit(layout.write_docker_archive, io.output_path(params["tarball"]), image, all_layers, tags,
+                        mtime=params["epoch"]),
+        ]
+        for future in done:
+            future.result()
+    with open(io.output_path(params["digest"]), "w", encoding="ascii") as handle:
+        handle.write(image.manifest_digest + "\n")

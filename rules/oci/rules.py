@@ -1,0 +1,327 @@
+"""The ``layer`` and ``image`` rules."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from pbuild.engine.api import DefaultInfo, File, Provider, RuleContext, Target, attr, rule
+from pbuild.engine.errors import PbuildError
+from pbuild.rules.oci import actions, determinism, wheels
+from pbuild.rules.oci.layerwriter import clean_path
+from pbuild.rules.oci.providers import ImageInfo, Layer, LayerInfo, PythonRuntimeInfo
+from pbuild.rules.python.providers import PyBinaryInfo, PyInfo, Wheel
+
+COMPRESSIONS = ("gzip", "none", "zstd")
+_SUFFIX = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
+# Bumped whenever an action function's output changes for the same inputs.
+LAYER_VERSION = "1"
+IMAGE_VERSION = "1"
+
+_COMPRESSION_ATTRS = {
+    "compression": attr.string("Layer compression: gzip (default), zstd, or none.", default="gzip", values=COMPRESSIONS),
+    "compression_level": attr.integer("Compression level (gzip 1-9, zstd 1-19); unset = 6 for gzip, 3 for zstd."),
+}
+
+
+def _relative_to_package(ctx: RuleContext, file: File) -> str:
+    """Where a file goes below the prefix: its path inside its package, or its base name if foreign."""
+    for root in (f"{ctx.package}/" if ctx.package else "", ctx.out_prefix):
+        if root and file.path.startswith(root):
+            return file.path[len(root):]
+    return file.path if not ctx.package and file.is_source else file.basename
+
+
+def _parse_mode(ctx: RuleContext, key: str, text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o7777:
+        ctx.fail(f"mode {text!r} for {key} is not an octal mode", attr="modes", hint='write modes like "0755"')
+    return value
+
+
+def _dest(ctx: RuleContext, path: str, attr_name: str) -> str:
+    try:
+        return clean_path(path)
+    except PbuildError as exc:
+        ctx.fail(exc.message, attr=attr_name, hint=exc.hint)
+        raise
+
+
+@rule(
+    "layer",
+    attrs={
+        "srcs": attr.label_list("Files, or targets whose outputs to include. A file from this package keeps "
+                                "its path inside the package; others keep their base name; a directory "
+                                "output is copied as a tree.", allow_files=True),
+        "prefix": attr.string("Directory inside the image that srcs are placed below.", default="/"),
+        "modes": attr.string_dict("In-image path → octal mode (\"0755\"); default 0755 for executables and "
+                                  "directories, 0644 otherwise."),
+        "symlinks": attr.string_dict("In-image link path → link target."),
+        "directories": attr.string_list("Empty directories to create (mode 0755)."),
+        **_COMPRESSION_ATTRS,
+    },
+    doc="One deterministic layer (sorted entries, mtime SOURCE_DATE_EPOCH, owner 0:0, normalized modes).",
+)
+def _layer(ctx: RuleContext) -> list[Provider]:
+    prefix = _dest(ctx, ctx.attr.prefix, "prefix")
+    entries: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+
+    def claim(dest: str, what: str, attr_name: str) -> None:
+        if dest in seen:
+            ctx.fail(f"two layer entries at one path /{dest}: {seen[dest]} and {what}", attr=attr_name,
+                     hint="give each entry its own destination")
+        seen[dest] = what
+
+    modes = {}
+    for key, text in ctx.attr.modes.items():
+        modes[_dest(ctx, key, "modes")] = _parse_mode(ctx, key, text)
+    inputs: list[File] = []
+    for file in ctx.files.srcs:
+        rel = _relative_to_package(ctx, file)
+        dest = _dest(ctx, f"{prefix}/{rel}" if prefix else rel, "srcs")
+        claim(dest, file.path, "srcs")
+        inputs.append(file)
+        kind = "tree" if file.is_directory else "file"
+        entries.append({"kind": kind, "dest": dest, "input": file.path, "origin": file.path,
+                        "mode": modes.get(dest) if kind == "file" else None})
+    for link, target in sorted(ctx.attr.symlinks.items()):
+        dest = _dest(ctx, link, "symlinks")
+        claim(dest, f"symlink {link}", "symlinks")
+        entries.append({"kind": "symlink", "dest": dest, "target": target, "origin": f"symlink {link}"})
+    for directory in ctx.attr.directories:
+        dest = _dest(ctx, directory, "directories")
+        claim(dest, f"directory {directory}", "directories")
+        entries.append({"kind": "dir", "dest": dest, "mode": modes.get(dest), "origin": f"directory {directory}"})
+    compression = ctx.attr.compression
+    blob = ctx.declare_file(ctx.label.name + _SUFFIX[compression])
+    meta = ctx.declare_file(ctx.label.name + ".layer.json")
+    ctx.actions.call(
+        actions.write_file_layer,
+        version=LAYER_VERSION,
+        params={"entries": entries, "modes": {k: v for k, v in modes.items()}, "compression": compression,
+                "level": ctx.attr.compression_level, "epoch": determinism.source_date_epoch(),
+                "blob": blob.path, "meta": meta.path},
+        inputs=inputs,
+        outputs=(blob, meta),
+        mnemonic="Layer",
+    )
+    return [DefaultInfo(files=(blob, meta)), LayerInfo((Layer(blob, meta, f"pbuild layer {ctx.label}"),))]
+
+
+# ---------------------------------------------------------------------------------------------
+# image
+
+
+_WHEEL_TAGS = re.compile(r"-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
+
+
+def _check_wheel_python(ctx: RuleContext, wheel: Wheel, version: str) -> None:
+    match = _WHEEL_TAGS.search(wheel.filename)
+    if not match:
+        return
+    tags = match["py"].split(".")
+    want = "cp" + version.replace(".", "")
+    ok = any(t in (want, "py3", "py2.py3") or t.startswith("py3") for t in tags) or match["abi"] == "abi3"
+    if not ok:
+        ctx.fail(f"wheel {wheel.filename} is not for the image's Python {version}", attr="layers",
+                 hint=f"lock wheels for CPython {version} (WORKSPACE.toml [python] version) or use another interpreter")
+
+
+@rule(
+    "image",
+    attrs={
+        "base": attr.label("Base image: an image target, or an OCI layout (a directory or a filegroup of its files).",
+                           allow_files=True),
+        "layers": attr.label_list("Layers bottom to top: layer, deb_packages, py_binary (one layer per locked "
+                                  "wheel plus one app layer) or image targets' layers."),
+        "entrypoint": attr.string_list("ENTRYPOINT; default for a py_binary: its main run by the image's Python."),
+        "cmd": attr.string_list("CMD (arguments after the entrypoint); `pbuild run IMAGE -- ARGS` replaces it."),
+        "env": attr.string_dict("Environment variables (added to the base's)."),
+        "workdir": attr.string("Working directory of the entrypoint."),
+        "user": attr.string("User (name or uid[:gid]) the entrypoint runs as."),
+        "labels": attr.string_dict("Image config labels."),
+        "exposed_ports": attr.string_list("Ports such as \"8080/tcp\"."),
+        "annotations": attr.string_dict("Manifest annotations."),
+        "repo_tags": attr.string_list("Tags for the docker-archive and index.json (\"app:1.0\"); default "
+                                      "\"<package>/<name>:latest\". (Named repo_tags because tags is a common attribute.)"),
+        "interpreter": attr.string("In-image Python for py_binary layers; default: the one a deb_packages layer "
+                                   "or the base provides."),
+        "app_root": attr.string("Where a py_binary's first-party sources go (on PYTHONPATH).", default="/app"),
+        "max_layers": attr.integer("Layer budget: wheels beyond it share one layer.", default=100),
+        **_COMPRESSION_ATTRS,
+    },
+    doc="A reproducible OCI image: pbuild-out/<pkg>/<name>/oci (layout), image.tar (docker-archive), digest.",
+)
+def _image(ctx: RuleContext) -> list[Provider]:
+    name = ctx.label.name
+    compression = ctx.attr.compression
+    level = ctx.attr.compression_level
+    epoch = determinism.source_date_epoch()
+    base_target: Target | None = ctx.attr.base
+    base_input: File | None = None
+    inputs: list[File] = []
+    runtime: PythonRuntimeInfo | None = None
+    if base_target is not None:
+        info = base_target.get(ImageInfo)
+        if info is not None:
+            base_input = info.layout
+            inputs.append(info.layout)
+            runtime = info.runtime
+        else:
+            files = ctx.files.base
+            dirs = [f for f in files if f.is_directory]
+            index = sorted((f for f in files if f.basename == "index.json"), key=lambda f: len(f.path))
+            if len(files) == 1 and (files[0].is_directory or not files[0].basename.count(".")):
+                base_input = files[0]
+            elif dirs:
+                base_input = dirs[0]
+            elif index:
+                base_input = index[0]
+            else:
+                ctx.fail(f"{base_target.label} is not an image and holds no OCI layout (no index.json among "
+                         f"{len(files)} files)", attr="base",
+                         hint="use an image target, or a filegroup of an OCI layout's files")
+            inputs += files
+    layers: list[Layer] = []
+    binaries: list[tuple[Target, PyBinaryInfo, PyInfo]] = []
+    for target in ctx.attr.layers:
+        runtime = target.get(PythonRuntimeInfo) or runtime
+        if PyBinaryInfo in target:
+            binary, pyinfo = target[PyBinaryInfo], target.get(PyInfo) or PyInfo()
+            binaries.append((target, binary, pyinfo))
+            layers += _python_layers(ctx, target, binary, pyinfo, runtime, len(ctx.attr.layers), compression, level, epoch)
+        elif LayerInfo in target:
+            layers += target[LayerInfo].layers
+        elif ImageInfo in target:
+            layers += target[ImageInfo].layers
+        else:
+            ctx.fail(f"{target.label} provides no layers", attr="layers",
+                     hint="layers takes layer, deb_packages, py_binary or image targets")
+    for layer in layers:
+        inputs += [layer.blob, layer.meta]
+    entrypoint: list[str] | None = list(ctx.attr.entrypoint) or None
+    cmd: list[str] | None = list(ctx.attr.cmd) or None
+    env = dict(ctx.attr.env)
+    workdir = ctx.attr.workdir or None
+    if binaries:
+        _, binary, _ = binaries[-1]
+        assert runtime is not None  # _python_layers checked it
+        if entrypoint is None:
+            entrypoint = _python_entrypoint(ctx, runtime.interpreter, binary)
+            if cmd is None and binary.args:
+                cmd = list(binary.args)
+        env = {"PYTHONPATH": ctx.attr.app_root, "PYTHONDONTWRITEBYTECODE": "1", **dict(binary.env), **env}
+        workdir = workdir or ctx.attr.app_root
+    if entrypoint is None and cmd is None and base_target is None:
+        ctx.fail("an image needs an entrypoint or a cmd", attr=None,
+                 hint="set entrypoint = [...] or cmd = [...], or put a py_binary in layers")
+    tags = list(ctx.attr.repo_tags) or [f"{ctx.package}/{name}:latest" if ctx.package else f"{name}:latest"]
+    out_layout = ctx.declare_directory(f"{name}/oci")
+    out_tar = ctx.declare_file(f"{name}/image.tar")
+    out_digest = ctx.declare_file(f"{name}/digest")
+    ctx.actions.call(
+        actions.write_image,
+        version=IMAGE_VERSION,
+        params={
+            "base": base_input.path if base_input else None,
+            "layers": [{"blob": layer.blob.path, "meta": layer.meta.path, "created_by": layer.created_by}
+                       for layer in layers],
+            "config": {"entrypoint": entrypoint, "cmd": cmd, "env": env, "workdir": workdir,
+                       "user": ctx.attr.user or None, "labels": dict(ctx.attr.labels),
+                       "exposed_ports": list(ctx.attr.exposed_ports)},
+            "annotations": dict(ctx.attr.annotations),
+            "tags": tags,
+            "epoch": epoch,
+            "layout": out_layout.path,
+            "tarball": out_tar.path,
+            "digest": out_digest.path,
+        },
+        inputs=inputs,
+        outputs=(out_layout, out_tar, out_digest),
+        mnemonic="Image",
+    )
+    base_layers = base_target[ImageInfo].layers if base_target is not None and ImageInfo in base_target else ()
+    return [
+        DefaultInfo(files=(out_layout, out_tar, out_digest)),
+        ImageInfo(out_layout, out_digest, out_tar, tuple(tags), tuple(base_layers) + tuple(layers), runtime),
+    ]
+
+
+def _python_entrypoint(ctx: RuleContext, interpreter: str, binary: PyBinaryInfo) -> list[str]:
+    if binary.main_module:
+        return [interpreter, "-m", binary.main_module]
+    if binary.entry_point:
+        module, _, function = binary.entry_point.partition(":")
+        return [interpreter, "-c", f"import sys; from {module} import {function} as f; sys.exit(f())"]
+    ctx.fail("the py_binary in layers has neither main_module nor entry_point", attr="layers")
+    raise AssertionError
+
+
+def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinfo: PyInfo,
+                   runtime: PythonRuntimeInfo | None, other_layers: int, compression: str,
+                   level: int | None, epoch: int) -> list[Layer]:
+    """One layer per locked wheel (grouped past the budget) and one app layer for a py_binary."""
+    if ctx.attr.interpreter:
+        version = re.search(r"python(\d+\.\d+)$", ctx.attr.interpreter)
+        if not version:
+            ctx.fail(f"cannot tell the Python version of {ctx.attr.interpreter!r}", attr="interpreter",
+                     hint="name the interpreter like /usr/bin/python3.11")
+            raise AssertionError
+        v = version.group(1)
+        runtime = PythonRuntimeInfo(ctx.attr.interpreter, v, f"/usr/local/lib/python{v}/dist-packages")
+    if runtime is None:
+        ctx.fail(f"{target.label} is a py_binary, but no layer before it provides a Python interpreter",
+                 attr="layers", hint="put a deb_packages target with python3.X-minimal (e.g. "
+                                     "//third_party/debian:python3) before it, or set interpreter")
+        raise AssertionError
+    name = ctx.label.name
+    wheel_list = sorted(set(pyinfo.wheels), key=lambda w: (w.name, w.version))
+    for wheel in wheel_list:
+        _check_wheel_python(ctx, wheel, runtime.version)
+    budget = max(1, ctx.attr.max_layers - other_layers - 1)
+    groups: list[list[Wheel]] = [[w] for w in wheel_list]
+    if len(groups) > budget:
+        # Past the budget, the remaining wheels share one layer.
+        groups = groups[:budget - 1] + [[w for g in groups[budget - 1:] for w in g]]
+    suffix = _SUFFIX[compression]
+    common = {"site_packages": runtime.site_packages, "interpreter": runtime.interpreter,
+              "python_version": runtime.version, "compression": compression, "level": level, "epoch": epoch,
+              # Bytecode depends on the compiling interpreter: its magic number is part of the key.
+              "bytecode": wheels.can_compile_for(runtime.version) and wheels.bytecode_tag()}
+    layers: list[Layer] = []
+    for group in groups:
+        stem = group[0].name if len(group) == 1 else f"{group[0].name}-and-{len(group) - 1}-more"
+        blob = ctx.declare_file(f"{name}/layers/wheel-{stem}{suffix}")
+        meta = ctx.declare_file(f"{name}/layers/wheel-{stem}.json")
+        ctx.actions.call(
+            actions.write_wheel_layer,
+            version=LAYER_VERSION,
+            params={**common, "wheels": [w.file.path for w in group], "blob": blob.path, "meta": meta.path},
+            inputs=[w.file for w in group],
+            outputs=(blob, meta),
+            mnemonic="WheelLayer",
+            progress=f"installing {', '.join(w.filename for w in group)}",
+        )
+        layers.append(Layer(blob, meta, "pbuild wheel " + " ".join(f"{w.name}=={w.version}" for w in group)))
+    blob = ctx.declare_file(f"{name}/layers/app-{target.label.name}{suffix}")
+    meta = ctx.declare_file(f"{name}/layers/app-{target.label.name}.json")
+    sources = sorted(pyinfo.sources, key=lambda s: s.import_path)
+    ctx.actions.call(
+        actions.write_app_layer,
+        version=LAYER_VERSION,
+        params={**common, "root": ctx.attr.app_root,
+                "sources": [{"input": s.file.path, "import_path": s.import_path} for s in sources],
+                "blob": blob.path, "meta": meta.path},
+        inputs=[s.file for s in sources],
+        outputs=(blob, meta),
+        mnemonic="AppLayer",
+    )
+    layers.append(Layer(blob, meta, f"pbuild py_binary {target.label}"))
+    return layers
+
+

@@ -1,0 +1,202 @@
+"""Install a wheel into image layer entries, in memory, with ``installer`` and hash-based .pyc files.
+
+The destination is the image interpreter's ``dist-packages`` (Debian's ``sys.path`` has
+``/usr/local/lib/python3.X/dist-packages`` for software that apt does not manage, which is
+where ``pip`` would put it too). Console scripts go to ``/usr/local/bin`` with the image
+interpreter in their shebang.
+
+Bytecode: ``.pyc`` files are checked-hash based (PEP 552): their header holds a hash of the
+source instead of its mtime, so they are identical on every build and still valid when an
+mtime-less layer is unpacked. They are only written when the interpreter running pbuild has the
+image interpreter's ``X.Y`` (bytecode is specific to a minor version); otherwise none are
+written and Python compiles in memory at import time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import marshal
+import os
+import pickle
+import posixpath
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any, BinaryIO
+
+from installer import install
+from installer.destinations import WheelDestination
+from installer.records import Hash, RecordEntry
+from installer.scripts import Script
+from installer.sources import WheelFile
+from installer.utils import Scheme, construct_record_file, fix_shebang
+
+from pbuild.rules.oci import determinism
+from pbuild.rules.oci.layerwriter import LayerEntry
+
+
+def can_compile_for(python_version: str) -> bool:
+    """Whether this interpreter writes bytecode that ``python_version`` (``"3.11"``) loads."""
+    return python_version == f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def pyc_bytes(source: bytes, in_image_path: str, *, optimize: int = 0) -> bytes | None:
+    """A checked-hash ``.pyc`` for ``source``; ``in_image_path`` is recorded as its file name.
+
+    Returns None for a source that does not compile (test fixtures with deliberate syntax errors
+    exist in real wheels; the interpreter would fail on them at import as well).
+    """
+    try:
+        code = compile(source, in_image_path, "exec", dont_inherit=True, optimize=optimize)
+    except (SyntaxError, ValueError):
+        return None
+    # PEP 552 header: magic, flags (bit 0 = hash-based, bit 1 = check source), source hash.
+    flags = (0b11).to_bytes(4, "little")
+    return importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(source) + marshal.dumps(code)
+
+
+def pyc_path(py_path: str) -> str:
+    """``a/b/c.py`` → ``a/b/__pycache__/c.cpython-311.pyc`` (the running interpreter's tag)."""
+    directory, base = posixpath.split(py_path)
+    tag = sys.implementation.cache_tag
+    return posixpath.join(directory, "__pycache__", f"{base[:-3]}.{tag}.pyc")
+
+
+def _compile_batch(batch: list[tuple[bytes, str]]) -> list[bytes | None]:
+    return [pyc_bytes(source, path) for source, path in batch]
+
+
+def _compile_in_workers(work: list[tuple[bytes, str]], jobs: int) -> list[bytes | None]:
+    """Split ``work`` across ``jobs`` interpreters (this one included) talking pickle over pipes."""
+    share = -(-len(work) // jobs)
+    batches = [work[i:i + share] for i in range(0, len(work), share)]
+    code = "import sys,pickle;from pbuild.rules.oci.wheels import _compile_batch as c;" \
+           "sys.stdout.buffer.write(pickle.dumps(c(pickle.load(sys.stdin.buffer))))"
+    procs = []
+    for batch in batches[1:]:
+        proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        procs.append((proc, pickle.dumps(batch)))
+    feeders = [threading.Thread(target=_feed, args=(proc, data)) for proc, data in procs]
+    for thread in feeders:
+        thread.start()
+    results = _compile_batch(batches[0])
+    for (proc, _), thread in zip(procs, feeders, strict=True):
+        thread.join()
+        output = proc.stdout.read() if proc.stdout else b""
+        if proc.wait() != 0:
+            raise RuntimeError(f"bytecode worker failed with exit code {proc.returncode}")
+        results += pickle.loads(output)
+    return results
+
+
+def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    assert proc.stdin is not None
+    with proc.stdin:
+        proc.stdin.write(data)
+
+
+#: Below this many modules a process pool costs more than it saves.
+_POOL_THRESHOLD = 64
+
+
+def add_pyc(entries: list[LayerEntry], *, python_version: str, jobs: int = 1) -> list[LayerEntry]:
+    """``entries`` plus a ``.pyc`` beside every ``.py`` (when this interpreter can compile for the image).
+
+    Compiling holds the GIL, so large sets are compiled in ``jobs`` fresh worker processes (not
+    forked: the engine has threads, and forking a threaded process is unsafe). Results are kept
+    in order and each module compiles on its own, so the output never depends on ``jobs``.
+    """
+    if not can_compile_for(python_version):
+        return entries
+    modules = [e for e in entries if e.kind == "file" and e.path.endswith(".py")]
+    work = [(e.data if e.data is not None else _read(e.source), "/" + e.path) for e in modules]
+    if jobs > 1 and len(work) >= _POOL_THRESHOLD:
+        results = _compile_in_workers(work, jobs)
+    else:
+        results = _compile_batch(work)
+    out = list(entries)
+    for entry, pyc in zip(modules, results, strict=True):
+        if pyc is not None:
+            out.append(LayerEntry(pyc_path(entry.path), "file", 0o644, data=pyc, origin=f"bytecode of {entry.origin}"))
+    return out
+
+
+def _read(path: str | None) -> bytes:
+    assert path is not None
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+class LayerDestination(WheelDestination):
+    """An ``installer`` destination that keeps files as layer entries instead of writing a disk."""
+
+    def __init__(self, schemes: dict[str, str], interpreter: str, origin: str) -> None:
+        self.schemes = {k: v.strip("/") for k, v in schemes.items()}
+        self.interpreter = interpreter
+        self.origin = origin
+        self.entries: list[LayerEntry] = []
+
+    def _path(self, scheme: Scheme, path: str) -> str:
+        full = posixpath.normpath(posixpath.join(self.schemes[scheme], path))
+        if not (full + "/").startswith(self.schemes[scheme] + "/"):
+            raise ValueError(f"wheel file {path} escapes its scheme {scheme}")
+        return full
+
+    def _write(self, scheme: Scheme, path: str, data: bytes, executable: bool) -> RecordEntry:
+        mode = determinism.EXEC_MODE if executable else determinism.FILE_MODE
+        self.entries.append(LayerEntry(self._path(scheme, path), "file", mode, data=data, origin=self.origin))
+        digest = hashlib.sha256(data).digest()
+        encoded = base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+        return RecordEntry(path, Hash("sha256", encoded), len(data))
+
+    def write_script(self, name: str, module: str, attr: str, section: Any) -> RecordEntry:
+        script_name, data = Script(name, module, attr, section).generate(self.interpreter, "posix")
+        return self._write(Scheme("scripts"), script_name, data, True)
+
+    def write_file(self, scheme: Scheme, path: Any, stream: BinaryIO, is_executable: bool) -> RecordEntry:
+        path_ = str(path)
+        if scheme == "scripts":
+            with fix_shebang(stream, self.interpreter) as fixed:
+                return self._write(scheme, path_, fixed.read(), True)
+        return self._write(scheme, path_, stream.read(), is_executable)
+
+    def finalize_installation(self, scheme: Scheme, record_file_path: str,
+                              records: Iterable[tuple[Scheme, RecordEntry]]) -> None:
+        def prefix_for_scheme(file_scheme: str) -> str | None:
+            if file_scheme == scheme:
+                return None
+            return posixpath.relpath("/" + self.schemes[file_scheme], "/" + self.schemes[scheme]) + "/"
+
+        with construct_record_file(list(records), prefix_for_scheme) as stream:
+            self._write(scheme, record_file_path, stream.read(), False)
+
+
+def image_schemes(site_packages: str, prefix: str = "/usr/local", python_version: str = "3.11") -> dict[str, str]:
+    """The install scheme inside the image (pip's ``posix_local`` layout on Debian)."""
+    return {
+        "purelib": site_packages,
+        "platlib": site_packages,
+        "scripts": f"{prefix}/bin",
+        "data": prefix,
+        "headers": f"{prefix}/include/python{python_version}",
+    }
+
+
+def wheel_entries(wheel_path: str, *, site_packages: str, interpreter: str, python_version: str,
+                  origin: str = "", jobs: int = 1) -> list[LayerEntry]:
+    """The files of ``wheel_path`` installed for the image, with bytecode."""
+    destination = LayerDestination(image_schemes(site_packages, python_version=python_version), interpreter,
+                                   origin or posixpath.basename(wheel_path))
+    with WheelFile.open(wheel_path) as source:
+        # INSTALLER names the tool; REQUESTED is left out: which wheels were asked for is the lock's business.
+        install(source, destination, {"INSTALLER": b"pbuild\n"})
+    return add_pyc(destination.entries, python_version=python_version, jobs=jobs)
+
+
+def bytecode_tag() -> str:
+    """Identifies the bytecode this interpreter writes (cache tag and magic number)."""
+    return f"{sys.implementation.cache_tag}-{importlib.util.MAGIC_NUMBER.hex()}"

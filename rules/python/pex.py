@@ -1,0 +1,71 @@
+"""The in-process action that builds a PEX with the host's pex (a pbuild dependency).
+
+It is an in-process action rather than a sandboxed process action because the pex tool lives in
+pbuild's own environment, which the sandbox does not show (it may sit inside the workspace, whose
+undeclared files are hidden). The action still reads only its declared inputs: the staged source
+tree and the locked wheel files, linked into a private find-links folder; pex resolves nothing
+(``--no-pypi --intransitive --no-build``), and its version is part of the action key.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from pbuild.engine.api import ActionIO
+from pbuild.engine.errors import BuildFailed
+
+BUILD_PEX_VERSION = "1"
+
+
+def pex_version() -> str:
+    """The host pex's version, for the action key."""
+    from pex.version import __version__
+
+    return str(__version__)
+
+
+def build_pex(io: ActionIO, params: Mapping[str, Any]) -> None:
+    """Run pex over ``params['tree']`` and ``params['wheels']`` into ``params['output']``.
+
+    Other ``params``: ``requirements`` (``name==version`` pins), ``main_module`` or
+    ``entry_point``, ``shebang``, ``env`` and ``args`` to bake in.
+    """
+    wheel_dir = os.path.join(io.tmpdir, "wheels")
+    os.makedirs(wheel_dir, exist_ok=True)
+    for wheel in params["wheels"]:
+        os.symlink(os.path.abspath(io.input_path(wheel)), os.path.join(wheel_dir, os.path.basename(wheel)))
+    argv = [
+        sys.executable, "-m", "pex",
+        "--no-pypi", "-f", wheel_dir, "--intransitive", "--no-build", "--no-compile",
+        "--python-shebang", params["shebang"],
+        "-D", os.path.abspath(io.input_path(params["tree"])),
+        "-o", io.output_path(params["output"]),
+        *params["requirements"],
+    ]
+    if params.get("main_module"):
+        argv += ["-m", params["main_module"]]
+    elif params.get("entry_point"):
+        argv += ["-e", params["entry_point"]]
+    for key, value in sorted(params.get("env", {}).items()):
+        argv += ["--inject-env", f"{key}={value}"]
+    if params.get("args"):
+        import shlex
+
+        argv += ["--inject-args", shlex.join(params["args"])]
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": io.tmpdir,
+        "PEX_ROOT": os.path.join(io.tmpdir, "pex_root"),
+        "PYTHONHASHSEED": "0",
+        "SOURCE_DATE_EPOCH": "315532800",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+    }
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=io.tmpdir, check=False)
+    if result.returncode != 0:
+        raise BuildFailed(f"pex failed (exit {result.returncode}):\n{(result.stderr + result.stdout)[-3000:]}",
+                          label=io.label)

@@ -1,0 +1,296 @@
+"""The action sandbox, with real namespaces (root and an unprivileged user)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pbuild.tools import nsops
+from pbuild.tools.sandbox import EXEC_ROOT, SandboxRequest, SandboxResult, plan, run_sandboxed
+
+ENV = {
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "TZ": "UTC",
+    "SOURCE_DATE_EPOCH": "0",
+    "HOME": "/tmp",
+    "PYTHONHASHSEED": "0",
+}
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_request(tmp: Path, *argv: str, **overrides: object) -> SandboxRequest:
+    exec_root = tmp / "execroot"
+    if not exec_root.exists():
+        (exec_root / "pkg" / "out").mkdir(parents=True)
+        (exec_root / "pkg" / "in.txt").write_text("declared input\n")
+    fields: dict[str, object] = dict(
+        argv=argv,
+        env=ENV,
+        exec_root=str(exec_root),
+        writable_dirs=("pkg/out",),
+        workdir="",
+        hide_paths=(str(REPO),),
+        stdout_path=str(tmp / "stdout"),
+        stderr_path=str(tmp / "stderr"),
+    )
+    fields.update(overrides)
+    return SandboxRequest(**fields)  # type: ignore[arg-type]
+
+
+def run(tmp: Path, script: str, **overrides: object) -> tuple[SandboxResult, str, str]:
+    result = run_sandboxed(make_request(tmp, "/bin/sh", "-c", script, **overrides))
+    return result, (tmp / "stdout").read_text(), (tmp / "stderr").read_text()
+
+
+def test_sees_declared_inputs_at_fixed_path(tmp_path: Path) -> None:
+    result, out, err = run(tmp_path, "pwd; cat pkg/in.txt", workdir="")
+    assert (result.exit_code, result.error) == (0, None), err
+    assert out == f"{EXEC_ROOT}\ndeclared input\n"
+    result, out, _ = run(tmp_path, "pwd", workdir="pkg")
+    assert out == f"{EXEC_ROOT}/pkg\n"
+
+
+def test_host_tools_work_and_host_root_is_read_only(tmp_path: Path) -> None:
+    result, out, err = run(tmp_path, "python3 -c 'print(6*3)'; touch /usr/pbuild-probe; echo $?")
+    assert result.exit_code == 0, err
+    assert out.splitlines() == ["18", "1"]
+    assert "Read-only file system" in err
+    assert not os.path.exists("/usr/pbuild-probe")
+
+
+def test_hidden_paths_are_invisible(tmp_path: Path) -> None:
+    secret_dir = REPO / "tests"
+    hidden_file = REPO / "pyproject.toml"
+    result, out, err = run(
+        tmp_path,
+        f"ls -A {secret_dir} | wc -l; cat {secret_dir / 'test_sandbox.py'}; echo rc=$?; cat {hidden_file} | wc -c",
+        hide_paths=(str(secret_dir), str(hidden_file)),
+    )
+    assert result.exit_code == 0
+    lines = out.splitlines()
+    assert lines[0] == "0"  # an empty directory where the tests were
+    assert "rc=1" in lines  # reading a hidden file fails
+    assert lines[-1] == "0"  # a hidden single file reads as empty
+    assert "No such file" in err
+
+
+def test_writes_only_to_writable_dirs_and_they_land_on_host(tmp_path: Path) -> None:
+    result, _, err = run(
+        tmp_path,
+        "echo made > pkg/out/result.txt && echo bad > pkg/in.txt; echo bad > pkg/new.txt; "
+        "echo ok > /tmp/scratch && cat /tmp/scratch",
+    )
+    assert result.exit_code == 0
+    assert (tmp_path / "execroot/pkg/out/result.txt").read_text() == "made\n"
+    assert (tmp_path / "execroot/pkg/in.txt").read_text() == "declared input\n"
+    assert not (tmp_path / "execroot/pkg/new.txt").exists()
+    assert err.count("Read-only file system") == 2
+    assert (tmp_path / "stdout").read_text() == "ok\n"
+
+
+def test_network_is_unreachable(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        probe = (
+            "import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            "    print('connected')\n"
+            "except OSError as e:\n"
+            "    print('refused', e.errno)\n"
+            "print(sorted(n for _, n in socket.if_nameindex()))\n"
+        )
+        result = run_sandboxed(make_request(tmp_path, "python3", "-c", probe))
+        assert result.exit_code == 0, (tmp_path / "stderr").read_text()
+        out = (tmp_path / "stdout").read_text().splitlines()
+        assert out[0].startswith("refused")
+        assert out[1] == "['lo']"
+        # The same probe with network=True reaches the host's listener.
+        result = run_sandboxed(make_request(tmp_path, "python3", "-c", probe, network=True))
+        assert (tmp_path / "stdout").read_text().splitlines()[0] == "connected"
+
+
+def test_pid_namespace_and_hostname(tmp_path: Path) -> None:
+    result, out, _ = run(tmp_path, "echo $$; ls /proc | grep -c '^[0-9]'; hostname")
+    assert result.exit_code == 0
+    pid, count, hostname = out.splitlines()
+    assert pid == "1"
+    assert int(count) <= 3  # sh, and the ls and grep it started
+    assert hostname == "pbuild" != socket.gethostname()
+
+
+def test_environment_is_exactly_the_given_one(tmp_path: Path) -> None:
+    result = run_sandboxed(make_request(tmp_path, "env", "-0"))
+    assert result.exit_code == 0
+    pairs = [item.split("=", 1) for item in (tmp_path / "stdout").read_text().split("\0") if item]
+    assert dict(pairs) == ENV
+    assert len(pairs) == len(ENV)
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (("/bin/sh", "-c", "exit 3"), 3),
+        (("/bin/true",), 0),
+        (("python3", "-c", "import ctypes; ctypes.string_at(0)"), 128 + signal.SIGSEGV),
+        (("no-such-command-pbuild",), 127),
+        (("/etc/hostname",), 126),
+    ],
+)
+def test_exit_codes_pass_through(tmp_path: Path, argv: tuple[str, ...], code: int) -> None:
+    result = run_sandboxed(make_request(tmp_path, *argv))
+    assert result.error is None
+    assert result.exit_code == code, (tmp_path / "stderr").read_text()
+
+
+def _processes_with(command: str) -> list[int]:
+    """Pids whose argv is exactly ``command`` split on spaces."""
+    wanted = b"".join(part.encode() + b"\0" for part in command.split(" "))
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline == wanted:
+                found.append(int(entry))
+    return found
+
+
+def test_timeout_kills_the_whole_tree(tmp_path: Path) -> None:
+    marker = f"{os.getpid() % 1000}.{time.monotonic_ns() % 1000}"
+    start = time.monotonic()
+    result, _, _ = run(tmp_path, f"sleep 1{marker} & sleep 2{marker}; echo never", timeout_s=0.5)
+    assert result.timed_out
+    assert result.exit_code == 128 + signal.SIGKILL
+    assert time.monotonic() - start < 5
+    deadline = time.monotonic() + 5
+    while _processes_with(f"sleep 1{marker}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(f"sleep 1{marker}") == []
+
+
+def test_killing_the_caller_kills_the_action(tmp_path: Path) -> None:
+    marker = f"3{os.getpid() % 1000}.{time.monotonic_ns() % 1000}"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path[:0] = {sys.path!r}
+        from pbuild.tools.sandbox import SandboxRequest, run_sandboxed
+        run_sandboxed(SandboxRequest(argv=("/bin/sh", "-c", "sleep {marker} & sleep {marker}"), env={{"PATH": "/bin"}},
+            exec_root={str(tmp_path)!r}, writable_dirs=(), workdir="", hide_paths=(),
+            stdout_path="/dev/null", stderr_path="/dev/null"))
+        """
+    )
+    caller = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 10
+    while len(_processes_with(f"sleep {marker}")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_processes_with(f"sleep {marker}")) == 2
+    caller.send_signal(signal.SIGKILL)
+    caller.wait()
+    deadline = time.monotonic() + 5
+    while _processes_with(f"sleep {marker}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(f"sleep {marker}") == []
+
+
+def test_concurrent_runs_from_threads(tmp_path: Path) -> None:
+    def one(i: int) -> tuple[int, str | None, str]:
+        tmp = tmp_path / str(i)
+        tmp.mkdir()
+        result, _, _ = run(tmp, f"echo {i} > pkg/out/n; cat pkg/out/n")
+        return result.exit_code, result.error, (tmp / "execroot/pkg/out/n").read_text()
+
+    started = threading.active_count()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(20)))
+    assert results == [(0, None, f"{i}\n") for i in range(20)]
+    assert threading.active_count() == started
+
+
+def test_bad_request_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    result = run_sandboxed(make_request(tmp_path, "/bin/true", writable_dirs=("missing",)))
+    assert result.error is not None and "missing" in result.error
+    result = run_sandboxed(make_request(tmp_path, "/bin/true", workdir="../escape"))
+    assert result.error is not None and "workdir" in result.error
+
+
+def test_plan_is_data(tmp_path: Path) -> None:
+    ops = plan(make_request(tmp_path, "/bin/true")).ops
+    assert any(isinstance(op, nsops.PivotRoot) for op in ops)
+    assert any(isinstance(op, nsops.Mount) and op.target.endswith(EXEC_ROOT) for op in ops)
+    assert nsops.describe(ops).count("\n") == len(ops) - 1
+
+
+UNPRIVILEGED_PROBE = """
+import json, os, sys
+from pathlib import Path
+from pbuild.tools.sandbox import SandboxRequest, run_sandboxed
+tmp = Path(sys.argv[1])
+(tmp / "execroot/out").mkdir(parents=True)
+(tmp / "execroot/in.txt").write_text("input")
+req = SandboxRequest(
+    argv=("/bin/sh", "-c", "id -u; cat in.txt; echo; echo $$; echo w > out/f; echo x > bad; cat /etc/shadow"),
+    env={"PATH": "/usr/bin:/bin"}, exec_root=str(tmp / "execroot"), writable_dirs=("out",), workdir="",
+    hide_paths=(), stdout_path=str(tmp / "o"), stderr_path=str(tmp / "e"))
+r = run_sandboxed(req)
+print(json.dumps({"code": r.exit_code, "error": r.error, "out": (tmp / "o").read_text(),
+                  "err": (tmp / "e").read_text(), "written": (tmp / "execroot/out/f").read_text(),
+                  "owner": os.stat(tmp / "execroot/out/f").st_uid}))
+"""
+
+
+def test_unprivileged_user(tmp_path: Path) -> None:
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is not installed")
+    # pytest's own base directory is private to root: use a fresh directory nobody can reach.
+    with tempfile.TemporaryDirectory(prefix="pbuild-sandbox-") as base:
+        work = Path(base)
+        os.chown(work, 65534, 65534)
+        _unprivileged_probe(work)
+
+
+def _unprivileged_probe(work: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            UNPRIVILEGED_PROBE,
+            str(work),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["error"] is None
+    assert report["out"].splitlines()[:3] == ["0", "input", "1"]
+    assert report["written"] == "w\n"
+    assert report["owner"] == 65534
+    assert "Read-only file system" in report["err"]
+    assert "Permission denied" in report["err"]  # /etc/shadow is still protected
+    assert report["code"] != 0

@@ -1,0 +1,28 @@
+"""The launcher's one error type (it does not import the engine, so not ``PbuildError``)."""
+
+from __future__ import annotations
+
+EXIT_LAUNCHER = 125
+"""Docker's code for an error of the runtime itself (bad flag, bad image, setup failure)."""
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+
+class LauncherError(Exception):
+    """A user-facing launcher failure: ``what`` went wrong and ``hint`` how to fix it."""
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = EXIT_LAUNCHER) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+
+    def render(self) -> str:
+        text = f"pbuild: error: {self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class LayerError(LauncherError):
+    """A layer is hostile or damaged (escaping path, wrong digest, unsupported entry)."""
