@@ -249,7 +249,7 @@ class Analyzer:
         files: dict[str, tuple[File, ...]] = {}
         deps: list[Label] = []
         for name, spec in definition.attrs.items():
-            raw = decl.attrs[name] if name in decl.attrs else spec.default
+            raw = decl.attrs.get(name, spec.default)
             if name in decl.attrs:
                 raw = _check_type(name, spec, raw, decl)
             if spec.kind in ("label", "label_list"):

@@ -293,15 +293,17 @@ class attr:
 
     @staticmethod
     def label(doc: str, *, required: bool = False, allow_files: bool | Sequence[str] = False,
-              providers: Sequence[type[Provider]] = ()) -> Attr:
+              providers: Sequence[type[Provider]] = (), default: str | None = None) -> Attr:
+        """A label (or, with ``allow_files``, a file of the package); ``default`` is a label."""
         files = allow_files if isinstance(allow_files, bool) else tuple(allow_files)
-        return Attr("label", doc, None, required, files, providers=tuple(providers))
+        return Attr("label", doc, default, required, files, providers=tuple(providers))
 
     @staticmethod
     def label_list(doc: str, *, required: bool = False, allow_files: bool | Sequence[str] = False,
-                   providers: Sequence[type[Provider]] = ()) -> Attr:
+                   providers: Sequence[type[Provider]] = (), default: Sequence[str] = ()) -> Attr:
+        """Labels (or files); ``default`` is a list of labels used when the attribute is not set."""
         files = allow_files if isinstance(allow_files, bool) else tuple(allow_files)
-        return Attr("label_list", doc, (), required, files, providers=tuple(providers))
+        return Attr("label_list", doc, tuple(default), required, files, providers=tuple(providers))
 
     @staticmethod
     def output(doc: str, *, required: bool = False) -> Attr:

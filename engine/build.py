@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pbuild.engine import uptodate
 from pbuild.engine.analysis import ActionGraph, Analyzer
 from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, Target, TestInfo
 from pbuild.engine.errors import BuildFailed, PbuildError
@@ -23,9 +24,14 @@ from pbuild.engine.loading import Loader, ParseCache
 from pbuild.engine.registry import RuleRegistry
 from pbuild.engine.scheduler import BuildResult, ExecOptions, Executor
 from pbuild.engine.store import LocalStore
-from pbuild.engine import uptodate
 from pbuild.engine.uptodate import DependencyRecorder
-from pbuild.engine.workspace import WORKSPACE_FILE, Workspace, current_package, default_cache_dir, find_workspace
+from pbuild.engine.workspace import (
+    WORKSPACE_FILE,
+    Workspace,
+    current_package,
+    default_cache_dir,
+    find_workspace,
+)
 
 
 @dataclass
@@ -77,6 +83,7 @@ def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
     loader = Loader(workspace, registry, ParseCache(index_base + ".parse"), recorder)
     analyzer = Analyzer(loader, workspace.config)
     store = LocalStore(cache_dir)
+    store.remove_stale_tmp()
     session = Session(workspace, loader, analyzer, store, StatIndex(index_base + ".stat"), cache_dir, index_base)
     settings = request.remote_settings
     if settings is not None and getattr(settings, "url", None):
@@ -178,15 +185,34 @@ def build_and_stamp(request: BuildRequest, stamp: str, reporter: Reporter) -> No
     uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events)
 
 
-def build(request: BuildRequest, *, reporter: Reporter | None = None) -> tuple[Session, Analyzed, BuildResult]:
-    """Build the targets ``request.patterns`` name. Raises BuildFailed when an action failed."""
+def _actions_subset(analyzed: Analyzed, files: Sequence[File]) -> list[Action]:
+    """The actions (in the analyzed order) needed to produce ``files``."""
+    producers = {o.path: a for a in analyzed.actions for o in a.outputs}
+    needed: set[int] = set()
+    stack = [producers[f.path] for f in files if f.path in producers]
+    while stack:
+        action = stack.pop()
+        if id(action) in needed:
+            continue
+        needed.add(id(action))
+        stack.extend(producers[f.path] for f in action.inputs if f.path in producers)
+    return [a for a in analyzed.actions if id(a) in needed]
+
+
+def build(request: BuildRequest, *, reporter: Reporter | None = None,
+          only_files: Callable[[Analyzed], Sequence[File]] | None = None) -> tuple[Session, Analyzed, BuildResult]:
+    """Build the targets ``request.patterns`` name (or, with ``only_files``, just what produces
+    the files it picks). Raises BuildFailed when an action failed."""
     reporter = reporter or Reporter(event_file=request.event_file, quiet=request.quiet, interactive=request.interactive)
     session = open_session(request, warn=reporter.message)
+    executing = False
     try:
         analyzed = analyze_for_build(session, request)
-        result, _ = execute(session, analyzed.actions, request, reporter=reporter)
+        executing = True
+        actions = analyzed.actions if only_files is None else _actions_subset(analyzed, only_files(analyzed))
+        result, _ = execute(session, actions, request, reporter=reporter)
     except BaseException:
-        reporter.finish()
+        reporter.finish(print_summary=executing)
         session.close()
         raise
     reporter.finish()

@@ -125,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("pbuild: interrupted; the cache is consistent (every entry is written atomically)", file=sys.stderr)
-        return 130
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)  # worker threads may still wait on sandboxes, which die with this process
 
 
 def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:

@@ -8,14 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pbuild.engine.api import OUT_DIR, File, RunInfo
+from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, RunInfo
 from pbuild.engine.build import (
     BuildRequest,
     analyze,
     default_cache_dir,
     execute,
     open_session,
-    requested_files,
     test_actions,
 )
 from pbuild.engine.errors import EXIT_BUILD_FAILED, BuildFailed, PbuildError
@@ -32,11 +31,26 @@ def _image_info_type() -> Any:
     return ImageInfo
 
 
-def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any, str, Any]:
+def _run_files(analyzed: Any) -> list[File]:
+    """What running needs: RunInfo's files and the runfiles; an image's outputs; else all files."""
+    files: list[File] = []
+    image_type = _image_info_type()
+    for target in analyzed.targets.values():
+        run_info = target.get(RunInfo)
+        if run_info is not None and (image_type is None or image_type not in target):
+            info = target.get(DefaultInfo)
+            files.extend(a for a in run_info.argv if isinstance(a, File))
+            files.extend(info.runfiles if info else ())
+        else:
+            files.extend(target.files)
+    return files
+
+
+def _build_one(request: BuildRequest, target: str, *, for_run: bool = False) -> tuple[Any, Any, str, Any]:
     """Build one target; returns (session, its label, its rule's name, its providers as a Target)."""
     from pbuild.engine.build import build
 
-    session, analyzed, _ = build(request)
+    session, analyzed, _ = build(request, only_files=_run_files if for_run else None)
     if len(analyzed.labels) != 1:
         raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
                           hint="use a label, not a pattern")
@@ -47,7 +61,7 @@ def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any, str, Any]:
 def run_target(request: BuildRequest, target: str, extra: Sequence[str]) -> int:
     """``pbuild run TARGET ARGS``: build, then exec a binary or hand an image to the launcher."""
     request.quiet = True if request.quiet is False and not sys.stderr.isatty() else request.quiet
-    session, label, rule_name, providers = _build_one(request, target)
+    session, label, rule_name, providers = _build_one(request, target, for_run=True)
     root = session.workspace.root
     image_type = _image_info_type()
     if image_type is not None and image_type in providers:
@@ -71,7 +85,7 @@ def run_target(request: BuildRequest, target: str, extra: Sequence[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(argv[0], argv, env)
+        os.execvpe(argv[0], argv, env)
     except OSError as exc:
         raise BuildFailed(f"cannot start {argv[0]}: {exc.strerror}", label=label) from None
     return 0  # not reached
@@ -89,8 +103,8 @@ def run_tests(request: BuildRequest, *, no_cache: bool) -> int:
             raise PbuildError(f"no test targets in {' '.join(request.patterns)}",
                               hint="test targets use rules such as py_test")
         needed = [a for _, a in tests]
-        build_actions = graph.actions_for([f for a in needed for f in a.inputs])
-        result, _ = execute(session, build_actions + needed, request, reporter=reporter,
+        build_actions: list[Action] = graph.actions_for([f for a in needed for f in a.inputs])
+        result, _ = execute(session, [*build_actions, *needed], request, reporter=reporter,
                             no_cache_mnemonics=frozenset({"TestRunner"}) if no_cache else frozenset(),
                             keep_going=True)
     finally:
@@ -182,8 +196,8 @@ def list_images(*, workspace: str | None) -> int:
             size, tags = _layout_size_and_tags(os.path.join(dirpath, "oci"), digest)
             rows.append((f"//{package}:{name}", ",".join(tags) or "<none>", digest, size))
     print(f"{'TARGET':30} {'TAGS':30} {'DIGEST':20} SIZE")
-    for label, tags, digest, size in rows:
-        print(f"{label:30} {tags:30} {digest[:19]:20} {size / 1e6:.1f} MB")
+    for label, tag_text, digest, size in rows:
+        print(f"{label:30} {tag_text:30} {digest[:19]:20} {size / 1e6:.1f} MB")
     return 0
 
 

@@ -91,7 +91,7 @@ class Reporter:
                 self.stream.write(text + "\n")
                 self.stream.flush()
 
-    def finish(self) -> Summary:
+    def finish(self, *, print_summary: bool = True) -> Summary:
         self.summary.wall_ms = (time.monotonic() - self._start) * 1000
         if self._live is not None:
             self._live.stop()
@@ -105,7 +105,7 @@ class Reporter:
             }) + "\n")
             self._events.close()
             self._events = None
-        if not self.quiet:
+        if not self.quiet and print_summary:
             self.stream.write(self.summary.line() + "\n")
             self.stream.flush()
         return self.summary

@@ -143,6 +143,6 @@ def host_fingerprint() -> str:
         libc = "-".join(platform.libc_ver())
         _FINGERPRINT = "|".join(
             [platform.machine(), libc, os_release.replace('"', ""), sys.implementation.name,
-             "%d.%d.%d" % sys.version_info[:3]]
+             ".".join(str(v) for v in sys.version_info[:3])]
         )
     return _FINGERPRINT

@@ -230,7 +230,7 @@ class Loader:
                 f"no target {label.name!r} in //{label.package}" + (f" for {label}" if by else ""),
                 location=where,
                 label=by,
-                hint=(f"did you mean {', '.join(':' + n for n in near)}?" if near else
+                hint=(f"did you mean {', '.join(_label_text(Label(label.package, n), by) for n in near)}?" if near else
                       f"targets in {package.build_file}: {', '.join(sorted(package.targets)) or 'none'}"),
             )
         return decl
@@ -368,3 +368,10 @@ def rule_of(registry: RuleRegistry, decl: TargetDecl) -> RuleDef:
     definition = registry.lookup(decl.rule)
     assert isinstance(definition, RuleDef)
     return definition
+
+
+def _label_text(label: Label, referenced_by: Label | None) -> str:
+    """``:name`` when written in the same package, else the full label."""
+    if referenced_by is not None and referenced_by.package == label.package:
+        return f":{label.name}"
+    return str(label)

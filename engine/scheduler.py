@@ -164,8 +164,12 @@ class Executor:
                         fail(action, exc, key, started)
                         continue
                     finish(action, status, key, res, started)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:
+            # Do not wait for running actions: the CLI exits at once, and the kernel kills each
+            # sandbox with its parent (PDEATHSIG, PID namespace). Every cache write is atomic.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True, cancel_futures=True)
         result.skipped = len(actions) - len(result.statuses)
         return result
 

@@ -165,6 +165,26 @@ class LocalStore:
             handle.write(result.to_json())
         os.replace(tmp, dest)
 
+    def remove_stale_tmp(self) -> None:
+        """Remove temp dirs of pbuild processes that no longer run (killed builds)."""
+        try:
+            names = os.listdir(self.tmp_dir)
+        except OSError:
+            return
+        for name in names:
+            parts = name.split("-")
+            if len(parts) < 3 or not parts[1].isdigit():
+                continue
+            pid = int(parts[1])
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                _force_rmtree(os.path.join(self.tmp_dir, name))
+            except PermissionError:
+                pass
+
     def new_tmp_dir(self, prefix: str = "x") -> str:
         path = os.path.join(self.tmp_dir, f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
         os.makedirs(path)

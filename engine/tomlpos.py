@@ -28,7 +28,7 @@ def table_positions(text: str) -> tuple[dict[str, int], dict[tuple[str, str], in
     """Map each top-level table name to its header line, and (table, key) to the key's line."""
     tables: dict[str, int] = {}
     keys: dict[tuple[str, str], int] = {}
-    current: str | None = None
+    current = ""  # keys before the first header belong to the top-level table ""
     in_multiline: str | None = None
     for number, line in enumerate(text.splitlines(), start=1):
         if in_multiline is not None:
@@ -42,7 +42,7 @@ def table_positions(text: str) -> tuple[dict[str, int], dict[tuple[str, str], in
             tables.setdefault(current, number)
             continue
         key = _KEY.match(line)
-        if key and current is not None:
+        if key:
             name = key.group(1)
             name = name[1:-1] if name.startswith('"') else name
             keys.setdefault((current, name), number)

@@ -72,7 +72,7 @@ def _code_paths() -> list[str]:
     import pbuild.engine as engine_pkg
     import pbuild.rules as rules_pkg
 
-    paths = []
+    paths: list[str] = []
     for package in (engine_pkg, rules_pkg):
         for root in package.__path__:
             for dirpath, dirnames, filenames in os.walk(root):

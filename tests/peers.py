@@ -187,6 +187,7 @@ def nginx_cache(base: Path) -> Iterator[Nginx]:
 class BuildGrid:
     port: int
     instance_name: str
+    read_only_instance: str = "read-only"
 
     @property
     def url(self) -> str:
@@ -209,6 +210,10 @@ caches:
     max-cached-refs: 100000
     allow-updates: {allow_updates}
     cache-failed-actions: true
+  - !lru-action-cache &ac-read-only
+    storage: *cas
+    max-cached-refs: 1000
+    allow-updates: false
 instances:
   - name: "{instance}"
     services:
@@ -218,20 +223,34 @@ instances:
         storage: *cas
       - !bytestream
         storage: *cas
+  - name: "{read_only_instance}"
+    services:
+      - !action-cache
+        cache: *ac-read-only
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
 """
 
 
 @contextlib.contextmanager
 def buildgrid_server(base: Path, *, instance_name: str = "", allow_updates: bool = True) -> Iterator[BuildGrid]:
-    """``bgd server start`` with an in-memory CAS and action cache (no execution service)."""
+    """``bgd server start`` with an in-memory CAS and action cache (no execution service).
+
+    Besides ``instance_name`` it serves the instance :data:`BuildGrid.read_only_instance`, whose
+    action cache refuses updates (one server is cheaper to start than two: ~8 s each).
+    """
     bgd = require("bgd")
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = base / "buildgrid.yml"
+    record = BuildGrid(port=port, instance_name=instance_name)
     conf.write_text(_BUILDGRID_CONF.format(port=port, instance=instance_name,
+                                           read_only_instance=record.read_only_instance,
                                            allow_updates="true" if allow_updates else "false"))
     with _started([bgd, "server", "start", str(conf)], port, base / "buildgrid.log"):
-        yield BuildGrid(port=port, instance_name=instance_name)
+        yield record
 
 
 # ---------------------------------------------------------------------------------------------

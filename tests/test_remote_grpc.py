@@ -25,13 +25,6 @@ def buildgrid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildGrid]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def buildgrid_read_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildGrid]:
-    with buildgrid_server(tmp_path_factory.mktemp("buildgrid-ro"), instance_name="ro",
-                          allow_updates=False) as server:
-        yield server
-
-
 def _open(url: str, cache_dir: Path, warnings: Warnings, **kw: object) -> grpc_remote.GrpcRemoteCache:
     remote = open_remote(RemoteSettings(url=url, **kw), cache_dir=str(cache_dir), warn=warnings)  # type: ignore[arg-type]
     assert isinstance(remote, grpc_remote.GrpcRemoteCache), warnings
@@ -101,9 +94,9 @@ def test_many_blobs_are_batched_within_the_limits(buildgrid: BuildGrid, tmp_path
     assert reader.stats().bytes_downloaded == sum(len(v) for v in contents.values())
 
 
-def test_server_without_action_cache_updates_is_read_only(buildgrid_read_only: BuildGrid, tmp_path: Path) -> None:
+def test_server_without_action_cache_updates_is_read_only(buildgrid: BuildGrid, tmp_path: Path) -> None:
     warnings = Warnings()
-    remote = _open(buildgrid_read_only.url, tmp_path / "cache", warnings, instance_name="ro")
+    remote = _open(buildgrid.url, tmp_path / "cache", warnings, instance_name=buildgrid.read_only_instance)
     key, result, blobs = _action(tmp_path / "out", "ro", {"pbuild-out/f": b"f"})
     remote.upload_action(key, result, blobs)
     assert remote.stats().bytes_uploaded == 0 and remote.stats().action_results_uploaded == 0
@@ -112,9 +105,9 @@ def test_server_without_action_cache_updates_is_read_only(buildgrid_read_only: B
     assert not remote.stats().disabled
 
 
-def test_unknown_instance_name_is_refused_at_start(buildgrid_read_only: BuildGrid, tmp_path: Path) -> None:
+def test_unknown_instance_name_is_refused_at_start(buildgrid: BuildGrid, tmp_path: Path) -> None:
     warnings = Warnings()
-    remote = open_remote(RemoteSettings(url=buildgrid_read_only.url, instance_name="nope"),
+    remote = open_remote(RemoteSettings(url=buildgrid.url, instance_name="nope"),
                          cache_dir=str(tmp_path), warn=warnings)
     assert remote is None
     assert len(warnings) == 1 and "building without the remote cache" in warnings[0]

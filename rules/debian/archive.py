@@ -82,7 +82,7 @@ def read_release(source: AptSource, suite: str, *, keyring: str | None = None) -
         print(f"pbuild: warning: cannot verify {suite}'s InRelease (gpgv or {ring} missing); "
               "trusting the index hashes only", file=sys.stderr)
         text, verified = _strip_clearsign(data.decode("utf-8")), False
-    fields = next(parse_paragraphs(text), {})
+    fields: dict[str, str] = next(parse_paragraphs(text), {})
     hashes: dict[str, tuple[str, int]] = {}
     for line in fields.get("SHA256", "").splitlines():
         parts = line.split()

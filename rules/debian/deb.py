@@ -91,15 +91,15 @@ def merged_usr_path(path: str) -> str:
 def read_deb(data: bytes, *, name: str = "") -> DebContents:
     """Parse a .deb held in memory."""
     members = read_ar(data, name=name)
-    control_tar = tarfile.open(fileobj=io.BytesIO(_tar_of(members, "control", name)))
     control_text, md5sums = "", b""
-    for info in control_tar.getmembers():
-        base = posixpath.basename(info.name)
-        handle = control_tar.extractfile(info) if info.isfile() else None
-        if handle is not None and base == "control":
-            control_text = handle.read().decode("utf-8")
-        elif handle is not None and base == "md5sums":
-            md5sums = handle.read()
+    with tarfile.open(fileobj=io.BytesIO(_tar_of(members, "control", name))) as control_tar:
+        for info in control_tar.getmembers():
+            base = posixpath.basename(info.name)
+            handle = control_tar.extractfile(info) if info.isfile() else None
+            if handle is not None and base == "control":
+                control_text = handle.read().decode("utf-8")
+            elif handle is not None and base == "md5sums":
+                md5sums = handle.read()
     control = next(parse_paragraphs(control_text), None)
     if not control or "Package" not in control:
         raise DebError(f"{name} has no control file", hint="check the file")
@@ -109,7 +109,9 @@ def read_deb(data: bytes, *, name: str = "") -> DebContents:
     entries: list[LayerEntry] = []
     contents: dict[str, bytes] = {}
     hardlinks: list[tuple[str, str, int]] = []
-    for info in tarfile.open(fileobj=io.BytesIO(raw)).getmembers():
+    with tarfile.open(fileobj=io.BytesIO(raw)) as data_tar:
+        members_list = data_tar.getmembers()
+    for info in members_list:
         path = merged_usr_path(clean_path(info.name, origin=origin))
         if not path:
             continue

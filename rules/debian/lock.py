@@ -169,15 +169,16 @@ def request_from_attrs(attrs: Mapping[str, Any]) -> Request:
 class _IndexCache:
     """Packages indexes and Release data fetched once per ``lock_debian`` call."""
 
-    def __init__(self, mirror: str | None) -> None:
+    def __init__(self, mirror: str | None, keyring: str | None = None) -> None:
         self.mirror = mirror
+        self.keyring = keyring
         self.releases: dict[str, archive.Release] = {}
         self.paragraphs: dict[tuple[str, str, str], list[dict[str, str]]] = {}
 
     def release(self, suite: str) -> archive.Release:
         if suite not in self.releases:
             source = sources.mirror_for_suite(suite, mirror=self.mirror)
-            self.releases[suite] = archive.read_release(source, suite)
+            self.releases[suite] = archive.read_release(source, suite, keyring=self.keyring)
         return self.releases[suite]
 
     def index(self, request: Request) -> resolve.Index:
@@ -212,17 +213,19 @@ def lock_target(request: Request, cache: _IndexCache, *, context: str) -> dict[s
     }
 
 
-def lock_debian(workspace_root: str, *, mirror: str | None = None, out: Any = None) -> None:
+def lock_debian(workspace_root: str, *, mirror: str | None = None, keyring: str | None = None,
+                out: Any = None) -> None:
     """``pbuild lock --debian``: resolve every ``deb_packages`` target and write each package's lock.
 
     ``mirror`` overrides the host's apt sources (as does ``$PBUILD_DEBIAN_MIRROR``); the lock never
-    records it.
+    records it. ``keyring`` overrides the keyring InRelease is checked with (default: the
+    source's Signed-By, else the Debian archive keyring).
     """
     stream = out or sys.stderr
     targets = find_targets(workspace_root)
     if not targets:
         raise LockError("no deb_packages targets in this workspace", hint="declare one in a BUILD.toml first")
-    cache = _IndexCache(mirror)
+    cache = _IndexCache(mirror, keyring)
     for package, requests in sorted(targets.items()):
         entries = {}
         for name, request in sorted(requests.items()):

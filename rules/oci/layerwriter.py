@@ -319,7 +319,7 @@ def _write_zstd(pieces: Iterable[bytes], out_path: str, *, level: int, jobs: int
     # number of worker threads, whereas single-threaded mode (threads=0) frames differently.
     compressor = zstandard.ZstdCompressor(level=level, threads=max(1, jobs), write_content_size=False)
     try:
-        with compressor.stream_writer(sink, closefd=False) as writer:
+        with compressor.stream_writer(sink, closefd=False) as writer:  # type: ignore[arg-type]
             for chunk in _chunks(pieces, CHUNK):
                 raw_sha.update(chunk)
                 writer.write(chunk)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
 from pbuild.engine.api import DefaultInfo, File, Provider, RuleContext, Target, attr, rule

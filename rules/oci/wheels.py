@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from installer import install
@@ -33,7 +34,6 @@ from installer.records import Hash, RecordEntry
 from installer.scripts import Script
 from installer.sources import WheelFile
 from installer.utils import Scheme, construct_record_file, fix_shebang
-
 from pbuild.rules.oci import determinism
 from pbuild.rules.oci.layerwriter import LayerEntry
 
@@ -191,7 +191,7 @@ def wheel_entries(wheel_path: str, *, site_packages: str, interpreter: str, pyth
     """The files of ``wheel_path`` installed for the image, with bytecode."""
     destination = LayerDestination(image_schemes(site_packages, python_version=python_version), interpreter,
                                    origin or posixpath.basename(wheel_path))
-    with WheelFile.open(wheel_path) as source:
+    with WheelFile.open(Path(wheel_path)) as source:
         # INSTALLER names the tool; REQUESTED is left out: which wheels were asked for is the lock's business.
         install(source, destination, {"INSTALLER": b"pbuild\n"})
     return add_pyc(destination.entries, python_version=python_version, jobs=jobs)

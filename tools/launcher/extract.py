@@ -1,0 +1,285 @@
+"""Unpack one layer tar into a directory, safely, in the form overlayfs stacks.
+
+Hostile entries are refused or neutralized, never followed:
+- a ``..`` component refuses the layer; a leading ``/`` is dropped (the path stays inside);
+- every parent directory is opened with ``O_NOFOLLOW`` relative to the layer root, so an entry
+  can never be written *through* a symlink (an absolute symlink to ``/etc`` followed by
+  ``link/passwd`` refuses the layer);
+- a hardlink must name a regular file already unpacked in this layer, found the same way;
+- device nodes are skipped with a warning; setuid/setgid bits are dropped unless we run as root;
+- OCI whiteouts become overlayfs whiteouts (a 0:0 character device) and opaque directories get
+  the ``user.overlay.opaque`` xattr that overlayfs reads when mounted with ``userxattr``.
+
+The uncompressed stream is hashed on the way, and the layer is refused unless the digest
+equals the diff_id the image config promised.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+from pbuild.tools.launcher.errors import LayerError
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "user.overlay.opaque"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class ExtractReport:
+    """What extraction neutralized, for a one-line notice to the user."""
+
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _HashingReader:
+    """Wraps the decompressed stream and hashes every byte tarfile reads."""
+
+    def __init__(self, stream: IO[bytes], algorithm: str) -> None:
+        self._stream = stream
+        self.hash = hashlib.new(algorithm)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self.hash.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def decompressor(raw: IO[bytes], media_type: str) -> IO[bytes]:
+    """The decompressed view of a layer blob, by media type or, failing that, magic bytes."""
+    import io
+
+    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
+    magic = buffered.peek(4)[:4]  # type: ignore[attr-defined]
+    if media_type.endswith("+zstd") or magic == b"\x28\xb5\x2f\xfd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(buffered)  # type: ignore[no-any-return]
+    if media_type.endswith("+gzip") or magic[:2] == b"\x1f\x8b":
+        import gzip
+
+        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+    return buffered
+
+
+def _clean_name(name: str) -> list[str]:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise LayerError(f"layer entry {name!r} contains '..'", hint="the image is malformed or hostile")
+    return parts
+
+
+class _Tree:
+    """The layer root, addressed only through directory fds opened without following links."""
+
+    def __init__(self, root: str) -> None:
+        self.root_fd = os.open(root, _DIR_FLAGS)
+        self.dir_modes: list[tuple[list[str], int]] = []
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+    def open_dir(self, parts: list[str], create: bool, entry: str) -> int:
+        """An fd for the directory ``parts`` below the root; missing ones made when ``create``."""
+        fd = os.dup(self.root_fd)
+        try:
+            for part in parts:
+                try:
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise LayerError(
+                            f"layer entry {entry!r} goes through {part!r}, which is not a directory "
+                            "(a symlink or a file)",
+                            hint="the image is malformed or hostile; nothing was written outside the layer",
+                        ) from None
+                    raise
+                os.close(fd)
+                fd = next_fd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
+def _remove(name: str, dir_fd: int) -> None:
+    """Remove whatever is at ``name`` (a later entry of one tar replaces an earlier one)."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        try:
+            for child in os.listdir(fd):
+                _remove(child, fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def extract_layer(
+    stream: IO[bytes],
+    dest: str,
+    *,
+    diff_id: str,
+    privileged: bool,
+    make_whiteout: Callable[[str, int], None] | None = None,
+) -> ExtractReport:
+    """Unpack the uncompressed layer ``stream`` into the existing empty directory ``dest``.
+
+    ``privileged`` (running as real root) keeps owners and setuid bits. Raises
+    :class:`LayerError` for a hostile entry or a digest that is not ``diff_id``.
+    """
+    algorithm, _, expected = diff_id.partition(":")
+    if algorithm not in ("sha256", "sha512") or not expected:
+        raise LayerError(f"malformed diff_id {diff_id!r} in the image config")
+    reader = _HashingReader(stream, algorithm)
+    report = ExtractReport()
+    tree = _Tree(dest)
+    whiteout = make_whiteout or _mknod_whiteout
+    try:
+        with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
+            for member in archive:
+                _extract_member(archive, member, tree, privileged, whiteout, report)
+        reader.drain()  # trailing padding after the end-of-archive blocks is part of the digest
+        for parts, mode in reversed(tree.dir_modes):  # deepest first; modes may drop our write bit
+            fd = tree.open_dir(parts, create=False, entry="/".join(parts))
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+    except tarfile.TarError as e:
+        raise LayerError(f"layer {diff_id} is not a valid tar archive: {e}") from None
+    finally:
+        tree.close()
+    actual = reader.hash.hexdigest()
+    if actual != expected:
+        raise LayerError(
+            f"layer content has digest {algorithm}:{actual}, but the image config promises {diff_id}",
+            hint="the image is damaged; rebuild or re-pull it",
+        )
+    return report
+
+
+def _mknod_whiteout(name: str, dir_fd: int) -> None:
+    # A 0:0 character device is overlayfs's whiteout; the kernel lets anyone create this one
+    # device (Linux >= 5.8), so it works unprivileged too.
+    os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=dir_fd)
+
+
+def _extract_member(
+    archive: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    tree: _Tree,
+    privileged: bool,
+    whiteout: Callable[[str, int], None],
+    report: ExtractReport,
+) -> None:
+    parts = _clean_name(member.name)
+    if not parts:
+        return  # the root itself ("./")
+    parent_parts, base = parts[:-1], parts[-1]
+    if base == OPAQUE_MARKER:
+        fd = tree.open_dir(parent_parts, create=True, entry=member.name)
+        try:
+            os.setxattr(fd, OPAQUE_XATTR, b"y")
+        finally:
+            os.close(fd)
+        return
+    parent = tree.open_dir(parent_parts, create=True, entry=member.name)
+    try:
+        if base.startswith(WHITEOUT_PREFIX):
+            target = base[len(WHITEOUT_PREFIX) :]
+            if not target or target in (".", ".."):
+                raise LayerError(f"layer entry {member.name!r} is a malformed whiteout")
+            _remove(target, parent)
+            whiteout(target, parent)
+            return
+        mode = member.mode & 0o7777
+        if not privileged:
+            mode &= ~(stat.S_ISUID | stat.S_ISGID)
+        if member.isdir():
+            try:
+                st = os.stat(base, dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    _remove(base, parent)
+                    os.mkdir(base, 0o755, dir_fd=parent)
+            except FileNotFoundError:
+                os.mkdir(base, 0o755, dir_fd=parent)
+            tree.dir_modes.append((parts, mode | 0o700 if not privileged else mode))
+            _own(base, parent, member, privileged)
+            return
+        _remove(base, parent)
+        if member.isreg():
+            source = archive.extractfile(member)
+            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+            try:
+                if source is not None:
+                    while chunk := source.read(1 << 20):
+                        os.write(fd, chunk)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+        elif member.issym():
+            os.symlink(member.linkname, base, dir_fd=parent)
+        elif member.islnk():
+            link_parts = _clean_name(member.linkname)
+            if not link_parts:
+                raise LayerError(f"layer entry {member.name!r} is a hardlink to the layer root")
+            source_dir = tree.open_dir(link_parts[:-1], create=False, entry=member.linkname)
+            try:
+                st = os.stat(link_parts[-1], dir_fd=source_dir, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise LayerError(
+                        f"layer entry {member.name!r} is a hardlink to {member.linkname!r}, "
+                        "which is not a regular file of this layer"
+                    )
+                os.link(link_parts[-1], base, src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                raise LayerError(
+                    f"layer entry {member.name!r} is a hardlink to {member.linkname!r}, which this layer lacks",
+                    hint="hardlinks may only name files earlier in the same layer",
+                ) from None
+            finally:
+                os.close(source_dir)
+            return  # a hardlink shares the target's owner and mode
+        elif member.isfifo():
+            os.mkfifo(base, mode, dir_fd=parent)
+        elif member.ischr() or member.isblk():
+            report.skipped.append(f"{member.name} (device node)")
+            return
+        else:
+            report.skipped.append(f"{member.name} (unsupported tar entry type {member.type!r})")
+            return
+        _own(base, parent, member, privileged)
+        os.utime(base, ns=(int(member.mtime * 1e9),) * 2, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError as e:
+        raise LayerError(f"layer entry {member.name!r}: {e}") from None
+    finally:
+        os.close(parent)
+
+
+def _own(name: str, dir_fd: int, member: tarfile.TarInfo, privileged: bool) -> None:
+    if privileged:
+        os.chown(name, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
