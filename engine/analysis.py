@@ -205,6 +205,7 @@ class Analyzer:
         self.config = config
         self.graph = ActionGraph()
         self._in_progress: list[Label] = []
+        self._attr_outputs: dict[str, dict[str, list[TargetDecl]]] = {}
 
     def analyze(self, labels: Sequence[Label]) -> ActionGraph:
         for label in labels:
@@ -232,10 +233,50 @@ class Analyzer:
         self.graph.add(configured)
         return configured
 
+    def _package_outputs(self, package: str) -> dict[str, list[TargetDecl]]:
+        """Outputs named in attributes (genrule outs) of a package's targets, by name."""
+        known = self._attr_outputs.get(package)
+        if known is not None:
+            return known
+        known = {}
+        loaded = self.loader.package(package)
+        for decl in loaded.targets.values() if loaded else ():
+            definition = self.loader.registry.lookup(decl.rule)
+            if not isinstance(definition, RuleDef):
+                continue
+            for name, spec in definition.attrs.items():
+                if spec.kind in ("output", "output_list") and name in decl.attrs:
+                    raw = decl.attrs[name]
+                    for out in [raw] if isinstance(raw, str) else (raw if isinstance(raw, list) else []):
+                        known.setdefault(str(out), []).append(decl)
+        self._attr_outputs[package] = known
+        return known
+
+    def _check_unique_outputs(self, decl: TargetDecl, definition: RuleDef) -> None:
+        """A target's attribute outputs must be unique in its package, even when only this target
+        of the clashing ones is built (else building them one by one would overwrite)."""
+        outputs = self._package_outputs(decl.label.package)
+        for name, spec in definition.attrs.items():
+            if spec.kind not in ("output", "output_list") or name not in decl.attrs:
+                continue
+            raw = decl.attrs[name]
+            for out in [raw] if isinstance(raw, str) else (raw if isinstance(raw, list) else []):
+                owners = outputs.get(str(out), [])
+                if len(owners) > 1:
+                    package = decl.label.package
+                    path = f"{OUT_DIR}/{package}/{out}" if package else f"{OUT_DIR}/{out}"
+                    raise AnalysisError(
+                        f"output {path} is declared by both {owners[0].label} and {owners[1].label}",
+                        location=decl.attr_locations.get(name, decl.location),
+                        label=decl.label,
+                        hint="give one of the outputs another name",
+                    )
+
     def _configure(self, decl: TargetDecl) -> ConfiguredTarget:
         definition = self.loader.registry.lookup(decl.rule)
         if not isinstance(definition, RuleDef):
             raise LoadError(f"{decl.rule} is a target generator, not a rule", label=decl.label)
+        self._check_unique_outputs(decl, definition)
         problems = _unknown_and_missing(definition.attrs, decl)
         if problems:
             if len(problems) > 1:
@@ -259,7 +300,8 @@ class Analyzer:
                 for item in items:
                     if isinstance(item, File):
                         flat.append(item)
-                        targets.append(Target(Label(package, item.path), (DefaultInfo(files=(item,)),)))
+                        name_in_package = item.path[len(package) + 1:] if package else item.path
+                        targets.append(Target(Label(package, name_in_package), (DefaultInfo(files=(item,)),)))
                         continue
                     dep = self._analyze(item, decl, name)
                     deps.append(item)

@@ -312,8 +312,8 @@ class Loader:
         """
         import pathspec  # imported on first glob: it costs tens of ms at start-up
 
-        spec = pathspec.PathSpec.from_lines("gitwildmatch", include)
-        not_spec = pathspec.PathSpec.from_lines("gitwildmatch", exclude) if exclude else None
+        spec = pathspec.PathSpec.from_lines("gitignore", include)
+        not_spec = pathspec.PathSpec.from_lines("gitignore", exclude) if exclude else None
         base = self.workspace.path(package)
         results: list[str] = []
         for dirpath, dirnames, filenames in os.walk(base):
@@ -346,7 +346,7 @@ def _read_ignore(root: str) -> pathspec.PathSpec | None:
         return None
     import pathspec
 
-    return pathspec.PathSpec.from_lines("gitwildmatch", lines)
+    return pathspec.PathSpec.from_lines("gitignore", lines)
 
 
 def _parse_build_file(path: str, build_rel: str) -> tuple[dict[str, Any], dict[str, int], dict[tuple[str, str], int]]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -166,15 +168,19 @@ def cache_is_consistent(cache: Path) -> list[str]:
 
 
 @pytest.fixture
-def nobody_env(tmp_path: Path) -> Iterator[Path]:
-    """A folder owned by uid/gid 65534 for running pbuild as an unprivileged user."""
+def nobody_dir() -> Iterator[Path]:
+    """A folder owned by uid/gid 65534 outside pytest's private temp root (which only root can enter)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to uid 65534")
-    home = tmp_path / "nobody"
-    home.mkdir()
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed (Debian package util-linux)")
+    home = Path(tempfile.mkdtemp(prefix="pbuild-nobody-"))
+    home.chmod(0o755)
     os.chown(home, 65534, 65534)
-    tmp_path.chmod(0o755)
-    yield home
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def chown_tree(root: Path, uid: int, gid: int) -> None:

@@ -115,6 +115,22 @@ class Nginx:
         at = f"{userinfo}@" if userinfo else ""
         return f"http://{at}127.0.0.1:{self.port}/{prefix}"
 
+    @property
+    def access_log(self) -> Path:
+        return self.root.parent / "nginx" / "access.log"
+
+    def requests(self) -> list[tuple[str, str, int, int, int]]:
+        """The logged requests (method, uri, status, request bytes, response bytes)."""
+        try:
+            lines = self.access_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            method, uri, status, sent, received = line.split(" ")
+            out.append((method, uri, int(status), int(sent), int(received)))
+        return out
+
 
 _NGINX_CONF = """
 daemon off;
@@ -124,7 +140,8 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log;
 events {{ worker_connections 512; }}
 http {{
-    access_log off;
+    log_format pbuild '$request_method $uri $status $request_length $bytes_sent';
+    {access_log}
     client_body_temp_path {dir}/tmp/body;
     proxy_temp_path {dir}/tmp/proxy;
     fastcgi_temp_path {dir}/tmp/fastcgi;
@@ -158,8 +175,12 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx_cache(base: Path) -> Iterator[Nginx]:
-    """nginx serving ``base/root`` with the locations described on :class:`Nginx`."""
+def nginx_cache(base: Path, *, access_log: bool = False) -> Iterator[Nginx]:
+    """nginx serving ``base/root`` with the locations described on :class:`Nginx`.
+
+    With ``access_log``, every request is logged to ``Nginx.access_log`` as
+    ``METHOD URI STATUS REQUEST_BYTES RESPONSE_BYTES`` (the benchmarks count uploads with it).
+    """
     nginx = require("nginx")
     htpasswd = require("htpasswd")
     conf_dir = base / "nginx"
@@ -174,7 +195,8 @@ def nginx_cache(base: Path) -> Iterator[Nginx]:
     # As root, nginx workers would drop to `nobody`, who cannot write into a private tmp dir.
     user_line = "user root;" if os.geteuid() == 0 else ""
     conf = conf_dir / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(user=user_line, dir=conf_dir, port=record.port, root=root))
+    log = f"access_log {conf_dir}/access.log pbuild;" if access_log else "access_log off;"
+    conf.write_text(_NGINX_CONF.format(user=user_line, dir=conf_dir, port=record.port, root=root, access_log=log))
     with _started([nginx, "-p", str(conf_dir), "-c", str(conf)], record.port, conf_dir / "out.log"):
         yield record
 
@@ -285,13 +307,18 @@ http:
 
 
 @contextlib.contextmanager
-def docker_registry(base: Path, *, user: str | None = None, password: str | None = None) -> Iterator[Registry]:
-    """Debian's ``docker-registry serve`` over plain HTTP; with ``user``, htpasswd (bcrypt) auth."""
+def docker_registry(base: Path, *, user: str | None = None, password: str | None = None,
+                    token: TokenServer | None = None) -> Iterator[Registry]:
+    """Debian's ``docker-registry serve`` over plain HTTP; with ``user``, htpasswd (bcrypt) auth;
+    with ``token``, Bearer-token auth against that token server."""
     registry = require("docker-registry")
     storage = base / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     auth = ""
-    if user is not None:
+    if token is not None:
+        auth = (f"auth:\n  token:\n    realm: {token.realm}\n    service: {token.service}\n"
+                f"    issuer: {token.issuer}\n    rootcertbundle: {token.cert_path}\n")
+    elif user is not None:
         htpasswd = require("htpasswd")
         subprocess.run([htpasswd, "-B", "-b", "-c", str(base / "htpasswd"), user, password or ""],
                        check=True, capture_output=True)
@@ -301,6 +328,92 @@ def docker_registry(base: Path, *, user: str | None = None, password: str | None
     conf.write_text(_REGISTRY_CONF.format(storage=storage, port=port, auth=auth))
     with _started([registry, "serve", str(conf)], port, base / "registry.log"):
         yield Registry(port=port, storage=storage, user=user, password=password)
+
+
+@dataclass(frozen=True)
+class TokenServer:
+    """A Bearer-token endpoint (the Docker token protocol) for :func:`docker_registry`."""
+
+    realm: str
+    cert_path: Path
+    service: str
+    issuer: str
+    requests: list[str]  # the query strings it was asked, for assertions
+
+
+@contextlib.contextmanager
+def token_server(base: Path, *, user: str, password: str) -> Iterator[TokenServer]:
+    """Issue RS256 JWTs, signed by a self-signed certificate, to ``user``/``password`` only.
+
+    The registry trusts the certificate (``rootcertbundle``) and finds it in each token's
+    ``x5c`` header. Tokens grant exactly the scopes asked for.
+    """
+    import base64
+    import datetime
+    import http.server
+    import json
+    import urllib.parse
+
+    jwt = pytest.importorskip("jwt")
+    crypto_x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    base.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = crypto_x509.Name([crypto_x509.NameAttribute(NameOID.COMMON_NAME, "pbuild-test-token-issuer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (crypto_x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(crypto_x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(crypto_x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path = base / "token-cert.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    service, issuer = "pbuild-test-registry", "pbuild-test-issuer"
+    asked: list[str] = []
+    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+            url = urllib.parse.urlsplit(self.path)
+            asked.append(url.query)
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            access = []
+            for scope in urllib.parse.parse_qs(url.query).get("scope", []):
+                kind, repo, actions = scope.split(":")
+                access.append({"type": kind, "name": repo, "actions": actions.split(",")})
+            stamp = int(time.time())
+            claims = {"iss": issuer, "sub": user, "aud": service, "exp": stamp + 300, "nbf": stamp - 10,
+                      "iat": stamp, "jti": f"{stamp}-{len(asked)}", "access": access}
+            token = jwt.encode(claims, pem_key, algorithm="RS256", headers={"x5c": [x5c]})
+            body = json.dumps({"token": token, "expires_in": 300}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield TokenServer(realm=f"http://127.0.0.1:{server.server_address[1]}/token", cert_path=cert_path,
+                          service=service, issuer=issuer, requests=asked)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass(frozen=True)

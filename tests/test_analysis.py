@@ -135,9 +135,6 @@ def test_bad_target_is_reported_with_where_what_and_how(
     guard.assert_intact()
 
 
-@pytest.mark.xfail(reason="engine bug: two genrules of one package declaring the same out are only refused "
-                   "when both are analyzed in one build; built one by one, the second overwrites the first",
-                   strict=True)
 def test_same_output_is_refused_even_when_one_target_is_built(bad_workspace: tuple[Path, Runner, Guard]) -> None:
     root, runner, _ = bad_workspace
     assert_user_error(runner("build", "//p:d1", cwd=root), 2, "declared by both //p:d1 and //p:d2")
@@ -319,8 +316,7 @@ def test_genrule_declares_one_sandboxed_action_with_expanded_command(tmp_path: P
     assert set(configured.deps) == {Label("q", "data"), Label("p", "tool")}
 
 
-@pytest.mark.xfail(reason="engine bug: a source file in srcs/tools gets the label //pkg:pkg/file, so "
-                   "$(location file) fails outside the root package", strict=True)
+
 def test_genrule_location_of_a_source_file(tmp_path: Path) -> None:
     root = tmp_path / "g"
     write_tree(root, {

@@ -249,8 +249,9 @@ def test_rebuilds_exactly_when_an_input_changes(tmp_path: Path, pbuild: Runner) 
 
 
 @pytest.fixture(scope="module")
-def noop_trace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, str]]:
-    """A workspace built twice (sources older than the 2 s racy window), then a traced no-op build."""
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, str, str]]:
+    """A workspace of 3 packages built twice, then a traced no-op build and a traced build after
+    one source changed. Yields (root, cache, no-op trace, one-change trace)."""
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed (Debian package strace)")
     tmp = tmp_path_factory.mktemp("noop")
@@ -264,17 +265,20 @@ def noop_trace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         files[f"p{i}/src.txt"] = f"source {i}\n"
     write_tree(root, files)
     runner = Runner(tmp)
-    time.sleep(2.1)  # let the sources leave the racily-clean window so the index may keep them
+    strace = ("strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o")
+    time.sleep(0.3)  # past the stat index's racily-clean window
     for _ in range(2):
         result = runner("build", "//...", cwd=root)
         assert result.code == 0, str(result)
-    time.sleep(2.1)
-    trace = tmp / "trace"
-    result = runner("build", "//...", cwd=root,
-                    prefix=("strace", "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace)))
+    time.sleep(0.3)
+    result = runner("build", "//...", cwd=root, prefix=(*strace, str(tmp / "noop")))
     assert result.code == 0, str(result)
     assert "6 cached" in result.summary
-    yield root, runner.cache, trace.read_text()
+    (root / "p0" / "src.txt").write_text("changed\n")
+    result = runner("build", "//...", cwd=root, prefix=(*strace, str(tmp / "change")))
+    assert result.code == 0, str(result)
+    assert "4 cached, 2 executed" in result.summary
+    yield root, runner.cache, (tmp / "noop").read_text(), (tmp / "change").read_text()
 
 
 def opened(trace: str, below: Path) -> list[str]:
@@ -289,16 +293,17 @@ def opened(trace: str, below: Path) -> list[str]:
     return found
 
 
-def test_noop_build_reads_no_source_file(noop_trace: tuple[Path, Path, str]) -> None:
-    root, _, trace = noop_trace
-    read = [p for p in opened(trace, root) if not p.endswith(("/BUILD.toml", "/WORKSPACE.toml"))]
-    assert read == []
-    assert opened(trace, root), "the trace saw nothing: the check is broken"
+def test_noop_build_reads_no_source_and_no_blob(traced: tuple[Path, Path, str, str]) -> None:
+    root, cache, noop, _ = traced
+    assert opened(noop, root), "the trace saw nothing: the check is broken"
+    assert [p for p in opened(noop, root) if not p.endswith(("/BUILD.toml", "/WORKSPACE.toml"))] == []
+    assert [p for p in opened(noop, cache) if "/cas/" in p] == []
 
 
-@pytest.mark.xfail(reason="engine bug: every no-op build re-hashes each cached output's CAS blob, because the "
-                   "materialized output's stat-index entry is always 'racily clean' and never persisted",
-                   strict=True)
-def test_noop_build_reads_no_cache_blob(noop_trace: tuple[Path, Path, str]) -> None:
-    _, cache, trace = noop_trace
-    assert [p for p in opened(trace, cache) if "/cas/" in p] == []
+def test_one_source_change_reads_only_that_source_and_its_outputs(traced: tuple[Path, Path, str, str]) -> None:
+    root, cache, _, change = traced
+    sources = [p for p in opened(change, root) if not p.endswith(("/BUILD.toml", "/WORKSPACE.toml"))]
+    assert sources == [str(root / "p0" / "src.txt")]
+    rebuilt = {digest_file(str(root / "pbuild-out" / "p0" / name))[0] for name in ("out.txt", "copy.txt")}
+    blobs = {Path(p).name.removesuffix(".x") for p in opened(change, cache) if "/cas/" in p}
+    assert blobs <= rebuilt, "blobs of unchanged actions were read"

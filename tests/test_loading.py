@@ -85,15 +85,12 @@ def test_target_without_a_rule(workspace: WorkspaceFactory, pbuild: Runner) -> N
     assert_user_error(result, 2, "b/BUILD.toml:1", "target //b:x", "missing rule", 'rule = "genrule"')
 
 
-@pytest.mark.xfail(reason="engine bug: a top-level key (not a table) is reported without its line", strict=True)
 def test_top_level_key_is_not_a_target(workspace: WorkspaceFactory, pbuild: Runner) -> None:
     root = workspace({"a/BUILD.toml": '# targets\nname = "oops"\n'})
     result = pbuild("build", "//a:name", cwd=root)
     assert_user_error(result, 2, "a/BUILD.toml:2", "not a target table", "hint:")
 
 
-@pytest.mark.xfail(reason="engine bug: a load error still prints the closing '0 actions: nothing to do' line",
-                   strict=True)
 def test_load_error_prints_no_build_summary(workspace: WorkspaceFactory, pbuild: Runner) -> None:
     root = workspace({"a/BUILD.toml": "[x\n"})
     result = pbuild("build", "//a:x", cwd=root)
@@ -131,8 +128,6 @@ def test_missing_target_and_package_suggest_near_names(workspace: WorkspaceFacto
     guard.assert_intact()
 
 
-@pytest.mark.xfail(reason="engine bug: a near-name hint for a label in another package is written ':x' "
-                   "(relative), which names a target of the wrong package", strict=True)
 def test_near_name_hint_is_a_usable_label(workspace: WorkspaceFactory, pbuild: Runner) -> None:
     root = workspace({
         "lib/BUILD.toml": FILEGROUP.format(name="helpers", srcs="[]"),

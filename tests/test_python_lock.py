@@ -8,7 +8,6 @@ import sys
 
 import pytest
 from fixtures.python_wheelmaker import make_wheel, use_private_index
-
 from pbuild.engine.errors import WorkspaceError
 from pbuild.rules.python.config import PythonTarget
 from pbuild.rules.python.lock import NoWheelError, lock_python

@@ -10,10 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import Layout, Registry, docker_registry, free_port, make_oci_layout, nginx_proxy, require
-
 from pbuild.rules.oci import registry as reg
 from pbuild.rules.oci.registry import Reference, RegistryError, pull_image, push_layout, push_main
+from peers import (
+    Layout,
+    Registry,
+    docker_registry,
+    free_port,
+    make_oci_layout,
+    nginx_proxy,
+    require,
+    token_server,
+)
 
 
 @pytest.fixture
@@ -158,9 +166,9 @@ def test_basic_auth_from_environment_and_docker_config(layout: Layout, tmp_path:
 
 def test_registry_refusing_a_large_blob_is_a_clear_error(registry: Registry, layout: Layout,
                                                          tmp_path: Path) -> None:
-    with nginx_proxy(tmp_path / "proxy", registry.port, max_body="16k") as proxy:
-        with pytest.raises(RegistryError, match="HTTP 413") as info:
-            push_layout(str(layout.path), f"{proxy.host}/app:1", plain_http=True)
+    with nginx_proxy(tmp_path / "proxy", registry.port, max_body="16k") as proxy, \
+            pytest.raises(RegistryError, match="HTTP 413") as info:
+        push_layout(str(layout.path), f"{proxy.host}/app:1", plain_http=True)
     assert "client_max_body_size" in (info.value.hint or "")
     # Nothing was tagged: the manifest goes last.
     skopeo = require("skopeo")
@@ -213,3 +221,24 @@ def test_bad_references_are_input_errors(text: str) -> None:
     with pytest.raises(reg.ReferenceError_) as info:
         Reference.parse(text)
     assert info.value.exit_code == 2 and info.value.hint
+
+
+def test_bearer_token_auth(layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with token_server(tmp_path / "tokens", user="robot", password="t0ken") as tokens, \
+            docker_registry(tmp_path / "registry", token=tokens) as registry:
+        with pytest.raises(RegistryError, match="token server .* refused a token"):
+            push_layout(str(layout.path), f"{registry.host}/app:1", plain_http=True)
+        monkeypatch.setenv("PBUILD_REGISTRY_USER", "robot")
+        monkeypatch.setenv("PBUILD_REGISTRY_PASSWORD", "t0ken")
+        report = push_layout(str(layout.path), f"{registry.host}/app:1", plain_http=True)
+        assert report.blobs_uploaded == 3
+        assert any("scope=repository%3Aapp%3Apull%2Cpush" in q and "service=pbuild-test-registry" in q
+                   for q in tokens.requests)
+        # A cross-repository mount asks for pull access to the source repository as well.
+        mounted = push_layout(str(layout.path), f"{registry.host}/copy:1", plain_http=True)
+        assert mounted.blobs_mounted == 3
+        assert any("repository%3Aapp%3Apull" in q and "repository%3Acopy%3Apull%2Cpush" in q
+                   for q in tokens.requests)
+        pulled = pull_image(f"{registry.host}/copy@{layout.manifest_digest}", str(tmp_path / "p"),
+                            plain_http=True, cache_dir=str(tmp_path / "c"))
+        assert pulled.blobs_downloaded == 4

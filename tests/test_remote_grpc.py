@@ -9,12 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import BuildGrid, buildgrid_server, free_port, silent_server
-from test_remote_http import Warnings, _action
-
 from pbuild.engine.remote import RemoteSettings, open_remote
 from pbuild.engine.remote import _grpc as grpc_remote
 from pbuild.engine.remote._base import to_wire
+from peers import BuildGrid, buildgrid_server, free_port, silent_server
+from test_remote_http import Warnings, _action
 
 pytestmark = pytest.mark.slow  # BuildGrid takes a few seconds to start
 

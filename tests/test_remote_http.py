@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from peers import Nginx, free_port, nginx_cache, silent_server, truncating_http_server
-
 from pbuild.engine.remote import (
     RemoteActionResult,
     RemoteCache,
@@ -20,6 +18,7 @@ from pbuild.engine.remote import (
     open_remote,
 )
 from pbuild.engine.remote._wire import ActionResult
+from peers import Nginx, free_port, nginx_cache, silent_server, truncating_http_server
 
 
 @pytest.fixture

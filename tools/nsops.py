@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,13 +39,17 @@ class OpenPath:
 
 @dataclass(frozen=True)
 class Mount:
-    """mount(2). ``source`` may be a :class:`Slot`."""
+    """mount(2). ``source`` may be a :class:`Slot`. With ``root``, ``target`` is a path inside
+    that root filesystem, resolved with its symlinks kept inside it (see :func:`resolve_in_root`)
+    and created (``create`` = "dir" or "file") when missing."""
 
     source: str | Slot | None
     target: str
     fstype: str | None = None
     flags: int = 0
     data: str | None = None
+    root: str | None = None
+    create: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,14 +60,40 @@ class SetAttr:
     attr_set: int
     attr_clear: int = 0
     recursive: bool = True
+    root: str | None = None
 
 
 @dataclass(frozen=True)
 class MakeDir:
-    """mkdir (the parent must exist); an existing directory is fine."""
+    """mkdir (the parent must exist); an existing directory is fine. With ``root``: ``mkdir -p``
+    of a path inside that root, symlinks resolved inside it."""
 
     path: str
     mode: int = 0o755
+    root: str | None = None
+
+
+@dataclass(frozen=True)
+class Chdir:
+    path: str
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Hide ``path`` inside ``root`` if it exists: an empty read-only tmpfs over a directory,
+    ``/dev/null`` over anything else (runc's masked paths)."""
+
+    root: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ReadOnly:
+    """Make ``path`` inside ``root`` read-only (bind it onto itself, then set MS_RDONLY)."""
+
+    root: str
+    path: str
+    optional: bool = True
 
 
 @dataclass(frozen=True)
@@ -76,8 +107,12 @@ class MakeFile:
 
 @dataclass(frozen=True)
 class Symlink:
+    """Create the symlink ``path`` -> ``target``; with ``root``, ``path``'s parent is resolved
+    inside that root (the link itself is never followed)."""
+
     target: str
     path: str
+    root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +132,64 @@ class LoopbackUp:
     """Bring ``lo`` up in the (new) network namespace."""
 
 
-Op = OpenPath | Mount | SetAttr | MakeDir | MakeFile | Symlink | PivotRoot | SetHostname | LoopbackUp
+Op = (
+    OpenPath
+    | Mount
+    | SetAttr
+    | MakeDir
+    | MakeFile
+    | Symlink
+    | PivotRoot
+    | SetHostname
+    | LoopbackUp
+    | Chdir
+    | Mask
+    | ReadOnly
+)
+
+_MAX_SYMLINKS = 40
+
+
+def resolve_in_root(root: str, path: str, create: str | None = None) -> str:
+    """The host path of container path ``path`` under ``root``, following symlinks as if
+    ``root`` were ``/`` (an absolute link restarts at ``root``, ``..`` stops at it), so the result
+    never leaves ``root``. With ``create`` ("dir" or "file") missing components are created.
+
+    Only used before the container runs, when nothing else changes the tree.
+    """
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    pending.reverse()
+    done: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop()
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        current = os.path.join(root, *done, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            if create is None:
+                raise
+            if pending or create == "dir":
+                os.mkdir(current, 0o755)
+            else:
+                os.close(os.open(current, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            done.append(part)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, f"too many symlinks resolving {path} in {root}")
+            target = os.readlink(current)
+            if target.startswith("/"):
+                done = []
+            pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+            continue
+        done.append(part)
+    return os.path.join(root, *done)
 
 
 def _fail(e: OSError, operation: str) -> linux.LinuxError:
@@ -117,8 +209,12 @@ def apply(ops: Iterable[Op], trace: Callable[[Op, float], None] | None = None) -
             source = op.source
             if isinstance(source, Slot):
                 source = f"/proc/self/fd/{slots[source.name]}"
-            linux.mount(source, op.target, op.fstype, op.flags, op.data)
+            target = _in_root(op.root, op.target, op.create) if op.root else op.target
+            linux.mount(source, target, op.fstype, op.flags, op.data)
         elif isinstance(op, MakeDir):
+            if op.root:
+                _in_root(op.root, op.path, "dir")
+                continue
             try:
                 os.mkdir(op.path, op.mode)
             except FileExistsError:
@@ -126,7 +222,24 @@ def apply(ops: Iterable[Op], trace: Callable[[Op, float], None] | None = None) -
             except OSError as e:
                 raise _fail(e, f"mkdir({op.path})") from None
         elif isinstance(op, SetAttr):
-            linux.mount_setattr(op.target, op.attr_set, op.attr_clear, op.recursive)
+            target = _in_root(op.root, op.target, None) if op.root else op.target
+            linux.mount_setattr(target, op.attr_set, op.attr_clear, op.recursive)
+        elif isinstance(op, Chdir):
+            try:
+                os.chdir(op.path)
+            except OSError as e:
+                raise _fail(e, f"chdir({op.path})") from None
+        elif isinstance(op, Mask):
+            _mask(op)
+        elif isinstance(op, ReadOnly):
+            try:
+                target = resolve_in_root(op.root, op.path)
+            except FileNotFoundError:
+                if op.optional:
+                    continue
+                raise _fail(FileNotFoundError(errno.ENOENT, op.path), f"read-only {op.path}") from None
+            linux.mount(target, target, None, linux.MS_BIND | linux.MS_REC)
+            linux.mount_setattr(target, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV)
         elif isinstance(op, MakeFile):
             try:
                 fd = os.open(op.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, op.mode)
@@ -138,8 +251,12 @@ def apply(ops: Iterable[Op], trace: Callable[[Op, float], None] | None = None) -
             except OSError as e:
                 raise _fail(e, f"create({op.path})") from None
         elif isinstance(op, Symlink):
+            path = op.path
+            if op.root:
+                parent, _, name = op.path.rpartition("/")
+                path = os.path.join(_in_root(op.root, parent or "/", "dir"), name)
             try:
-                os.symlink(op.target, op.path)
+                os.symlink(op.target, path)
             except FileExistsError:
                 pass
             except OSError as e:
@@ -168,6 +285,28 @@ def apply(ops: Iterable[Op], trace: Callable[[Op, float], None] | None = None) -
         if trace:
             trace(op, time.perf_counter() - started)
     return list(slots.values())
+
+
+def _in_root(root: str, path: str, create: str | None) -> str:
+    try:
+        return resolve_in_root(root, path, create)
+    except OSError as e:
+        raise _fail(e, f"resolve {path} in {root}") from None
+
+
+def _mask(op: Mask) -> None:
+    try:
+        target = resolve_in_root(op.root, op.path)
+        is_dir = stat.S_ISDIR(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise _fail(e, f"mask {op.path}") from None
+    if is_dir:
+        flags = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+        linux.mount("tmpfs", target, "tmpfs", flags, "size=4k,mode=0555")
+    else:
+        linux.mount("/dev/null", target, None, linux.MS_BIND)
 
 
 def describe(ops: Iterable[Op]) -> str:

@@ -16,12 +16,17 @@ remote is configured, so a build without one never loads grpc.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pbuild.engine.remote._index import Sha256Index
+if TYPE_CHECKING:
+    import argparse
+
+    from pbuild.engine.remote._index import Sha256Index
+
+# This module is imported by every CLI command (to register the flags): it stays import-light.
+# Everything heavy (hashlib, urllib, grpc, the indexes) is imported where it is used.
 
 __all__ = [
     "RemoteActionResult",
@@ -115,9 +120,23 @@ class RemoteCache(Protocol):
         """The traffic so far."""
         ...
 
+    @property
+    def upload_enabled(self) -> bool:
+        """Whether :meth:`upload_action` would upload anything (lets the caller skip hashing)."""
+        ...
+
     def close(self) -> None:
         """Persist what is known to be present remotely and release connections."""
         ...
+
+
+def __getattr__(name: str) -> Any:
+    """``Sha256Index`` is loaded on first use (PEP 562), keeping the import of this module cheap."""
+    if name == "Sha256Index":
+        from pbuild.engine.remote._index import Sha256Index
+
+        return Sha256Index
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_remote(settings: RemoteSettings, *, cache_dir: str, warn: Callable[[str], None]) -> RemoteCache | None:

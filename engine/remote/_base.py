@@ -225,6 +225,11 @@ class RemoteBase:
     def uploading(self) -> bool:
         return self._upload_enabled and not self._disabled
 
+    @property
+    def upload_enabled(self) -> bool:
+        """Whether uploads are on (settings, server capabilities) and the remote still in use."""
+        return self.uploading
+
     def disable_uploads(self, reason: str) -> None:
         with self._lock:
             self._upload_enabled = False

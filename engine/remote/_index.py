@@ -105,6 +105,10 @@ class Sha256Index:
                 self._map[xxh3_hex] = sha256_hex
                 self._new.append(f"{xxh3_hex} {sha256_hex}\n")
 
+    def remember(self, xxh3_hex: str, sha256_hex: str) -> None:
+        """The engine's name for :meth:`record`, used after a verified remote download."""
+        self.record(xxh3_hex, sha256_hex)
+
     def save(self) -> None:
         """Append the pairs learned since the last save (compacting a log that grew stale)."""
         with self._lock:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,6 +91,8 @@ def _check(where: str, key: str, value: Any, kind: type | tuple[type, ...], expe
 
 
 def _check_url(url: str, where: str) -> str:
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in _SCHEMES or not parts.hostname:
         raise WorkspaceError(f"{where}: remote cache URL {url!r} is not usable",

@@ -26,6 +26,8 @@ RULE_NAME = "deb_packages"
 DEFAULT_SUITES = ("bookworm",)
 DEFAULT_ARCH = "amd64"
 DEFAULT_COMPONENTS = ("main",)
+#: Environment variable naming the keyring InRelease files are verified with.
+KEYRING_ENV = "PBUILD_DEBIAN_KEYRING"
 _SKIP_DIRS = {".git", ".venv", "pbuild-out", "node_modules", "__pycache__"}
 
 
@@ -218,14 +220,14 @@ def lock_debian(workspace_root: str, *, mirror: str | None = None, keyring: str 
     """``pbuild lock --debian``: resolve every ``deb_packages`` target and write each package's lock.
 
     ``mirror`` overrides the host's apt sources (as does ``$PBUILD_DEBIAN_MIRROR``); the lock never
-    records it. ``keyring`` overrides the keyring InRelease is checked with (default: the
-    source's Signed-By, else the Debian archive keyring).
+    records it. ``keyring`` (or ``$PBUILD_DEBIAN_KEYRING``) names the keyring InRelease is checked
+    with; by default the apt source's Signed-By, else the Debian archive keyring.
     """
     stream = out or sys.stderr
     targets = find_targets(workspace_root)
     if not targets:
         raise LockError("no deb_packages targets in this workspace", hint="declare one in a BUILD.toml first")
-    cache = _IndexCache(mirror, keyring)
+    cache = _IndexCache(mirror, keyring or os.environ.get(KEYRING_ENV) or None)
     for package, requests in sorted(targets.items()):
         entries = {}
         for name, request in sorted(requests.items()):

@@ -41,6 +41,8 @@ class Version:
         upstream, dash, revision = text_rest.rpartition("-")
         if not dash:
             upstream, revision = text_rest, ""
+        elif not revision:
+            raise VersionError(f"{text!r} is not a Debian version (empty revision after '-')")
         if not _UPSTREAM.match(upstream) or (revision and not _REVISION.match(revision)):
             raise VersionError(f"{text!r} is not a Debian version")
         return cls(epoch, upstream, revision)

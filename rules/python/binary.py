@@ -45,6 +45,8 @@ TEST_ATTRS = {
     "env": attr.string_dict("Environment variables of the test process."),
     "args": attr.string_list("Extra pytest arguments."),
     "timeout": attr.integer("Seconds before the test is killed.", default=300),
+    "pytest": attr.label("The locked pytest that runs the tests.", default="//third_party/python:pytest",
+                         providers=[PyInfo]),
 }
 
 
@@ -74,10 +76,8 @@ def _runfiles(info: PyInfo, tree: File, launcher: File) -> tuple[File, ...]:
 
 def _interpreter_argv(target: PythonTarget) -> tuple[str, ...]:
     # -s -S: neither the user's nor the system's site-packages; the launcher sets sys.path.
-    # A bare command name is looked up on PATH by env(1) when the program starts.
-    if target.interpreter.startswith("/"):
-        return (target.interpreter, "-s", "-S")
-    return ("/usr/bin/env", target.interpreter, "-s", "-S")
+    # A bare command name is looked up on PATH when the program starts.
+    return (target.interpreter, "-s", "-S")
 
 
 @rule(
@@ -161,16 +161,13 @@ def _declare_pex(ctx: RuleContext, target: PythonTarget, info: PyInfo, tree: Fil
     "py_test",
     attrs=TEST_ATTRS,
     test=True,
-    doc="pytest over `srcs`, run by `pbuild test` in the sandbox against the locked wheels; needs "
-        "`//third_party/python:pytest` in `deps`.",
+    doc="pytest over `srcs`, run by `pbuild test` in the sandbox against the locked wheels "
+        "(pytest comes from `//third_party/python:pytest`: lock it in requirements.in).",
 )
 def py_test(ctx: RuleContext) -> Sequence[Provider]:
     check_srcs_are_python(ctx, ctx.files.srcs)
     target = _python_target(ctx)
-    info = collect_py_info(ctx)
-    if not any(w.name == "pytest" for w in info.wheels):
-        ctx.fail("py_test runs pytest, but pytest is not among the dependencies", attr="deps",
-                 hint='add "//third_party/python:pytest" to deps (and pytest to requirements.in)')
+    info = collect_py_info(ctx, extra=(ctx.attr.pytest,))
     tree = declare_staged_tree(ctx, f"{ctx.label.name}.runfiles", info, target.version)
     test_files = sorted(import_paths(ctx, f)[0] for f in ctx.files.srcs if f.extension == "py")
     launcher = _launcher(ctx, info, tree, "pytest", test_files)

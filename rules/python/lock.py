@@ -62,6 +62,8 @@ def lock_python(workspace_root: str) -> None:
         ) from None
     lock = resolve(requirements_in, target, requirements_path=in_path)
     _write_atomically(os.path.join(workspace_root, REQUIREMENTS_LOCK), render_lock(lock))
+    print(f"pbuild: locked {len(lock.projects)} projects for {target.describe()} into {REQUIREMENTS_LOCK}",
+          file=sys.stderr)
 
 
 def resolve(requirements_in: str, target: PythonTarget, *, requirements_path: str) -> Lock:

@@ -51,11 +51,11 @@ def build_pex(io: ActionIO, params: Mapping[str, Any]) -> None:
     elif params.get("entry_point"):
         argv += ["-e", params["entry_point"]]
     for key, value in sorted(params.get("env", {}).items()):
-        argv += ["--inject-env", f"{key}={value}"]
+        argv.append(f"--inject-env={key}={value}")
     if params.get("args"):
         import shlex
 
-        argv += ["--inject-args", shlex.join(params["args"])]
+        argv.append("--inject-args=" + shlex.join(params["args"]))
     env = {
         "PATH": os.environ.get("PATH", os.defpath),
         "HOME": io.tmpdir,

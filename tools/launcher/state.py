@@ -99,10 +99,12 @@ class Store:
     def container_dir(self, container_id: str) -> str:
         return os.path.join(self.containers, container_id)
 
-    def create(self, name: str | None, image: str, command: tuple[str, ...], **fields: Any) -> ContainerState:
+    def create(
+        self, name: str | None, image: str, command: tuple[str, ...], container_id: str | None = None, **fields: Any
+    ) -> ContainerState:
         """Reserve an id and a name and write the first record."""
         self._ensure()
-        container_id = secrets.token_hex(32)
+        container_id = container_id or secrets.token_hex(32)
         name = name or f"pbuild-{container_id[:12]}"
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
             raise LauncherError(f"invalid container name {name!r}", hint="use letters, digits, '-', '_' and '.'")

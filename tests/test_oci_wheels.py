@@ -1,0 +1,85 @@
+"""Installing wheels into image layer entries with installer, with deterministic hash-based .pyc."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from pbuild.rules.oci import wheels
+from pbuild.rules.oci.layerwriter import LayerEntry
+
+SITE = "/usr/local/lib/python3.11/dist-packages"
+VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def make_wheel(root: Path, name: str = "demo", version: str = "1.0") -> Path:
+    files = {
+        f"{name}/__init__.py": b"VALUE = 42\n",
+        f"{name}/cli.py": b"def main():\n    print('cli ran')\n",
+        f"{name}/tests/bad_syntax.py": b"def broken(:\n",
+        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{name}-{version}.dist-info/entry_points.txt": f"[console_scripts]\n{name}-cli = {name}.cli:main\n".encode(),
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode().rstrip("=")
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    path = root / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name_, data in files.items():
+            archive.writestr(name_, data)
+        archive.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def test_install_entries(tmp_path: Path) -> None:
+    entries = wheels.wheel_entries(str(make_wheel(tmp_path)), site_packages=SITE, interpreter="/usr/bin/python3.11",
+                                   python_version=VERSION)
+    by_path = {e.path: e for e in entries}
+    assert "usr/local/lib/python3.11/dist-packages/demo/__init__.py" in by_path
+    script = by_path["usr/local/bin/demo-cli"]
+    assert script.mode == 0o755 and script.data is not None and script.data.startswith(b"#!/usr/bin/python3.11")
+    record = by_path["usr/local/lib/python3.11/dist-packages/demo-1.0.dist-info/RECORD"].data or b""
+    assert b"../../../bin/demo-cli,sha256=" in record
+    assert by_path["usr/local/lib/python3.11/dist-packages/demo-1.0.dist-info/INSTALLER"].data == b"pbuild\n"
+    tag = sys.implementation.cache_tag
+    pyc = by_path[f"usr/local/lib/python3.11/dist-packages/demo/__pycache__/__init__.{tag}.pyc"].data or b""
+    assert pyc[4:8] == b"\x03\x00\x00\x00"  # checked hash-based (PEP 552)
+    # A module that does not compile gets no .pyc (and does not stop the layer).
+    assert not any("bad_syntax" in p and p.endswith(".pyc") for p in by_path)
+
+
+def test_bytecode_is_identical_across_processes_and_jobs(tmp_path: Path) -> None:
+    sources = [LayerEntry(f"m/mod{i}.py", "file", 0o644, data=f"X = {i}\ndef f():\n    return {{'k': {i}}}\n".encode())
+               for i in range(80)]
+    one = wheels.add_pyc(sources, python_version=VERSION, jobs=1)
+    two = wheels.add_pyc(sources, python_version=VERSION, jobs=2)
+    assert [(e.path, e.data) for e in one] == [(e.path, e.data) for e in two]
+    assert len(one) == 160
+
+
+def test_no_bytecode_for_another_python() -> None:
+    sources = [LayerEntry("m.py", "file", 0o644, data=b"X = 1\n")]
+    assert wheels.add_pyc(sources, python_version="3.99") == sources
+
+
+def test_pyc_is_used_by_the_interpreter(tmp_path: Path) -> None:
+    entries = wheels.wheel_entries(str(make_wheel(tmp_path)), site_packages="/site", interpreter=sys.executable,
+                                   python_version=VERSION)
+    root = tmp_path / "root"
+    for entry in entries:
+        path = root / entry.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(entry.data or b"")
+    # `python -v` says "code object from <pyc>" only when it loads the cached bytecode as valid.
+    out = subprocess.run([sys.executable, "-B", "-v", "-c", "import demo; print(demo.VALUE)"],
+                         env={"PYTHONPATH": str(root / "site")}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "42"
+    pyc = root / "site/demo/__pycache__" / f"__init__.{sys.implementation.cache_tag}.pyc"
+    assert f"code object from '{pyc}'" in out.stderr

@@ -1,0 +1,258 @@
+"""CLI tests of the Python rules on the fixture workspace ``tests/fixtures/python_ws``.
+
+pip runs for real but against a private index (a folder): pytest's own wheels, downloaded once
+per session through the host's pip configuration, and tiny wheels made by the tests. The lock is
+made by ``pbuild lock --python`` once per session; each test builds in its own copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Runner, assert_user_error, write_tree
+from fixtures.python_wheelmaker import make_wheel
+
+FIXTURE = Path(__file__).parent / "fixtures" / "python_ws"
+LOCK = "third_party/python/requirements.lock"
+
+
+def _private_pip_env(index: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(index),
+               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+@pytest.fixture(scope="session")
+def private_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A find-links folder with pytest and its dependencies (for the target) and tiny test wheels."""
+    index = tmp_path_factory.mktemp("index")
+    from pbuild.rules.python.config import PythonTarget
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--dest", str(index),
+         *PythonTarget().pip_args(), "pytest"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    make_wheel(str(index), "tinylib", "1.0", files={"tinylib/__init__.py": "def double(x):\n    return 2 * x\n"})
+    make_wheel(str(index), "undeclared", "1.0")
+    return index
+
+
+@pytest.fixture(scope="session")
+def locked_template(tmp_path_factory: pytest.TempPathFactory, private_index: Path) -> Path:
+    """The fixture workspace with a lock made by `pbuild lock --python` against the private index."""
+    root = tmp_path_factory.mktemp("template") / "ws"
+    shutil.copytree(FIXTURE, root)
+    runner = Runner(tmp_path_factory.mktemp("lock"))
+    result = runner("lock", "--python", cwd=root, env=_private_pip_env(private_index))
+    assert result.code == 0, str(result)
+    assert "locked" in result.err
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache per worker for the fetched and installed wheels (the cache is safe to share)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def ws(tmp_path: Path, locked_template: Path) -> Path:
+    root = tmp_path / "ws"
+    shutil.copytree(locked_template, root)
+    return root
+
+
+@pytest.fixture
+def run(pbuild: Runner, private_index: Path, shared_cache: Path):
+    """``run(ws, *args)``: the CLI with the private index and the shared cache."""
+
+    def call(ws: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+             cache: Path | None = None, timeout: float = 300):
+        return pbuild(*args, cwd=cwd or ws, cache=cache or shared_cache,
+                      env={**_private_pip_env(private_index), **(env or {})}, timeout=timeout)
+
+    return call
+
+
+def test_lock_generates_one_target_per_project_with_its_deps(locked_template: Path):
+    from pbuild.rules.python.lockfile import parse_lock
+
+    lock = parse_lock((locked_template / LOCK).read_text())
+    projects = lock.by_name()
+    assert {"pytest", "pluggy", "iniconfig", "packaging", "tinylib", "undeclared"} <= set(projects)
+    assert "pluggy" in projects["pytest"].requires
+    assert "file:" not in (locked_template / LOCK).read_text()
+
+
+def test_run_passes_args_env_exit_code_and_working_directory(ws: Path, run):
+    result = run(ws, "run", "//bin:echo", "--", "one", "two", cwd=ws / "lib", env={"ECHO_EXIT": "3"})
+    assert result.code == 3, str(result)
+    lines = result.out.splitlines()
+    assert "hello world x2" in lines
+    assert "args: --baked one two" in lines
+    assert "env: from-env" in lines
+    assert f"cwd: {ws / 'lib'}" in lines
+    assert f"workspace: {ws}" in lines
+
+
+def test_run_passes_stdin_through(ws: Path, pbuild: Runner, private_index: Path, shared_cache: Path):
+    proc = subprocess.run(
+        pbuild.command(["run", "//bin:echo"]), cwd=ws, input="from stdin\n", capture_output=True, text=True,
+        env=pbuild.env(shared_cache, _private_pip_env(private_index)), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "stdin: from stdin" in proc.stdout.splitlines()
+
+
+def test_py_test_passes_then_is_cached(ws: Path, run):
+    first = run(ws, "test", "//lib:test_greet")
+    assert first.code == 0, str(first)
+    assert "//lib:test_greet  PASSED" in first.out
+    second = run(ws, "test", "//lib:test_greet")
+    assert second.code == 0, str(second)
+    assert "//lib:test_greet  PASSED (cached)" in second.out
+
+
+def test_failing_py_test_fails_and_shows_its_output(ws: Path, run):
+    write_tree(ws, {"lib/test_bad.py": "def test_bad():\n    assert 1 + 1 == 3, 'arithmetic is broken'\n"})
+    with open(ws / "lib/BUILD.toml", "a") as handle:
+        handle.write('\n[test_bad]\nrule = "py_test"\nsrcs = ["test_bad.py"]\n')
+    result = run(ws, "test", "//lib:all")
+    assert result.code == 1, str(result)
+    assert "//lib:test_bad  FAILED" in result.out
+    assert "//lib:test_greet  PASSED" in result.out
+    assert "arithmetic is broken" in result.out + result.err
+
+
+def test_import_of_an_undeclared_package_fails(ws: Path, run):
+    # `undeclared` is locked and its wheel is in the cache, but this test does not depend on it;
+    # nor on //lib:greet, whose source sits in the workspace.
+    write_tree(ws, {"lib/test_strict.py": """
+        def test_wheel():
+            import undeclared  # noqa: F401
+
+        def test_source():
+            import lib.greet  # noqa: F401
+    """})
+    with open(ws / "lib/BUILD.toml", "a") as handle:
+        handle.write('\n[test_strict]\nrule = "py_test"\nsrcs = ["test_strict.py"]\n'
+                     'deps = ["//third_party/python:pytest"]\n')
+    result = run(ws, "test", "//lib:test_strict")
+    assert result.code == 1, str(result)
+    output = result.out + result.err
+    assert "No module named 'undeclared'" in output
+    assert "No module named 'lib.greet'" in output or "No module named 'lib'" in output
+
+
+def test_main_not_in_srcs_is_a_user_error(ws: Path, run):
+    write_tree(ws, {"bin/other.py": "print('other')\n"})
+    with open(ws / "bin/BUILD.toml", "a") as handle:
+        handle.write('\n[wrong]\nrule = "py_binary"\nsrcs = ["echo.py"]\nmain = "other.py"\n')
+    result = run(ws, "build", "//bin:wrong")
+    assert_user_error(result, 2, "bin/BUILD.toml", "other.py is not in srcs", "//bin:wrong")
+
+
+def test_missing_lock_says_how_to_fix(ws: Path, run):
+    (ws / LOCK).unlink()
+    result = run(ws, "build", "//lib:greet")
+    assert_user_error(result, 2, "requirements.lock does not exist", "pbuild lock --python")
+
+
+def test_lock_out_of_date_with_requirements_in(ws: Path, run):
+    with open(ws / "third_party/python/requirements.in", "a") as handle:
+        handle.write("numpy\n")
+    result = run(ws, "build", "//lib:greet")
+    assert_user_error(result, 2, "out of date", "pbuild lock --python")
+
+
+def test_lock_made_for_another_platform(ws: Path, run):
+    toml = (ws / "WORKSPACE.toml").read_text().replace("manylinux_2_28_x86_64", "manylinux_2_28_aarch64")
+    (ws / "WORKSPACE.toml").write_text(toml)
+    result = run(ws, "build", "//lib:greet")
+    assert_user_error(result, 2, "manylinux_2_28_aarch64", "pbuild lock --python")
+
+
+def test_hash_mismatch_names_the_file_and_both_hashes(ws: Path, run, tmp_path: Path):
+    text = (ws / LOCK).read_text()
+    start = text.index("tinylib==")
+    good = text[start:].split("--hash=sha256:", 1)[1][:64]
+    bad = hashlib.sha256(b"not the wheel").hexdigest()
+    (ws / LOCK).write_text(text.replace(good, bad))
+    result = run(ws, "build", "//third_party/python:tinylib", cache=tmp_path / "fresh-cache")
+    assert result.code != 0, str(result)
+    assert "Traceback" not in result.err
+    assert "tinylib-1.0-py3-none-any.whl" in result.err
+    assert good in result.err and bad in result.err
+
+
+def test_no_wheel_for_the_target_platform_at_fetch(ws: Path, run, tmp_path: Path, private_index: Path):
+    # The lock names tinylib 1.0, but this index only has a Windows build of it now.
+    index = tmp_path / "index"
+    shutil.copytree(private_index, index)
+    (index / "tinylib-1.0-py3-none-any.whl").unlink()
+    make_wheel(str(index), "tinylib", "1.0", tag="cp311-cp311-win_amd64")
+    result = run(ws, "build", "//third_party/python:tinylib", cache=tmp_path / "fresh-cache",
+                 env=_private_pip_env(index))
+    assert result.code != 0, str(result)
+    assert "Traceback" not in result.err
+    assert "tinylib==1.0" in result.err and "manylinux_2_28_x86_64" in result.err
+
+
+def test_imports_and_prefix_map_sources_to_import_paths(ws: Path, run):
+    write_tree(ws, {
+        "src/BUILD.toml": """
+            [flat]
+            rule = "py_library"
+            srcs = ["helpers/flat.py"]
+            imports = ["helpers"]
+
+            [prefixed]
+            rule = "py_library"
+            srcs = ["core/thing.py"]
+            prefix = "brand"
+
+            [show]
+            rule = "py_binary"
+            srcs = ["show.py"]
+            deps = [":flat", ":prefixed"]
+        """,
+        "src/helpers/flat.py": "NAME = 'flat'\n",
+        "src/core/thing.py": "NAME = 'thing'\n",
+        "src/show.py": """
+            import flat
+            import src.helpers.flat
+            from brand.src.core import thing
+            print(flat.NAME, src.helpers.flat.NAME, thing.NAME)
+        """,
+    })
+    result = run(ws, "run", "//src:show")
+    assert result.code == 0, str(result)
+    assert result.out.strip() == "flat flat thing"
+
+
+def test_pex_is_reproducible_and_runs(tmp_path: Path, locked_template: Path, run):
+    digests = []
+    for name in ("one", "two"):
+        root = tmp_path / name / "ws"
+        shutil.copytree(locked_template, root)
+        result = run(root, "build", "//bin:echo", cache=tmp_path / f"cache-{name}")
+        assert result.code == 0, str(result)
+        pex = root / "pbuild-out/bin/echo.pex"
+        digests.append(hashlib.sha256(pex.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    assert str(tmp_path).encode() not in pex.read_bytes()
+    env = {"PATH": os.environ["PATH"], "PEX_ROOT": str(tmp_path / "pex-root"), "ECHO_EXIT": "0"}
+    proc = subprocess.run([str(pex), "extra"], input="", capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "hello world x2" in proc.stdout
+    assert "args: --baked extra" in proc.stdout
+    assert "env: from-env" in proc.stdout

@@ -1,0 +1,172 @@
+"""From an image config and Docker-like flags to the one record that says what to run.
+
+Docker's rules: arguments after ``--`` replace the image's Cmd; ``--entrypoint`` replaces its
+Entrypoint and drops its Cmd; ``-e`` and ``--env-file`` override the image's Env (``-e NAME``
+without a value copies it from the caller); ``-w`` and ``-u`` override WorkingDir and User.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbuild.tools.launcher.errors import LauncherError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """``-v HOST:CONTAINER[:ro]``"""
+
+    host: str
+    container: str
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Volume:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise LauncherError(f"invalid volume {text!r}", hint="use -v HOST_PATH:CONTAINER_PATH[:ro|rw]")
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("ro", "rw"):
+            raise LauncherError(f"invalid volume mode {mode!r} in {text!r}", hint="the mode is ro or rw")
+        host = os.path.abspath(parts[0])
+        if not os.path.exists(host):
+            raise LauncherError(f"volume source {host} does not exist", hint="create it first (as Docker would not)")
+        if not parts[1].startswith("/"):
+            raise LauncherError(f"volume target {parts[1]!r} must be an absolute path inside the container")
+        return cls(host, os.path.normpath(parts[1]), mode == "ro")
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """``-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]``"""
+
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = "0.0.0.0"
+
+    @classmethod
+    def parse(cls, text: str) -> PortMapping:
+        spec, _, protocol = text.partition("/")
+        parts = spec.split(":")
+        try:
+            if len(parts) == 2:
+                return cls(int(parts[0]), int(parts[1]), protocol or "tcp")
+            if len(parts) == 3:
+                return cls(int(parts[1]), int(parts[2]), protocol or "tcp", parts[0])
+        except ValueError:
+            pass
+        raise LauncherError(f"invalid port mapping {text!r}", hint="use -p HOST_PORT:CONTAINER_PORT[/tcp|udp]")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The flags of ``run``, as given."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    entrypoint: str | None = None
+    env: tuple[str, ...] = ()
+    env_files: tuple[str, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    read_only: bool = False
+    remove: bool = False
+    interactive: bool = False
+    tty: bool = False
+    name: str | None = None
+    detach: bool = False
+    network: str = "none"
+    publish: tuple[PortMapping, ...] = ()
+    hostname: str | None = None
+    init: bool = False
+    memory: str | None = None
+    pids_limit: int | None = None
+    cpus: float | None = None
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything the namespace setup needs, resolved from the image and the flags."""
+
+    argv: tuple[str, ...]
+    env: tuple[str, ...]
+    workdir: str
+    user: str
+    hostname: str
+    options: RunOptions
+    image_digest: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _read_env_file(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise LauncherError(f"cannot read env file {path}: {e.strerror}") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _merge_env(base: list[str], overrides: list[str]) -> list[str]:
+    merged: dict[str, str] = {}
+    for item in base:
+        key, _, value = item.partition("=")
+        merged[key] = value
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise LauncherError(f"invalid environment variable {item!r}", hint="use -e NAME=VALUE or -e NAME")
+        if sep:
+            merged[key] = value
+        elif key in os.environ:
+            merged[key] = os.environ[key]
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def resolve_spec(config: dict[str, Any], options: RunOptions, container_id: str, image_digest: str = "") -> ContainerSpec:
+    """Combine the image config's ``config`` object with the flags, Docker's way."""
+    entrypoint = list(config.get("Entrypoint") or [])
+    cmd = list(config.get("Cmd") or [])
+    if options.entrypoint is not None:
+        entrypoint = [options.entrypoint] if options.entrypoint else []
+        cmd = []
+    if options.command:
+        cmd = list(options.command)
+    argv = tuple(entrypoint + cmd)
+    if not argv:
+        raise LauncherError(
+            f"image {options.image} has no Entrypoint or Cmd and no command was given",
+            hint="give one after `--`, e.g. `-- /bin/sh`",
+        )
+    hostname = options.hostname or (options.name or container_id[:12])[:63]
+    env_overrides: list[str] = []
+    for path in options.env_files:
+        env_overrides += _read_env_file(path)
+    env_overrides += list(options.env)
+    env = _merge_env(list(config.get("Env") or []), env_overrides)
+    keys = {item.partition("=")[0] for item in env}
+    if "PATH" not in keys:
+        env.insert(0, f"PATH={DEFAULT_PATH}")
+    env.append(f"HOSTNAME={hostname}")
+    if options.tty and "TERM" not in keys:
+        env.append("TERM=xterm")
+    workdir = options.workdir or config.get("WorkingDir") or "/"
+    if not workdir.startswith("/"):
+        raise LauncherError(f"working directory {workdir!r} must be absolute")
+    user = options.user if options.user is not None else (config.get("User") or "0")
+    return ContainerSpec(
+        argv=argv,
+        env=tuple(env),
+        workdir=os.path.normpath(workdir),
+        user=user or "0",
+        hostname=hostname,
+        options=options,
+        image_digest=image_digest,
+        labels=dict(config.get("Labels") or {}),
+    )

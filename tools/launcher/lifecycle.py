@@ -1,0 +1,240 @@
+"""``ps``, ``logs``, ``exec``, ``stop`` and ``rm``: containers after they started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from pbuild.tools import linux
+from pbuild.tools.launcher import process
+from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
+from pbuild.tools.launcher.state import ContainerState, Store, is_alive
+
+
+def remove_container(store: Store, state: ContainerState) -> None:
+    """Delete a container's directory (its upper layer, logs, state) and free its name."""
+    from pbuild.tools.launcher.store import remove_tree
+
+    store.release_name(state)
+    path = store.container_dir(state.id)
+    if os.path.lexists(path):
+        remove_tree(path)
+
+
+def _ago(then: float) -> str:
+    seconds = max(0, int(time.time() - then))
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} seconds ago"
+
+
+def ps(store: Store, show_all: bool) -> int:
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
+    for state in store.all():
+        if state.status != "running" and not show_all:
+            continue
+        if state.status == "running":
+            status = f"Up (pid {state.pid})"
+        elif state.exit_code is None:
+            status = "Created"
+        elif state.exit_code < 0:
+            status = "Exited (launcher was killed)"
+        else:
+            status = f"Exited ({state.exit_code}) {_ago(state.finished or state.created)}"
+        command = " ".join(state.command)
+        if len(command) > 30:
+            command = command[:27] + "..."
+        image = state.image if len(state.image) <= 40 else "..." + state.image[-37:]
+        rows.append((state.short_id, image, f'"{command}"', _ago(state.created), status, state.name))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def logs(store: Store, name: str, follow: bool) -> int:
+    state = store.find(name)
+    path = os.path.join(store.container_dir(state.id), "log")
+    if not os.path.exists(path):
+        raise LauncherError(
+            f"container {name} has no log", hint="only detached containers (run -d) write one; others print directly"
+        )
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(65536)
+            if data:
+                out.write(data)
+                out.flush()
+                continue
+            if not follow or not is_alive(store.find(name)):
+                rest = f.read()
+                if rest:
+                    out.write(rest)
+                    out.flush()
+                    continue
+                return 0
+            time.sleep(0.1)
+
+
+def stop(store: Store, name: str, timeout: float) -> int:
+    """SIGTERM to the container's init, SIGKILL after ``timeout`` seconds."""
+    state = store.find(name)
+    if not is_alive(state):
+        print(state.name)
+        return 0
+    try:
+        pidfd = os.pidfd_open(state.pid)
+    except ProcessLookupError:
+        print(state.name)
+        return 0
+    try:
+        if process_matches(state):
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            if not _wait_fd(pidfd, timeout):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                _wait_fd(pidfd, 10)
+    finally:
+        os.close(pidfd)
+    # The monitor records the exit; give it a moment so `ps -a` shows the code at once.
+    deadline = time.monotonic() + 2
+    while store.find(name).status == "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(state.name)
+    return 0
+
+
+def process_matches(state: ContainerState) -> bool:
+    return is_alive(state)
+
+
+def _wait_fd(pidfd: int, timeout: float) -> bool:
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(int(timeout * 1000)))
+
+
+def rm(store: Store, names: list[str], force: bool) -> int:
+    code = 0
+    for name in names:
+        try:
+            state = store.find(name)
+            if is_alive(state):
+                if not force:
+                    raise LauncherError(
+                        f"container {name} is running", hint=f"stop it first (`pbuild stop {name}`) or use rm -f"
+                    )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(state.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+                while is_alive(state) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            remove_container(store, state)
+            print(state.name)
+        except LauncherError as e:
+            print(e.render(), file=sys.stderr)
+            code = EXIT_LAUNCHER
+    return code
+
+
+def exec_in(store: Store, name: str, argv: list[str], interactive: bool, tty: bool) -> int:
+    """Run ``argv`` in a running container: join its namespaces, become its user, exec."""
+    state = store.find(name)
+    if not is_alive(state):
+        raise LauncherError(f"container {name} is not running", hint="`pbuild ps -a` shows its state")
+    if not argv:
+        raise LauncherError("exec needs a command", hint=f"e.g. `pbuild exec {name} /bin/sh`")
+    ns_fds = []
+    try:
+        for ns in ("user", "mnt", "pid", "net", "ipc", "uts"):
+            path = f"/proc/{state.pid}/ns/{ns}"
+            if ns == "net" and os.readlink(path) == os.readlink("/proc/self/ns/net"):
+                continue  # --network host
+            ns_fds.append((ns, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+    except OSError as e:
+        for _, fd in ns_fds:
+            os.close(fd)
+        raise LauncherError(f"cannot open the namespaces of container {name}: {e}") from None
+    if not process_matches(state):  # the pid was recycled between find() and open()
+        for _, fd in ns_fds:
+            os.close(fd)
+        raise LauncherError(f"container {name} is not running")
+    setup = process.ProcessSetup(
+        argv=tuple(argv),
+        env=state.env,
+        workdir=state.workdir,
+        user=str(state.extra.get("user", "0")),
+        tty=tty,
+        single_map=bool(state.extra.get("single_map", True)),
+    )
+    stdio, restore = _stdio(interactive, tty)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    joiner = os.fork()
+    if joiner == 0:
+        code = EXIT_LAUNCHER
+        try:
+            code = _join_and_exec(ns_fds, setup, stdio, err_w)
+        except BaseException as e:  # noqa: BLE001 - must end in _exit
+            process.report(err_w, EXIT_LAUNCHER, f"exec failed: {type(e).__name__}: {e}")
+        finally:
+            os._exit(code)
+    os.close(err_w)
+    for _, fd in ns_fds:
+        os.close(fd)
+    for fd in stdio.owned:
+        os.close(fd)
+    error = process.read_report(err_r)
+    try:
+        code = process.wait_monitor(joiner, joiner, on_idle=_proxy(stdio, interactive) if tty else None)
+    finally:
+        restore()
+    if error:
+        process.print_error(error[1])
+        return error[0]
+    return code
+
+
+def _join_and_exec(ns_fds: list[tuple[str, int]], setup: process.ProcessSetup, stdio: process.Stdio, errpipe: int) -> int:
+    fds = (stdio.stdin, stdio.stdout, stdio.stderr)
+    process.keep_only_fds([*fds, errpipe, *(fd for _, fd in ns_fds)])
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    try:
+        for ns, fd in ns_fds:  # the user namespace first: it grants the rights to join the others
+            linux.setns(fd, 0, ns)
+            os.close(fd)
+    except OSError as e:
+        process.report(errpipe, EXIT_LAUNCHER, f"cannot join the container: {e}")
+        return EXIT_LAUNCHER
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # setns(user) changed credentials
+    child = os.fork()  # joining a PID namespace takes effect for children only
+    if child == 0:
+        os.setsid()
+        os._exit(process.become_and_exec(setup, fds, errpipe))
+    os.close(errpipe)
+    for sig in process._FORWARDED:
+        signal.signal(sig, lambda signum, _frame: os.kill(child, signum))
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            return process.exit_code_of(status)
+        except InterruptedError:
+            continue
+
+
+def _stdio(interactive: bool, tty: bool) -> tuple[process.Stdio, object]:
+    from pbuild.tools.launcher import terminal
+
+    return terminal.open_stdio(interactive, tty, log_path=None)
+
+
+def _proxy(stdio: process.Stdio, interactive: bool) -> object:
+    from pbuild.tools.launcher import terminal
+
+    return lambda: terminal.proxy(stdio, interactive)
+
+

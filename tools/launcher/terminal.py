@@ -1,0 +1,114 @@
+"""The container's stdio: inherited fds, a log file (``-d``), or a pty (``-t``) that the launcher
+relays to its own terminal, in raw mode, passing on the window size as it changes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import signal
+import struct
+import termios
+from collections.abc import Callable
+
+from pbuild.tools.launcher.process import Stdio
+
+_DEFAULT_SIZE = (24, 80)
+
+
+def _window_size() -> tuple[int, int]:
+    for fd in (1, 0, 2):
+        if os.isatty(fd):
+            with contextlib.suppress(OSError):
+                rows, cols = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+                if rows and cols:
+                    return rows, cols
+    return _DEFAULT_SIZE
+
+
+def _set_size(fd: int, size: tuple[int, int]) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+
+
+def open_stdio(interactive: bool, tty: bool, log_path: str | None) -> tuple[Stdio, Callable[[], None]]:
+    """The fds for the container and a function that restores the caller's terminal."""
+    owned: list[int] = []
+    if log_path is not None:
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        return Stdio(null, log, log, owned=(null, log)), lambda: None
+    if not tty:
+        if interactive:
+            stdin = 0
+        else:
+            stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            owned.append(stdin)
+        return Stdio(stdin, 1, 2, owned=tuple(owned)), lambda: None
+    master, slave = os.openpty()
+    os.set_inheritable(master, False)
+    _set_size(slave, _window_size())
+    restore: Callable[[], None] = lambda: None  # noqa: E731
+    if interactive and os.isatty(0):
+        import tty as tty_module
+
+        saved = termios.tcgetattr(0)
+        tty_module.setraw(0)
+
+        def restore() -> None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+    def on_winch(_signum: int, _frame: object) -> None:
+        _set_size(master, _window_size())
+
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        previous = signal.signal(signal.SIGWINCH, on_winch)
+        inner = restore
+
+        def restore() -> None:
+            signal.signal(signal.SIGWINCH, previous)
+            inner()
+
+    return Stdio(slave, slave, slave, pty_master=master, owned=(slave,)), restore
+
+
+def proxy(stdio: Stdio, interactive: bool) -> None:
+    """Copy our stdin to the pty and the pty to our stdout until the container closes it."""
+    master = stdio.pty_master
+    assert master is not None
+    watch = [master] + ([0] if interactive else [])
+    try:
+        while True:
+            try:
+                readable, _, _ = select.select(watch, [], [])
+            except InterruptedError:
+                continue
+            if master in readable:
+                try:
+                    data = os.read(master, 65536)
+                except OSError as e:
+                    if e.errno == errno.EIO:  # every slave fd is closed: the container ended
+                        return
+                    raise
+                if not data:
+                    return
+                _write_all(1, data)
+            if 0 in readable:
+                data = os.read(0, 65536)
+                if data:
+                    _write_all(master, data)
+                else:
+                    watch.remove(0)
+                    _write_all(master, b"\x04")  # EOF on our stdin: ^D to the pty
+    finally:
+        os.close(master)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            data = data[os.write(fd, data) :]
+        except InterruptedError:
+            continue
