@@ -63,10 +63,12 @@ class ActionGraph:
 
     targets: dict[Label, ConfiguredTarget] = field(default_factory=dict)
     producers: dict[str, Action] = field(default_factory=dict)
+    _parents: dict[str, str] = field(default_factory=dict)  # folder of an output -> that output
 
     def add(self, configured: ConfiguredTarget) -> None:
         for action in configured.actions:
             for output in action.outputs:
+                self._check_nesting(output.path, action, configured)
                 existing = self.producers.get(output.path)
                 if existing is not None:
                     raise AnalysisError(
@@ -77,6 +79,29 @@ class ActionGraph:
                     )
                 self.producers[output.path] = action
         self.targets[configured.label] = configured
+
+    def _check_nesting(self, path: str, action: Action, configured: ConfiguredTarget) -> None:
+        """Refuse an output that is a folder of another output, or lies inside one."""
+        parts = path.split("/")
+        clash = None
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in self.producers and not self.producers[parent].outputs[0].is_directory:
+                clash = parent
+                break
+        if clash is None and path in self._parents:
+            clash = self._parents[path]
+        if clash is not None:
+            other = self.producers.get(clash) or self.producers.get(path)
+            raise AnalysisError(
+                f"output {path} and output {clash} of {other.owner if other else 'another target'} "
+                "cannot both exist: one would be a folder of the other",
+                location=configured.decl.location,
+                label=configured.label,
+                hint="rename one of the outputs",
+            )
+        for i in range(1, len(parts)):
+            self._parents.setdefault("/".join(parts[:i]), path)
 
     def actions_for(self, files: Sequence[File]) -> list[Action]:
         """The actions needed to produce ``files``, dependencies first (a stable topological order)."""

@@ -211,8 +211,8 @@ def build(request: BuildRequest, *, reporter: Reporter | None = None,
         executing = True
         actions = analyzed.actions if only_files is None else _actions_subset(analyzed, only_files(analyzed))
         result, _ = execute(session, actions, request, reporter=reporter)
-    except BaseException:
-        reporter.finish(print_summary=executing)
+    except BaseException as exc:
+        reporter.finish(print_summary=executing and not isinstance(exc, KeyboardInterrupt))
         session.close()
         raise
     reporter.finish()

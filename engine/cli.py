@@ -11,6 +11,7 @@ from typing import Any
 from pbuild.engine.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, PbuildError
 
 VERSION = "0.1.0"
+USER_UMASK = 0o022
 
 _DESCRIPTION = "pbuild: hermetic, content-hashed builds of Python programs and reproducible OCI images."
 _COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock", "push",
@@ -103,6 +104,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Actions must not depend on the user's umask: the same key must give the same file modes.
+    # (`pbuild run` gives the user's umask back to the program it starts.)
+    global USER_UMASK
+    USER_UMASK = os.umask(0o022)
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0].startswith(("//", ":")):
         args_list.insert(0, "build")

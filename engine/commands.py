@@ -84,6 +84,9 @@ def run_target(request: BuildRequest, target: str, extra: Sequence[str]) -> int:
     env["BUILD_WORKING_DIRECTORY"] = os.getcwd()
     sys.stdout.flush()
     sys.stderr.flush()
+    from pbuild.engine import cli
+
+    os.umask(cli.USER_UMASK)
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as exc:

@@ -33,7 +33,15 @@ class Reporter:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.interactive = self.stream.isatty() if interactive is None else interactive
-        self._events: IO[str] | None = open(event_file, "w", encoding="utf-8") if event_file else None
+        self._events: IO[str] | None = None
+        if event_file:
+            try:
+                self._events = open(event_file, "w", encoding="utf-8")
+            except OSError as exc:
+                from pbuild.engine.errors import PbuildError
+
+                raise PbuildError(f"--build-event-json {event_file}: {exc.strerror}",
+                                  hint="write the events to a file in a folder that exists and is writable") from None
         self._lock = threading.Lock()
         self.summary = Summary()
         self._start = time.monotonic()

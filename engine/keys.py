@@ -19,7 +19,10 @@ from pbuild.engine.hashing import digest_bytes, host_fingerprint
 ENGINE_KEY_VERSION = "pbuild-action-v1"
 
 
-def key_material(action: Action, input_digests: Mapping[str, str], env: Mapping[str, str]) -> bytes:
+def key_material(action: Action, input_digests: Mapping[str, str], env: Mapping[str, str],
+                 base_env: Mapping[str, str] | None = None) -> bytes:
+    """``env`` is the action's own environment, ``base_env`` the fixed one every action gets
+    (it carries SOURCE_DATE_EPOCH, which in-process actions read too)."""
     inputs = [[f.path, input_digests[f.path]] for f in action.inputs]
     outputs = [[f.path, f.is_directory] for f in action.outputs]
     if isinstance(action, ProcessAction):
@@ -42,6 +45,7 @@ def key_material(action: Action, input_digests: Mapping[str, str], env: Mapping[
             "params": action.params,
         }
     body["engine"] = ENGINE_KEY_VERSION
+    body["base_env"] = sorted((base_env or {}).items())
     body["inputs"] = inputs
     body["outputs"] = outputs
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()

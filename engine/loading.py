@@ -351,7 +351,15 @@ def _read_ignore(root: str) -> pathspec.PathSpec | None:
 
 def _parse_build_file(path: str, build_rel: str) -> tuple[dict[str, Any], dict[str, int], dict[tuple[str, str], int]]:
     with open(path, "rb") as handle:
-        text = handle.read().decode("utf-8", errors="replace")
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LoadError(
+            "not UTF-8 text",
+            location=Location(build_rel, raw.count(b"\n", 0, exc.start) + 1),
+            hint="save BUILD.toml as UTF-8",
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -136,7 +136,7 @@ class Executor:
 
         try:
             while ready or running:
-                while ready and not stop:
+                while ready and not stop and len(running) < self.options.jobs:
                     action = ready.pop()
                     started = time.monotonic()
                     try:
@@ -154,6 +154,8 @@ class Executor:
                     future = pool.submit(self._run, action, key, material, digests)
                     running[future] = (action, key, material, started)
                 if not running:
+                    if ready and not stop:
+                        continue
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in done:
@@ -217,7 +219,7 @@ class Executor:
     def _key_material(self, action: Action) -> tuple[bytes, dict[str, str]]:
         digests = {f.path: self._input_digest(f.path, f.is_directory, f.is_source) for f in action.inputs}
         env = dict(action.env) if isinstance(action, ProcessAction) else {}
-        return key_material(action, digests, env), digests
+        return key_material(action, digests, env, self._env), digests
 
     def _lookup(self, action: Action, key: str, material: bytes) -> tuple[str, ActionResult] | None:
         if not self.options.cache_results or action.mnemonic in self.options.no_cache_mnemonics:

@@ -76,7 +76,15 @@ class LocalStore:
         self.ac_dir = os.path.join(root, "ac")
         self.tmp_dir = os.path.join(root, "tmp")
         for d in (self.cas_dir, self.ac_dir, self.tmp_dir):
-            os.makedirs(d, exist_ok=True)
+            try:
+                os.makedirs(d, exist_ok=True)
+            except OSError as exc:
+                from pbuild.engine.errors import WorkspaceError
+
+                raise WorkspaceError(
+                    f"cannot use cache dir {root}: {exc.strerror} ({exc.filename})",
+                    hint="pass --cache-dir DIR (or set $PBUILD_CACHE / $XDG_CACHE_HOME) to a writable folder",
+                ) from None
         self._made: set[str] = set()
         self._lock = threading.Lock()
 

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import GOOD_PACKAGE, Guard, Runner, assert_user_error, write_tree
 from pbuild.engine.analysis import Analyzer
 from pbuild.engine.api import DefaultInfo, File, ProcessAction
@@ -355,3 +354,13 @@ def test_actions_for_orders_dependencies_first(tmp_path: Path) -> None:
     graph = analyzer_for(root).analyze([Label("c", "s5")])
     order = graph.actions_for(graph.targets[Label("c", "s5")].as_target().files)
     assert [str(a.owner) for a in order] == [f"//c:s{i}" for i in range(6)]
+
+
+def test_an_output_inside_another_output_is_refused(tmp_path: Path, pbuild: Runner) -> None:
+    root = tmp_path / "ws"
+    write_tree(root, {
+        "WORKSPACE.toml": "",
+        "p/BUILD.toml": '[x]\nrule = "genrule"\nouts = ["x"]\ncmd = "echo > $@"\n'
+                        '[y]\nrule = "genrule"\nouts = ["x/y"]\ncmd = "echo > $@"\n',
+    })
+    assert_user_error(pbuild("build", "//p:all", cwd=root), 2, "pbuild-out/p/x", "//p:x", "//p:y")

@@ -128,3 +128,17 @@ def test_fetch_verifies_sha256(archive: tuple[str, Path, Path], tmp_path: Path, 
     with pytest.raises(HashMismatch) as info:
         _fetch(tmp_path, url, filename, wrong, deb.stat().st_size, monkeypatch)
     assert deb.name in info.value.message and wrong in info.value.message and good in info.value.message
+
+
+def test_committed_lock_matches_its_build_file() -> None:
+    """The repo's own lock is up to date with third_party/debian/BUILD.toml and names no host."""
+    from pbuild.rules.debian.lock import find_targets
+
+    repo = Path(__file__).resolve().parent.parent
+    targets = find_targets(str(repo / "third_party" / "debian"))
+    assert targets, "third_party/debian/BUILD.toml declares no deb_packages target"
+    for name, request in targets[""].items():
+        locked = read_locked_target(str(repo), "third_party/debian", name, request)
+        assert {p.name for p in locked.packages} >= set(request.packages)
+    text = (repo / "third_party/debian" / LOCK_NAME).read_text()
+    assert "http://" not in text and "https://" not in text

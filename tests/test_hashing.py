@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import xxhash
-
 from conftest import Runner, write_tree
 from pbuild.engine import hashing
 from pbuild.engine.api import File, InProcessAction, ProcessAction
@@ -155,9 +154,11 @@ def test_key_ignores_what_cannot_change_outputs() -> None:
 def test_host_fingerprint_is_in_process_keys_that_run_host_tools() -> None:
     fingerprint = host_fingerprint()
     assert platform.machine() in fingerprint
-    assert "%d.%d.%d" % sys.version_info[:3] in fingerprint
+    assert ".".join(str(v) for v in sys.version_info[:3]) in fingerprint
     assert platform.libc_ver()[0] in fingerprint
-    assert "debian" in fingerprint or os.path.exists("/etc/os-release") is False or "-" in fingerprint
+    if os.path.exists("/etc/os-release"):
+        fields = dict(line.strip().split("=", 1) for line in open("/etc/os-release") if "=" in line)
+        assert fields["ID"].strip('"') in fingerprint
     material = json.loads(key_material(process(), {"p/in.txt": "d"}, {}))
     assert material["host"] == fingerprint
     material = json.loads(key_material(process(host_tools=False), {"p/in.txt": "d"}, {}))
@@ -259,8 +260,8 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pat
     files: dict[str, str | bytes] = {"WORKSPACE.toml": ""}
     for i in range(3):
         files[f"p{i}/BUILD.toml"] = (
-            f'[g]\nrule = "genrule"\nsrcs = ["src.txt"]\nouts = ["out.txt"]\ncmd = "cat $< > $@"\n'
-            f'[copy]\nrule = "genrule"\nsrcs = [":g"]\nouts = ["copy.txt"]\ncmd = "cp $< $@"\n'
+            '[g]\nrule = "genrule"\nsrcs = ["src.txt"]\nouts = ["out.txt"]\ncmd = "cat $< > $@"\n'
+            '[copy]\nrule = "genrule"\nsrcs = [":g"]\nouts = ["copy.txt"]\ncmd = "cp $< $@"\n'
         )
         files[f"p{i}/src.txt"] = f"source {i}\n"
     write_tree(root, files)
@@ -307,3 +308,50 @@ def test_one_source_change_reads_only_that_source_and_its_outputs(traced: tuple[
     rebuilt = {digest_file(str(root / "pbuild-out" / "p0" / name))[0] for name in ("out.txt", "copy.txt")}
     blobs = {Path(p).name.removesuffix(".x") for p in opened(change, cache) if "/cas/" in p}
     assert blobs <= rebuilt, "blobs of unchanged actions were read"
+
+
+# -- the up-to-date fast path notices every change that matters --------------------------------------
+
+
+def test_fast_path_notices_glob_package_and_ignore_changes(tmp_path: Path, pbuild: Runner) -> None:
+    root = tmp_path / "ws"
+    write_tree(root, {
+        "WORKSPACE.toml": "",
+        "p/BUILD.toml": '[cat]\nrule = "genrule"\nsrcs = { glob = ["**/*.txt"] }\nouts = ["cat.out"]\n'
+                        'cmd = "cat $(SRCS) > $@"\n',
+        "p/a.txt": "a\n",
+        "p/sub/s.txt": "s\n",
+        "q/BUILD.toml": '[use]\nrule = "genrule"\nsrcs = ["//p:cat"]\nouts = ["use.out"]\ncmd = "cat $< > $@"\n',
+    })
+    out = root / "pbuild-out" / "q" / "use.out"
+
+    def build() -> str:
+        result = pbuild("build", "//q:use", cwd=root)
+        assert result.code == 0, str(result)
+        return out.read_text()
+
+    assert build() == "a\ns\n"
+    (root / "p" / "sub" / "t.txt").write_text("t\n")  # a new file deep in a dependency's glob
+    assert build() == "a\ns\nt\n"
+    (root / "p" / "sub" / "BUILD.toml").write_text("")  # sub becomes a package: its files leave the glob
+    assert build() == "a\n"
+    (root / "p" / "sub" / "BUILD.toml").unlink()
+    (root / ".pbuildignore").write_text("p/a.txt\n")
+    assert build() == "s\nt\n"
+    (root / "p" / "sub" / "s.txt").unlink()
+    assert build() == "t\n"
+    (root / "p" / "sub" / "t.txt").unlink()
+    assert build() == ""
+
+
+def test_source_date_epoch_is_part_of_the_key(tmp_path: Path, pbuild: Runner) -> None:
+    root = tmp_path / "ws"
+    write_tree(root, {
+        "WORKSPACE.toml": "",
+        "p/BUILD.toml": '[sde]\nrule = "genrule"\nouts = ["sde.out"]\ncmd = "echo $$SOURCE_DATE_EPOCH > $@"\n',
+    })
+    assert pbuild("build", "//p:sde", cwd=root).code == 0
+    assert (root / "pbuild-out" / "p" / "sde.out").read_text() == "0\n"
+    result = pbuild("build", "//p:sde", cwd=root, env={"SOURCE_DATE_EPOCH": "1700000000"})
+    assert result.code == 0, str(result)
+    assert (root / "pbuild-out" / "p" / "sde.out").read_text() == "1700000000\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from pbuild.engine.errors import LoadError, PbuildError
 from pbuild.engine.labels import Label, Pattern
 

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import GOOD_PACKAGE, GuardedBuild, Runner, WorkspaceFactory, assert_user_error
 from pbuild.engine.errors import LoadError, WorkspaceError
 from pbuild.engine.labels import Label
@@ -299,3 +298,8 @@ def test_workspace_plugins_must_be_a_list(tmp_path: Path) -> None:
         find_workspace(str(tmp_path))
     assert Workspace(str(tmp_path)).path("") == str(tmp_path)
     assert os.path.basename(Workspace(str(tmp_path)).name) == tmp_path.name
+
+
+def test_build_file_must_be_utf8(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    root = workspace({"q/BUILD.toml": b'[a]\nrule = "filegroup"\nsrcs = ["\xff\xfe.txt"]\n'})
+    assert_user_error(pbuild("build", "//q:a", cwd=root), 2, "q/BUILD.toml:3", "UTF-8")

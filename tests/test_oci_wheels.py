@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import marshal
 import subprocess
 import sys
 import zipfile
@@ -21,6 +22,7 @@ def make_wheel(root: Path, name: str = "demo", version: str = "1.0") -> Path:
         f"{name}/__init__.py": b"VALUE = 42\n",
         f"{name}/cli.py": b"def main():\n    print('cli ran')\n",
         f"{name}/tests/bad_syntax.py": b"def broken(:\n",
+        f"{name}/tests/test_ok.py": b"def test_ok():\n    pass\n",
         f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
         f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         f"{name}-{version}.dist-info/entry_points.txt": f"[console_scripts]\n{name}-cli = {name}.cli:main\n".encode(),
@@ -55,6 +57,20 @@ def test_install_entries(tmp_path: Path) -> None:
     assert not any("bad_syntax" in p and p.endswith(".pyc") for p in by_path)
 
 
+def test_bytecode_modes(tmp_path: Path) -> None:
+    wheel = str(make_wheel(tmp_path))
+
+    def pycs(mode: str) -> set[str]:
+        entries = wheels.wheel_entries(wheel, site_packages="/s", interpreter="/p", python_version=VERSION,
+                                       bytecode=mode)
+        return {e.path.split("/__pycache__/")[1].split(".")[0] for e in entries if e.path.endswith(".pyc")}
+
+    assert pycs("all") == {"__init__", "cli", "test_ok"}
+    assert pycs("skip-tests") == {"__init__", "cli"}
+    assert pycs("none") == set()
+    assert wheels.is_test_module("numpy/tests/test_x.py") and not wheels.is_test_module("numpy/testing/x.py")
+
+
 def test_bytecode_is_identical_across_processes_and_jobs(tmp_path: Path) -> None:
     sources = [LayerEntry(f"m/mod{i}.py", "file", 0o644, data=f"X = {i}\ndef f():\n    return {{'k': {i}}}\n".encode())
                for i in range(80)]
@@ -62,6 +78,16 @@ def test_bytecode_is_identical_across_processes_and_jobs(tmp_path: Path) -> None
     two = wheels.add_pyc(sources, python_version=VERSION, jobs=2)
     assert [(e.path, e.data) for e in one] == [(e.path, e.data) for e in two]
     assert len(one) == 160
+
+
+def test_bytecode_does_not_depend_on_the_calling_process() -> None:
+    source = b'X = "\xc3\xa9"\n'  # a one-character string: a shared singleton in CPython
+    naive_before = marshal.dumps(compile(source, "/m.py", "exec", dont_inherit=True))
+    ours_before = wheels.compile_pycs([(source, "/m.py")])
+    sys.intern("\u00e9")  # another part of the process interns the singleton...
+    naive_after = marshal.dumps(compile(source, "/m.py", "exec", dont_inherit=True))
+    assert naive_before != naive_after  # ...which changes naively marshalled bytecode,
+    assert wheels.compile_pycs([(source, "/m.py")]) == ours_before  # but not ours.
 
 
 def test_no_bytecode_for_another_python() -> None:

@@ -213,6 +213,7 @@ def test_imports_and_prefix_map_sources_to_import_paths(ws: Path, run):
             [flat]
             rule = "py_library"
             srcs = ["helpers/flat.py"]
+            data = ["helpers/words.txt"]
             imports = ["helpers"]
 
             [prefixed]
@@ -226,17 +227,21 @@ def test_imports_and_prefix_map_sources_to_import_paths(ws: Path, run):
             deps = [":flat", ":prefixed"]
         """,
         "src/helpers/flat.py": "NAME = 'flat'\n",
+        "src/helpers/words.txt": "data beside the code\n",
         "src/core/thing.py": "NAME = 'thing'\n",
         "src/show.py": """
+            import os
             import flat
             import src.helpers.flat
             from brand.src.core import thing
             print(flat.NAME, src.helpers.flat.NAME, thing.NAME)
+            with open(os.path.join(os.path.dirname(flat.__file__), "words.txt")) as handle:
+                print(handle.read().strip())
         """,
     })
     result = run(ws, "run", "//src:show")
     assert result.code == 0, str(result)
-    assert result.out.strip() == "flat flat thing"
+    assert result.out.splitlines() == ["flat flat thing", "data beside the code"]
 
 
 def test_pex_is_reproducible_and_runs(tmp_path: Path, locked_template: Path, run):

@@ -10,13 +10,18 @@ from pathlib import Path
 
 import pytest
 from fixtures.python_wheelmaker import make_wheel, use_private_index
-
 from pbuild.engine.api import ActionIO, Label
 from pbuild.engine.errors import HashMismatch
 from pbuild.rules.python.bootstrap import render_bootstrap
 from pbuild.rules.python.config import PythonTarget
 from pbuild.rules.python.library import stage_tree
-from pbuild.rules.python.wheels import NoWheelForPlatform, fetch_wheel, install_wheel, sha256_file, verify_wheel
+from pbuild.rules.python.wheels import (
+    NoWheelForPlatform,
+    fetch_wheel,
+    install_wheel,
+    sha256_file,
+    verify_wheel,
+)
 
 LABEL = Label("third_party/python", "demo")
 SOURCE = "def pick(x):\n    return x in {'a', 'b', 'c', 'd', 'e'}\n"  # a frozenset constant

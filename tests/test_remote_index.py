@@ -21,6 +21,7 @@ def test_each_content_is_hashed_once_across_builds(tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_bytes(b"content")
     index = Sha256Index(str(tmp_path / "cache"))
+    assert index  # callers write `if self.sha_index:`
     assert index.sha256_for(_xxh(b"content"), str(f)) == hashlib.sha256(b"content").hexdigest()
     index.save()
 
@@ -39,7 +40,7 @@ def test_torn_and_garbage_lines_are_ignored(tmp_path: Path) -> None:
     good = f"{_xxh(b'a')} {hashlib.sha256(b'a').hexdigest()}\n"
     (cache / "sha256-index").write_text(good + "not a record\n" + f"{_xxh(b'b')} {hashlib.sha256(b'b').hexdigest()}")  # torn: no newline
     index = Sha256Index(str(cache))
-    assert len(index) == 1 and index.get(_xxh(b"b")) is None
+    assert index.entries == 1 and index.get(_xxh(b"b")) is None
     with pytest.raises(ValueError):
         index.record("xyz", "abc")
 

@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import PBUILD, Runner, base_env, cache_is_consistent, write_tree
 from pbuild.engine.hashing import digest_bytes, digest_file
 from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize
@@ -312,3 +311,13 @@ def test_cache_dir_precedence(tmp_path: Path) -> None:
     assert has_cache(tmp_path / "xdg" / "pbuild")
     run()
     assert has_cache(home / ".cache" / "pbuild")
+
+
+def test_unusable_cache_dir_is_a_user_error(tmp_path: Path, pbuild: Runner) -> None:
+    root = tmp_path / "ws"
+    write_tree(root, CHAIN)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = pbuild("build", "//p:a", "--cache-dir", str(not_a_dir), cwd=root)
+    assert result.code == 2 and "Traceback" not in result.err, str(result)
+    assert str(not_a_dir) in result.err and "hint:" in result.err, str(result)

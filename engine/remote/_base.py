@@ -23,7 +23,6 @@ import os
 import posixpath
 import random
 import re
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -367,28 +366,40 @@ class RemoteBase:
 
     def _write_verified(self, sha256: str, size: int, dest_path: str,
                         produce: Callable[[Callable[[bytes], None]], None]) -> None:
-        """Stream a blob into a temporary file beside ``dest_path``, check it, rename it."""
-        directory = os.path.dirname(dest_path) or "."
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".pbuild-fetch-", dir=directory)
+        """Stream a blob into a temporary file beside ``dest_path``, check it, rename it.
+
+        Downloads are many and small (one per output), so this avoids every avoidable system
+        call: the directory is created only when missing, the file is written unbuffered.
+        """
+        tmp = f"{dest_path}.part-{os.getpid()}-{threading.get_ident()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(dest_path) or ".", exist_ok=True)
+            fd = os.open(tmp, flags, 0o644)
         try:
             digest = hashlib.sha256()
             received = 0
-            with os.fdopen(fd, "wb") as f:
-                def sink(chunk: bytes) -> None:
-                    nonlocal received
-                    received += len(chunk)
-                    if received > size:
-                        raise Corrupt(f"server sent more than the expected {size} bytes")
-                    digest.update(chunk)
-                    f.write(chunk)
 
+            def sink(chunk: bytes) -> None:
+                nonlocal received
+                received += len(chunk)
+                if received > size:
+                    raise Corrupt(f"server sent more than the expected {size} bytes")
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+
+            try:
                 produce(sink)
+            finally:
+                os.close(fd)
             if received != size:
                 raise Corrupt(f"truncated download: {received} of {size} bytes")
             if digest.hexdigest() != sha256:
                 raise Corrupt(f"wrong content: the bytes received hash to {digest.hexdigest()[:12]}…")
-            os.chmod(tmp, 0o644)
             os.replace(tmp, dest_path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

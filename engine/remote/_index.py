@@ -78,7 +78,9 @@ class Sha256Index:
             if len(record) == 2 and _HEX32.fullmatch(record[0]) and _HEX64.fullmatch(record[1]):
                 self._map[record[0]] = record[1]
 
-    def __len__(self) -> int:
+    @property
+    def entries(self) -> int:
+        """How many pairs are known. (Not ``__len__``: an empty index must still be truthy.)"""
         return len(self._map)
 
     def get(self, xxh3_hex: str) -> str | None:

@@ -26,6 +26,7 @@ from pbuild.rules.debian.lock import (
 from pbuild.rules.oci import determinism
 from pbuild.rules.oci.layerwriter import write_layer
 from pbuild.rules.oci.providers import Layer, LayerInfo, PythonRuntimeInfo
+from pbuild.rules.oci.rules import FAST_GZIP_LEVEL, compression_attrs, effective_level
 
 _PYTHON_MINIMAL = re.compile(r"^python3\.(\d+)-minimal$")
 
@@ -89,9 +90,6 @@ def python_runtime(packages: Sequence[LockedPackage]) -> PythonRuntimeInfo | Non
     return None
 
 
-COMPRESSIONS = ("gzip", "none", "zstd")
-
-
 @rule(
     "deb_packages",
     attrs={
@@ -101,8 +99,7 @@ COMPRESSIONS = ("gzip", "none", "zstd")
                                    "bookworm-updates); the highest version wins.", default=DEFAULT_SUITES),
         "architecture": attr.string("Debian architecture of the packages.", default=DEFAULT_ARCH),
         "components": attr.string_list("Archive components to search.", default=DEFAULT_COMPONENTS),
-        "compression": attr.string("Layer compression.", default="gzip", values=COMPRESSIONS),
-        "compression_level": attr.integer("Compression level (gzip 1-9, zstd 1-19); unset = the writer's default."),
+        **compression_attrs(FAST_GZIP_LEVEL),
     },
     doc="Pinned Debian packages and their dependency closure, fetched from the host's apt mirror "
         "(verified against `debian.lock.json`) and unpacked without dpkg into one merged-/usr layer "
@@ -143,7 +140,7 @@ def _deb_packages(ctx: RuleContext) -> list[Provider]:
             "codename": locked.os_release.get("codename", request.suites[0]),
             "release": locked.os_release.get("version", ""),
             "compression": ctx.attr.compression,
-            "level": ctx.attr.compression_level,
+            "level": effective_level(ctx.attr.compression, ctx.attr.compression_level, FAST_GZIP_LEVEL),
             "epoch": determinism.source_date_epoch(),
             "blob": blob.path,
             "meta": meta.path,

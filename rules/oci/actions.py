@@ -59,7 +59,7 @@ def write_wheel_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
     for wheel in params["wheels"]:
         entries += wheels.wheel_entries(io.input_path(wheel), site_packages=params["site_packages"],
                                         interpreter=params["interpreter"], python_version=params["python_version"],
-                                        jobs=io.jobs)
+                                        jobs=io.jobs, bytecode=params["bytecode_mode"])
     _write(io, params, entries)
 
 
@@ -71,7 +71,8 @@ def write_app_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
                    origin=item["input"])
         for item in params["sources"]
     ]
-    _write(io, params, wheels.add_pyc(entries, python_version=params["python_version"], jobs=io.jobs))
+    _write(io, params, wheels.add_pyc(entries, python_version=params["python_version"], jobs=io.jobs,
+                                      mode=params["bytecode_mode"]))
 
 
 def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
@@ -81,7 +82,12 @@ def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
         base_dir = io.input_path(params["base"])
         if not os.path.isdir(base_dir):
             base_dir = os.path.dirname(base_dir)  # the base was given as the layout's index.json
-        base = layout.read_layout(base_dir)
+        try:
+            base = layout.read_layout(base_dir)
+        except layout.LayoutError as exc:
+            # Name the base as the user wrote it, not by this machine's absolute path.
+            shown = params["base"] if os.path.isdir(io.input_path(params["base"])) else os.path.dirname(params["base"])
+            raise layout.LayoutError(exc.message.replace(base_dir, shown), label=io.label, hint=exc.hint) from None
     layers = []
     for item in params["layers"]:
         with open(io.input_path(item["meta"]), "rb") as handle:

@@ -11,13 +11,14 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pbuild.engine.errors import PbuildError
 from pbuild.rules.oci import determinism
-from pbuild.rules.oci.layerwriter import LayerDigests, LayerEntry, tar_stream
+from pbuild.rules.oci.layerwriter import LayerDigests
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -267,20 +268,44 @@ def write_docker_archive(out_path: str, image: WrittenImage, layers: Sequence[Bl
         "RepoTags": list(tags),
         "Layers": [blob_name(layer.digests.digest) for layer in layers],
     }]
-    entries = [
-        LayerEntry("manifest.json", "file", 0o644, data=determinism.canonical_json(manifest_json)),
-        LayerEntry("oci-layout", "file", 0o644, data=determinism.canonical_json({"imageLayoutVersion": "1.0.0"})),
-        LayerEntry("index.json", "file", 0o644, data=index_json(image, tags)),
-        LayerEntry(blob_name(image.config_digest), "file", 0o644, data=image.config),
-        LayerEntry(blob_name(image.manifest_digest), "file", 0o644, data=image.manifest),
-    ]
-    seen = set()
-    for layer in layers:
-        if layer.digests.digest not in seen:
-            seen.add(layer.digests.digest)
-            entries.append(LayerEntry(blob_name(layer.digests.digest), "file", 0o644, source=layer.path))
-    from pbuild.rules.oci.layerwriter import merge_entries
-
+    documents = {
+        "manifest.json": determinism.canonical_json(manifest_json),
+        "oci-layout": determinism.canonical_json({"imageLayoutVersion": "1.0.0"}),
+        "index.json": index_json(image, tags),
+        blob_name(image.config_digest): image.config,
+        blob_name(image.manifest_digest): image.manifest,
+    }
+    files = {blob_name(layer.digests.digest): layer.path for layer in layers}
+    names = sorted({*documents, *files, "blobs", "blobs/sha256"})
+    written = 0
     with open(out_path, "wb") as handle:
-        for piece in tar_stream(merge_entries(entries), mtime=mtime):
-            handle.write(piece)
+        for name in names:
+            if name in ("blobs", "blobs/sha256"):
+                header = determinism.tar_header(name + "/", kind=tarfile.DIRTYPE, mode=0o755, mtime=mtime)
+                handle.write(header)
+                written += len(header)
+                continue
+            data = documents.get(name)
+            size = len(data) if data is not None else os.path.getsize(files[name])
+            header = determinism.tar_header(name, kind=tarfile.REGTYPE, mode=0o644, size=size, mtime=mtime)
+            handle.write(header)
+            if data is not None:
+                handle.write(data)
+            else:
+                handle.flush()
+                _copy_into(files[name], handle.fileno(), size)
+            padding = determinism.tar_padding(size)
+            handle.write(padding)
+            written += len(header) + size + len(padding)
+        handle.write(determinism.tar_trailer(written))
+
+
+def _copy_into(source: str, out_fd: int, size: int) -> None:
+    """Append ``size`` bytes of ``source`` to ``out_fd`` in the kernel (no copy through Python)."""
+    with open(source, "rb") as src:
+        copied = 0
+        while copied < size:
+            sent = os.sendfile(out_fd, src.fileno(), copied, size - copied)
+            if sent == 0:
+                raise OSError(f"{source} shrank while it was being copied")
+            copied += sent

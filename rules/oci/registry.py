@@ -288,6 +288,7 @@ class _Client:
         """Send a request, answering one auth challenge, following redirects for downloads."""
         scope_key = " ".join(scopes)
         all_headers = dict(headers or {})
+        challenged = False
         for _ in range(6):
             parts = urllib.parse.urlsplit(url)
             same_host = parts.netloc == self.host
@@ -295,7 +296,10 @@ class _Client:
             if same_host and scope_key in self._auth:
                 send["Authorization"] = self._auth[scope_key]
             resp = self._send(method, url, send, body, sink)
-            if resp.status == 401 and same_host and "Authorization" not in send:
+            if resp.status == 401 and same_host and not challenged:
+                # First challenge of this request: no auth yet, or a token that expired mid-push.
+                challenged = True
+                self._auth.pop(scope_key, None)
                 self._authenticate(resp, scopes)
                 if scope_key in self._auth:
                     continue
@@ -394,13 +398,16 @@ def _read_json(path: str, what: str) -> Any:
 
 
 def _manifests_of(layout_dir: str) -> Descriptor:
+    """The one image of a layout (several ``index.json`` entries may name it, one per tag)."""
     index = _read_json(os.path.join(layout_dir, "index.json"), "OCI layout index")
     manifests = index.get("manifests") if isinstance(index, dict) else None
-    if not isinstance(manifests, list) or len(manifests) != 1:
-        count = len(manifests) if isinstance(manifests, list) else 0
-        raise RegistryError(f"{layout_dir}/index.json lists {count} images; pbuild pushes a layout with exactly one",
+    where = f"{layout_dir}/index.json"
+    entries = {d.digest: d for d in (Descriptor.from_json(m, where) for m in manifests or [])} \
+        if isinstance(manifests, list) else {}
+    if len(entries) != 1:
+        raise RegistryError(f"{where} lists {len(entries)} images; pbuild pushes a layout with exactly one",
                             hint="push the layout of a single image target")
-    return Descriptor.from_json(manifests[0], f"{layout_dir}/index.json")
+    return next(iter(entries.values()))
 
 
 def _media_type(body: bytes, fallback: str) -> str:
@@ -639,7 +646,7 @@ def push_main(layout_dir: str, reference: str, *, plain_http: bool, out: Callabl
         return exc.exit_code
     out(f"pushed {report.reference}@{report.digest}" if not Reference.parse(reference).digest
         else f"pushed {report.reference}")
-    out(f"  {report.blobs_uploaded} blob(s) uploaded ({_human(report.bytes_uploaded)}), "
+    out(f"  {report.blobs_uploaded} blob(s) uploaded ({report.bytes_uploaded:,} bytes, {_human(report.bytes_uploaded)}), "
         f"{report.blobs_skipped} already present, {report.blobs_mounted} mounted from other repositories")
     return 0
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
-import marshal
-import os
 import pickle
 import posixpath
 import subprocess
@@ -43,50 +41,51 @@ def can_compile_for(python_version: str) -> bool:
     return python_version == f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def pyc_bytes(source: bytes, in_image_path: str, *, optimize: int = 0) -> bytes | None:
-    """A checked-hash ``.pyc`` for ``source``; ``in_image_path`` is recorded as its file name.
-
-    Returns None for a source that does not compile (test fixtures with deliberate syntax errors
-    exist in real wheels; the interpreter would fail on them at import as well).
-    """
+#: The bytecode worker: compiles (source, in-image path) pairs read as a pickle from stdin.
+#: It imports nothing beyond what it needs, so its interpreter state is the same on every run.
+_WORKER = """
+import importlib.util, marshal, pickle, sys
+out = []
+for source, path in pickle.load(sys.stdin.buffer):
     try:
-        code = compile(source, in_image_path, "exec", dont_inherit=True, optimize=optimize)
+        code = compile(source, path, "exec", dont_inherit=True, optimize=0)
     except (SyntaxError, ValueError):
-        return None
-    # PEP 552 header: magic, flags (bit 0 = hash-based, bit 1 = check source), source hash.
-    flags = (0b11).to_bytes(4, "little")
-    return importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(source) + marshal.dumps(code)
+        out.append(None)
+        continue
+    out.append(importlib.util.MAGIC_NUMBER + (3).to_bytes(4, "little") + importlib.util.source_hash(source)
+               + marshal.dumps(code))
+sys.stdout.buffer.write(pickle.dumps(out))
+"""
 
 
-def pyc_path(py_path: str) -> str:
-    """``a/b/c.py`` → ``a/b/__pycache__/c.cpython-311.pyc`` (the running interpreter's tag)."""
-    directory, base = posixpath.split(py_path)
-    tag = sys.implementation.cache_tag
-    return posixpath.join(directory, "__pycache__", f"{base[:-3]}.{tag}.pyc")
+def compile_pycs(work: list[tuple[bytes, str]], *, jobs: int = 1) -> list[bytes | None]:
+    """Checked-hash ``.pyc`` bytes (PEP 552) for each ``(source, in-image path)``; None if it does not compile.
 
+    The in-image path is recorded as the code's file name. A source that does not compile (real
+    wheels ship test fixtures with deliberate syntax errors) gets no ``.pyc``.
 
-def _compile_batch(batch: list[tuple[bytes, str]]) -> list[bytes | None]:
-    return [pyc_bytes(source, path) for source, path in batch]
-
-
-def _compile_in_workers(work: list[tuple[bytes, str]], jobs: int) -> list[bytes | None]:
-    """Split ``work`` across ``jobs`` interpreters (this one included) talking pickle over pipes."""
-    share = -(-len(work) // jobs)
+    Compilation runs in fresh ``python -I -S -X utf8`` worker processes, never in the engine:
+    ``marshal`` marks a string as interned when *any* code in the process interned that string
+    object (one-character strings are shared singletons), so bytecode written inside a
+    long-running process depends on what else ran there. Each worker also compiles in parallel
+    with the others (compiling holds the GIL). The split into batches does not change the bytes.
+    """
+    if not work:
+        return []
+    count = max(1, min(jobs, -(-len(work) // _MIN_BATCH)))
+    share = -(-len(work) // count)
     batches = [work[i:i + share] for i in range(0, len(work), share)]
-    code = "import sys,pickle;from pbuild.rules.oci.wheels import _compile_batch as c;" \
-           "sys.stdout.buffer.write(pickle.dumps(c(pickle.load(sys.stdin.buffer))))"
     procs = []
-    for batch in batches[1:]:
-        proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
-        procs.append((proc, pickle.dumps(batch)))
-    feeders = [threading.Thread(target=_feed, args=(proc, data)) for proc, data in procs]
-    for thread in feeders:
-        thread.start()
-    results = _compile_batch(batches[0])
-    for (proc, _), thread in zip(procs, feeders, strict=True):
-        thread.join()
+    for batch in batches:
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-X", "utf8", "-c", _WORKER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env={"PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"})
+        feeder = threading.Thread(target=_feed, args=(proc, pickle.dumps(batch)))
+        feeder.start()
+        procs.append((proc, feeder))
+    results: list[bytes | None] = []
+    for proc, feeder in procs:
         output = proc.stdout.read() if proc.stdout else b""
+        feeder.join()
         if proc.wait() != 0:
             raise RuntimeError(f"bytecode worker failed with exit code {proc.returncode}")
         results += pickle.loads(output)
@@ -99,25 +98,41 @@ def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
         proc.stdin.write(data)
 
 
-#: Below this many modules a process pool costs more than it saves.
-_POOL_THRESHOLD = 64
+#: Fewer modules than this per worker process cost more in start-up than they save.
+_MIN_BATCH = 48
 
 
-def add_pyc(entries: list[LayerEntry], *, python_version: str, jobs: int = 1) -> list[LayerEntry]:
+def pyc_path(py_path: str) -> str:
+    """``a/b/c.py`` → ``a/b/__pycache__/c.cpython-311.pyc`` (the running interpreter's tag)."""
+    directory, base = posixpath.split(py_path)
+    tag = sys.implementation.cache_tag
+    return posixpath.join(directory, "__pycache__", f"{base[:-3]}.{tag}.pyc")
+
+
+#: ``bytecode`` settings: compile every module, all but test packages, or none.
+BYTECODE_MODES = ("skip-tests", "all", "none")
+_TEST_DIRS = frozenset({"tests", "test"})
+
+
+def is_test_module(path: str) -> bool:
+    """A module inside a ``tests``/``test`` package (shipped by many wheels, never imported by apps)."""
+    return not _TEST_DIRS.isdisjoint(path.split("/")[:-1])
+
+
+def add_pyc(entries: list[LayerEntry], *, python_version: str, jobs: int = 1,
+            mode: str = "all") -> list[LayerEntry]:
     """``entries`` plus a ``.pyc`` beside every ``.py`` (when this interpreter can compile for the image).
 
-    Compiling holds the GIL, so large sets are compiled in ``jobs`` fresh worker processes (not
-    forked: the engine has threads, and forking a threaded process is unsafe). Results are kept
-    in order and each module compiles on its own, so the output never depends on ``jobs``.
+    ``mode`` is one of :data:`BYTECODE_MODES`; modules without bytecode still import (Python
+    compiles them in memory). See :func:`compile_pycs` for why and how compilation happens in
+    worker processes.
     """
-    if not can_compile_for(python_version):
+    if mode == "none" or not can_compile_for(python_version):
         return entries
-    modules = [e for e in entries if e.kind == "file" and e.path.endswith(".py")]
+    modules = [e for e in entries if e.kind == "file" and e.path.endswith(".py")
+               and not (mode == "skip-tests" and is_test_module(e.path))]
     work = [(e.data if e.data is not None else _read(e.source), "/" + e.path) for e in modules]
-    if jobs > 1 and len(work) >= _POOL_THRESHOLD:
-        results = _compile_in_workers(work, jobs)
-    else:
-        results = _compile_batch(work)
+    results = compile_pycs(work, jobs=jobs)
     out = list(entries)
     for entry, pyc in zip(modules, results, strict=True):
         if pyc is not None:
@@ -187,16 +202,16 @@ def image_schemes(site_packages: str, prefix: str = "/usr/local", python_version
 
 
 def wheel_entries(wheel_path: str, *, site_packages: str, interpreter: str, python_version: str,
-                  origin: str = "", jobs: int = 1) -> list[LayerEntry]:
+                  origin: str = "", jobs: int = 1, bytecode: str = "all") -> list[LayerEntry]:
     """The files of ``wheel_path`` installed for the image, with bytecode."""
     destination = LayerDestination(image_schemes(site_packages, python_version=python_version), interpreter,
                                    origin or posixpath.basename(wheel_path))
     with WheelFile.open(Path(wheel_path)) as source:
         # INSTALLER names the tool; REQUESTED is left out: which wheels were asked for is the lock's business.
         install(source, destination, {"INSTALLER": b"pbuild\n"})
-    return add_pyc(destination.entries, python_version=python_version, jobs=jobs)
+    return add_pyc(destination.entries, python_version=python_version, jobs=jobs, mode=bytecode)
 
 
 def bytecode_tag() -> str:
-    """Identifies the bytecode this interpreter writes (cache tag and magic number)."""
-    return f"{sys.implementation.cache_tag}-{importlib.util.MAGIC_NUMBER.hex()}"
+    """Identifies the bytecode this interpreter writes (cache tag, magic number, exact build)."""
+    return f"{sys.implementation.cache_tag}-{importlib.util.MAGIC_NUMBER.hex()}-{sys.version}"

@@ -36,6 +36,7 @@ from pbuild.rules.python.lockfile import (
     normalize_name,
     render_lock,
 )
+from pbuild.rules.python.wheels import pip_command
 
 REQUIREMENTS_IN = "third_party/python/requirements.in"
 REQUIREMENTS_LOCK = "third_party/python/requirements.lock"
@@ -71,7 +72,7 @@ def resolve(requirements_in: str, target: PythonTarget, *, requirements_path: st
     with tempfile.TemporaryDirectory(prefix="pbuild-lock-") as tmp:
         report_path = os.path.join(tmp, "report.json")
         argv = [
-            sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+            *pip_command(), "install", "--dry-run", "--ignore-installed", "--quiet",
             "--no-input", "--progress-bar", "off", "--report", report_path,
             "--target", os.path.join(tmp, "target"), *target.pip_args(), "-r", requirements_path,
         ]

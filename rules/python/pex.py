@@ -64,6 +64,9 @@ def build_pex(io: ActionIO, params: Mapping[str, Any]) -> None:
         "SOURCE_DATE_EPOCH": "315532800",
         "LC_ALL": "C.UTF-8",
         "TZ": "UTC",
+        # pex is importable here (a venv, or the modules of a self-hosted pbuild.pex): the child
+        # gets the same import path so `-m pex` finds it either way.
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
     }
     result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=io.tmpdir, check=False)
     if result.returncode != 0:

@@ -47,6 +47,16 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def pip_command() -> list[str]:
+    """``python -m pip`` for this interpreter, or a :class:`BuildFailed` that says how to get pip."""
+    import importlib.util
+
+    if importlib.util.find_spec("pip") is None:
+        raise BuildFailed(f"pip is not installed for {sys.executable}, and pbuild fetches wheels with it",
+                          hint=f"install it: {sys.executable} -m ensurepip (or your distribution's python3-pip)")
+    return [sys.executable, "-m", "pip"]
+
+
 def fetch_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
     """Download ``name==version`` for the target with pip and verify it against the lock.
 
@@ -57,7 +67,7 @@ def fetch_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
     os.makedirs(download_dir, exist_ok=True)
     requirement = f"{params['name']}=={params['version']}"
     argv = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--no-input",
+        *pip_command(), "download", "--no-deps", "--quiet", "--no-input",
         "--progress-bar", "off", *params["pip_args"], "--dest", download_dir, requirement,
     ]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)

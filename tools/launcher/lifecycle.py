@@ -189,10 +189,12 @@ def exec_in(store: Store, name: str, argv: list[str], interactive: bool, tty: bo
     for fd in stdio.owned:
         os.close(fd)
     error = process.read_report(err_r)
-    try:
-        code = process.wait_monitor(joiner, joiner, on_idle=_proxy(stdio, interactive) if tty else None)
-    finally:
-        restore()
+    with process.SignalForwarder() as forwarder:
+        forwarder.forward_to(joiner)
+        try:
+            code = process.wait_monitor(joiner, on_idle=_proxy(stdio, interactive) if tty else None)
+        finally:
+            restore()
     if error:
         process.print_error(error[1])
         return error[0]
@@ -200,8 +202,7 @@ def exec_in(store: Store, name: str, argv: list[str], interactive: bool, tty: bo
 
 
 def _join_and_exec(ns_fds: list[tuple[str, int]], setup: process.ProcessSetup, stdio: process.Stdio, errpipe: int) -> int:
-    fds = (stdio.stdin, stdio.stdout, stdio.stderr)
-    process.keep_only_fds([*fds, errpipe, *(fd for _, fd in ns_fds)])
+    process.keep_only_fds([*stdio.child_fds, errpipe, *(fd for _, fd in ns_fds)])
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     try:
         for ns, fd in ns_fds:  # the user namespace first: it grants the rights to join the others
@@ -214,7 +215,7 @@ def _join_and_exec(ns_fds: list[tuple[str, int]], setup: process.ProcessSetup, s
     child = os.fork()  # joining a PID namespace takes effect for children only
     if child == 0:
         os.setsid()
-        os._exit(process.become_and_exec(setup, fds, errpipe))
+        os._exit(process.become_and_exec(setup, stdio, errpipe))
     os.close(errpipe)
     for sig in process._FORWARDED:
         signal.signal(sig, lambda signum, _frame: os.kill(child, signum))

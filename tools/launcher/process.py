@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pbuild.tools import linux, nsops
 from pbuild.tools.launcher import identity
@@ -58,14 +59,40 @@ class ProcessSetup:
 
 @dataclass(frozen=True)
 class Stdio:
-    """The container's fds 0, 1, 2 as fds of the launcher, and the pty master when ``-t``."""
+    """The container's fds 0, 1, 2 as fds of the launcher; with ``-t`` instead a socket over
+    which the container sends the master of the pty it opens in its own devpts (so that
+    ``tty`` and ``ttyname`` work inside), and the window size to give that pty."""
 
     stdin: int
     stdout: int
     stderr: int
-    pty_master: int | None = None
+    pty_socket: int = -1
+    pty_parent: int = -1
+    window: tuple[int, int] = (24, 80)
     owned: tuple[int, ...] = ()
     """fds opened for this container (closed by the launcher after the fork)."""
+
+    @property
+    def child_fds(self) -> list[int]:
+        return [fd for fd in (self.stdin, self.stdout, self.stderr, self.pty_socket) if fd >= 0]
+
+
+def _open_container_pty(stdio: Stdio) -> int:
+    """Open a pty in the container's devpts, send its master to the launcher, return the slave."""
+    import fcntl
+    import socket
+    import struct
+    import termios
+
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, getattr(termios, "TIOCSPTLCK", 0x40045431), struct.pack("i", 0))
+    number = struct.unpack("I", fcntl.ioctl(master, getattr(termios, "TIOCGPTN", 0x80045430), b"\0" * 4))[0]
+    slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", stdio.window[0], stdio.window[1], 0, 0))
+    with socket.socket(fileno=os.dup(stdio.pty_socket)) as channel:
+        socket.send_fds(channel, [b"m"], [master])
+    os.close(master)
+    return slave
 
 
 def report(errpipe: int, code: int, message: str) -> None:
@@ -90,6 +117,13 @@ def read_report(fd: int) -> tuple[int, str] | None:
     return (int(code) if code.isdigit() else EXIT_LAUNCHER), message
 
 
+def mark(timing_fd: int, label: str) -> None:
+    """Record when a step happened (``PBUILD_LAUNCHER_TIMING``, used by bench/bench_launcher.py)."""
+    if timing_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.write(timing_fd, f"{label} {time.perf_counter()}\n".encode())
+
+
 def keep_only_fds(keep: list[int]) -> None:
     low = 3
     for fd in sorted(set(keep)):
@@ -110,11 +144,18 @@ def _find_executable(name: str, env: dict[str, str]) -> str | None:
     return None
 
 
-def become_and_exec(setup: ProcessSetup, stdio: tuple[int, int, int], errpipe: int, timing_fd: int = -1) -> int:
+def become_and_exec(setup: ProcessSetup, stdio: Stdio, errpipe: int, timing_fd: int = -1) -> int:
     """Inside the container's root: switch to the user, drop privileges, exec. Returns (as an
     exit code for ``os._exit``) only when something failed, after reporting it."""
     env = dict(item.partition("=")[::2] for item in setup.env)
+    fds = (stdio.stdin, stdio.stdout, stdio.stderr)
     try:
+        if stdio.pty_socket >= 0:
+            try:
+                slave = _open_container_pty(stdio)
+            except OSError as e:
+                raise LauncherError(f"cannot open a pseudo-terminal in the container: {e}") from None
+            fds = (slave, slave, slave)
         try:
             os.chdir(setup.workdir)
         except OSError as e:
@@ -148,7 +189,7 @@ def become_and_exec(setup: ProcessSetup, stdio: tuple[int, int, int], errpipe: i
     except OSError as e:
         report(errpipe, EXIT_LAUNCHER, f"container setup failed: {e}")
         return EXIT_LAUNCHER
-    for target, fd in enumerate(stdio):
+    for target, fd in enumerate(fds):
         if fd != target:
             os.dup2(fd, target)
     if setup.tty:
@@ -165,9 +206,7 @@ def become_and_exec(setup: ProcessSetup, stdio: tuple[int, int, int], errpipe: i
     if path is None:
         report(errpipe, EXIT_NOT_FOUND, f"{setup.argv[0]}: executable file not found in $PATH")
         return EXIT_NOT_FOUND
-    if timing_fd >= 0:
-        with contextlib.suppress(OSError):
-            os.write(timing_fd, f"{time.perf_counter()}\n".encode())
+    mark(timing_fd, "exec")
     try:
         os.execve(path, list(setup.argv), env)
     except OSError as e:
@@ -213,14 +252,21 @@ def _monitor(
 ) -> int:
     """Process A: see the module docstring."""
     ready_w, go_r, errpipe = pipes
-    fds = (stdio.stdin, stdio.stdout, stdio.stderr)
+    fds = stdio.child_fds
     keep_only_fds([*fds, *pipes, timing_fd])
+    mark(timing_fd, "monitor")
     for sig in _FORWARDED:
         signal.signal(sig, signal.SIG_IGN)  # L forwards what is meant for the container
     if launch.detached:
         os.setsid()
+        # Let go of the caller's terminal and pipes: whoever waits for `run -d`'s output must
+        # see EOF once it printed the id.
+        for target, fd in enumerate((stdio.stdin, stdio.stdout, stdio.stderr)):
+            os.dup2(fd, target)
     try:
-        linux.unshare(launch.namespaces)
+        # Only the user and PID namespaces here: A must keep the host's mount namespace (B's
+        # pivot_root would move every process of a shared one into the container's root).
+        linux.unshare(launch.namespaces & (linux.CLONE_NEWUSER | linux.CLONE_NEWPID))
         if not launch.detached:
             # The new user namespace changed our credentials, which clears the death signal.
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -229,6 +275,7 @@ def _monitor(
     except OSError as e:
         report(errpipe, EXIT_LAUNCHER, f"cannot create the container's namespaces: {e}")
         return EXIT_LAUNCHER
+    mark(timing_fd, "monitor-unshared")
     os.write(ready_w, b"u")
     if os.read(go_r, 1) != b"g":
         return EXIT_LAUNCHER  # L could not write the id maps and said why
@@ -237,7 +284,7 @@ def _monitor(
     if child == 0:
         code = EXIT_LAUNCHER
         try:
-            code = _container_init(launch, fds, errpipe, timing_fd)
+            code = _container_init(launch, stdio, errpipe, timing_fd)
         except BaseException as e:  # noqa: BLE001 - must end in _exit
             report(errpipe, EXIT_LAUNCHER, f"container setup failed: {type(e).__name__}: {e}")
         finally:
@@ -268,20 +315,24 @@ def _monitor(
     return code
 
 
-def _container_init(launch: Launch, fds: tuple[int, int, int], errpipe: int, timing_fd: int) -> int:
+def _container_init(launch: Launch, stdio: Stdio, errpipe: int, timing_fd: int) -> int:
     """Process B: PID 1 of the container."""
     try:
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
+        mark(timing_fd, "init")
+        linux.unshare(launch.namespaces & ~(linux.CLONE_NEWUSER | linux.CLONE_NEWPID))
+        mark(timing_fd, "init-unshared")
         nsops.apply(launch.ops)
+        mark(timing_fd, "mounted")
     except OSError as e:
         report(errpipe, EXIT_LAUNCHER, f"container setup failed: {e}")
         return EXIT_LAUNCHER
     if not launch.init:
-        return become_and_exec(launch.setup, fds, errpipe, timing_fd)
+        return become_and_exec(launch.setup, stdio, errpipe, timing_fd)
     child = os.fork()
     if child == 0:
-        os._exit(become_and_exec(launch.setup, fds, errpipe, timing_fd))
+        os._exit(become_and_exec(launch.setup, stdio, errpipe, timing_fd))
     os.close(errpipe)
     return reap_as_init(child)
 
@@ -346,32 +397,53 @@ def start(
             os.close(go_w)
 
 
-def wait_monitor(monitor: int, init_pid: int, on_idle: Callable[[], None] | None = None) -> int:
-    """Wait for the monitor, forwarding SIGINT/SIGTERM/SIGHUP/... to the container's init."""
-    previous: dict[int, object] = {}
+class SignalForwarder:
+    """Pass SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2 sent to the launcher on to the container.
 
-    def forward(signum: int, _frame: object) -> None:
-        if init_pid:
+    Installed *before* the fork, so that a signal arriving while the container starts is kept
+    and delivered once its pid is known instead of killing the launcher. Only the main thread
+    may install handlers; elsewhere (an embedding program's worker thread) this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.target = 0
+        self.pending: list[int] = []
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.target:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(init_pid, signum)
+                os.kill(self.target, signum)
+        else:
+            self.pending.append(signum)
 
-    try:
-        for sig in _FORWARDED:
-            previous[sig] = signal.signal(sig, forward)
-    except ValueError:
-        pass  # not the main thread: the caller handles signals itself
-    try:
-        if on_idle is not None:
-            on_idle()
-        while True:
-            try:
-                _, status = os.waitpid(monitor, 0)
-                return exit_code_of(status)
-            except InterruptedError:
-                continue
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+    def __enter__(self) -> SignalForwarder:
+        with contextlib.suppress(ValueError):
+            for sig in _FORWARDED:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def forward_to(self, pid: int) -> None:
+        self.target = pid
+        while pid and self.pending:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, self.pending.pop(0))
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def wait_monitor(monitor: int, on_idle: Callable[[], None] | None = None) -> int:
+    """Wait for the monitor (running ``on_idle``, the pty relay, first); return its exit code."""
+    if on_idle is not None:
+        on_idle()
+    while True:
+        try:
+            _, status = os.waitpid(monitor, 0)
+            return exit_code_of(status)
+        except InterruptedError:
+            continue
 
 
 def print_error(message: str) -> None:

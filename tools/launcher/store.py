@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import stat
-import sys
 from collections.abc import Callable
 
 from pbuild.tools.launcher.errors import LauncherError, LayerError
@@ -76,24 +75,34 @@ def _unpack(layer: Layer, path: str, root: str, notify: Callable[[str], None] | 
 
 
 def remove_tree(path: str) -> None:
-    """rm -rf that also removes read-only directories and files the image made 0555/0444."""
+    """rm -rf that also removes directories without write or search permission (images make
+    them 0555, overlayfs leaves its ``work/work`` at 0000)."""
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        pass
+    _make_owner_writable(path)
+    shutil.rmtree(path, ignore_errors=not os.path.lexists(path))
 
-    def on_error(func: Callable[..., object], failed: str, exc: BaseException) -> None:
-        parent = os.path.dirname(failed)
-        with contextlib.suppress(OSError):
-            os.chmod(parent, stat.S_IRWXU)
-        if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (13, 1):
-            with contextlib.suppress(OSError):
-                if os.path.isdir(failed) and not os.path.islink(failed):
-                    os.chmod(failed, stat.S_IRWXU)
-            func(failed)
-        elif not isinstance(exc, FileNotFoundError):
-            raise exc
 
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=on_error)  # type: ignore[call-arg]
-    else:
-        shutil.rmtree(path, onerror=lambda f, p, info: on_error(f, p, info[1]))
+def _make_owner_writable(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    with contextlib.suppress(OSError):
+        os.chmod(path, stat.S_IRWXU)
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for name in names:
+        _make_owner_writable(os.path.join(path, name))
 
 
 def flatten(layer_dirs: list[str], dest: str) -> None:

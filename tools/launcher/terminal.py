@@ -47,9 +47,11 @@ def open_stdio(interactive: bool, tty: bool, log_path: str | None) -> tuple[Stdi
             stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
             owned.append(stdin)
         return Stdio(stdin, 1, 2, owned=tuple(owned)), lambda: None
-    master, slave = os.openpty()
-    os.set_inheritable(master, False)
-    _set_size(slave, _window_size())
+    import socket
+
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent_fd, child_fd = parent.detach(), child.detach()
+    os.set_inheritable(child_fd, False)
     restore: Callable[[], None] = lambda: None  # noqa: E731
     if interactive and os.isatty(0):
         import tty as tty_module
@@ -60,24 +62,34 @@ def open_stdio(interactive: bool, tty: bool, log_path: str | None) -> tuple[Stdi
         def restore() -> None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
-    def on_winch(_signum: int, _frame: object) -> None:
-        _set_size(master, _window_size())
+    stdio = Stdio(-1, -1, -1, pty_socket=child_fd, pty_parent=parent_fd, window=_window_size(), owned=(child_fd,))
+    return stdio, restore
 
-    with contextlib.suppress(ValueError):  # only the main thread may set handlers
-        previous = signal.signal(signal.SIGWINCH, on_winch)
-        inner = restore
 
-        def restore() -> None:
-            signal.signal(signal.SIGWINCH, previous)
-            inner()
+def receive_master(stdio: Stdio) -> int | None:
+    """The pty master the container sent, or None if it ended before opening one."""
+    import socket
 
-    return Stdio(slave, slave, slave, pty_master=master, owned=(slave,)), restore
+    with socket.socket(fileno=stdio.pty_parent) as channel:
+        try:
+            _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+        except OSError:
+            return None
+    return fds[0] if fds else None
 
 
 def proxy(stdio: Stdio, interactive: bool) -> None:
     """Copy our stdin to the pty and the pty to our stdout until the container closes it."""
-    master = stdio.pty_master
-    assert master is not None
+    master = receive_master(stdio)
+    if master is None:
+        return
+
+    def on_winch(_signum: int, _frame: object) -> None:
+        _set_size(master, _window_size())
+
+    previous = None
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        previous = signal.signal(signal.SIGWINCH, on_winch)
     watch = [master] + ([0] if interactive else [])
     try:
         while True:
@@ -104,6 +116,8 @@ def proxy(stdio: Stdio, interactive: bool) -> None:
                     _write_all(master, b"\x04")  # EOF on our stdin: ^D to the pty
     finally:
         os.close(master)
+        if previous is not None:
+            signal.signal(signal.SIGWINCH, previous)
 
 
 def _write_all(fd: int, data: bytes) -> None:

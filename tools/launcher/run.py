@@ -1,0 +1,204 @@
+"""``pbuild run``: image -> layers in the store -> container directory -> namespaces -> exec."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+
+from pbuild.tools import linux
+from pbuild.tools.launcher import identity, process
+from pbuild.tools.launcher.config import ContainerSpec, RunOptions, resolve_spec
+from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
+from pbuild.tools.launcher.image import load_image
+from pbuild.tools.launcher.mounts import RootFs, generated_files, plan_container
+from pbuild.tools.launcher.state import Store
+from pbuild.tools.launcher.store import ensure_layers, flatten, store_root
+
+_NAMESPACES = linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
+
+
+def notice(message: str) -> None:
+    sys.stderr.write(f"pbuild: {message}\n")
+
+
+def overlay_supported(layers_root: str) -> bool:
+    """Can this user mount overlayfs (with userxattr) in a user namespace? Probed once per
+    kernel and user, the answer kept beside the layer store; the first "no" tells the user.
+    ``PBUILD_LAUNCHER_NO_OVERLAY=1`` forces the flattened copy (for tests and debugging)."""
+    marker = os.path.join(layers_root, f"overlay-probe-{os.geteuid()}")
+    release = os.uname().release
+    verdict = None
+    with contextlib.suppress(OSError), open(marker) as f:
+        said, _, probed_release = f.read().strip().partition(" ")
+        if probed_release == release:
+            verdict = said
+    if verdict is None:
+        verdict = "ok" if _probe_overlay(layers_root) else "no"
+        with contextlib.suppress(OSError):
+            tmp = f"{marker}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(f"{verdict} {release}\n")
+            os.replace(tmp, marker)
+    if os.environ.get("PBUILD_LAUNCHER_NO_OVERLAY"):
+        verdict = "no"
+    if verdict == "no":
+        told = os.path.join(layers_root, f"flattened-notice-{os.geteuid()}")
+        try:
+            os.close(os.open(told, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            notice(
+                "overlayfs cannot be used here; each container gets a flattened copy of the image "
+                "instead (slower to start, more disk). This notice is shown once."
+            )
+        except OSError:
+            pass
+    return verdict == "ok"
+
+
+def _probe_overlay(layers_root: str) -> bool:
+    from pbuild.tools.launcher.store import remove_tree
+
+    base = os.path.join(layers_root, "tmp", f"probe-{secrets.token_hex(6)}")
+    for sub in ("lower", "upper", "work", "merged"):
+        os.makedirs(os.path.join(base, sub))
+    uid, gid = os.geteuid(), os.getegid()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
+            linux.write_id_maps("self", f"0 {uid} 1\n", f"0 {gid} 1\n")
+            os.chdir(base)
+            linux.mount("overlay", "merged", "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work,userxattr")
+            code = 0
+        except BaseException:  # noqa: BLE001 - a probe: any failure means no
+            code = 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    remove_tree(base)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _check_resources(options: RunOptions) -> None:
+    wanted = [flag for flag, value in (("--memory", options.memory), ("--pids-limit", options.pids_limit),
+                                       ("--cpus", options.cpus)) if value is not None]  # fmt: skip
+    if wanted:
+        raise LauncherError(
+            f"{', '.join(wanted)}: resource limits need cgroups, which this launcher does not manage yet",
+            hint="run without them, or under a cgroup you set up yourself (e.g. systemd-run --scope -p MemoryMax=...)",
+        )
+
+
+def prepare_container_dir(cdir: str, layer_dirs: list[str], spec: ContainerSpec) -> None:
+    """The overlay upper and work dirs, the rootfs mount point, short links to the layers
+    (``l/0`` is the bottom layer) and the generated /etc files."""
+    for sub in ("upper", "work", "rootfs", "l"):
+        os.makedirs(os.path.join(cdir, sub), exist_ok=True)
+    for i, layer in enumerate(layer_dirs):
+        os.symlink(layer, os.path.join(cdir, "l", str(i)))
+    for name, content in generated_files(spec).items():
+        with open(os.path.join(cdir, name), "wb") as f:
+            f.write(content)
+    # The user namespace's root (the caller, or the host's root) must be able to reach them.
+    os.chmod(cdir, 0o755)
+
+
+def run(options: RunOptions, started: float) -> int:
+    """Run ``options.image``; return the container's exit code (125/126/127 for failures)."""
+    _check_resources(options)
+    if options.network == "slirp4netns":
+        raise LauncherError(
+            "-p/--publish needs slirp4netns port forwarding, which is not implemented yet",
+            hint="use --network host to share the host's network instead",
+        )
+    image = load_image(options.image)
+    layers_root = store_root()
+    layer_dirs = ensure_layers(image, layers_root, notify=notice)
+    store = Store()
+    container_id = secrets.token_hex(32)
+    spec = resolve_spec(image.run_config, options, container_id, image.digest)
+    idmap = identity.choose_id_map()
+    state = store.create(
+        options.name,
+        options.image,
+        spec.argv,
+        container_id=container_id,
+        detached=options.detach,
+        auto_remove=options.remove,
+        env=spec.env,
+        workdir=spec.workdir,
+        extra={"user": spec.user, "single_map": idmap.single, "image_digest": image.digest},
+    )
+    cdir = store.container_dir(container_id)
+    try:
+        prepare_container_dir(cdir, layer_dirs, spec)
+        if overlay_supported(layers_root):
+            rootfs = RootFs(cdir, tuple(layer_dirs))
+        else:
+            flat = os.path.join(cdir, "flat")
+            os.mkdir(flat)
+            flatten(layer_dirs, flat)
+            rootfs = RootFs(cdir, flat=flat)
+    except BaseException:
+        from pbuild.tools.launcher.lifecycle import remove_container
+
+        remove_container(store, state)
+        raise
+    namespaces = _NAMESPACES | (0 if options.network == "host" else linux.CLONE_NEWNET)
+    launch = process.Launch(
+        ops=plan_container(spec, rootfs),
+        setup=process.ProcessSetup(
+            argv=spec.argv,
+            env=spec.env,
+            workdir=spec.workdir,
+            user=spec.user,
+            tty=options.tty,
+            single_map=idmap.single,
+        ),
+        namespaces=namespaces,
+        init=options.init,
+        detached=options.detach,
+        state=state,
+        store_root=store.root,
+    )
+    from pbuild.tools.launcher import terminal
+
+    stdio, restore = terminal.open_stdio(
+        options.interactive, options.tty, os.path.join(cdir, "log") if options.detach else None
+    )
+    timing_fd = -1
+    timing_path = os.environ.get("PBUILD_LAUNCHER_TIMING")
+    if timing_path:  # for bench/bench_launcher.py: when did we exec the entrypoint?
+        timing_fd = os.open(timing_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.write(timing_fd, f"main {started}\n".encode())
+        process.mark(timing_fd, "fork")
+    with process.SignalForwarder() as forwarder:
+        try:
+            monitor, init_pid, error = process.start(launch, stdio, idmap, timing_fd)
+        finally:
+            if timing_fd >= 0:
+                os.close(timing_fd)
+        forwarder.forward_to(init_pid)
+        if options.detach:
+            restore()
+            if error is not None:
+                process.print_error(error[1])
+                return error[0]
+            print(container_id)
+            return 0
+        try:
+            relay = (lambda: terminal.proxy(stdio, options.interactive)) if options.tty else None
+            code = process.wait_monitor(monitor, on_idle=relay)
+        finally:
+            restore()
+    if error is not None:
+        process.print_error(error[1])
+        if options.remove:
+            from pbuild.tools.launcher.lifecycle import remove_container
+
+            with contextlib.suppress(OSError):
+                remove_container(store, state)
+        return error[0] if error[0] else EXIT_LAUNCHER
+    return code
