@@ -33,7 +33,9 @@ def timed(argv: list[str], cwd: str, env: dict[str, str] | None = None) -> float
 
 
 def median(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} s (n={len(values)}, min {min(values):.3f}, max {max(values):.3f})"
+    return (
+        f"{statistics.median(values):.3f} s (n={len(values)}, min {min(values):.3f}, max {max(values):.3f})"
+    )
 
 
 def pbuild_figures(root: str, cache: str, runs: int, cold_runs: int) -> dict[str, list[float]]:
@@ -60,8 +62,10 @@ def bazel_workspace(root: str, packages: int, targets: int) -> None:
         lines = []
         for t in range(targets):
             srcs = f'["src{t}.txt"]' if t % 10 == 0 else f'[":t{t - 1}"]'
-            lines.append(f'genrule(name = "t{t}", srcs = {srcs}, outs = ["t{t}.txt"], '
-                         f'cmd = "cat $(SRCS) > $@; echo {t} >> $@")')
+            lines.append(
+                f'genrule(name = "t{t}", srcs = {srcs}, outs = ["t{t}.txt"], '
+                f'cmd = "cat $(SRCS) > $@; echo {t} >> $@")'
+            )
         with open(os.path.join(root, f"p{p}", "BUILD"), "w") as handle:
             handle.write("\n".join(lines) + "\n")
 
@@ -82,7 +86,9 @@ def bazel_figures(root: str, runs: int) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--skip-10k", action="store_true")

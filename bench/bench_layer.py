@@ -27,12 +27,16 @@ REPO = Path(__file__).resolve().parent.parent
 def find_wheel() -> Path:
     found = sorted(REPO.glob("pbuild-out/**/numpy-*.whl"))
     if not found:
-        raise SystemExit("no numpy wheel in pbuild-out/: run `./pbuild build //app:program` first, or pass --wheel")
+        raise SystemExit(
+            "no numpy wheel in pbuild-out/: run `./pbuild build //app:program` first, or pass --wheel"
+        )
     return found[0]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--wheel", type=Path)
     args = parser.parse_args()
@@ -46,16 +50,22 @@ def main() -> None:
         files = sum(1 for p in site.rglob("*") if p.is_file())
         print(f"input: {wheel.name} unpacked: {files} files, {size / 1e6:.1f} MB; {jobs} CPUs")
         out = Path(tmp) / "out"
-        shell = (f"tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C {site} -cf - . "
-                 f"| gzip -n > {out}")
+        shell = (
+            f"tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C {site} -cf - . "
+            f"| gzip -n > {out}"
+        )
         cases = {
             "tar --sort=name | gzip -n": lambda: subprocess.run(shell, shell=True, check=True),
-            f"pbuild gzip -6, {jobs} threads": lambda: write_layer(entries_from_tree(str(site)), str(out), jobs=jobs),
+            f"pbuild gzip -6, {jobs} threads": lambda: write_layer(
+                entries_from_tree(str(site)), str(out), jobs=jobs
+            ),
             "pbuild gzip -6, 1 thread": lambda: write_layer(entries_from_tree(str(site)), str(out), jobs=1),
-            f"pbuild gzip -1, {jobs} threads": lambda: write_layer(entries_from_tree(str(site)), str(out), jobs=jobs,
-                                                                   level=1),
-            f"pbuild zstd -3, {jobs} threads": lambda: write_layer(entries_from_tree(str(site)), str(out), jobs=jobs,
-                                                                   compression="zstd"),
+            f"pbuild gzip -1, {jobs} threads": lambda: write_layer(
+                entries_from_tree(str(site)), str(out), jobs=jobs, level=1
+            ),
+            f"pbuild zstd -3, {jobs} threads": lambda: write_layer(
+                entries_from_tree(str(site)), str(out), jobs=jobs, compression="zstd"
+            ),
         }
         times: dict[str, list[float]] = {name: [] for name in cases}
         sizes: dict[str, int] = {}
@@ -66,8 +76,10 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
                 sizes[name] = out.stat().st_size
         for name, values in times.items():
-            print(f"{name:32} median {statistics.median(values):6.3f} s  "
-                  f"(min {min(values):.3f}, max {max(values):.3f})  {sizes[name] / 1e6:6.2f} MB")
+            print(
+                f"{name:32} median {statistics.median(values):6.3f} s  "
+                f"(min {min(values):.3f}, max {max(values):.3f})  {sizes[name] / 1e6:6.2f} MB"
+            )
 
 
 if __name__ == "__main__":

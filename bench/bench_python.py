@@ -31,7 +31,9 @@ WORK = REPO / "bench" / "workspaces" / "python"
 PBUILD = (sys.executable, "-m", "pbuild.engine.cli")
 
 
-def timed(argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, check_out: str | None = None) -> float:
+def timed(
+    argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, check_out: str | None = None
+) -> float:
     start = time.perf_counter()
     proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
@@ -56,7 +58,8 @@ def make_workspace(root: Path, *, program: bool = True) -> Path:
         shutil.copy(REPO / "app" / "program.py", root / "app" / "program.py")
         (root / "app" / "BUILD.toml").write_text(
             '[program]\nrule = "py_binary"\nsrcs = ["program.py"]\nmain = "program.py"\n'
-            'deps = ["//third_party/python:numpy"]\n')
+            'deps = ["//third_party/python:numpy"]\n'
+        )
     return root
 
 
@@ -73,8 +76,10 @@ def bench_lock(runs: int) -> None:
         (root / "third_party/python/requirements.in").write_text("numpy\n")
         env = {**os.environ, "PIP_NO_CACHE_DIR": "1"}
         samples.append(timed([*PBUILD, "lock", "--python"], cwd=root, env=env))
-    print(f"cold lock of numpy (pbuild lock --python, no pip cache): median {statistics.median(samples):.2f} s "
-          f"of {runs} {fmt(samples)}")
+    print(
+        f"cold lock of numpy (pbuild lock --python, no pip cache): median {statistics.median(samples):.2f} s "
+        f"of {runs} {fmt(samples)}"
+    )
 
 
 def venv_with_numpy() -> Path:
@@ -83,7 +88,9 @@ def venv_with_numpy() -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         lock = (REPO / "third_party/python/requirements.lock").read_text()
-        version = next(line.split("==")[1].split()[0] for line in lock.splitlines() if line.startswith("numpy=="))
+        version = next(
+            line.split("==")[1].split()[0] for line in lock.splitlines() if line.startswith("numpy==")
+        )
         subprocess.run([str(python), "-m", "pip", "install", "-q", f"numpy=={version}"], check=True)
     return python
 
@@ -124,10 +131,16 @@ def bench_cached_tests(runs: int, targets: int = 10) -> None:
     (tests / "BUILD.toml").write_text("\n".join(build))
     env = env_with_cache(WORK / "cache")
     timed([*PBUILD, "test", "//tests:all"], cwd=root, env=env)
-    all_median, all_samples = median_of(runs, lambda: timed([*PBUILD, "test", "//tests:all"], cwd=root, env=env))
-    one_median, one_samples = median_of(runs, lambda: timed([*PBUILD, "test", "//tests:test_t0"], cwd=root, env=env))
-    print(f"pbuild test of {targets} cached py_test targets: median {all_median:.3f} s "
-          f"= {all_median / targets:.3f} s per target {fmt(all_samples)}")
+    all_median, all_samples = median_of(
+        runs, lambda: timed([*PBUILD, "test", "//tests:all"], cwd=root, env=env)
+    )
+    one_median, one_samples = median_of(
+        runs, lambda: timed([*PBUILD, "test", "//tests:test_t0"], cwd=root, env=env)
+    )
+    print(
+        f"pbuild test of {targets} cached py_test targets: median {all_median:.3f} s "
+        f"= {all_median / targets:.3f} s per target {fmt(all_samples)}"
+    )
     print(f"pbuild test of 1 cached py_test target: median {one_median:.3f} s {fmt(one_samples)}")
 
 
@@ -136,7 +149,9 @@ def fmt(samples: Sequence[float]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--lock-runs", type=int, default=3)
     parser.add_argument("--skip-lock", action="store_true")

@@ -42,8 +42,17 @@ sys.path.insert(0, str(REPO / "tests"))
 from gen_workspace import generate  # noqa: E402
 from peers import buildgrid_server, docker_registry, nginx_cache  # noqa: E402
 
-_COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "pbuild-out", "__pycache__", "workspaces", "*.egg-info",
-                                      ".mypy_cache", ".ruff_cache", ".pytest_cache")
+_COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "pbuild-out",
+    "__pycache__",
+    "workspaces",
+    "*.egg-info",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+)
 
 
 @dataclass
@@ -88,10 +97,22 @@ def uploads(server: object) -> tuple[int, int]:
     return len(puts), sum(r[3] for r in puts)
 
 
-def remote_figures(workspace: Path, pattern: str, protocol: str, runs: int, scratch: Path) -> dict[str, list[float]]:
-    figures: dict[str, list[float]] = {k: [] for k in (
-        "cold_s", "noop_s", "remote_s", "ratio", "executed_from_remote", "remote_cached", "noop_put_requests",
-        "cold_put_bytes")}
+def remote_figures(
+    workspace: Path, pattern: str, protocol: str, runs: int, scratch: Path
+) -> dict[str, list[float]]:
+    figures: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "cold_s",
+            "noop_s",
+            "remote_s",
+            "ratio",
+            "executed_from_remote",
+            "remote_cached",
+            "noop_put_requests",
+            "cold_put_bytes",
+        )
+    }
     for run in range(runs):
         cache = scratch / f"cache-{protocol}-{run}"
         events = scratch / "events.json"
@@ -120,8 +141,12 @@ def remote_figures(workspace: Path, pattern: str, protocol: str, runs: int, scra
 
 
 def _layers(ref: str) -> tuple[dict[str, int], int]:
-    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-                         check=True, capture_output=True, text=True).stdout
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     manifest = json.loads(raw)
     return {layer["digest"]: layer["size"] for layer in manifest["layers"]}, manifest["config"]["size"]
 
@@ -136,15 +161,24 @@ def push_figures(workspace: Path, scratch: Path) -> dict[str, object]:
         layers1, _ = _layers(f"{registry.host}/app:1")
         layers2, config2 = _layers(f"{registry.host}/app:2")
     changed = {d: s for d, s in layers2.items() if d not in layers1}
-    return {"first_push_bytes": first, "second_push_bytes": second, "layers": len(layers2),
-            "changed_layers": len(changed), "changed_layer_bytes": sum(changed.values()),
-            "config_bytes": config2,
-            "second_push_is_changed_layers_plus_config": second == sum(changed.values()) + config2}
+    return {
+        "first_push_bytes": first,
+        "second_push_bytes": second,
+        "layers": len(layers2),
+        "changed_layers": len(changed),
+        "changed_layer_bytes": sum(changed.values()),
+        "config_bytes": config2,
+        "second_push_is_changed_layers_plus_config": second == sum(changed.values()) + config2,
+    }
 
 
 def _push(workspace: Path, cache: Path, ref: str) -> int:
-    done = subprocess.run([PBUILD, "push", "//app:image", ref, "--plain-http", "--cache-dir", str(cache), "-q"],
-                          cwd=workspace, capture_output=True, text=True)
+    done = subprocess.run(
+        [PBUILD, "push", "//app:image", ref, "--plain-http", "--cache-dir", str(cache), "-q"],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"pbuild push failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
     match = re.search(r"\(([\d,]+) bytes", done.stdout)
@@ -162,7 +196,9 @@ def show(title: str, figures: dict[str, list[float]]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--protocol", choices=("http", "grpc", "both"), default="http")
     parser.add_argument("--skip-1k", action="store_true")
@@ -176,14 +212,19 @@ def main() -> int:
             synthetic = scratch / "synthetic"
             generate(str(synthetic), 10, 100)
             for protocol in protocols:
-                show(f"1,000-target workspace, {protocol}",
-                     remote_figures(synthetic, "//...", protocol, args.runs, scratch))
+                show(
+                    f"1,000-target workspace, {protocol}",
+                    remote_figures(synthetic, "//...", protocol, args.runs, scratch),
+                )
         if not (args.skip_app and args.skip_push):
             app = scratch / "repo"
             shutil.copytree(REPO, app, ignore=_COPY_IGNORE, symlinks=True)
             if not args.skip_app:
                 for protocol in protocols:
-                    show(f"//app:image, {protocol}", remote_figures(app, "//app:image", protocol, args.runs, scratch))
+                    show(
+                        f"//app:image, {protocol}",
+                        remote_figures(app, "//app:image", protocol, args.runs, scratch),
+                    )
             if not args.skip_push:
                 print("\n//app:image push, then push again after editing app/program.py")
                 for name, value in push_figures(app, scratch).items():

@@ -8,7 +8,9 @@ of each and the overhead (sandbox median minus plain median); the goal is <= 15 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -36,6 +38,17 @@ def medians_ms(contenders: dict[str, Callable[[], object]], runs: int) -> dict[s
     return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
 
+def cpu_ms(fn: Callable[[], object], runs: int) -> float:
+    """CPU time (user + system, of us and our children) per run: unlike wall time, this does
+    not depend on what else the machine is doing."""
+    before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(runs):
+        fn()
+    after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = sum(a.ru_utime - b.ru_utime + a.ru_stime - b.ru_stime for a, b in zip(after, before, strict=True))
+    return spent / runs * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=200)
@@ -55,13 +68,14 @@ def main() -> None:
             stderr_path=os.path.join(tmp, "stderr"),
         )
 
-        def sandboxed() -> None:
-            result = run_sandboxed(request)
+        def sandboxed(backend: str = "auto") -> None:
+            result = run_sandboxed(dataclasses.replace(request, backend=backend))
             assert result.exit_code == 0 and result.error is None, result
 
         contenders: dict[str, Callable[[], object]] = {
             "plain subprocess.run(/bin/true)": lambda: subprocess.run(["/bin/true"], check=True),
             "run_sandboxed(/bin/true)": sandboxed,
+            "  backend=fork": lambda: sandboxed("fork"),
         }
         bwrap = shutil.which("bwrap")
         if bwrap:
@@ -69,12 +83,15 @@ def main() -> None:
             argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--tmpfs", "/tmp",
                     "--proc", "/proc", "--dev", "/dev", "--bind", exec_root, "/tmp/execroot",
                     "--chdir", "/tmp/execroot", "--clearenv", "/bin/true"]  # fmt: skip
-            contenders["bwrap (same isolation) /bin/true"] = lambda: subprocess.run(argv, check=True)
+            contenders["  backend=bwrap"] = lambda: sandboxed("bwrap")
+            contenders["bare bwrap, similar isolation"] = lambda: subprocess.run(argv, check=True)
         result = medians_ms(contenders, args.runs)
+        cpu = {name: cpu_ms(fn, max(10, args.runs // 5)) for name, fn in contenders.items()}
         plain = result["plain subprocess.run(/bin/true)"]
         for name, value in result.items():
             print(
-                f"{name:34} median {value:6.2f} ms over {args.runs} runs (overhead {value - plain:6.2f} ms)"
+                f"{name:34} median {value:6.2f} ms over {args.runs} runs (overhead {value - plain:6.2f} ms), "
+                f"CPU {cpu[name]:5.2f} ms per run"
             )
         sandbox = result["run_sandboxed(/bin/true)"]
         print(

@@ -38,7 +38,9 @@ def generate(root: str, packages: int, targets: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dir")
     parser.add_argument("--packages", type=int, default=10)
     parser.add_argument("--targets", type=int, default=100)

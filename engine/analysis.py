@@ -418,6 +418,14 @@ class Analyzer:
                 raise LoadError(f"attribute {name!r}: {entry!r} must be a path inside the package",
                                 location=where, label=decl.label)
             full = self.loader.workspace.path(path)
+            self.loader.recorder.file(full)  # a file appearing here changes what the name means
+            if os.path.isdir(full):
+                raise LoadError(
+                    f"attribute {name!r}: {entry!r} is a folder, not a file",
+                    location=where,
+                    label=decl.label,
+                    hint=f'list its files with a glob: {name} = {{ glob = ["{entry}/**"] }}',
+                )
             if not os.path.isfile(full):
                 # A file name that matches a target of the package means that target.
                 pkg = self.loader.package(package)

@@ -216,6 +216,8 @@ def build(request: BuildRequest, *, reporter: Reporter | None = None,
         session.close()
         raise
     reporter.finish()
+    if session.remote is not None and not request.quiet:
+        reporter.message(remote_summary(session.remote.stats()))
     session.close()
     if not result.ok:
         raise BuildFailed(
@@ -224,6 +226,21 @@ def build(request: BuildRequest, *, reporter: Reporter | None = None,
             hint="use --keep-going to build everything that can be built" if not request.keep_going else None,
         )
     return session, analyzed, result
+
+
+def remote_summary(stats: Any) -> str:
+    """One line on the remote cache's traffic: ``remote: 12 hits, 3 misses, 4.1 MB down, 0 B up``."""
+
+    def size(n: int) -> str:
+        return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} B"
+
+    text = (f"remote: {stats.hits} hits, {stats.misses} misses, {size(stats.bytes_downloaded)} down, "
+            f"{size(stats.bytes_uploaded)} up")
+    if stats.errors:
+        text += f", {stats.errors} errors"
+    if stats.disabled:
+        text += " (disabled after errors; the build went on locally)"
+    return text
 
 
 def test_actions(graph: ActionGraph, labels: Sequence[Label]) -> list[tuple[Label, ProcessAction]]:

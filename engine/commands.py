@@ -151,7 +151,18 @@ def query_command(expr: str, *, output: str, workspace: str | None, cache_dir: s
 
 def clean(*, workspace: str | None, cache_dir: str | None, expunge: bool) -> int:
     ws = find_workspace(os.getcwd(), workspace)
-    remove_tree(os.path.join(ws.root, OUT_DIR))
+    out = os.path.join(ws.root, OUT_DIR)
+    if os.path.islink(out):
+        # A symlinked output folder (to scratch space, say): empty its target, keep the link.
+        target = os.path.realpath(out)
+        for name in os.listdir(target):
+            remove_tree(os.path.join(target, name))
+    else:
+        remove_tree(out)
+    leftover = os.listdir(os.path.realpath(out)) if os.path.isdir(out) else []
+    if leftover:
+        raise PbuildError(f"could not remove everything in {OUT_DIR}/: {', '.join(sorted(leftover)[:5])}",
+                          hint="check the permissions of those files")
     if expunge:
         LocalStore(os.path.abspath(cache_dir) if cache_dir else default_cache_dir()).expunge()
     return 0

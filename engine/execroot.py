@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pbuild.engine.api import OUT_DIR, ProcessAction
 
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SANDBOX_EXEC_ROOT = "/execroot"  # where tools/sandbox.py mounts the exec root
 
 
 def base_env(source_date_epoch: str) -> dict[str, str]:
@@ -58,8 +59,13 @@ def prepare_exec_root(
     exec_root: str,
     action: ProcessAction,
     input_sources: Mapping[str, str],
+    source_paths: frozenset[str] = frozenset(),
 ) -> tuple[str, ...]:
-    """Lay out the inputs (``path -> host file``) and output folders; return the writable folders."""
+    """Lay out the inputs (``path -> host file``) and output folders; return the writable folders.
+
+    Source files (``source_paths``) are copied, not linked: a hard link changes the inode's ctime,
+    which would make every source an action read look modified to the next build's stat checks.
+    """
     writable: set[str] = set()
     for output in action.outputs:
         parent = output.path if output.is_directory else os.path.dirname(output.path)
@@ -77,7 +83,7 @@ def prepare_exec_root(
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             made.add(parent)
         inside_writable = any(rel == w or rel.startswith(w + "/") for w in writable)
-        link_or_copy(source, dest, copy=inside_writable)
+        link_or_copy(source, dest, copy=inside_writable or rel in source_paths)
     return tuple(sorted(writable))
 
 
@@ -125,6 +131,8 @@ def explain_failure(stderr: str, action: ProcessAction, workspace_root: str) -> 
         base = os.path.join(workspace_root, action.workdir) if action.workdir else workspace_root
         for token in _PATHISH.findall(stderr):
             token = token.strip("'\".:,")
+            if token.startswith(SANDBOX_EXEC_ROOT + "/"):
+                token = token[len(SANDBOX_EXEC_ROOT) + 1:]
             if not token or token.startswith(OUT_DIR + "/.") or len(token) > 300:
                 continue
             for candidate in (os.path.normpath(os.path.join(base, token)), os.path.normpath(os.path.join(workspace_root, token))):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import marshal
 import os
 import platform
-import sys
 import threading
 import time
 
@@ -125,24 +124,41 @@ class StatIndex:
 
 
 _FINGERPRINT: str | None = None
+# Where sandboxed actions look for host tools (engine/execroot.py SANDBOX_PATH).
+_TOOL_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+
+
+def _host_python() -> str:
+    """The python3 that actions run (first on the sandbox's PATH): its real name and size.
+
+    The size changes with every build of the interpreter, so an upgraded python3 changes the
+    keys of actions that run it; pbuild's own interpreter does not matter here.
+    """
+    for folder in _TOOL_PATH:
+        candidate = os.path.join(folder, "python3")
+        if os.path.exists(candidate):
+            real = os.path.realpath(candidate)
+            try:
+                return f"{os.path.basename(real)}:{os.stat(real).st_size}"
+            except OSError:
+                break
+    return "no-python3"
 
 
 def host_fingerprint() -> str:
-    """What makes host tools behave differently: architecture, libc, OS release, Python version."""
+    """What makes host tools behave differently: architecture, libc, OS release, the host python3."""
     global _FINGERPRINT
     if _FINGERPRINT is None:
         os_release = ""
         try:
             with open("/etc/os-release", encoding="utf-8") as handle:
-                fields = dict(
-                    line.rstrip("\n").split("=", 1) for line in handle if "=" in line
-                )
-            os_release = f"{fields.get('ID', '')}-{fields.get('VERSION_ID', '').strip(chr(34))}"
+                fields = dict(line.rstrip("\n").split("=", 1) for line in handle if "=" in line)
+            os_release = f"{fields.get('ID', '')}-{fields.get('VERSION_ID', '')}".replace('"', "")
         except OSError:
             pass
-        libc = "-".join(platform.libc_ver())
-        _FINGERPRINT = "|".join(
-            [platform.machine(), libc, os_release.replace('"', ""), sys.implementation.name,
-             ".".join(str(v) for v in sys.version_info[:3])]
-        )
+        try:
+            libc = os.confstr("CS_GNU_LIBC_VERSION") or "unknown-libc"
+        except (ValueError, OSError):
+            libc = "unknown-libc"
+        _FINGERPRINT = "|".join([platform.machine(), libc, os_release, _host_python()])
     return _FINGERPRINT

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -108,7 +109,12 @@ class Executor:
         self.reporter.start(len(actions))
         stop = False
         running: dict[Future[tuple[str, ActionResult]], tuple[Action, str, bytes, float]] = {}
-        pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs), thread_name_prefix="pbuild")
+        # Local work is limited to --jobs by a semaphore; with a remote, more lookups may be in
+        # flight at once, since they mostly wait on the network.
+        jobs = max(1, self.options.jobs)
+        in_flight = jobs if self.remote is None else max(jobs, 16)
+        self._exec_slots = threading.BoundedSemaphore(jobs)
+        pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="pbuild")
 
         def finish(action: Action, status: str, key: str, res: ActionResult | None, started: float) -> None:
             result.statuses[id(action)] = status
@@ -127,6 +133,8 @@ class Executor:
 
         def fail(action: Action, error: PbuildError, key: str, started: float) -> None:
             nonlocal stop
+            if error.label is None:
+                error.label = action.owner
             result.failures.append(ActionFailure(action, error))
             self.reporter.message(error.render())
             failed_ids.add(id(action))
@@ -136,7 +144,7 @@ class Executor:
 
         try:
             while ready or running:
-                while ready and not stop and len(running) < self.options.jobs:
+                while ready and not stop and len(running) < in_flight:
                     action = ready.pop()
                     started = time.monotonic()
                     try:
@@ -150,8 +158,7 @@ class Executor:
                         status, res = hit
                         finish(action, status, key, res, started)
                         continue
-                    self.reporter.action_started(id(action), action.progress)
-                    future = pool.submit(self._run, action, key, material, digests)
+                    future = pool.submit(self._miss, action, key, material, digests)
                     running[future] = (action, key, material, started)
                 if not running:
                     if ready and not stop:
@@ -215,6 +222,9 @@ class Executor:
             ) from None
         except IsADirectoryError:
             raise PbuildError(f"{path} is a folder, not a file", hint="list files, or use a glob") from None
+        except OSError as exc:
+            raise PbuildError(f"cannot read source file {path}: {exc.strerror}",
+                              hint="make it readable by the user running pbuild") from None
 
     def _key_material(self, action: Action) -> tuple[bytes, dict[str, str]]:
         digests = {f.path: self._input_digest(f.path, f.is_directory, f.is_source) for f in action.inputs}
@@ -227,12 +237,19 @@ class Executor:
         res = self.store.get_action(key)
         if res is not None and self._materialize_all(res):
             return "cached", res
-        if self.remote is not None:
+        return None
+
+    def _miss(self, action: Action, key: str, material: bytes, digests: Mapping[str, str]) -> tuple[str, ActionResult]:
+        """On a worker: the remote cache if there is one, else run the action (within --jobs)."""
+        if self.remote is not None and self.options.cache_results \
+                and action.mnemonic not in self.options.no_cache_mnemonics:
             res = self._remote_lookup(action, material)
             if res is not None:
                 self.store.put_action(key, res)
                 return "remote_cached", res
-        return None
+        with self._exec_slots:
+            self.reporter.action_started(id(action), action.progress)
+            return self._run(action, key, material, digests)
 
     def _materialize_all(self, res: ActionResult) -> bool:
         """Make pbuild-out hold ``res``'s outputs; False if a blob is missing or damaged."""
@@ -329,7 +346,8 @@ class Executor:
         logs = os.path.join(work, "logs")
         os.makedirs(exec_root)
         os.makedirs(logs)
-        writable = prepare_exec_root(exec_root, action, self._input_sources(action))
+        sources = frozenset(f.path for f in action.inputs if f.is_source)
+        writable = prepare_exec_root(exec_root, action, self._input_sources(action), sources)
         env = dict(self._env)
         env.update(dict(action.env))
         outcome = run_process(action, exec_root, writable, env, self.hide_paths, logs)
@@ -385,7 +403,7 @@ class Executor:
                     for name in sorted(filenames):
                         full = os.path.join(dirpath, name)
                         rel = os.path.relpath(full, top)
-                        records.append(self._ingest(full, rel))
+                        records.append(self._ingest(full, rel, top, action.owner))
                 continue
             if not os.path.lexists(path):
                 raise BuildFailed(
@@ -395,12 +413,18 @@ class Executor:
                 )
             if os.path.isdir(path):
                 raise BuildFailed(f"declared output {output.path} is a folder, not a file", label=action.owner)
-            records.append(self._ingest(path, output.path))
+            records.append(self._ingest(path, output.path, top, action.owner))
         return ActionResult(tuple(records), tuple(directories))
 
-    def _ingest(self, full: str, rel: str) -> OutputRecord:
+    def _ingest(self, full: str, rel: str, top: str, owner: Any) -> OutputRecord:
         if os.path.islink(full):
-            target = os.path.realpath(full)
+            target = _resolve_inside(full, top)
+            if target is None:
+                raise BuildFailed(
+                    f"output {rel} is a symlink to {os.readlink(full)}, which is not a file inside the sandbox",
+                    label=owner,
+                    hint="write the output's content (cp, not ln -s), from declared inputs only",
+                )
             os.unlink(full)
             shutil.copyfile(target, full)
         executable = os.access(full, os.X_OK)
@@ -434,6 +458,29 @@ class Executor:
                 hint=f"this is a bug in {action.function_name}",
             ) from None
         return self._collect(action, out_top)
+
+
+def _resolve_inside(link: str, top: str) -> str | None:
+    """The file a symlink output names, resolved within ``top`` (the exec root), or None.
+
+    Relative links are followed by hand, one hop at a time; absolute ones and anything leaving
+    ``top`` are refused.
+    """
+    top = os.path.normpath(top)
+    current = link
+    for _ in range(40):
+        target = os.readlink(current)
+        if os.path.isabs(target):
+            return None  # absolute links name the sandbox's paths (or the host's): never portable
+        target = os.path.join(os.path.dirname(current), target)
+        target = os.path.normpath(target)
+        if not (target + "/").startswith(top + "/"):
+            return None
+        if os.path.islink(target):
+            current = target
+            continue
+        return target if os.path.isfile(target) else None
+    return None
 
 
 def _quote(arg: str) -> str:

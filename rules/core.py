@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 from pbuild.engine.api import DefaultInfo, File, Provider, RuleContext, Target, attr, rule
 
@@ -29,11 +30,11 @@ def _expand(ctx: RuleContext, cmd: str, srcs: tuple[File, ...], outs: tuple[File
     inside = base + "/"
 
     def rel(f: File) -> str:
-        # Paths relative to the package folder; cheaper than os.path.relpath, which matters for
-        # workspaces with thousands of genrules.
+        # Paths relative to the package folder (cheaper than os.path.relpath, which matters for
+        # workspaces with thousands of genrules), quoted for bash (ordinary names stay as they are).
         if not base:
-            return f.path
-        return f.path[len(inside):] if f.path.startswith(inside) else up + f.path
+            return shlex.quote(f.path)
+        return shlex.quote(f.path[len(inside):] if f.path.startswith(inside) else up + f.path)
 
     def sub(match: re.Match[str]) -> str:
         token = match.group(0)

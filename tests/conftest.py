@@ -105,7 +105,7 @@ class Runner:
         return env
 
     def __call__(self, *args: str, cwd: Path, cache: Path | None = None, env: Mapping[str, str] | None = None,
-                 timeout: float = 120, prefix: Sequence[str] = ()) -> Result:
+                 timeout: float = 120, prefix: Sequence[str] = (), umask: int = -1) -> Result:
         proc = subprocess.run(
             [*prefix, *self.command(args)],
             cwd=cwd,
@@ -113,6 +113,7 @@ class Runner:
             capture_output=True,
             text=True,
             timeout=timeout,
+            umask=umask,
         )
         return Result(proc.returncode, proc.stdout, proc.stderr, tuple(args))
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,16 +81,28 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def _started(argv: list[str], port: int, log: Path, *, env: dict[str, str] | None = None
-             ) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-    try:
-        _wait_for_port(port, proc, log)
-        yield proc
-    finally:
-        _stop(proc)
+def _started(prepare: Callable[[int], list[str]], log: Path) -> Iterator[int]:
+    """Start the server ``prepare(port)`` configures (returning its argv) on a free port; yield
+    the port. Another test may grab the port between our probe and the server's bind: then the
+    server exits at once and we try again with a new port."""
+    for attempt in range(3):
+        port = free_port()
+        argv = prepare(port)
+        with open(log, "wb") as log_file:
+            proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        try:
+            _wait_for_port(port, proc, log)
+        except RuntimeError:
+            _stop(proc)
+            if attempt == 2:
+                raise
+            continue
+        try:
+            yield port
+        finally:
+            _stop(proc)
+        return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,20 +197,22 @@ def nginx_cache(base: Path, *, access_log: bool = False) -> Iterator[Nginx]:
     htpasswd = require("htpasswd")
     conf_dir = base / "nginx"
     root = base / "root"
-    for sub in ("tmp", ):
-        (conf_dir / sub).mkdir(parents=True, exist_ok=True)
+    (conf_dir / "tmp").mkdir(parents=True, exist_ok=True)
     for location in ("cache", "auth", "readonly", "fail500"):
         (root / location).mkdir(parents=True, exist_ok=True)
-    record = Nginx(port=free_port(), root=root)
-    subprocess.run([htpasswd, "-b", "-c", str(conf_dir / "htpasswd"), record.user, record.password],
+    subprocess.run([htpasswd, "-b", "-c", str(conf_dir / "htpasswd"), Nginx.user, Nginx.password],
                    check=True, capture_output=True)
     # As root, nginx workers would drop to `nobody`, who cannot write into a private tmp dir.
     user_line = "user root;" if os.geteuid() == 0 else ""
     conf = conf_dir / "nginx.conf"
     log = f"access_log {conf_dir}/access.log pbuild;" if access_log else "access_log off;"
-    conf.write_text(_NGINX_CONF.format(user=user_line, dir=conf_dir, port=record.port, root=root, access_log=log))
-    with _started([nginx, "-p", str(conf_dir), "-c", str(conf)], record.port, conf_dir / "out.log"):
-        yield record
+
+    def prepare(port: int) -> list[str]:
+        conf.write_text(_NGINX_CONF.format(user=user_line, dir=conf_dir, port=port, root=root, access_log=log))
+        return [nginx, "-p", str(conf_dir), "-c", str(conf)]
+
+    with _started(prepare, conf_dir / "out.log") as port:
+        yield Nginx(port=port, root=root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,14 +279,16 @@ def buildgrid_server(base: Path, *, instance_name: str = "", allow_updates: bool
     """
     bgd = require("bgd")
     base.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     conf = base / "buildgrid.yml"
-    record = BuildGrid(port=port, instance_name=instance_name)
-    conf.write_text(_BUILDGRID_CONF.format(port=port, instance=instance_name,
-                                           read_only_instance=record.read_only_instance,
-                                           allow_updates="true" if allow_updates else "false"))
-    with _started([bgd, "server", "start", str(conf)], port, base / "buildgrid.log"):
-        yield record
+    read_only = BuildGrid.read_only_instance
+
+    def prepare(port: int) -> list[str]:
+        conf.write_text(_BUILDGRID_CONF.format(port=port, instance=instance_name, read_only_instance=read_only,
+                                               allow_updates="true" if allow_updates else "false"))
+        return [bgd, "server", "start", str(conf)]
+
+    with _started(prepare, base / "buildgrid.log") as port:
+        yield BuildGrid(port=port, instance_name=instance_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,10 +339,13 @@ def docker_registry(base: Path, *, user: str | None = None, password: str | None
         subprocess.run([htpasswd, "-B", "-b", "-c", str(base / "htpasswd"), user, password or ""],
                        check=True, capture_output=True)
         auth = f"auth:\n  htpasswd:\n    realm: pbuild-test\n    path: {base / 'htpasswd'}\n"
-    port = free_port()
     conf = base / "registry.yml"
-    conf.write_text(_REGISTRY_CONF.format(storage=storage, port=port, auth=auth))
-    with _started([registry, "serve", str(conf)], port, base / "registry.log"):
+
+    def prepare(port: int) -> list[str]:
+        conf.write_text(_REGISTRY_CONF.format(storage=storage, port=port, auth=auth))
+        return [registry, "serve", str(conf)]
+
+    with _started(prepare, base / "registry.log") as port:
         yield Registry(port=port, storage=storage, user=user, password=password)
 
 
@@ -435,10 +454,11 @@ def nginx_proxy(base: Path, upstream_port: int, *, max_body: str) -> Iterator[Pr
     nginx = require("nginx")
     conf_dir = base / "proxy"
     (conf_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    port = free_port()
     user_line = "user root;" if os.geteuid() == 0 else ""
     conf = conf_dir / "nginx.conf"
-    conf.write_text(f"""
+
+    def prepare(port: int) -> list[str]:
+        conf.write_text(f"""
 daemon off;
 {user_line}
 worker_processes 1;
@@ -463,7 +483,9 @@ http {{
     }}
 }}
 """)
-    with _started([nginx, "-p", str(conf_dir), "-c", str(conf)], port, conf_dir / "out.log"):
+        return [nginx, "-p", str(conf_dir), "-c", str(conf)]
+
+    with _started(prepare, conf_dir / "out.log") as port:
         yield Proxy(port=port)
 
 
@@ -583,8 +605,12 @@ def _layer(files: dict[str, bytes]) -> tuple[bytes, str]:
     return gzip.compress(tar_bytes, mtime=0), "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
 
 
-def make_oci_layout(path: Path, layers: list[dict[str, bytes]]) -> Layout:
-    """Write an OCI image layout with one image made of ``layers`` (each: file name -> bytes)."""
+def make_oci_layout(path: Path, layers: list[dict[str, bytes]], *, as_index: bool = False) -> Layout:
+    """Write an OCI image layout with one image made of ``layers`` (each: file name -> bytes).
+
+    With ``as_index``, ``index.json`` names an image index (linux/amd64 -> the image) instead of
+    the image manifest; ``Layout.manifest_digest`` is then the index's digest.
+    """
     import hashlib
     import json
 
@@ -610,6 +636,11 @@ def make_oci_layout(path: Path, layers: list[dict[str, bytes]]) -> Layout:
                 "config": config_desc, "layers": layer_descs}
     manifest_desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
                      **put(json.dumps(manifest, sort_keys=True).encode())}
+    if as_index:
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                 "manifests": [{**manifest_desc, "platform": {"os": "linux", "architecture": "amd64"}}]}
+        manifest_desc = {"mediaType": "application/vnd.oci.image.index.v1+json",
+                         **put(json.dumps(index, sort_keys=True).encode())}
     (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest_desc]}))
     return Layout(path, str(manifest_desc["digest"]), tuple(str(d["digest"]) for d in layer_descs),

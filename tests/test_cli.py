@@ -212,3 +212,8 @@ def test_live_progress_on_a_terminal(ws: Path, pbuild: Runner) -> None:
 def test_unwritable_event_file_is_a_user_error(ws: Path, pbuild: Runner, tmp_path: Path) -> None:
     result = pbuild("build", "//p", "--build-event-json", str(tmp_path / "missing" / "ev.json"), cwd=ws)
     assert_user_error(result, 2, "--build-event-json", str(tmp_path / "missing"))
+
+
+def test_run_refuses_a_target_that_is_not_runnable(ws: Path, pbuild: Runner) -> None:
+    result = pbuild("run", "//p", cwd=ws)
+    assert_user_error(result, 2, "//p:p (a genrule) cannot be run", "hint:")

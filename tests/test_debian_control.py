@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
-from pbuild.rules.debian.control import Relation, RelationError, format_paragraph, parse_paragraphs, parse_relations
+from pbuild.rules.debian.control import (
+    Relation,
+    RelationError,
+    format_paragraph,
+    parse_paragraphs,
+    parse_relations,
+)
 
 
 def test_paragraphs_with_continuations_and_comments() -> None:

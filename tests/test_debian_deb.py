@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 from debfixtures import DebSpec, make_deb
-
 from pbuild.rules.debian.control import parse_paragraphs
-from pbuild.rules.debian.deb import DebError, merged_usr_path, read_ar, read_deb, rootfs_entries
+from pbuild.rules.debian.deb import (
+    SLIM_EXCLUDES,
+    DebError,
+    merged_usr_path,
+    read_ar,
+    read_deb,
+    rootfs_entries,
+)
 from pbuild.rules.oci.layerwriter import write_layer
 
 LIBC = DebSpec(
@@ -86,6 +92,18 @@ def test_rootfs_layer(tmp_path: Path) -> None:
         assert "var/lib/dpkg/status.d/libc6.md5sums" in members
         assert text("etc/ssl/certs/ca-certificates.crt") == "-----A-----\n-----B-----\n"
         assert all(m.uid == 0 and m.gid == 0 and m.mtime == 0 for m in members.values())
+
+
+def test_slim_excludes_keep_copyright() -> None:
+    spec = DebSpec("doc-heavy", files={
+        "usr/share/doc/doc-heavy/copyright": b"(c)", "usr/share/doc/doc-heavy/changelog.gz": b"x",
+        "usr/share/man/man1/x.1.gz": b"x", "usr/share/locale/de/LC_MESSAGES/x.mo": b"x",
+        "usr/lib/x/keep.so": b"x", "usr/share/docs-not-matched": b"x",
+    })
+    paths = {e.path for e in rootfs_entries([read_deb(make_deb(spec))], codename="bookworm", version="12",
+                                            exclude=SLIM_EXCLUDES)}
+    assert {"usr/share/doc/doc-heavy/copyright", "usr/lib/x/keep.so", "usr/share/docs-not-matched"} <= paths
+    assert not {p for p in paths if "changelog" in p or "/man/" in p or "/locale/" in p}
 
 
 def test_not_a_deb() -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from debfixtures import DebSpec, make_keyring, serve, write_archive
-
 from pbuild.engine.api import ActionIO, Label
 from pbuild.engine.errors import HashMismatch
 from pbuild.rules.debian.archive import ArchiveError
@@ -142,3 +141,15 @@ def test_committed_lock_matches_its_build_file() -> None:
         assert {p.name for p in locked.packages} >= set(request.packages)
     text = (repo / "third_party/debian" / LOCK_NAME).read_text()
     assert "http://" not in text and "https://" not in text
+
+
+def test_find_targets_skips_ignored_folders_and_nested_workspaces(tmp_path: Path) -> None:
+    from pbuild.rules.debian.lock import find_targets
+
+    ws = _workspace(tmp_path)
+    (ws / ".pbuildignore").write_text("/bench/workspaces/\n")
+    for folder in ("bench/workspaces/x", "nested/third_party"):
+        (ws / folder).mkdir(parents=True)
+        (ws / folder / "BUILD.toml").write_text(BUILD)
+    (ws / "nested/WORKSPACE.toml").write_text("")
+    assert list(find_targets(str(ws))) == ["third_party/debian"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pbuild.rules.debian.sources import AptSource, SourcesError, mirror_for_suite, read_apt_sources
 
 

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from pbuild.rules.debian.version import Version, VersionError, compare, satisfies
 
 ORDERED = [

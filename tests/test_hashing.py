@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -154,7 +155,7 @@ def test_key_ignores_what_cannot_change_outputs() -> None:
 def test_host_fingerprint_is_in_process_keys_that_run_host_tools() -> None:
     fingerprint = host_fingerprint()
     assert platform.machine() in fingerprint
-    assert ".".join(str(v) for v in sys.version_info[:3]) in fingerprint
+    assert "python3" in fingerprint  # the host's python3 that actions run (see the test below)
     assert platform.libc_ver()[0] in fingerprint
     if os.path.exists("/etc/os-release"):
         fields = dict(line.strip().split("=", 1) for line in open("/etc/os-release") if "=" in line)
@@ -303,8 +304,8 @@ def test_noop_build_reads_no_source_and_no_blob(traced: tuple[Path, Path, str, s
 
 def test_one_source_change_reads_only_that_source_and_its_outputs(traced: tuple[Path, Path, str, str]) -> None:
     root, cache, _, change = traced
-    sources = [p for p in opened(change, root) if not p.endswith(("/BUILD.toml", "/WORKSPACE.toml"))]
-    assert sources == [str(root / "p0" / "src.txt")]
+    sources = {p for p in opened(change, root) if not p.endswith(("/BUILD.toml", "/WORKSPACE.toml"))}
+    assert sources == {str(root / "p0" / "src.txt")}  # hashed, and copied into the exec root
     rebuilt = {digest_file(str(root / "pbuild-out" / "p0" / name))[0] for name in ("out.txt", "copy.txt")}
     blobs = {Path(p).name.removesuffix(".x") for p in opened(change, cache) if "/cas/" in p}
     assert blobs <= rebuilt, "blobs of unchanged actions were read"
@@ -355,3 +356,53 @@ def test_source_date_epoch_is_part_of_the_key(tmp_path: Path, pbuild: Runner) ->
     result = pbuild("build", "//p:sde", cwd=root, env={"SOURCE_DATE_EPOCH": "1700000000"})
     assert result.code == 0, str(result)
     assert (root / "pbuild-out" / "p" / "sde.out").read_text() == "1700000000\n"
+
+
+def test_fast_path_notices_a_file_that_now_shadows_a_target(tmp_path: Path, pbuild: Runner) -> None:
+    root = tmp_path / "ws"
+    write_tree(root, {
+        "WORKSPACE.toml": "",
+        "p/BUILD.toml": '[gen]\nrule = "genrule"\nouts = ["gen.txt"]\ncmd = "echo generated > $@"\n'
+                        '[use]\nrule = "genrule"\nsrcs = ["gen"]\nouts = ["use.txt"]\ncmd = "cat $< > $@"\n',
+    })
+    out = root / "pbuild-out" / "p" / "use.txt"
+    for _ in range(2):
+        assert pbuild("build", "//p:use", cwd=root).code == 0
+        assert out.read_text() == "generated\n"  # "gen" names the target while no file has that name
+    (root / "p" / "gen").write_text("file\n")  # now a file of the package has the name: files come first
+    result = pbuild("build", "//p:use", cwd=root)
+    assert result.code == 0, str(result)
+    assert out.read_text() == "file\n"  # what a build with an empty cache gives
+
+
+def test_host_fingerprint_describes_the_host_tools_actions_run() -> None:
+    """The python3 that actions find on the sandbox PATH is in the fingerprint, not pbuild's own Python."""
+    from pbuild.engine.execroot import SANDBOX_PATH
+
+    python3 = shutil.which("python3", path=SANDBOX_PATH)
+    if python3 is None:
+        pytest.skip("no python3 on the sandbox PATH")
+    real = os.path.realpath(python3)
+    parts = host_fingerprint().split("|")
+    assert any(os.path.basename(real) in part and str(os.stat(real).st_size) in part for part in parts), parts
+    if os.path.realpath(sys.executable) != real:
+        own = ".".join(str(v) for v in sys.version_info[:3])
+        assert own not in parts
+
+
+def test_the_build_right_after_an_execution_is_a_fast_noop(tmp_path: Path, pbuild: Runner) -> None:
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (Debian package strace)")
+    root = tmp_path / "ws"
+    write_tree(root, {
+        "WORKSPACE.toml": "",
+        "p/BUILD.toml": '[g]\nrule = "genrule"\nsrcs = ["in.txt"]\nouts = ["g.txt"]\ncmd = "cat $< > $@"\n',
+        "p/in.txt": "x\n",
+    })
+    time.sleep(0.3)  # past the racily-clean window
+    assert pbuild("build", "//p:g", cwd=root).code == 0
+    time.sleep(0.3)
+    trace = tmp_path / "trace"
+    result = pbuild("build", "//p:g", cwd=root, prefix=("strace", "-f", "-qq", "-e", "trace=openat", "-o", str(trace)))
+    assert result.code == 0, str(result)
+    assert str(root / "p" / "in.txt") not in opened(trace.read_text(), root)

@@ -215,3 +215,47 @@ def test_deb_packages_lock_build_and_errors(workspace: WorkspaceFactory, pbuild:
     result = pbuild("build", "//third_party/debian:base", cwd=ws, env=env, cache=ws.parent / "fresh-cache")
     assert result.code != 0 and "Traceback" not in result.err, result
     assert deb.name in result.err and "does not match the Debian lock" in result.err and "expected sha256" in result.err
+
+
+def test_base_from_a_layout_in_the_source_tree(workspace: WorkspaceFactory, pbuild: Runner, tmp_path: Path) -> None:
+    from pbuild.rules.oci import layout
+    from pbuild.rules.oci.layerwriter import LayerEntry, write_layer
+
+    ws = workspace({
+        "p/BUILD.toml": """
+            [base]
+            rule = "filegroup"
+            srcs = { glob = ["base/**"] }
+
+            [i]
+            rule = "image"
+            base = ":base"
+            env = { CHILD = "1" }
+        """,
+    })
+    blob = tmp_path / "l.tar.gz"
+    digests = write_layer([LayerEntry("etc/hello", "file", 0o644, data=b"hi\n")], str(blob))
+    image, layers = layout.build_image(base=None, layers=[layout.BlobRef(digests, str(blob), "base layer")],
+                                       run=layout.RunConfig(cmd=("/bin/true",)), epoch=0, annotations={})
+    layout.write_layout(str(ws / "p/base"), image, layers, ["base:1"])
+    result = pbuild("build", "//p:i", cwd=ws)
+    assert result.code == 0, result
+    built = layout.read_layout(str(ws / "pbuild-out/p/i/oci"))
+    assert [layer.digests.diff_id for layer in built.layers] == [digests.diff_id]
+    assert built.config["Cmd"] == ["/bin/true"] and "CHILD=1" in built.config["Env"]
+    for source in (ws / "p/base/blobs/sha256").iterdir():  # the user's files were copied, not linked
+        output = ws / "pbuild-out/p/i/oci/blobs/sha256" / source.name
+        if output.exists():
+            assert not output.samefile(source)
+        assert source.stat().st_mode & 0o200
+
+
+def test_wheel_layer_budget() -> None:
+    from pbuild.engine.api import File
+    from pbuild.rules.oci.rules import group_wheels
+    from pbuild.rules.python.providers import Wheel
+
+    wheels = [Wheel(n, "1", f"{n}-1-py3-none-any.whl", "0" * 64, File(f"w/{n}.whl")) for n in "abcde"]
+    assert [[w.name for w in g] for g in group_wheels(wheels, 10)] == [["a"], ["b"], ["c"], ["d"], ["e"]]
+    assert [[w.name for w in g] for g in group_wheels(wheels, 3)] == [["a"], ["b"], ["c", "d", "e"]]
+    assert [[w.name for w in g] for g in group_wheels(wheels, 0)] == [["a", "b", "c", "d", "e"]]

@@ -42,7 +42,9 @@ def env(tmp_path: Path, layer_store: Path) -> dict[str, str]:
     }
 
 
-def launch(env: dict[str, str], *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def launch(
+    env: dict[str, str], *args: str, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*LAUNCHER, *args], env=env, input=input, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -119,7 +121,10 @@ def test_image_config_and_flags(env: dict[str, str], image: str, tmp_path: Path)
     assert out == "1 from-file 1 h1 /root\n/tmp\n"
     out = run_ok(env, "run", "--rm", "--entrypoint", "/bin/echo", image, "--", "entry", "point")
     assert out == "entry point\n"
-    assert run_ok(env, "run", "--rm", "-u", "app", image, "--", "id") == "uid=1000(app) gid=1000(app) groups=2000(extra)\n"
+    assert (
+        run_ok(env, "run", "--rm", "-u", "app", image, "--", "id")
+        == "uid=1000(app) gid=1000(app) groups=2000(extra)\n"
+    )
     assert run_ok(env, "run", "--rm", "-u", "1000:2000", image, "--", "id", "-g") == "2000\n"
 
 
@@ -130,7 +135,9 @@ def test_read_only_root(env: dict[str, str], image: str) -> None:
     assert "tmp-ok" in out.stdout and "run-ok" in out.stdout
 
 
-def test_writes_go_to_upper_and_layer_store_is_untouched(env: dict[str, str], image: str, layer_store: Path) -> None:
+def test_writes_go_to_upper_and_layer_store_is_untouched(
+    env: dict[str, str], image: str, layer_store: Path
+) -> None:
     script = "echo changed > /app/hello.txt; echo new > /app/new.txt; cat /app/hello.txt"
     assert run_ok(env, "run", "--name", "keep", image, "--", "sh", "-c", script) == "changed\n"
     runtime = Path(env["PBUILD_RUNTIME_DIR"])
@@ -150,7 +157,9 @@ def test_writes_go_to_upper_and_layer_store_is_untouched(env: dict[str, str], im
 def test_container_mounts_stay_inside(env: dict[str, str], image: str) -> None:
     container_id = run_ok(env, "run", "-d", "--name", "m", image, "--", "sleep", "30").strip()
     try:
-        state = json.loads(Path(env["PBUILD_RUNTIME_DIR"], "containers", container_id, "state.json").read_text())
+        state = json.loads(
+            Path(env["PBUILD_RUNTIME_DIR"], "containers", container_id, "state.json").read_text()
+        )
         assert sorted(os.listdir(f"/proc/{state['pid']}/fd")) == ["0", "1", "2"]  # every fd >= 3 closed
         mountinfo = Path("/proc/self/mountinfo").read_text()
         assert container_id not in mountinfo
@@ -171,7 +180,9 @@ def test_container_mounts_stay_inside(env: dict[str, str], image: str) -> None:
         (("-u", "nobody-here", "--", "true"), 125, "unable to find user"),
         (("--bogus-flag",), 125, "unrecognized arguments"),
         (("-v", "/no/such/path:/x", "--", "true"), 125, "does not exist"),
-        (("--memory", "10m", "--", "true"), 125, "cgroups"),
+        (("--memory", "1k", "--", "true"), 125, "minimum"),
+        (("--memory", "lots", "--", "true"), 125, "invalid --memory"),
+        (("--pids-limit", "0", "--", "true"), 125, "at least 1"),
     ],
 )
 def test_exit_codes(env: dict[str, str], image: str, args: tuple[str, ...], code: int, message: str) -> None:
@@ -261,7 +272,18 @@ def test_stop_escalates_to_sigkill(env: dict[str, str], image: str) -> None:
 
 
 def test_logs_follow(env: dict[str, str], image: str) -> None:
-    run_ok(env, "run", "-d", "--name", "talker", image, "--", "sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.1; done")
+    run_ok(
+        env,
+        "run",
+        "-d",
+        "--name",
+        "talker",
+        image,
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo $i; sleep 0.1; done",
+    )
     assert run_ok(env, "logs", "-f", "talker") == "1\n2\n3\n"
     run_ok(env, "rm", "talker")
 
@@ -283,8 +305,13 @@ def test_volumes(env: dict[str, str], image: str, tmp_path: Path) -> None:
 def test_tty_and_interactive(env: dict[str, str], image: str) -> None:
     out = run_ok(env, "run", "--rm", "-t", image, "--", "sh", "-c", "tty; stty size; echo $TERM")
     assert out.replace("\r\n", "\n") == "/dev/pts/0\n24 80\nxterm\n"
-    assert run_ok(env, "run", "--rm", "-i", image, "--", "sh", "-c", "cat; echo done", input="line\n") == "line\ndone\n"
-    result = launch(env, "run", "--rm", "-i", "-t", image, "--", "sh", "-c", "read x; echo got:$x; exit 5", input="abc\n")
+    assert (
+        run_ok(env, "run", "--rm", "-i", image, "--", "sh", "-c", "cat; echo done", input="line\n")
+        == "line\ndone\n"
+    )
+    result = launch(
+        env, "run", "--rm", "-i", "-t", image, "--", "sh", "-c", "read x; echo got:$x; exit 5", input="abc\n"
+    )
     assert result.returncode == 5
     assert "got:abc" in result.stdout
 
@@ -308,13 +335,48 @@ def test_network_host_and_none(env: dict[str, str], image: str) -> None:
         assert run_ok(env, "run", "--rm", "--network", "host", image, "--", "sh", "-c", probe) == "reached\n"
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_published_port(env: dict[str, str], image: str, tmp_path: Path) -> None:
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns is not installed")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("served from the container\n")
+    port = _free_port()
+    run_ok(env, "run", "-d", "--name", "srv", "-p", f"{port}:8080", "-v", f"{www}:/www:ro", image, "--",
+           "httpd", "-f", "-p", "8080", "-h", "/www")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        body = b""
+        while time.monotonic() < deadline and b"served" not in body:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+                c.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+                body = b"".join(iter(lambda: c.recv(4096), b""))
+            time.sleep(0.05)
+        assert b"served from the container" in body
+        assert "nameserver 10.0.2.3" in run_ok(env, "exec", "srv", "cat", "/etc/resolv.conf")
+    finally:
+        run_ok(env, "rm", "-f", "srv")
+    busy = launch(env, "run", "--rm", "-p", f"{port}:80", "-p", f"{port}:81", image, "--", "true")
+    assert busy.returncode == 125 and f"cannot publish port {port}->81" in busy.stderr
+    assert launch(env, "run", "--rm", "-p", "1:1", "--network", "host", image).returncode == 125
+
+
 def test_docker_archive(env: dict[str, str], image: str, tmp_path: Path) -> None:
     if not shutil.which("skopeo"):
         pytest.skip("skopeo is not installed")
     archive = tmp_path / "image.tar"
     subprocess.run(["skopeo", "copy", f"{image}:latest", f"docker-archive:{archive}:busybox:test"], check=True,
                    capture_output=True)  # fmt: skip
-    assert run_ok(env, "run", "--rm", f"docker-archive:{archive}", "--", "cat", "/app/hello.txt") == "hello from layer 2\n"
+    assert (
+        run_ok(env, "run", "--rm", f"docker-archive:{archive}", "--", "cat", "/app/hello.txt")
+        == "hello from layer 2\n"
+    )
 
 
 IN_PROCESS = r"""
@@ -343,6 +405,31 @@ def test_in_process_main(env: dict[str, str], image: str) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "inside", result.stderr
     assert json.loads(lines[1]) == {"codes": [6, 125], "same": True}
+
+
+def _cgroup_dirs() -> set[str]:
+    found = set()
+    for base, _dirs, _files in os.walk("/sys/fs/cgroup"):
+        if os.path.basename(base).startswith("pbuild-"):
+            found.add(base)
+    return found
+
+
+def test_resource_limits(env: dict[str, str], image: str) -> None:
+    if os.geteuid() != 0 and not os.access("/sys/fs/cgroup/cgroup.controllers", os.W_OK):
+        pytest.skip("cgroups are not usable by this user")
+    before = _cgroup_dirs()
+    forks = launch(env, "run", "--rm", "--pids-limit", "6", image, "--", "sh", "-c",
+                   "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1 & done; wait")  # fmt: skip
+    assert "can't fork" in forks.stderr
+    hog = launch(env, "run", "--rm", "--memory", "16m", image, "--", "sh", "-c",
+                 "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}")  # fmt: skip
+    assert hog.returncode == 128 + signal.SIGKILL  # the OOM killer, inside the container's cgroup only
+    out = run_ok(
+        env, "run", "--rm", "--cpus", "0.5", "--memory", "64m", image, "--", "cat", "/proc/self/cgroup"
+    )
+    assert "pbuild-" in out
+    assert _cgroup_dirs() == before  # removed with the container
 
 
 def test_killed_launcher_leaves_removable_state(env: dict[str, str], image: str) -> None:
@@ -406,6 +493,8 @@ report = {
 state = json.load(open(os.path.join(os.environ["PBUILD_RUNTIME_DIR"], "containers", report["detached"]["out"].strip(), "state.json")))
 report["fds"] = sorted(os.listdir(f"/proc/{state['pid']}/fd"))
 report["exec"] = run("exec", "bg", "hostname")
+report["memory"] = run("run", "--rm", "--memory", "32m", image, "--", "true")
+report["publish"] = run("run", "--rm", "-p", "0:80", image, "--", "sh", "-c", "ip -o addr show tap0 | wc -l")
 report["stop"] = run("stop", "-t", "0.5", "bg")
 report["ps"] = run("ps", "-a")
 report["rm"] = run("rm", "bg")
@@ -451,6 +540,12 @@ def test_unprivileged_user(image: str, tmp_path: Path) -> None:
         assert report["detached"]["code"] == 0, report["detached"]["err"]
         assert report["fds"] == ["0", "1", "2"]
         assert report["exec"]["out"] == "bg\n"
+        memory = report["memory"]
+        assert memory["code"] == 0 or (memory["code"] == 125 and "cgroup" in memory["err"]), memory
+        publish = report["publish"]  # this machine's /dev/net/tun is 0600: then a clear refusal
+        assert publish["out"] == "1\n" or (publish["code"] == 125 and "/dev/net/tun" in publish["err"]), (
+            publish
+        )
         assert report["stop"]["code"] == 0
         assert "Exited (137)" in report["ps"]["out"]
         assert report["rm"]["code"] == 0, report["rm"]["err"]

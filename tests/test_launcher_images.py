@@ -116,7 +116,11 @@ def write_oci(layout: Path, layers: Sequence[bytes], config: dict[str, Any], com
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
         "layers": descriptors,
     }
     manifest_digest, manifest_size = blob(json.dumps(manifest).encode())
@@ -140,7 +144,9 @@ APP_LAYER = [directory("app"), file("app/hello.txt", "hello from layer 2\n")]
 BASE_CONFIG = {"Cmd": ["/bin/sh", "-c", "echo hi"], "Env": ["FOO=bar"], "WorkingDir": "/app"}
 
 
-def make_busybox_image(layout: Path, extra_layers: Sequence[bytes] = (), config: dict[str, Any] | None = None) -> Path:
+def make_busybox_image(
+    layout: Path, extra_layers: Sequence[bytes] = (), config: dict[str, Any] | None = None
+) -> Path:
     return write_oci(layout, [busybox_layer(), tar_layer(APP_LAYER), *extra_layers], config or BASE_CONFIG)
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-
 from pbuild.rules.oci.layerwriter import (
     CHUNK,
     LayerEntry,

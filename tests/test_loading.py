@@ -303,3 +303,15 @@ def test_workspace_plugins_must_be_a_list(tmp_path: Path) -> None:
 def test_build_file_must_be_utf8(workspace: WorkspaceFactory, pbuild: Runner) -> None:
     root = workspace({"q/BUILD.toml": b'[a]\nrule = "filegroup"\nsrcs = ["\xff\xfe.txt"]\n'})
     assert_user_error(pbuild("build", "//q:a", cwd=root), 2, "q/BUILD.toml:3", "UTF-8")
+
+
+def test_a_folder_in_a_file_list_is_explained(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    root = workspace({"p/BUILD.toml": FILEGROUP.format(name="x", srcs='["data"]'), "p/data/f.txt": ""})
+    result = pbuild("build", "//p:x", cwd=root)
+    assert_user_error(result, 2, "p/BUILD.toml:3", "target //p:x", "'data' is a folder", "glob")
+
+
+def test_a_duplicate_target_is_a_toml_error(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    root = workspace({"p/BUILD.toml": FILEGROUP.format(name="dup", srcs="[]") + "\n"
+                      + FILEGROUP.format(name="dup", srcs="[]")})
+    assert_user_error(pbuild("build", "//p:dup", cwd=root), 2, "p/BUILD.toml:5:", "twice", "hint:")

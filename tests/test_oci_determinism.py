@@ -6,7 +6,6 @@ import io
 import tarfile
 
 import pytest
-
 from pbuild.engine.errors import PbuildError
 from pbuild.rules.oci import determinism
 

@@ -9,7 +9,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from pbuild.rules.oci import layout
 from pbuild.rules.oci.layerwriter import LayerEntry, write_layer
 

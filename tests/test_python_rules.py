@@ -244,6 +244,7 @@ def test_imports_and_prefix_map_sources_to_import_paths(ws: Path, run):
     assert result.out.splitlines() == ["flat flat thing", "data beside the code"]
 
 
+@pytest.mark.slow
 def test_pex_is_reproducible_and_runs(tmp_path: Path, locked_template: Path, run):
     digests = []
     for name in ("one", "two"):

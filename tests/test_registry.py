@@ -242,3 +242,21 @@ def test_bearer_token_auth(layout: Layout, tmp_path: Path, monkeypatch: pytest.M
         pulled = pull_image(f"{registry.host}/copy@{layout.manifest_digest}", str(tmp_path / "p"),
                             plain_http=True, cache_dir=str(tmp_path / "c"))
         assert pulled.blobs_downloaded == 4
+
+
+def test_image_index_push_and_platform_pull(registry: Registry, tmp_path: Path) -> None:
+    multi = make_oci_layout(tmp_path / "multi", [{"a.txt": b"a"}], as_index=True)
+    report = push_layout(str(multi.path), f"{registry.host}/multi:1", plain_http=True)
+    assert report.digest == multi.manifest_digest and report.manifests_pushed == 2
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/multi:1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(raw)["mediaType"] == reg.OCI_INDEX
+
+    pulled = pull_image(f"{registry.host}/multi@{multi.manifest_digest}", str(tmp_path / "amd64"),
+                        plain_http=True, cache_dir=str(tmp_path / "cache"))
+    assert pulled.digest != multi.manifest_digest  # the linux/amd64 image manifest, not the index
+    index = json.loads((tmp_path / "amd64" / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == pulled.digest
+    with pytest.raises(RegistryError, match="no manifest for platform linux/arm64"):
+        pull_image(f"{registry.host}/multi@{multi.manifest_digest}", str(tmp_path / "arm"), plain_http=True,
+                   cache_dir=str(tmp_path / "cache"), platform="linux/arm64")

@@ -20,11 +20,13 @@ pytestmark = pytest.mark.slow  # BuildGrid takes a few seconds to start
 
 @pytest.fixture(scope="module")
 def buildgrid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuildGrid]:
-    with buildgrid_server(tmp_path_factory.mktemp("buildgrid")) as server:
+    # An instance name with a slash: it must prefix ByteStream resource names correctly.
+    with buildgrid_server(tmp_path_factory.mktemp("buildgrid"), instance_name="ci/main") as server:
         yield server
 
 
 def _open(url: str, cache_dir: Path, warnings: Warnings, **kw: object) -> grpc_remote.GrpcRemoteCache:
+    kw.setdefault("instance_name", "ci/main")
     remote = open_remote(RemoteSettings(url=url, **kw), cache_dir=str(cache_dir), warn=warnings)  # type: ignore[arg-type]
     assert isinstance(remote, grpc_remote.GrpcRemoteCache), warnings
     return remote
@@ -153,7 +155,7 @@ def test_silent_server_times_out(tmp_path: Path) -> None:
 def test_server_that_dies_mid_build_is_skipped(tmp_path: Path) -> None:
     warnings = Warnings()
     with buildgrid_server(tmp_path / "bg") as server:
-        remote = _open(server.url, tmp_path / "cache", warnings, retries=1, timeout_s=5)
+        remote = _open(server.url, tmp_path / "cache", warnings, retries=1, timeout_s=5, instance_name="")
     key, result, blobs = _action(tmp_path / "out", "dies", {"pbuild-out/f": b"f"})
     for _ in range(4):
         assert remote.get_action_result(key) is None

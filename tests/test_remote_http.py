@@ -336,3 +336,16 @@ def test_unsupported_scheme_warns_and_builds_locally(tmp_path: Path) -> None:
     assert open_remote(RemoteSettings(url="ftp://x/y"), cache_dir=str(tmp_path), warn=warnings) is None
     assert "unsupported scheme" in warnings[0]
     assert open_remote(RemoteSettings(url=None), cache_dir=str(tmp_path), warn=warnings) is None
+
+
+def test_many_missing_blobs_do_not_disable_the_remote_or_flood_warnings(nginx: Nginx, tmp_path: Path) -> None:
+    warnings = Warnings()
+    remote = _open(nginx.url(), tmp_path / "cache", warnings)
+    for i in range(8):
+        sha = hashlib.sha256(str(i).encode()).hexdigest()
+        assert not remote.fetch_blob(sha, 1, str(tmp_path / f"d{i}"))
+    assert not remote.stats().disabled and remote.stats().errors == 8
+    assert len(warnings) == 5 and warnings[-1].endswith("further ones are not reported")
+    key, result, blobs = _action(tmp_path / "out", "after", {"pbuild-out/f": b"still works"})
+    remote.upload_action(key, result, blobs)
+    assert remote.get_action_result(key) == result

@@ -80,3 +80,14 @@ def test_known_present_persists_expires_and_forgets(tmp_path: Path) -> None:
     assert KnownPresent(path, ttl_s=3600).has_blob(a)
     os.unlink(path)
     assert not KnownPresent(path).has_blob(a)
+
+
+def test_known_present_log_is_compacted(tmp_path: Path) -> None:
+    path = tmp_path / "present"
+    known = KnownPresent(str(path))
+    sha = hashlib.sha256(b"same").hexdigest()
+    for _ in range(5000):  # the same blob recorded again and again
+        known.add_blob(sha)
+    known.save()
+    assert len(path.read_text().splitlines()) == 1
+    assert KnownPresent(str(path)).has_blob(sha)

@@ -29,6 +29,14 @@ ENV = {
     "PYTHONHASHSEED": "0",
 }
 REPO = Path(__file__).resolve().parent.parent
+BACKENDS = ["bwrap", "fork"] if shutil.which("bwrap") else ["fork"]
+
+
+@pytest.fixture(autouse=True, params=BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs against both backends: bubblewrap and our own forked setup."""
+    monkeypatch.setenv("PBUILD_SANDBOX_BACKEND", request.param)
+    return str(request.param)
 
 
 def make_request(tmp: Path, *argv: str, **overrides: object) -> SandboxRequest:
@@ -129,9 +137,19 @@ def test_pid_namespace_and_hostname(tmp_path: Path) -> None:
     result, out, _ = run(tmp_path, "echo $$; ls /proc | grep -c '^[0-9]'; hostname")
     assert result.exit_code == 0
     pid, count, hostname = out.splitlines()
-    assert pid == "1"
-    assert int(count) <= 3  # sh, and the ls and grep it started
+    assert pid == "2"  # PID 1 is the sandbox's small init
+    assert int(count) <= 4  # init, sh, and the ls and grep it started
     assert hostname == "pbuild" != socket.gethostname()
+
+
+def test_umask_is_fixed(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        result, out, _ = run(tmp_path, "umask; touch pkg/out/f; stat -c %a pkg/out/f")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0
+    assert out.split() == ["0022", "644"]
 
 
 def test_environment_is_exactly_the_given_one(tmp_path: Path) -> None:
@@ -149,7 +167,9 @@ def test_environment_is_exactly_the_given_one(tmp_path: Path) -> None:
         (("/bin/true",), 0),
         (("python3", "-c", "import ctypes; ctypes.string_at(0)"), 128 + signal.SIGSEGV),
         (("no-such-command-pbuild",), 127),
-        (("/etc/hostname",), 126),
+        (("/bin/sh", "-c", "kill -9 $$; echo survived"), 128 + signal.SIGKILL),
+        (("/bin/sh", "-c", "kill -TERM $$; echo survived"), 128 + signal.SIGTERM),
+        ((f"{EXEC_ROOT}/pkg/in.txt",), 126),  # exists, not executable
     ],
 )
 def test_exit_codes_pass_through(tmp_path: Path, argv: tuple[str, ...], code: int) -> None:
@@ -232,7 +252,7 @@ def test_bad_request_is_an_error_not_a_crash(tmp_path: Path) -> None:
     assert result.error is not None and "workdir" in result.error
 
 
-def test_plan_is_data(tmp_path: Path) -> None:
+def test_plan_is_data(tmp_path: Path, backend: str) -> None:
     ops = plan(make_request(tmp_path, "/bin/true")).ops
     assert any(isinstance(op, nsops.PivotRoot) for op in ops)
     assert any(isinstance(op, nsops.Mount) and op.target.endswith(EXEC_ROOT) for op in ops)
@@ -268,7 +288,11 @@ def test_unprivileged_user(tmp_path: Path) -> None:
 
 
 def _unprivileged_probe(work: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "PBUILD_SANDBOX_BACKEND": os.environ["PBUILD_SANDBOX_BACKEND"],
+    }
     proc = subprocess.run(
         [
             "setpriv",
@@ -288,7 +312,7 @@ def _unprivileged_probe(work: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["error"] is None
-    assert report["out"].splitlines()[:3] == ["0", "input", "1"]
+    assert report["out"].splitlines()[:3] == ["0", "input", "2"]  # uid 0 inside; PID 2 under the init
     assert report["written"] == "w\n"
     assert report["owner"] == 65534
     assert "Read-only file system" in report["err"]

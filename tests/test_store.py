@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -321,3 +323,36 @@ def test_unusable_cache_dir_is_a_user_error(tmp_path: Path, pbuild: Runner) -> N
     result = pbuild("build", "//p:a", "--cache-dir", str(not_a_dir), cwd=root)
     assert result.code == 2 and "Traceback" not in result.err, str(result)
     assert str(not_a_dir) in result.err and "hint:" in result.err, str(result)
+
+
+def test_a_cache_on_another_filesystem_gives_read_only_copies(tmp_path: Path, pbuild: Runner) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the workspace's")
+    cache = Path(tempfile.mkdtemp(prefix="pbuild-test-cache-", dir=shm))
+    try:
+        root = tmp_path / "ws"
+        write_tree(root, CHAIN)
+        result = pbuild("build", "//p:all", cwd=root, cache=cache)
+        assert result.code == 0, str(result)
+        assert outputs(root) == expected_for("hello\n")
+        for name, mode in (("a.txt", 0o444), ("c.sh", 0o555)):
+            out = root / "pbuild-out" / "p" / name
+            assert stat.S_IMODE(out.stat().st_mode) == mode  # a copy, but never a writable one
+            assert out.stat().st_nlink == 1
+        assert cache_is_consistent(cache) == []
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_clean_with_a_symlinked_output_folder(tmp_path: Path, pbuild: Runner) -> None:
+    root = tmp_path / "ws"
+    write_tree(root, CHAIN)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (root / "pbuild-out").symlink_to(scratch)  # outputs on another disk, as people do with bazel-out
+    assert pbuild("build", "//p:a", cwd=root).code == 0
+    assert (scratch / "p" / "a.txt").exists()
+    result = pbuild("clean", cwd=root)
+    assert result.code == 0, str(result)
+    assert not (root / "pbuild-out" / "p" / "a.txt").exists()

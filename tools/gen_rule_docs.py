@@ -99,13 +99,13 @@ def release_notes(ctx: RuleContext) -> Sequence[Provider]:
 RULES = [stamp, release_notes]
 '''
 
-EXAMPLE_WORKSPACE = '''\
+EXAMPLE_WORKSPACE = """\
 [workspace]
 name = "example"
 plugins = ["build_rules/stamp.py"]
-'''
+"""
 
-EXAMPLE_BUILD = '''\
+EXAMPLE_BUILD = """\
 [readme]
 rule = "stamp"
 srcs = ["README.txt"]
@@ -120,7 +120,7 @@ checksum = true
 [notes]
 rule = "release_notes"
 stamps = [":readme", ":changes"]
-'''
+"""
 
 GUIDE = """\
 # Rules
@@ -205,6 +205,7 @@ targets whose rule returns a `SomeInfo`.
 * `ctx.declare_file(name)`, `ctx.declare_directory(name)`: a new output
   `pbuild-out/<package>/<name>` (`File` objects have `path`, `basename`, `extension`,
   `is_source`, `is_directory`). Actions may only write outputs their target declared.
+* `ctx.outputs.NAME`: the `File` (or files) of an `output` / `output_list` attribute.
 * `ctx.config(section)`: a table of `WORKSPACE.toml`, read-only.
 * `ctx.read_workspace_file(path)`: the text of a workspace file read at analysis time (a lock
   file); always read through it, so pbuild notices when the file changes.
@@ -224,7 +225,8 @@ targets whose rule returns a `SomeInfo`.
 * `ctx.actions.call(function, version=..., params=..., inputs=..., outputs=..., mnemonic=...,
   network=False)`: an in-process action. `function(io, params)` must be a module-level function;
   `io.input_path(file)` and `io.output_path(file)` give the real paths of declared files (the
-  output's folder exists), `io.tmpdir` is a scratch folder. `params` must be JSON-serializable.
+  output's folder exists), `io.tmpdir` is a scratch folder, `io.label` the target and `io.jobs` the
+  build's `--jobs` (for functions that can use threads). `params` must be JSON-serializable.
   The function's qualified name, `version` and `params` are part of the action key: bump
   `version` whenever the function writes something else for the same inputs and params.
   `network=True` is for fetches that check a pinned hash, and nothing else.
@@ -269,9 +271,12 @@ registry. The built-in families are `pbuild.rules.core`, `pbuild.rules.python`,
 plugins = ["build_rules/stamp.py"]
 ```
 
-Paths are relative to the workspace root. A plugin's rule names must not clash with built-in
-ones. A plugin that fails to import, or has no `RULES`, is reported as an error in
-`WORKSPACE.toml`.
+Paths are relative to the workspace root. Of pbuild, a plugin uses only `pbuild.engine.api` (plus
+`pbuild.engine.errors` and `pbuild.engine.labels`): the engine's other modules are private and change
+without notice. A plugin's rule names must not clash with built-in ones. A plugin that does not
+exist, fails to import, or has no `RULES` list is reported as an error that names the plugin.
+Changing a plugin invalidates the analysis of every target, so new argv or params take effect at the
+next build; an in-process function whose body changed needs a new `version`.
 
 ### Worked example: a `stamp` rule
 
@@ -384,12 +389,19 @@ def _rule_section(definition: RuleDef | GeneratorDef) -> list[str]:
 
 def render() -> str:
     """The whole of docs/rules.md."""
-    guide = (GUIDE.replace("@EXAMPLE_PLUGIN@", EXAMPLE_PLUGIN).replace("@EXAMPLE_WORKSPACE@", EXAMPLE_WORKSPACE)
-             .replace("@EXAMPLE_BUILD@", EXAMPLE_BUILD))
+    guide = (
+        GUIDE.replace("@EXAMPLE_PLUGIN@", EXAMPLE_PLUGIN)
+        .replace("@EXAMPLE_WORKSPACE@", EXAMPLE_WORKSPACE)
+        .replace("@EXAMPLE_BUILD@", EXAMPLE_BUILD)
+    )
     out = [guide.rstrip("\n"), ""]
-    out += ["## Rule reference", "",
-            "Generated from the rule schemas; the type column uses the names of `attr.*` (`label_list` is "
-            "a list of labels or files, `output_list` a list of output file names).", ""]
+    out += [
+        "## Rule reference",
+        "",
+        "Generated from the rule schemas; the type column uses the names of `attr.*` (`label_list` is "
+        "a list of labels or files, `output_list` a list of output file names).",
+        "",
+    ]
     for module_name in BUILTIN_FAMILIES:
         rules = _family_rules(module_name)
         if not rules:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 from collections.abc import Callable
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -27,7 +26,7 @@ _ARCH_NR: dict[str, dict[str, int]] = {
     "x86_64": {"pivot_root": 155, "setns": 308, "unshare": 272, "capset": 126, "capget": 125},
     "aarch64": {"pivot_root": 41, "setns": 268, "unshare": 97, "capset": 91, "capget": 90},
 }
-_NR = _ARCH_NR.get(platform.machine(), _ARCH_NR["x86_64"])
+_NR = _ARCH_NR.get(os.uname().machine, _ARCH_NR["x86_64"])
 NR_OPEN_TREE = 428
 NR_MOVE_MOUNT = 429
 NR_CLOSE_RANGE = 436

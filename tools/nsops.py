@@ -5,6 +5,9 @@ the frozen records below, easy to test and to print), then a forked child calls 
 which performs each operation with a checked syscall and on failure raises a
 :class:`~pbuild.tools.linux.LinuxError` naming the operation, the path and the errno.
 
+The records are ``NamedTuple``s rather than frozen dataclasses: creating a dataclass costs
+about ten times more at import, and the launcher imports these on every ``pbuild run``.
+
 Bind sources that the setup itself may shadow (a source below the directory that receives the
 new root's tmpfs) are opened first with :class:`OpenPath` and then referred to as
 ``/proc/self/fd/N`` through a :class:`Slot`.
@@ -17,28 +20,25 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pbuild.tools import linux
 
 
-@dataclass(frozen=True)
-class Slot:
+class Slot(NamedTuple):
     """A directory opened earlier by :class:`OpenPath`, used as a bind source."""
 
     name: str
 
 
-@dataclass(frozen=True)
-class OpenPath:
+class OpenPath(NamedTuple):
     """Open ``path`` with O_PATH so later binds still reach it after mounts shadow it."""
 
     path: str
     slot: Slot
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     """mount(2). ``source`` may be a :class:`Slot`. With ``root``, ``target`` is a path inside
     that root filesystem, resolved with its symlinks kept inside it (see :func:`resolve_in_root`)
     and created (``create`` = "dir" or "file") when missing."""
@@ -52,8 +52,7 @@ class Mount:
     create: str | None = None
 
 
-@dataclass(frozen=True)
-class SetAttr:
+class SetAttr(NamedTuple):
     """mount_setattr(2) on a mount and (``recursive``) every mount below it."""
 
     target: str
@@ -63,8 +62,7 @@ class SetAttr:
     root: str | None = None
 
 
-@dataclass(frozen=True)
-class MakeDir:
+class MakeDir(NamedTuple):
     """mkdir (the parent must exist); an existing directory is fine. With ``root``: ``mkdir -p``
     of a path inside that root, symlinks resolved inside it."""
 
@@ -73,13 +71,11 @@ class MakeDir:
     root: str | None = None
 
 
-@dataclass(frozen=True)
-class Chdir:
+class Chdir(NamedTuple):
     path: str
 
 
-@dataclass(frozen=True)
-class Mask:
+class Mask(NamedTuple):
     """Hide ``path`` inside ``root`` if it exists: an empty read-only tmpfs over a directory,
     ``/dev/null`` over anything else (runc's masked paths)."""
 
@@ -87,8 +83,7 @@ class Mask:
     path: str
 
 
-@dataclass(frozen=True)
-class ReadOnly:
+class ReadOnly(NamedTuple):
     """Make ``path`` inside ``root`` read-only (bind it onto itself, then set MS_RDONLY)."""
 
     root: str
@@ -96,8 +91,7 @@ class ReadOnly:
     optional: bool = True
 
 
-@dataclass(frozen=True)
-class MakeFile:
+class MakeFile(NamedTuple):
     """Create a file (a bind target, or a generated file such as /etc/hosts)."""
 
     path: str
@@ -105,8 +99,7 @@ class MakeFile:
     mode: int = 0o644
 
 
-@dataclass(frozen=True)
-class Symlink:
+class Symlink(NamedTuple):
     """Create the symlink ``path`` -> ``target``; with ``root``, ``path``'s parent is resolved
     inside that root (the link itself is never followed)."""
 
@@ -115,20 +108,17 @@ class Symlink:
     root: str | None = None
 
 
-@dataclass(frozen=True)
-class PivotRoot:
+class PivotRoot(NamedTuple):
     """Make ``new_root`` the root and detach the old one (pivot_root(".", ".") + umount)."""
 
     new_root: str
 
 
-@dataclass(frozen=True)
-class SetHostname:
+class SetHostname(NamedTuple):
     name: str
 
 
-@dataclass(frozen=True)
-class LoopbackUp:
+class LoopbackUp(NamedTuple):
     """Bring ``lo`` up in the (new) network namespace."""
 
 
@@ -239,7 +229,9 @@ def apply(ops: Iterable[Op], trace: Callable[[Op, float], None] | None = None) -
                     continue
                 raise _fail(FileNotFoundError(errno.ENOENT, op.path), f"read-only {op.path}") from None
             linux.mount(target, target, None, linux.MS_BIND | linux.MS_REC)
-            linux.mount_setattr(target, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV)
+            linux.mount_setattr(
+                target, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
+            )
         elif isinstance(op, MakeFile):
             try:
                 fd = os.open(op.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, op.mode)

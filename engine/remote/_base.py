@@ -35,6 +35,7 @@ from pbuild.engine.remote._index import KnownPresent
 from pbuild.engine.remote._wire import ActionResult, Digest, OutputFile, WireError
 
 MAX_CONSECUTIVE_FAILURES = 3
+MAX_DAMAGE_WARNINGS = 5
 CREDENTIALS_ENV = "PBUILD_REMOTE_CREDENTIALS"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -197,6 +198,7 @@ class RemoteBase:
         self._disabled = False
         self._upload_enabled = settings.upload
         self._warned: set[str] = set()
+        self._damage_reports = 0
         self._known = KnownPresent(known_present_path(cache_dir, settings))
 
     # --- bookkeeping ---------------------------------------------------------------------
@@ -246,15 +248,24 @@ class RemoteBase:
             self.disable_uploads(f"{what} refused ({exc})")
             return
         with self._lock:
-            self._consecutive_failures += 1
+            # A missing blob is a healthy server's answer (eviction): it does not count towards
+            # disabling the remote; everything else does.
+            if not isinstance(exc, Missing):
+                self._consecutive_failures += 1
             if isinstance(exc, Refused) or self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 self._disabled = True
         if isinstance(exc, Refused):
             self.warn_once("refused", f"remote cache {self.name}: {exc}; building without the remote cache "
                                       f"(check the credentials in the URL, --remote-header or ${CREDENTIALS_ENV})")
         elif isinstance(exc, Corrupt | Missing):
-            # Each damaged or missing blob is worth its own warning: it names what was wrong.
-            self._warn(f"remote cache {self.name}: {what}: {exc}; doing the work locally")
+            # Each damaged or missing blob is worth its own warning (it names what was wrong),
+            # up to a few: a cache that lost a whole directory must not flood the output.
+            with self._lock:
+                self._damage_reports += 1
+                shown = self._damage_reports
+            if shown <= MAX_DAMAGE_WARNINGS:
+                more = "; further ones are not reported" if shown == MAX_DAMAGE_WARNINGS else ""
+                self._warn(f"remote cache {self.name}: {what}: {exc}; doing the work locally{more}")
         else:
             self.warn_once("failure", f"remote cache {self.name}: {what} failed ({exc}); continuing with "
                                       f"local work (the remote is skipped after {MAX_CONSECUTIVE_FAILURES} "

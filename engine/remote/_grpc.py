@@ -8,11 +8,18 @@ chunks. Before uploading, FindMissingBlobs asks which blobs the server lacks.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 
-import grpc
+# pbuild forks its sandboxes from this process and the child unshares a user namespace, which
+# the kernel refuses (EINVAL) to a multi-threaded process. With gRPC's fork support on, gRPC
+# restarts its threads in every forked child; the children never use gRPC (they exec), so it is
+# turned off. gRPC reads the variable when it is first imported, hence before the import.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+
+import grpc  # noqa: E402
 from pbuild.engine.remote import RemoteSettings
 from pbuild.engine.remote import _wire as wire
 from pbuild.engine.remote._base import (

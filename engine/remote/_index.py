@@ -141,7 +141,9 @@ class KnownPresent:
         self._results: dict[str, tuple[str, float]] = {}
         self._new: list[str] = []
         now = time.time()
-        for record in _read_lines(path):
+        records = _read_lines(path)
+        self._lines_on_disk = len(records)
+        for record in records:
             if len(record) != 4 or record[0] not in ("a", "b") or not _HEX64.fullmatch(record[1]):
                 continue
             try:
@@ -186,8 +188,21 @@ class KnownPresent:
             self._new.append(f"a {key_sha256} {encoded_sha256} {now:.0f}\n")
 
     def save(self) -> None:
+        """Append the records made since the last save; rewrite a log that is mostly stale."""
         with self._lock:
             new, self._new = self._new, []
+            live = len(self._blobs) + len(self._results)
+            compact = self._lines_on_disk + len(new) > _COMPACT_FACTOR * max(live, 1024)
+            if compact:
+                lines = [f"b {sha} - {stamp:.0f}\n" for sha, stamp in sorted(self._blobs.items())]
+                lines += [f"a {key} {enc} {stamp:.0f}\n" for key, (enc, stamp) in sorted(self._results.items())]
+                self._lines_on_disk = len(lines)
+            else:
+                self._lines_on_disk += len(new)
         # Losing this memory only costs re-checking blobs next time.
         with contextlib.suppress(OSError):
-            _append(self._path, new)
+            if compact:
+                os.makedirs(os.path.dirname(self._path), exist_ok=True)
+                _rewrite(self._path, lines)
+            else:
+                _append(self._path, new)

@@ -14,7 +14,7 @@ import io
 import lzma
 import posixpath
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pbuild.engine.errors import PbuildError
@@ -147,6 +147,15 @@ PASSWD = (
 GROUP = "root:x:0:\ntty:x:5:\nstaff:x:50:\nnogroup:x:65534:\n"
 
 
+def _matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
+    if not patterns:
+        return lambda path: False
+    import pathspec
+
+    spec = pathspec.PathSpec.from_lines("gitignore", patterns)
+    return lambda path: spec.match_file(path)
+
+
 def os_release(codename: str, version: str) -> str:
     """``/etc/os-release`` for a Debian release (``version`` like ``12.5``; the ID uses its major part)."""
     major = version.split(".", 1)[0] if version else ""
@@ -178,12 +187,27 @@ def _ca_bundle(entries: Sequence[LayerEntry]) -> bytes:
     return bytes(out)
 
 
-def rootfs_entries(debs: Iterable[DebContents], *, codename: str, version: str) -> list[LayerEntry]:
+#: What ``debian:slim`` images leave out: manuals, info pages, translations and documentation,
+#: but not the copyright files (licences must ship with the binaries).
+SLIM_EXCLUDES = (
+    "/usr/share/doc/**",
+    "!/usr/share/doc/*/copyright",
+    "/usr/share/man/**",
+    "/usr/share/info/**",
+    "/usr/share/locale/**",
+    "/usr/share/lintian/**",
+)
+
+
+def rootfs_entries(debs: Iterable[DebContents], *, codename: str, version: str,
+                   exclude: Sequence[str] = ()) -> list[LayerEntry]:
     """The entries of a root filesystem holding every package of ``debs`` (unpacked, configured by hand).
 
     Directories shipped by several packages are merged (the first mode wins); the same file from
-    two packages is reported by :func:`~pbuild.rules.oci.layerwriter.merge_entries`.
+    two packages is reported by :func:`~pbuild.rules.oci.layerwriter.merge_entries`. Paths matching
+    ``exclude`` (gitignore-style patterns, ``!`` re-includes) are left out.
     """
+    excluded = _matcher(exclude)
     entries: list[LayerEntry] = []
     seen_dirs: set[str] = set()
     names: list[str] = []
@@ -191,6 +215,8 @@ def rootfs_entries(debs: Iterable[DebContents], *, codename: str, version: str) 
         package = deb.control["Package"]
         names.append(package)
         for entry in deb.entries:
+            if excluded(entry.path):
+                continue
             if entry.kind == "dir":
                 if entry.path in seen_dirs:
                     continue

@@ -138,11 +138,36 @@ def read_locked_target(workspace_root: str, package: str, name: str, request: Re
 # pbuild lock --debian
 
 
+def _ignored(workspace_root: str) -> Any:
+    """The workspace's ``.pbuildignore`` (gitignore syntax) as a matcher, or None."""
+    path = os.path.join(workspace_root, ".pbuildignore")
+    if not os.path.exists(path):
+        return None
+    import pathspec
+
+    with open(path, encoding="utf-8") as handle:
+        return pathspec.PathSpec.from_lines("gitignore", handle.read().splitlines())
+
+
 def find_targets(workspace_root: str) -> dict[str, dict[str, Request]]:
-    """Every ``deb_packages`` target of the workspace: ``{package: {name: Request}}``."""
+    """Every ``deb_packages`` target of the workspace: ``{package: {name: Request}}``.
+
+    Like package discovery, this skips ``.pbuildignore``d folders and nested workspaces.
+    """
     found: dict[str, dict[str, Request]] = {}
+    ignore = _ignored(workspace_root)
     for dirpath, dirnames, filenames in os.walk(workspace_root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        keep = []
+        for name in sorted(dirnames):
+            rel = os.path.relpath(os.path.join(dirpath, name), workspace_root).replace(os.sep, "/")
+            if name in _SKIP_DIRS or name.startswith("."):
+                continue
+            if ignore is not None and ignore.match_file(rel + "/"):
+                continue
+            if os.path.exists(os.path.join(dirpath, name, "WORKSPACE.toml")):
+                continue  # another workspace
+            keep.append(name)
+        dirnames[:] = keep
         if "BUILD.toml" not in filenames:
             continue
         build = os.path.join(dirpath, "BUILD.toml")

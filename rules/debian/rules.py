@@ -72,7 +72,8 @@ def write_deb_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
     # xz decompression releases the GIL, so packages unpack in parallel.
     with ThreadPoolExecutor(max(1, io.jobs)) as pool:
         debs = list(pool.map(load, paths))
-    entries = deb.rootfs_entries(debs, codename=params["codename"], version=params["release"])
+    entries = deb.rootfs_entries(debs, codename=params["codename"], version=params["release"],
+                                 exclude=params["exclude"])
     digests = write_layer(entries, io.output_path(params["blob"]), compression=params["compression"],
                           level=params["level"], mtime=params["epoch"], jobs=io.jobs)
     with open(io.output_path(params["meta"]), "wb") as handle:
@@ -99,6 +100,10 @@ def python_runtime(packages: Sequence[LockedPackage]) -> PythonRuntimeInfo | Non
                                    "bookworm-updates); the highest version wins.", default=DEFAULT_SUITES),
         "architecture": attr.string("Debian architecture of the packages.", default=DEFAULT_ARCH),
         "components": attr.string_list("Archive components to search.", default=DEFAULT_COMPONENTS),
+        "exclude": attr.string_list("Paths left out of the layer (gitignore-style, `!` re-includes); the "
+                                    "default drops manuals, info pages, translations and docs except "
+                                    "copyright files, as debian:slim does. Set [] to keep everything.",
+                                    default=deb.SLIM_EXCLUDES),
         **compression_attrs(FAST_GZIP_LEVEL),
     },
     doc="Pinned Debian packages and their dependency closure, fetched from the host's apt mirror "
@@ -139,6 +144,7 @@ def _deb_packages(ctx: RuleContext) -> list[Provider]:
             "debs": [d.path for d in debs],
             "codename": locked.os_release.get("codename", request.suites[0]),
             "release": locked.os_release.get("version", ""),
+            "exclude": list(ctx.attr.exclude),
             "compression": ctx.attr.compression,
             "level": effective_level(ctx.attr.compression, ctx.attr.compression_level, FAST_GZIP_LEVEL),
             "epoch": determinism.source_date_epoch(),

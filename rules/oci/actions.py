@@ -83,7 +83,7 @@ def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
         if not os.path.isdir(base_dir):
             base_dir = os.path.dirname(base_dir)  # the base was given as the layout's index.json
         try:
-            base = layout.read_layout(base_dir)
+            base = layout.read_layout(base_dir, linkable=not params.get("base_is_source", False))
         except layout.LayoutError as exc:
             # Name the base as the user wrote it, not by this machine's absolute path.
             shown = params["base"] if os.path.isdir(io.input_path(params["base"])) else os.path.dirname(params["base"])

@@ -48,6 +48,9 @@ class BlobRef:
     digests: LayerDigests
     path: str
     created_by: str = ""
+    # False for files the user owns (a base layout in the source tree): those are copied, never
+    # hard-linked, so that the cache's read-only copies never share an inode with them.
+    linkable: bool = True
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def _load_json(path: str, what: str, layout: str) -> Any:
                           hint="a base must be an OCI image layout (oci-layout, index.json, blobs/sha256/...)") from None
 
 
-def read_layout(layout: str, *, ref: str | None = None) -> BaseImage:
+def read_layout(layout: str, *, ref: str | None = None, linkable: bool = True) -> BaseImage:
     """Read the single image of an OCI layout (or the one whose ref name is ``ref``), checking digests."""
     problems: list[str] = []
     marker = _load_json(os.path.join(layout, "oci-layout"), "oci-layout", layout)
@@ -111,7 +114,8 @@ def read_layout(layout: str, *, ref: str | None = None) -> BaseImage:
             raise LayoutError(f"{layout}: layer blob {desc['digest']} is missing or has the wrong size",
                               hint="the base image is damaged; export it again")
         created_by = real_history[i].get("created_by", "") if i < len(real_history) else ""
-        layers.append(BlobRef(LayerDigests(diff_id, desc["digest"], int(desc["size"]), desc["mediaType"]), path, created_by))
+        layers.append(BlobRef(LayerDigests(diff_id, desc["digest"], int(desc["size"]), desc["mediaType"]), path,
+                              created_by, linkable))
     return BaseImage(tuple(layers), config.get("config", {}) or {}, tuple(history),
                      config.get("architecture", "amd64"), config.get("os", "linux"))
 
@@ -223,15 +227,18 @@ def build_image(
     return WrittenImage(sha256_digest(manifest), manifest, sha256_digest(config), config), all_layers
 
 
-def _place_blob(source: str, dest: str) -> None:
-    """Put ``source`` at ``dest``: a hard link when the file system allows, else a copy."""
+def _place_blob(source: str, dest: str, linkable: bool) -> None:
+    """Put ``source`` at ``dest``: a hard link when allowed and possible, else a copy."""
     if os.path.exists(dest):
         return
-    try:
-        os.link(source, dest)
-    except OSError:
-        shutil.copyfile(source, dest)
-        os.chmod(dest, 0o644)
+    if linkable:
+        try:
+            os.link(source, dest)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, dest)
+    os.chmod(dest, 0o644)
 
 
 def write_layout(out_dir: str, image: WrittenImage, layers: Sequence[BlobRef], tags: Sequence[str]) -> None:
@@ -239,7 +246,7 @@ def write_layout(out_dir: str, image: WrittenImage, layers: Sequence[BlobRef], t
     blobs = os.path.join(out_dir, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)
     for layer in layers:
-        _place_blob(layer.path, blob_path(out_dir, layer.digests.digest))
+        _place_blob(layer.path, blob_path(out_dir, layer.digests.digest), layer.linkable)
     for digest, data in ((image.config_digest, image.config), (image.manifest_digest, image.manifest)):
         with open(blob_path(out_dir, digest), "wb") as handle:
             handle.write(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from pbuild.engine.api import Attr, DefaultInfo, File, Provider, RuleContext, Target, attr, rule
@@ -15,7 +16,7 @@ from pbuild.rules.python.providers import PyBinaryInfo, PyInfo, Wheel
 COMPRESSIONS = ("gzip", "none", "zstd")
 _SUFFIX = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
 # Bumped whenever an action function's output changes for the same inputs.
-LAYER_VERSION = "2"
+LAYER_VERSION = "3"
 IMAGE_VERSION = "1"
 
 #: gzip level for the large generated layers (wheels, Debian packages): level 1 is about 3.5x as
@@ -245,6 +246,7 @@ def _image(ctx: RuleContext) -> list[Provider]:
         version=IMAGE_VERSION,
         params={
             "base": base_input.path if base_input else None,
+            "base_is_source": bool(base_input and base_input.is_source),
             "layers": [{"blob": layer.blob.path, "meta": layer.meta.path, "created_by": layer.created_by}
                        for layer in layers],
             "config": {"entrypoint": entrypoint, "cmd": cmd, "env": env, "workdir": workdir,
@@ -278,6 +280,18 @@ def _python_entrypoint(ctx: RuleContext, interpreter: str, binary: PyBinaryInfo)
     raise AssertionError
 
 
+def group_wheels(wheels_: Sequence[Wheel], budget: int) -> list[list[Wheel]]:
+    """One group per wheel while ``budget`` layers last; past it, the remaining wheels share the last one.
+
+    Wheels come sorted by name, so adding a wheel moves at most the shared layer.
+    """
+    budget = max(1, budget)
+    groups = [[w] for w in wheels_]
+    if len(groups) > budget:
+        groups = groups[:budget - 1] + [[w for g in groups[budget - 1:] for w in g]]
+    return groups
+
+
 def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinfo: PyInfo,
                    runtime: PythonRuntimeInfo | None, other_layers: int, compression: str,
                    level: int | None, epoch: int) -> list[Layer]:
@@ -299,11 +313,7 @@ def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinf
     wheel_list = sorted(set(pyinfo.wheels), key=lambda w: (w.name, w.version))
     for wheel in wheel_list:
         _check_wheel_python(ctx, wheel, runtime.version)
-    budget = max(1, ctx.attr.max_layers - other_layers - 1)
-    groups: list[list[Wheel]] = [[w] for w in wheel_list]
-    if len(groups) > budget:
-        # Past the budget, the remaining wheels share one layer.
-        groups = groups[:budget - 1] + [[w for g in groups[budget - 1:] for w in g]]
+    groups = group_wheels(wheel_list, ctx.attr.max_layers - other_layers - 1)
     suffix = _SUFFIX[compression]
     common = {"site_packages": runtime.site_packages, "interpreter": runtime.interpreter,
               "python_version": runtime.version, "compression": compression, "level": level, "epoch": epoch,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import marshal
 import pickle
 import posixpath
 import subprocess
@@ -41,48 +42,74 @@ def can_compile_for(python_version: str) -> bool:
     return python_version == f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-#: The bytecode worker: compiles (source, in-image path) pairs read as a pickle from stdin.
-#: It imports nothing beyond what it needs, so its interpreter state is the same on every run.
-_WORKER = """
-import importlib.util, marshal, pickle, sys
-out = []
-for source, path in pickle.load(sys.stdin.buffer):
+def _canonical_interning() -> None:
+    """Intern every one-character Latin-1 string (CPython shares them as singletons).
+
+    ``marshal`` writes a string as "interned" when the string *object* is interned, and whether a
+    shared singleton such as ``"."`` is interned depends on whatever else ran in the process. With
+    all of them interned up front, bytecode is the same in every process: the engine, a worker,
+    another machine with the same interpreter build.
+    """
+    for code in range(256):
+        sys.intern(chr(code))
+
+
+_canonical_interning()
+
+_COMPILE = """
+def _pyc(source, path):
     try:
         code = compile(source, path, "exec", dont_inherit=True, optimize=0)
     except (SyntaxError, ValueError):
-        out.append(None)
-        continue
-    out.append(importlib.util.MAGIC_NUMBER + (3).to_bytes(4, "little") + importlib.util.source_hash(source)
-               + marshal.dumps(code))
-sys.stdout.buffer.write(pickle.dumps(out))
+        return None
+    return importlib.util.MAGIC_NUMBER + (3).to_bytes(4, "little") + importlib.util.source_hash(source) \\
+        + marshal.dumps(code)
 """
+
+#: A bytecode worker: compiles the (source, in-image path) pairs it reads as a pickle from stdin.
+_WORKER = (
+    "import importlib.util, marshal, pickle, sys\n"
+    "for i in range(256):\n    sys.intern(chr(i))\n"
+    + _COMPILE
+    + "sys.stdout.buffer.write(pickle.dumps([_pyc(s, p) for s, p in pickle.load(sys.stdin.buffer)]))\n"
+)
+
+
+def pyc_bytes(source: bytes, path: str) -> bytes | None:
+    """A checked-hash ``.pyc`` (PEP 552) for ``source``, recording ``path`` as the code's file name.
+
+    None for a source that does not compile (real wheels ship test fixtures with deliberate
+    syntax errors; the interpreter would fail on them at import as well).
+    """
+    try:
+        code = compile(source, path, "exec", dont_inherit=True, optimize=0)
+    except (SyntaxError, ValueError):
+        return None
+    return (importlib.util.MAGIC_NUMBER + (0b11).to_bytes(4, "little")  # flags: hash-based, checked
+            + importlib.util.source_hash(source) + marshal.dumps(code))
 
 
 def compile_pycs(work: list[tuple[bytes, str]], *, jobs: int = 1) -> list[bytes | None]:
-    """Checked-hash ``.pyc`` bytes (PEP 552) for each ``(source, in-image path)``; None if it does not compile.
+    """:func:`pyc_bytes` for each ``(source, in-image path)``, in order.
 
-    The in-image path is recorded as the code's file name. A source that does not compile (real
-    wheels ship test fixtures with deliberate syntax errors) gets no ``.pyc``.
-
-    Compilation runs in fresh ``python -I -S -X utf8`` worker processes, never in the engine:
-    ``marshal`` marks a string as interned when *any* code in the process interned that string
-    object (one-character strings are shared singletons), so bytecode written inside a
-    long-running process depends on what else ran there. Each worker also compiles in parallel
-    with the others (compiling holds the GIL). The split into batches does not change the bytes.
+    Compiling holds the GIL, so large sets are split over ``jobs`` fresh ``python -I -S``
+    worker processes (not forked: the engine has threads). Thanks to
+    :func:`_canonical_interning` the bytes are the same wherever a module is compiled, so the
+    split never changes the output.
     """
-    if not work:
-        return []
-    count = max(1, min(jobs, -(-len(work) // _MIN_BATCH)))
+    if jobs <= 1 or len(work) < 2 * _MIN_BATCH:
+        return [pyc_bytes(source, path) for source, path in work]
+    count = max(1, min(jobs, len(work) // _MIN_BATCH))
     share = -(-len(work) // count)
     batches = [work[i:i + share] for i in range(0, len(work), share)]
     procs = []
-    for batch in batches:
+    for batch in batches[1:]:
         proc = subprocess.Popen([sys.executable, "-I", "-S", "-X", "utf8", "-c", _WORKER], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env={"PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"})
         feeder = threading.Thread(target=_feed, args=(proc, pickle.dumps(batch)))
         feeder.start()
         procs.append((proc, feeder))
-    results: list[bytes | None] = []
+    results = [pyc_bytes(source, path) for source, path in batches[0]]  # this process takes a share too
     for proc, feeder in procs:
         output = proc.stdout.read() if proc.stdout else b""
         feeder.join()

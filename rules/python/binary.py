@@ -112,6 +112,9 @@ def py_binary(ctx: RuleContext) -> Sequence[Provider]:
             ctx.fail(f"main {main_file.path} is not in srcs (srcs: {srcs})", attr="main",
                      hint=f'add "{main_file.basename}" to srcs, or point main at one of them')
         main_module = _module_name(import_paths(ctx, main_file)[0])
+        if not all(part.isidentifier() for part in main_module.split(".")):
+            ctx.fail(f"main {main_file.path} imports as {main_module!r}, which is not a module name",
+                     attr="main", hint="name the file and its folders like Python modules (letters, digits, _)")
     info = collect_py_info(ctx)
     tree = declare_staged_tree(ctx, f"{ctx.label.name}.runfiles", info, target.version)
     if main_module is not None:
@@ -142,7 +145,6 @@ def _declare_pex(ctx: RuleContext, target: PythonTarget, info: PyInfo, tree: Fil
         params={
             "tree": tree.path,
             "wheels": [w.file.path for w in info.wheels],
-            "requirements": [f"{w.name}=={w.version}" for w in info.wheels],
             "main_module": main_module or "",
             "entry_point": entry_point or "",
             "shebang": shebang,

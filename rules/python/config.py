@@ -17,6 +17,7 @@ _KEYS = ("version", "implementation", "abi", "platform", "interpreter")
 _VERSION_RE = re.compile(r"^3\.\d{1,2}$")
 _MANYLINUX_RE = re.compile(r"^manylinux_2_(\d+)_(\w+)$")
 _LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
+_OTHER_SYSTEMS = {"macosx": ("Darwin", "darwin"), "win": ("Windows", "win32")}
 _IMPLEMENTATIONS = {"cp": ("cpython", "CPython"), "pp": ("pypy", "PyPy")}
 
 
@@ -89,6 +90,8 @@ class PythonTarget:
         """PEP 508 marker values of the target, to decide which dependencies apply there."""
         name, python_impl = _IMPLEMENTATIONS[self.implementation]
         linux = "linux" in self.platform
+        system, sys_platform = ("Linux", "linux") if linux else _OTHER_SYSTEMS.get(
+            self.platform.split("_", 1)[0], ("", self.platform.split("_", 1)[0]))
         return {
             "implementation_name": name,
             "implementation_version": self.version,
@@ -96,11 +99,11 @@ class PythonTarget:
             "platform_machine": self.machine,
             "platform_python_implementation": python_impl,
             "platform_release": "",
-            "platform_system": "Linux" if linux else "",
+            "platform_system": system,
             "platform_version": "",
             "python_full_version": self.version + ".0",
             "python_version": self.version,
-            "sys_platform": "linux" if linux else self.platform.split("_", 1)[0],
+            "sys_platform": sys_platform,
         }
 
     def pip_args(self) -> list[str]:

@@ -24,7 +24,7 @@ from pbuild.engine.api import OUT_DIR, ActionIO, DefaultInfo, File, Provider, Ru
 from pbuild.rules.python.providers import PyInfo, PySource, Wheel
 from pbuild.rules.python.wheels import compile_tree, host_python_for
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 
 COMMON_ATTRS = {
     "srcs": attr.label_list("Python source files (`.py`, `.pyi`).", allow_files=("py", "pyi")),
@@ -116,6 +116,9 @@ def stage_tree(io: ActionIO, params: Mapping[str, Any]) -> None:
     for import_path, source in params["files"]:
         destination = os.path.join(out, import_path)
         os.makedirs(os.path.dirname(destination), exist_ok=True)
+        if os.path.isdir(io.input_path(source)):  # a directory output given as data
+            shutil.copytree(io.input_path(source), destination, dirs_exist_ok=True)
+            continue
         shutil.copyfile(io.input_path(source), destination)
         mode = os.stat(io.input_path(source)).st_mode
         os.chmod(destination, 0o755 if mode & 0o111 else 0o644)

@@ -81,10 +81,10 @@ def resolve(requirements_in: str, target: PythonTarget, *, requirements_path: st
             raise _resolution_error(result.stderr + result.stdout, target, requirements_path)
         with open(report_path, encoding="utf-8") as handle:
             report = json.load(handle)
-        return lock_from_report(report, target, inputs_digest(requirements_in), tmp)
+        return lock_from_report(report, target, inputs_digest(requirements_in))
 
 
-def lock_from_report(report: Mapping[str, Any], target: PythonTarget, inputs_sha256: str, tmp: str) -> Lock:
+def lock_from_report(report: Mapping[str, Any], target: PythonTarget, inputs_sha256: str) -> Lock:
     """Turn pip's installation report into a :class:`Lock` with each project's direct deps."""
     items = {normalize_name(item["metadata"]["name"]): item for item in report.get("install", [])}
     extras = {name: {normalize_name(e) for e in item.get("requested_extras") or ()} for name, item in items.items()}
@@ -113,7 +113,7 @@ def lock_from_report(report: Mapping[str, Any], target: PythonTarget, inputs_sha
                                hint=f"pbuild only uses wheels; find a wheel for {target.platform}")
         sha256 = (item["download_info"].get("archive_info", {}).get("hashes") or {}).get("sha256")
         if not sha256:
-            sha256 = _hash_url(url, tmp)
+            sha256 = _hash_url(url)
         projects.append(LockedProject(
             name=name, version=item["metadata"]["version"], filename=filename, sha256=sha256,
             requires=tuple(sorted(edges[name])),
@@ -140,7 +140,7 @@ def _applicable(requires_dist: Iterable[str], extras: set[str], environment: dic
     return found
 
 
-def _hash_url(url: str, tmp: str) -> str:
+def _hash_url(url: str) -> str:
     """sha256 of an artifact pip chose without a hash in the index (a find-links folder)."""
     digest = hashlib.sha256()
     # urllib honours the same proxies pip does; the URL came from the user's own configuration.

@@ -3,7 +3,7 @@
 It is an in-process action rather than a sandboxed process action because the pex tool lives in
 pbuild's own environment, which the sandbox does not show (it may sit inside the workspace, whose
 undeclared files are hidden). The action still reads only its declared inputs: the staged source
-tree and the locked wheel files, linked into a private find-links folder; pex resolves nothing
+tree and the locked wheel files, passed to pex as files; pex resolves nothing
 (``--no-pypi --intransitive --no-build``), and its version is part of the action key.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import BuildFailed
 
-BUILD_PEX_VERSION = "1"
+BUILD_PEX_VERSION = "2"
 
 
 def pex_version() -> str:
@@ -28,23 +28,44 @@ def pex_version() -> str:
     return str(__version__)
 
 
+def pex_root() -> str:
+    """pex's cache folder: ``$XDG_CACHE_HOME/pbuild/pex`` (default ``~/.cache/pbuild/pex``).
+
+    Only pex's own cache (its pip, unpacked wheels): it never changes what is built.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    root = os.path.join(base, "pbuild", "pex")
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError:  # no writable home (a service user): a private folder in the temp dir
+        import tempfile
+
+        root = os.path.join(tempfile.gettempdir(), f"pbuild-pex-{os.getuid()}")
+    return root
+
+
 def build_pex(io: ActionIO, params: Mapping[str, Any]) -> None:
     """Run pex over ``params['tree']`` and ``params['wheels']`` into ``params['output']``.
 
-    Other ``params``: ``requirements`` (``name==version`` pins), ``main_module`` or
+    Other ``params``: ``main_module`` or
     ``entry_point``, ``shebang``, ``env`` and ``args`` to bake in.
     """
     wheel_dir = os.path.join(io.tmpdir, "wheels")
     os.makedirs(wheel_dir, exist_ok=True)
+    wheels = []
     for wheel in params["wheels"]:
-        os.symlink(os.path.abspath(io.input_path(wheel)), os.path.join(wheel_dir, os.path.basename(wheel)))
+        # Wheel files as requirements: pex takes them as they are, without asking pip to resolve
+        # (seconds faster); PEX-INFO records them as name==version, not by path.
+        link = os.path.join(wheel_dir, os.path.basename(wheel))
+        os.symlink(os.path.abspath(io.input_path(wheel)), link)
+        wheels.append(link)
     argv = [
         sys.executable, "-m", "pex",
-        "--no-pypi", "-f", wheel_dir, "--intransitive", "--no-build", "--no-compile",
+        "--no-pypi", "--intransitive", "--no-build", "--no-compile",
         "--python-shebang", params["shebang"],
         "-D", os.path.abspath(io.input_path(params["tree"])),
         "-o", io.output_path(params["output"]),
-        *params["requirements"],
+        *wheels,
     ]
     if params.get("main_module"):
         argv += ["-m", params["main_module"]]
@@ -59,7 +80,9 @@ def build_pex(io: ActionIO, params: Mapping[str, Any]) -> None:
     env = {
         "PATH": os.environ.get("PATH", os.defpath),
         "HOME": io.tmpdir,
-        "PEX_ROOT": os.path.join(io.tmpdir, "pex_root"),
+        # pex's own cache (its pip, unpacked wheels) outlives the action: a fresh one costs seconds
+        # per PEX. It never changes what is built, only how fast.
+        "PEX_ROOT": pex_root(),
         "PYTHONHASHSEED": "0",
         "SOURCE_DATE_EPOCH": "315532800",
         "LC_ALL": "C.UTF-8",

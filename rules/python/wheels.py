@@ -21,16 +21,23 @@ from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import BuildFailed, HashMismatch
 
 FETCH_VERSION = "1"
-INSTALL_VERSION = "1"
+INSTALL_VERSION = "2"
 
 # Compiles every .py below a folder into hash-based .pyc files that record folder-relative paths.
 # It runs in a child with PYTHONHASHSEED=0: marshal writes frozensets in hash order, so a random
 # seed would make the bytes differ between builds.
 _COMPILE_SCRIPT = """
-import compileall, py_compile, sys
-root, mode = sys.argv[1], sys.argv[2]
-compileall.compile_dir(root, stripdir=root, quiet=2, workers=1,
-                       invalidation_mode=py_compile.PycInvalidationMode[mode])
+import os, py_compile, sys
+root, mode = sys.argv[1], py_compile.PycInvalidationMode[sys.argv[2]]
+for folder, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(files):
+        if name.endswith(".py"):
+            path = os.path.join(folder, name)
+            try:
+                py_compile.compile(path, dfile=os.path.relpath(path, root), doraise=True, invalidation_mode=mode)
+            except py_compile.PyCompileError:
+                pass  # not Python 3 (test data, templates): imported it would fail anyway
 """
 
 

@@ -4,8 +4,6 @@ does the work. Every user error is a :class:`LauncherError` turned into a messag
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import sys
 import time
 
@@ -42,10 +40,18 @@ def _run_parser() -> _Parser:
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
-    p.add_argument("-d", "--detach", action="store_true", help="run in the background; output to `pbuild logs`")
+    p.add_argument(
+        "-d", "--detach", action="store_true", help="run in the background; output to `pbuild logs`"
+    )
     p.add_argument("--name", help="name the container (default pbuild-<id>)")
     p.add_argument("--hostname", help="hostname (default: the name or short id)")
-    p.add_argument("--network", "--net", default="none", choices=["none", "host"], help="none (default) or host")
+    p.add_argument(
+        "--network",
+        "--net",
+        default="none",
+        choices=["none", "host", "slirp4netns"],
+        help="none (default), host, or slirp4netns (user-mode networking; implied by -p)",
+    )
     p.add_argument("-p", "--publish", action="append", default=[], help="HOST:CONTAINER port via slirp4netns")
     p.add_argument("--init", action="store_true", help="run a small init that forwards signals and reaps")
     p.add_argument("--memory", "-m", help="memory limit, e.g. 512m (cgroups)")
@@ -65,6 +71,10 @@ def parse_run(argv: list[str]) -> RunOptions:
     command = list(ns.extra) + command
     if ns.publish and ns.network == "none":
         ns.network = "slirp4netns"
+    if ns.publish and ns.network == "host":
+        raise LauncherError(
+            "-p/--publish cannot be used with --network host", hint="the host's ports are shared already"
+        )
     return RunOptions(
         image=ns.image,
         command=tuple(command),
@@ -126,7 +136,9 @@ def main(argv: list[str]) -> int:
             return lifecycle.exec_in(Store(), ns.name, cmd, ns.interactive, ns.tty)
         if command == "stop":
             p = _Parser(prog="pbuild stop")
-            p.add_argument("-t", "--time", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+            p.add_argument(
+                "-t", "--time", type=float, default=10.0, help="seconds before SIGKILL (default 10)"
+            )
             p.add_argument("names", nargs="+")
             ns = p.parse_args(rest)
             return max(lifecycle.stop(Store(), name, ns.time) for name in ns.names)
@@ -145,11 +157,3 @@ def main(argv: list[str]) -> int:
         return EXIT_LAUNCHER
     except KeyboardInterrupt:
         return 130
-
-
-def new_container_id() -> str:
-    return secrets.token_hex(32)
-
-
-def _env_flag(name: str) -> str | None:
-    return os.environ.get(name)

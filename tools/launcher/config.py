@@ -8,16 +8,14 @@ without a value copies it from the caller); ``-w`` and ``-u`` override WorkingDi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pbuild.tools.launcher.errors import LauncherError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclass(frozen=True)
-class Volume:
+class Volume(NamedTuple):
     """``-v HOST:CONTAINER[:ro]``"""
 
     host: str
@@ -34,14 +32,15 @@ class Volume:
             raise LauncherError(f"invalid volume mode {mode!r} in {text!r}", hint="the mode is ro or rw")
         host = os.path.abspath(parts[0])
         if not os.path.exists(host):
-            raise LauncherError(f"volume source {host} does not exist", hint="create it first (as Docker would not)")
+            raise LauncherError(
+                f"volume source {host} does not exist", hint="create it first (as Docker would not)"
+            )
         if not parts[1].startswith("/"):
             raise LauncherError(f"volume target {parts[1]!r} must be an absolute path inside the container")
         return cls(host, os.path.normpath(parts[1]), mode == "ro")
 
 
-@dataclass(frozen=True)
-class PortMapping:
+class PortMapping(NamedTuple):
     """``-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]``"""
 
     host_port: int
@@ -60,11 +59,12 @@ class PortMapping:
                 return cls(int(parts[1]), int(parts[2]), protocol or "tcp", parts[0])
         except ValueError:
             pass
-        raise LauncherError(f"invalid port mapping {text!r}", hint="use -p HOST_PORT:CONTAINER_PORT[/tcp|udp]")
+        raise LauncherError(
+            f"invalid port mapping {text!r}", hint="use -p HOST_PORT:CONTAINER_PORT[/tcp|udp]"
+        )
 
 
-@dataclass(frozen=True)
-class RunOptions:
+class RunOptions(NamedTuple):
     """The flags of ``run``, as given."""
 
     image: str
@@ -90,8 +90,7 @@ class RunOptions:
     cpus: float | None = None
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
+class ContainerSpec(NamedTuple):
     """Everything the namespace setup needs, resolved from the image and the flags."""
 
     argv: tuple[str, ...]
@@ -101,7 +100,7 @@ class ContainerSpec:
     hostname: str
     options: RunOptions
     image_digest: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = {}  # noqa: RUF012 - never mutated
 
 
 def _read_env_file(path: str) -> list[str]:
@@ -129,7 +128,9 @@ def _merge_env(base: list[str], overrides: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in merged.items()]
 
 
-def resolve_spec(config: dict[str, Any], options: RunOptions, container_id: str, image_digest: str = "") -> ContainerSpec:
+def resolve_spec(
+    config: dict[str, Any], options: RunOptions, container_id: str, image_digest: str = ""
+) -> ContainerSpec:
     """Combine the image config's ``config`` object with the flags, Docker's way."""
     entrypoint = list(config.get("Entrypoint") or [])
     cmd = list(config.get("Cmd") or [])

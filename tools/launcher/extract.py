@@ -62,7 +62,7 @@ def decompressor(raw: IO[bytes], media_type: str) -> IO[bytes]:
     """The decompressed view of a layer blob, by media type or, failing that, magic bytes."""
     import io
 
-    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
+    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type, type-var]
     magic = buffered.peek(4)[:4]  # type: ignore[attr-defined]
     if media_type.endswith("+zstd") or magic == b"\x28\xb5\x2f\xfd":
         import zstandard
@@ -233,22 +233,36 @@ def _extract_member(
         _remove(base, parent)
         if member.isreg():
             source = archive.extractfile(member)
-            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+            fd = os.open(
+                base,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=parent,
+            )
             try:
                 if source is not None:
                     while chunk := source.read(1 << 20):
                         os.write(fd, chunk)
+                if privileged:  # before the mode: chown clears setuid bits
+                    os.fchown(fd, member.uid, member.gid)
                 os.fchmod(fd, mode)
             finally:
                 os.close(fd)
+            os.utime(base, ns=(int(member.mtime * 1e9),) * 2, dir_fd=parent, follow_symlinks=False)
+            return
         elif member.issym():
             os.symlink(member.linkname, base, dir_fd=parent)
         elif member.islnk():
             link_parts = _clean_name(member.linkname)
             if not link_parts:
                 raise LayerError(f"layer entry {member.name!r} is a hardlink to the layer root")
-            source_dir = tree.open_dir(link_parts[:-1], create=False, entry=member.linkname)
             try:
+                source_dir = tree.open_dir(link_parts[:-1], create=False, entry=member.linkname)
+            except FileNotFoundError:
+                source_dir = -1
+            try:
+                if source_dir < 0:
+                    raise FileNotFoundError
                 st = os.stat(link_parts[-1], dir_fd=source_dir, follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode):
                     raise LayerError(
@@ -262,7 +276,8 @@ def _extract_member(
                     hint="hardlinks may only name files earlier in the same layer",
                 ) from None
             finally:
-                os.close(source_dir)
+                if source_dir >= 0:
+                    os.close(source_dir)
             return  # a hardlink shares the target's owner and mode
         elif member.isfifo():
             os.mkfifo(base, mode, dir_fd=parent)

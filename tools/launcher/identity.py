@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pbuild.tools.launcher.errors import LauncherError
 
@@ -29,8 +28,7 @@ DEFAULT_CAPABILITIES = {
 DEFAULT_CAP_MASK = sum(1 << n for n in DEFAULT_CAPABILITIES.values())
 
 
-@dataclass(frozen=True)
-class IdMap:
+class IdMap(NamedTuple):
     """The uid/gid maps of the container's user namespace.
 
     ``helper`` means newuidmap/newgidmap write them (a subordinate range from /etc/subuid);
@@ -69,6 +67,8 @@ def choose_id_map() -> IdMap:
         user = str(uid)
     sub_uid = _subordinate_range("/etc/subuid", user, uid)
     sub_gid = _subordinate_range("/etc/subgid", user, uid)
+    import shutil
+
     if sub_uid and sub_gid and shutil.which("newuidmap") and shutil.which("newgidmap"):
         return IdMap(
             f"0 {uid} 1\n1 {sub_uid[0]} {min(sub_uid[1], 65535)}\n",
@@ -78,8 +78,7 @@ def choose_id_map() -> IdMap:
     return IdMap(f"0 {uid} 1\n", f"0 {gid} 1\n")
 
 
-@dataclass(frozen=True)
-class User:
+class User(NamedTuple):
     uid: int
     gid: int
     groups: tuple[int, ...]
@@ -106,7 +105,9 @@ def resolve_user(spec: str) -> User:
     else:
         entry = next((e for e in passwd if len(e) >= 7 and e[0] == user_part), None)
         if entry is None:
-            raise LauncherError(f"unable to find user {user_part}: no matching entries in the image's /etc/passwd")
+            raise LauncherError(
+                f"unable to find user {user_part}: no matching entries in the image's /etc/passwd"
+            )
         uid = int(entry[2])
     gid = int(entry[3]) if entry else 0
     home = entry[5] if entry else "/"
@@ -117,12 +118,18 @@ def resolve_user(spec: str) -> User:
         else:
             match = next((g for g in groups_db if len(g) >= 3 and g[0] == group_part), None)
             if match is None:
-                raise LauncherError(f"unable to find group {group_part}: no matching entries in the image's /etc/group")
+                raise LauncherError(
+                    f"unable to find group {group_part}: no matching entries in the image's /etc/group"
+                )
             gid = int(match[2])
     name = entry[0] if entry else None
     extra = tuple(
         sorted(
-            {int(g[2]) for g in groups_db if len(g) >= 4 and name and name in g[3].split(",") and g[2].isdigit()}
+            {
+                int(g[2])
+                for g in groups_db
+                if len(g) >= 4 and name and name in g[3].split(",") and g[2].isdigit()
+            }
             - {gid}
         )
     )

@@ -7,12 +7,11 @@ diff_id while they are extracted.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, NamedTuple, cast
 
 from pbuild.tools.launcher.errors import LauncherError
 
@@ -26,18 +25,16 @@ _INDEX_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(NamedTuple):
     """One layer: its uncompressed digest (the store key) and how to read it."""
 
     diff_id: str
     media_type: str
-    open_blob: Callable[[], IO[bytes]] = field(compare=False, repr=False)
+    open_blob: Callable[[], IO[bytes]]
     """Opens the (possibly compressed) blob as a binary stream."""
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     """What the launcher needs of an image: where it came from, its config and its layers."""
 
     reference: str
@@ -92,7 +89,9 @@ def _load_oci(reference: str, rest: str) -> Image:
     if not os.path.isdir(layout) and ":" in rest:
         layout, _, ref_name = rest.rpartition(":")
     if not os.path.isdir(layout):
-        raise LauncherError(f"OCI layout {layout} is not a directory", hint="build the image first, or check the path")
+        raise LauncherError(
+            f"OCI layout {layout} is not a directory", hint="build the image first, or check the path"
+        )
     index = _read_json(os.path.join(layout, "index.json"), "OCI index")
     descriptor = _pick_manifest(layout, index, ref_name)
     manifest = _read_json(_blob_path(layout, descriptor["digest"]), "image manifest")
@@ -119,7 +118,9 @@ def _pick_manifest(layout: str, index: dict[str, Any], ref_name: str | None) -> 
     manifests = index.get("manifests") or []
     if ref_name is not None:
         named = [
-            m for m in manifests if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == ref_name
+            m
+            for m in manifests
+            if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == ref_name
         ]
         if not named:
             raise LauncherError(f"OCI layout {layout} has no image named {ref_name!r}")
@@ -128,10 +129,12 @@ def _pick_manifest(layout: str, index: dict[str, Any], ref_name: str | None) -> 
         raise LauncherError(f"OCI layout {layout} lists no manifests in index.json")
     if len(manifests) > 1:
         names = sorted(
-            (m.get("annotations") or {}).get("org.opencontainers.image.ref.name", m["digest"]) for m in manifests
+            (m.get("annotations") or {}).get("org.opencontainers.image.ref.name", m["digest"])
+            for m in manifests
         )
         raise LauncherError(
-            f"OCI layout {layout} holds {len(manifests)} images", hint=f"pick one with oci:{layout}:NAME ({names})"
+            f"OCI layout {layout} holds {len(manifests)} images",
+            hint=f"pick one with oci:{layout}:NAME ({names})",
         )
     chosen = manifests[0]
     if chosen.get("mediaType") in _INDEX_TYPES:  # a nested index: take this machine's platform
@@ -148,6 +151,8 @@ def _pick_manifest(layout: str, index: dict[str, Any], ref_name: str | None) -> 
 
 
 def _load_docker_archive(reference: str, path: str) -> Image:
+    import tarfile
+
     try:
         archive = tarfile.open(path, "r:")
     except (OSError, tarfile.TarError) as e:
@@ -180,36 +185,31 @@ def _load_docker_archive(reference: str, path: str) -> Image:
     for diff_id, (offset, size) in zip(diff_ids, offsets.values(), strict=True):
 
         def opener(offset: int = offset, size: int = size) -> IO[bytes]:
-            return _Slice(path, offset, size)
+            return cast(IO[bytes], _Slice(path, offset, size))
 
         layers.append(Layer(diff_id, "", opener))
     digest = "sha256:" + entry["Config"].rsplit("/", 1)[-1].removesuffix(".json")
     return Image(reference, digest, config, tuple(layers))
 
 
-class _Slice(IO[bytes]):
+class _Slice(io.RawIOBase):
     """A read-only window onto part of a file (a layer inside a docker archive)."""
 
     def __init__(self, path: str, offset: int, size: int) -> None:
+        super().__init__()
         self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
         self._file.seek(offset)
         self._left = size
 
-    def read(self, n: int = -1) -> bytes:
-        if n < 0 or n > self._left:
-            n = self._left
-        data = self._file.read(n)
-        self._left -= len(data)
-        return data
-
     def readable(self) -> bool:
         return True
 
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)[: self._left]
+        n = self._file.readinto(view)
+        self._left -= n
+        return n
+
     def close(self) -> None:
         self._file.close()
-
-    def __enter__(self) -> _Slice:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()

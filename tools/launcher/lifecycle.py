@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
+
 from pbuild.tools import linux
 from pbuild.tools.launcher import process
 from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
@@ -15,8 +17,10 @@ from pbuild.tools.launcher.state import ContainerState, Store, is_alive
 
 def remove_container(store: Store, state: ContainerState) -> None:
     """Delete a container's directory (its upper layer, logs, state) and free its name."""
+    from pbuild.tools.launcher import cgroups
     from pbuild.tools.launcher.store import remove_tree
 
+    cgroups.remove(tuple(state.extra.get("cgroups") or ()))
     store.release_name(state)
     path = store.container_dir(state.id)
     if os.path.lexists(path):
@@ -60,7 +64,8 @@ def logs(store: Store, name: str, follow: bool) -> int:
     path = os.path.join(store.container_dir(state.id), "log")
     if not os.path.exists(path):
         raise LauncherError(
-            f"container {name} has no log", hint="only detached containers (run -d) write one; others print directly"
+            f"container {name} has no log",
+            hint="only detached containers (run -d) write one; others print directly",
         )
     out = sys.stdout.buffer
     with open(path, "rb") as f:
@@ -127,7 +132,8 @@ def rm(store: Store, names: list[str], force: bool) -> int:
             if is_alive(state):
                 if not force:
                     raise LauncherError(
-                        f"container {name} is running", hint=f"stop it first (`pbuild stop {name}`) or use rm -f"
+                        f"container {name} is running",
+                        hint=f"stop it first (`pbuild stop {name}`) or use rm -f",
                     )
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(state.pid, signal.SIGKILL)
@@ -201,7 +207,9 @@ def exec_in(store: Store, name: str, argv: list[str], interactive: bool, tty: bo
     return code
 
 
-def _join_and_exec(ns_fds: list[tuple[str, int]], setup: process.ProcessSetup, stdio: process.Stdio, errpipe: int) -> int:
+def _join_and_exec(
+    ns_fds: list[tuple[str, int]], setup: process.ProcessSetup, stdio: process.Stdio, errpipe: int
+) -> int:
     process.keep_only_fds([*stdio.child_fds, errpipe, *(fd for _, fd in ns_fds)])
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     try:
@@ -227,15 +235,13 @@ def _join_and_exec(ns_fds: list[tuple[str, int]], setup: process.ProcessSetup, s
             continue
 
 
-def _stdio(interactive: bool, tty: bool) -> tuple[process.Stdio, object]:
+def _stdio(interactive: bool, tty: bool) -> tuple[process.Stdio, Callable[[], None]]:
     from pbuild.tools.launcher import terminal
 
     return terminal.open_stdio(interactive, tty, log_path=None)
 
 
-def _proxy(stdio: process.Stdio, interactive: bool) -> object:
+def _proxy(stdio: process.Stdio, interactive: bool) -> Callable[[], None]:
     from pbuild.tools.launcher import terminal
 
     return lambda: terminal.proxy(stdio, interactive)
-
-

@@ -12,7 +12,7 @@ resolved with its symlinks kept inside the root (``nsops.resolve_in_root``), so 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pbuild.tools import linux, nsops
 from pbuild.tools.launcher.config import ContainerSpec
@@ -35,8 +35,7 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
-@dataclass(frozen=True)
-class RootFs:
+class RootFs(NamedTuple):
     """Where the image's files come from: overlay layers (bottom first) or one flat directory."""
 
     container_dir: str
@@ -59,7 +58,7 @@ def generated_files(spec: ContainerSpec) -> dict[str, bytes]:
                 resolv = f.read()
         except OSError:
             resolv = b""
-        if spec.options.publish:  # slirp4netns provides a DNS forwarder at this address
+        if spec.options.network == "slirp4netns":  # slirp4netns forwards DNS from this address
             resolv = b"nameserver 10.0.2.3\n"
     return {"hosts": hosts.encode(), "hostname": f"{name}\n".encode(), "resolv.conf": resolv}
 
@@ -75,7 +74,9 @@ def plan_container(spec: ContainerSpec, rootfs: RootFs) -> tuple[nsops.Op, ...]:
         lower = ":".join(f"l/{i}" for i in reversed(range(len(rootfs.layers))))
         ops += [
             nsops.Chdir(cdir),
-            nsops.Mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir=upper,workdir=work,userxattr"),
+            nsops.Mount(
+                "overlay", root, "overlay", 0, f"lowerdir={lower},upperdir=upper,workdir=work,userxattr"
+            ),
             nsops.Chdir("/"),
         ]
     else:
@@ -83,7 +84,9 @@ def plan_container(spec: ContainerSpec, rootfs: RootFs) -> tuple[nsops.Op, ...]:
     nosuid_nodev_noexec = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
     ops += [
         nsops.Mount("proc", "/proc", "proc", nosuid_nodev_noexec, root=root, create="dir"),
-        nsops.Mount("tmpfs", "/dev", "tmpfs", linux.MS_NOSUID, "mode=0755,size=65536k", root=root, create="dir"),
+        nsops.Mount(
+            "tmpfs", "/dev", "tmpfs", linux.MS_NOSUID, "mode=0755,size=65536k", root=root, create="dir"
+        ),
     ]
     for dev in DEVICES:
         ops.append(nsops.Mount(f"/dev/{dev}", f"/dev/{dev}", None, linux.MS_BIND, root=root, create="file"))
@@ -98,7 +101,9 @@ def plan_container(spec: ContainerSpec, rootfs: RootFs) -> tuple[nsops.Op, ...]:
             create="dir",
         ),
         nsops.Symlink("pts/ptmx", "/dev/ptmx", root),
-        nsops.Mount("shm", "/dev/shm", "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k", root=root, create="dir"),
+        nsops.Mount(
+            "shm", "/dev/shm", "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k", root=root, create="dir"
+        ),
         nsops.Symlink("/proc/self/fd", "/dev/fd", root),
         nsops.Symlink("/proc/self/fd/0", "/dev/stdin", root),
         nsops.Symlink("/proc/self/fd/1", "/dev/stdout", root),
@@ -110,20 +115,38 @@ def plan_container(spec: ContainerSpec, rootfs: RootFs) -> tuple[nsops.Op, ...]:
         ops.append(nsops.SetAttr("/sys", linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID, root=root))
     else:
         ops.append(
-            nsops.Mount("sysfs", "/sys", "sysfs", nosuid_nodev_noexec | linux.MS_RDONLY, root=root, create="dir")
+            nsops.Mount(
+                "sysfs", "/sys", "sysfs", nosuid_nodev_noexec | linux.MS_RDONLY, root=root, create="dir"
+            )
         )
     for path in MASKED_PATHS:
         ops.append(nsops.Mask(root, path))
     for path in READONLY_PATHS:
         ops.append(nsops.ReadOnly(root, path))
     for name in generated_files(spec):
-        ops.append(nsops.Mount(f"{cdir}/{name}", f"/etc/{name}", None, linux.MS_BIND, root=root, create="file"))
+        ops.append(
+            nsops.Mount(f"{cdir}/{name}", f"/etc/{name}", None, linux.MS_BIND, root=root, create="file")
+        )
     if spec.options.read_only:
         for path in ("/tmp", "/run"):
-            ops.append(nsops.Mount("tmpfs", path, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777", root=root, create="dir"))
+            ops.append(
+                nsops.Mount(
+                    "tmpfs",
+                    path,
+                    "tmpfs",
+                    linux.MS_NOSUID | linux.MS_NODEV,
+                    "mode=1777",
+                    root=root,
+                    create="dir",
+                )
+            )
     for volume in spec.options.volumes:
         kind = "dir" if os.path.isdir(volume.host) else "file"
-        ops.append(nsops.Mount(volume.host, volume.container, None, linux.MS_BIND | linux.MS_REC, root=root, create=kind))
+        ops.append(
+            nsops.Mount(
+                volume.host, volume.container, None, linux.MS_BIND | linux.MS_REC, root=root, create=kind
+            )
+        )
         if volume.read_only:
             ops.append(nsops.SetAttr(volume.container, linux.MOUNT_ATTR_RDONLY, root=root))
     ops.append(nsops.MakeDir(spec.workdir, root=root))

@@ -29,12 +29,10 @@ import contextlib
 import os
 import resource
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from pbuild.tools import linux, nsops
 from pbuild.tools.launcher import identity
@@ -43,10 +41,10 @@ from pbuild.tools.launcher.state import ContainerState, Store, process_start_tim
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _NOFILE = 1048576
+_MONITOR_NAMESPACES = linux.CLONE_NEWUSER | linux.CLONE_NEWPID | linux.CLONE_NEWNET
 
 
-@dataclass(frozen=True)
-class ProcessSetup:
+class ProcessSetup(NamedTuple):
     """How the command is started once the filesystem is in place (shared by run and exec)."""
 
     argv: tuple[str, ...]
@@ -57,8 +55,7 @@ class ProcessSetup:
     single_map: bool
 
 
-@dataclass(frozen=True)
-class Stdio:
+class Stdio(NamedTuple):
     """The container's fds 0, 1, 2 as fds of the launcher; with ``-t`` instead a socket over
     which the container sends the master of the pty it opens in its own devpts (so that
     ``tty`` and ``ttyname`` work inside), and the window size to give that pty."""
@@ -179,7 +176,9 @@ def become_and_exec(setup: ProcessSetup, stdio: Stdio, errpipe: int, timing_fd: 
             hint = ""
             if setup.single_map and (user.uid or user.gid):
                 hint = " (only root is mapped in this user namespace: run as root, or give the caller a range in /etc/subuid and /etc/subgid)"
-            raise LauncherError(f"cannot become user {setup.user} (uid {user.uid}, gid {user.gid}): {e.strerror}{hint}") from None
+            raise LauncherError(
+                f"cannot become user {setup.user} (uid {user.uid}, gid {user.gid}): {e.strerror}{hint}"
+            ) from None
         if user.uid == 0:
             linux.capset(identity.DEFAULT_CAP_MASK, identity.DEFAULT_CAP_MASK, 0)
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
@@ -234,8 +233,7 @@ def reap_as_init(child: int) -> int:
             return exit_code_of(status)
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(NamedTuple):
     """Everything the forked children need, computed before the fork."""
 
     ops: tuple[nsops.Op, ...]
@@ -245,15 +243,19 @@ class Launch:
     detached: bool
     state: ContainerState
     store_root: str
+    cgroups: tuple[str, ...] = ()
+    slirp: bool = False
+    publish: tuple[Any, ...] = ()
 
 
 def _monitor(
-    launch: Launch, stdio: Stdio, pipes: tuple[int, int, int], parent: int, timing_fd: int
+    launch: Launch, stdio: Stdio, pipes: tuple[int, int, int], parent: int, timing_fd: int, net_exit: int
 ) -> int:
-    """Process A: see the module docstring."""
+    """Process A: see the module docstring. ``net_exit`` stays open until A exits: it tells
+    slirp4netns when to end."""
     ready_w, go_r, errpipe = pipes
     fds = stdio.child_fds
-    keep_only_fds([*fds, *pipes, timing_fd])
+    keep_only_fds([*fds, *pipes, timing_fd, net_exit])
     mark(timing_fd, "monitor")
     for sig in _FORWARDED:
         signal.signal(sig, signal.SIG_IGN)  # L forwards what is meant for the container
@@ -264,9 +266,10 @@ def _monitor(
         for target, fd in enumerate((stdio.stdin, stdio.stdout, stdio.stderr)):
             os.dup2(fd, target)
     try:
-        # Only the user and PID namespaces here: A must keep the host's mount namespace (B's
-        # pivot_root would move every process of a shared one into the container's root).
-        linux.unshare(launch.namespaces & (linux.CLONE_NEWUSER | linux.CLONE_NEWPID))
+        # The user, PID and network namespaces here (slirp4netns joins the network namespace by
+        # our pid, before B exists); the mount namespace in B: A must keep the host's, as B's
+        # pivot_root would move every process of a shared one into the container's root.
+        linux.unshare(launch.namespaces & _MONITOR_NAMESPACES)
         if not launch.detached:
             # The new user namespace changed our credentials, which clears the death signal.
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -290,7 +293,7 @@ def _monitor(
         finally:
             os._exit(code)
     store = Store(launch.store_root)
-    state = replace(launch.state, status="running", pid=child, pid_start=process_start_time(child) or 0)
+    state = launch.state._replace(status="running", pid=child, pid_start=process_start_time(child) or 0)
     store.save(state)
     os.write(ready_w, f"{child}\n".encode())
     for fd in {ready_w, errpipe, *fds}:
@@ -305,7 +308,11 @@ def _monitor(
         except InterruptedError:
             continue
     code = exit_code_of(status)
-    state = replace(state, status="exited", exit_code=code, finished=time.time())
+    if launch.cgroups:
+        from pbuild.tools.launcher import cgroups
+
+        cgroups.remove(launch.cgroups)
+    state = state._replace(status="exited", exit_code=code, finished=time.time())
     if launch.state.auto_remove:
         from pbuild.tools.launcher.lifecycle import remove_container
 
@@ -321,7 +328,7 @@ def _container_init(launch: Launch, stdio: Stdio, errpipe: int, timing_fd: int) 
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
         mark(timing_fd, "init")
-        linux.unshare(launch.namespaces & ~(linux.CLONE_NEWUSER | linux.CLONE_NEWPID))
+        linux.unshare(launch.namespaces & ~_MONITOR_NAMESPACES)
         mark(timing_fd, "init-unshared")
         nsops.apply(launch.ops)
         mark(timing_fd, "mounted")
@@ -339,6 +346,8 @@ def _container_init(launch: Launch, stdio: Stdio, errpipe: int, timing_fd: int) 
 
 def write_id_maps(pid: int, idmap: identity.IdMap) -> None:
     """From the parent namespace: the maps of the user namespace process ``pid`` created."""
+    import subprocess  # only for newuidmap: keep it off the common path
+
     try:
         if idmap.helper:
             for tool, mapping in (("newuidmap", idmap.uid_map), ("newgidmap", idmap.gid_map)):
@@ -361,28 +370,45 @@ def start(
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    net_exit_r, net_exit_w = os.pipe2(os.O_CLOEXEC) if launch.slirp else (-1, -1)
     parent = os.getpid()
     monitor = os.fork()
     if monitor == 0:
         code = EXIT_LAUNCHER
         try:
-            code = _monitor(launch, stdio, (ready_w, go_r, err_w), parent, timing_fd)
+            if net_exit_r >= 0:
+                os.close(net_exit_r)
+            code = _monitor(launch, stdio, (ready_w, go_r, err_w), parent, timing_fd, net_exit_w)
         except BaseException as e:  # noqa: BLE001 - must end in _exit
             report(err_w, EXIT_LAUNCHER, f"container monitor failed: {type(e).__name__}: {e}")
         finally:
             os._exit(code)
     for fd in (ready_w, go_r, err_w, *stdio.owned):
         os.close(fd)
+    if net_exit_w >= 0:
+        os.close(net_exit_w)
     init_pid = 0
     try:
         if os.read(ready_r, 1) == b"u":
             try:
                 write_id_maps(monitor, idmap)
+                if launch.slirp:
+                    from pbuild.tools.launcher import network
+
+                    cdir = Store(launch.store_root).container_dir(launch.state.id)
+                    network.start_slirp(monitor, net_exit_r, cdir, launch.publish)
+                if launch.cgroups:
+                    from pbuild.tools.launcher import cgroups
+
+                    try:
+                        cgroups.attach(launch.cgroups, monitor)
+                    except OSError as e:
+                        raise LauncherError(f"cannot move the container into its cgroup: {e}") from None
                 os.write(go_w, b"g")
             except LauncherError as e:
                 os.close(go_w)
                 go_w = -1
-                return monitor, 0, (e.exit_code, e.message)
+                return monitor, 0, (e.exit_code, e.render().removeprefix("pbuild: error: "))
             line = b""
             while not line.endswith(b"\n"):
                 data = os.read(ready_r, 32)
@@ -395,6 +421,8 @@ def start(
         os.close(ready_r)
         if go_w >= 0:
             os.close(go_w)
+        if net_exit_r >= 0:
+            os.close(net_exit_r)
 
 
 class SignalForwarder:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sys
 
 from pbuild.tools import linux
-from pbuild.tools.launcher import identity, process
+from pbuild.tools.launcher import cgroups, identity, process
 from pbuild.tools.launcher.config import ContainerSpec, RunOptions, resolve_spec
 from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
 from pbuild.tools.launcher.image import load_image
@@ -16,7 +15,9 @@ from pbuild.tools.launcher.mounts import RootFs, generated_files, plan_container
 from pbuild.tools.launcher.state import Store
 from pbuild.tools.launcher.store import ensure_layers, flatten, store_root
 
-_NAMESPACES = linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
+_NAMESPACES = (
+    linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
+)
 
 
 def notice(message: str) -> None:
@@ -59,7 +60,7 @@ def overlay_supported(layers_root: str) -> bool:
 def _probe_overlay(layers_root: str) -> bool:
     from pbuild.tools.launcher.store import remove_tree
 
-    base = os.path.join(layers_root, "tmp", f"probe-{secrets.token_hex(6)}")
+    base = os.path.join(layers_root, "tmp", f"probe-{os.urandom(6).hex()}")
     for sub in ("lower", "upper", "work", "merged"):
         os.makedirs(os.path.join(base, sub))
     uid, gid = os.geteuid(), os.getegid()
@@ -70,7 +71,9 @@ def _probe_overlay(layers_root: str) -> bool:
             linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
             linux.write_id_maps("self", f"0 {uid} 1\n", f"0 {gid} 1\n")
             os.chdir(base)
-            linux.mount("overlay", "merged", "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work,userxattr")
+            linux.mount(
+                "overlay", "merged", "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work,userxattr"
+            )
             code = 0
         except BaseException:  # noqa: BLE001 - a probe: any failure means no
             code = 1
@@ -81,14 +84,13 @@ def _probe_overlay(layers_root: str) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def _check_resources(options: RunOptions) -> None:
-    wanted = [flag for flag, value in (("--memory", options.memory), ("--pids-limit", options.pids_limit),
-                                       ("--cpus", options.cpus)) if value is not None]  # fmt: skip
-    if wanted:
-        raise LauncherError(
-            f"{', '.join(wanted)}: resource limits need cgroups, which this launcher does not manage yet",
-            hint="run without them, or under a cgroup you set up yourself (e.g. systemd-run --scope -p MemoryMax=...)",
-        )
+def resource_limits(options: RunOptions) -> cgroups.Limits:
+    if options.pids_limit is not None and options.pids_limit < 1:
+        raise LauncherError(f"--pids-limit {options.pids_limit} must be at least 1")
+    if options.cpus is not None and options.cpus <= 0:
+        raise LauncherError(f"--cpus {options.cpus} must be positive")
+    memory = cgroups.parse_memory(options.memory) if options.memory is not None else None
+    return cgroups.Limits(memory, options.pids_limit, options.cpus)
 
 
 def prepare_container_dir(cdir: str, layer_dirs: list[str], spec: ContainerSpec) -> None:
@@ -107,19 +109,15 @@ def prepare_container_dir(cdir: str, layer_dirs: list[str], spec: ContainerSpec)
 
 def run(options: RunOptions, started: float) -> int:
     """Run ``options.image``; return the container's exit code (125/126/127 for failures)."""
-    _check_resources(options)
-    if options.network == "slirp4netns":
-        raise LauncherError(
-            "-p/--publish needs slirp4netns port forwarding, which is not implemented yet",
-            hint="use --network host to share the host's network instead",
-        )
+    limits = resource_limits(options)
     image = load_image(options.image)
     layers_root = store_root()
     layer_dirs = ensure_layers(image, layers_root, notify=notice)
     store = Store()
-    container_id = secrets.token_hex(32)
+    container_id = os.urandom(32).hex()
     spec = resolve_spec(image.run_config, options, container_id, image.digest)
     idmap = identity.choose_id_map()
+    cgroup_dirs = cgroups.create(limits, container_id[:12])
     state = store.create(
         options.name,
         options.image,
@@ -129,7 +127,12 @@ def run(options: RunOptions, started: float) -> int:
         auto_remove=options.remove,
         env=spec.env,
         workdir=spec.workdir,
-        extra={"user": spec.user, "single_map": idmap.single, "image_digest": image.digest},
+        extra={
+            "user": spec.user,
+            "single_map": idmap.single,
+            "image_digest": image.digest,
+            "cgroups": list(cgroup_dirs),
+        },
     )
     cdir = store.container_dir(container_id)
     try:
@@ -162,6 +165,9 @@ def run(options: RunOptions, started: float) -> int:
         detached=options.detach,
         state=state,
         store_root=store.root,
+        cgroups=cgroup_dirs,
+        slirp=options.network == "slirp4netns",
+        publish=options.publish,
     )
     from pbuild.tools.launcher import terminal
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from pbuild.tools.launcher.errors import LauncherError
 
@@ -33,8 +31,7 @@ def runtime_root() -> str:
     return f"/tmp/pbuild-{os.geteuid()}"
 
 
-@dataclass(frozen=True)
-class ContainerState:
+class ContainerState(NamedTuple):
     """What ``ps``, ``exec``, ``stop`` and ``rm`` need to know about one container."""
 
     id: str
@@ -55,14 +52,14 @@ class ContainerState:
     gid: int = 0
     groups: tuple[int, ...] = ()
     capabilities: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = {}  # noqa: RUF012 - never mutated
 
     @property
     def short_id(self) -> str:
         return self.id[:12]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self._asdict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ContainerState:
@@ -100,14 +97,21 @@ class Store:
         return os.path.join(self.containers, container_id)
 
     def create(
-        self, name: str | None, image: str, command: tuple[str, ...], container_id: str | None = None, **fields: Any
+        self,
+        name: str | None,
+        image: str,
+        command: tuple[str, ...],
+        container_id: str | None = None,
+        **fields: Any,
     ) -> ContainerState:
         """Reserve an id and a name and write the first record."""
         self._ensure()
-        container_id = container_id or secrets.token_hex(32)
+        container_id = container_id or os.urandom(32).hex()
         name = name or f"pbuild-{container_id[:12]}"
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or name.startswith("."):
-            raise LauncherError(f"invalid container name {name!r}", hint="use letters, digits, '-', '_' and '.'")
+            raise LauncherError(
+                f"invalid container name {name!r}", hint="use letters, digits, '-', '_' and '.'"
+            )
         os.mkdir(self.container_dir(container_id), 0o700)
         try:
             os.symlink(container_id, os.path.join(self.names, name))
@@ -117,7 +121,9 @@ class Store:
                 f"the container name {name!r} is already in use",
                 hint=f"remove it with `pbuild rm -f {name}` or choose another --name",
             ) from None
-        state = ContainerState(id=container_id, name=name, image=image, command=command, created=time.time(), **fields)
+        state = ContainerState(
+            id=container_id, name=name, image=image, command=command, created=time.time(), **fields
+        )
         self.save(state)
         return state
 
@@ -144,11 +150,15 @@ class Store:
         if target is None and len(name_or_id) >= 3 and os.path.isdir(self.containers):
             matches = [c for c in os.listdir(self.containers) if c.startswith(name_or_id)]
             if len(matches) > 1:
-                raise LauncherError(f"{name_or_id!r} matches {len(matches)} containers", hint="give more of the id")
+                raise LauncherError(
+                    f"{name_or_id!r} matches {len(matches)} containers", hint="give more of the id"
+                )
             target = matches[0] if matches else None
         state = self.load(target) if target else None
         if state is None:
-            raise LauncherError(f"no such container: {name_or_id}", hint="`pbuild ps -a` lists the containers")
+            raise LauncherError(
+                f"no such container: {name_or_id}", hint="`pbuild ps -a` lists the containers"
+            )
         return refresh(state)
 
     def all(self) -> list[ContainerState]:
@@ -173,5 +183,7 @@ def is_alive(state: ContainerState) -> bool:
 def refresh(state: ContainerState) -> ContainerState:
     """A record that says running while its init is gone came from a killed launcher."""
     if state.status == "running" and not is_alive(state):
-        return replace(state, status="exited", exit_code=state.exit_code if state.exit_code is not None else -1)
+        return state._replace(
+            status="exited", exit_code=state.exit_code if state.exit_code is not None else -1
+        )
     return state

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import shutil
 import stat
 from collections.abc import Callable
 
 from pbuild.tools.launcher.errors import LauncherError, LayerError
-from pbuild.tools.launcher.extract import OPAQUE_XATTR, decompressor, extract_layer
 from pbuild.tools.launcher.image import Image, Layer
 
 
@@ -36,7 +33,9 @@ def layer_path(root: str, diff_id: str) -> str:
     return os.path.join(root, algorithm, hexdigest)
 
 
-def ensure_layers(image: Image, root: str | None = None, notify: Callable[[str], None] | None = None) -> list[str]:
+def ensure_layers(
+    image: Image, root: str | None = None, notify: Callable[[str], None] | None = None
+) -> list[str]:
     """Return the unpacked directory of each layer of ``image``, bottom first, unpacking those
     not yet in the store."""
     root = root or store_root()
@@ -53,7 +52,9 @@ def _unpack(layer: Layer, path: str, root: str, notify: Callable[[str], None] | 
     tmp_root = os.path.join(root, "tmp")
     os.makedirs(tmp_root, exist_ok=True)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(tmp_root, f"{os.path.basename(path)[:16]}-{secrets.token_hex(6)}")
+    from pbuild.tools.launcher.extract import decompressor, extract_layer
+
+    tmp = os.path.join(tmp_root, f"{os.path.basename(path)[:16]}-{os.urandom(6).hex()}")
     os.mkdir(tmp, 0o755)
     try:
         with layer.open_blob() as raw:
@@ -77,6 +78,8 @@ def _unpack(layer: Layer, path: str, root: str, notify: Callable[[str], None] | 
 def remove_tree(path: str) -> None:
     """rm -rf that also removes directories without write or search permission (images make
     them 0555, overlayfs leaves its ``work/work`` at 0000)."""
+    import shutil
+
     try:
         shutil.rmtree(path)
         return
@@ -108,6 +111,8 @@ def _make_owner_writable(path: str) -> None:
 def flatten(layer_dirs: list[str], dest: str) -> None:
     """Copy the layers into one directory, applying whiteouts and opaque directories: the
     fallback root filesystem where overlayfs cannot be mounted."""
+    import shutil
+
     for layer in layer_dirs:
         for directory, dirnames, filenames in os.walk(layer):
             rel = os.path.relpath(directory, layer)
@@ -138,6 +143,8 @@ def flatten(layer_dirs: list[str], dest: str) -> None:
 
 
 def _is_opaque(directory: str) -> bool:
+    from pbuild.tools.launcher.extract import OPAQUE_XATTR
+
     try:
         return os.getxattr(directory, OPAQUE_XATTR, follow_symlinks=False) == b"y"
     except OSError:

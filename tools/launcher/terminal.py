@@ -62,7 +62,9 @@ def open_stdio(interactive: bool, tty: bool, log_path: str | None) -> tuple[Stdi
         def restore() -> None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
-    stdio = Stdio(-1, -1, -1, pty_socket=child_fd, pty_parent=parent_fd, window=_window_size(), owned=(child_fd,))
+    stdio = Stdio(
+        -1, -1, -1, pty_socket=child_fd, pty_parent=parent_fd, window=_window_size(), owned=(child_fd,)
+    )
     return stdio, restore
 
 
