@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -60,10 +61,22 @@ ENTRYPOINT ["/usr/bin/python3.11", "-m", "app.program"]
 """
 
 
-def run(argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> float:
-    start = time.perf_counter()
+#: CPU seconds (user + system) of every timed command, by label: a figure that the load other
+#: processes put on the machine changes less than wall time.
+CPU: dict[str, list[float]] = {}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(argv: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, label: str = "") -> float:
+    start, cpu_start = time.perf_counter(), _children_cpu()
     proc = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
+    if label:
+        CPU.setdefault(label, []).append(_children_cpu() - cpu_start)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return elapsed
@@ -93,6 +106,8 @@ def pbuild_env(cache: Path) -> dict[str, str]:
 
 
 FETCHES = ("DebFetch", "PyFetch")
+COLD, EDIT, NOOP = "pbuild cold (downloads cached)", "pbuild after editing program.py", "pbuild no-op"
+PODMAN_COLD, PODMAN_EDIT = "podman build --no-cache (same base)", "podman build after editing program.py"
 
 
 def forget_all_but_fetches(cache: Path, events: Path, ws: Path) -> None:
@@ -116,7 +131,9 @@ def statuses(events: Path) -> Counter[str]:
 
 
 def show(name: str, values: list[float]) -> None:
-    print(f"{name:52} median {statistics.median(values):6.3f} s  ({', '.join(f'{v:.3f}' for v in values)})")
+    cpu = CPU.get(name, [])
+    cpu_text = f"  CPU median {statistics.median(cpu):6.3f} s" if cpu else ""
+    print(f"{name:44} median {statistics.median(values):6.3f} s{cpu_text}  ({', '.join(f'{v:.3f}' for v in values)})")
 
 
 def main() -> None:
@@ -137,28 +154,23 @@ def main() -> None:
         run([*PBUILD, "build", "--build-event-json", str(events), "//app:image"], cwd=ws, env=pbuild_env(cache))
         forget_all_but_fetches(cache, events, ws)
         cold.append(run([*PBUILD, "build", "--build-event-json", str(events), "//app:image"], cwd=ws,
-                        env=pbuild_env(cache)))
+                        env=pbuild_env(cache), label=COLD))
         print(f"  cold run {i + 1}: {dict(sorted(statuses(events).items()))}", flush=True)
     program = ws / "app/program.py"
     original = program.read_text()
     run([*PBUILD, "build", "//app:image"], cwd=ws, env=pbuild_env(cache))
     for i in range(args.runs):
         program.write_text(original + f"# edit {time.time_ns()} {i}\n")
-        edit.append(
-            run(
-                [*PBUILD, "build", "--build-event-json", str(events), "//app:image"],
-                cwd=ws,
-                env=pbuild_env(cache),
-            )
-        )
+        edit.append(run([*PBUILD, "build", "--build-event-json", str(events), "//app:image"], cwd=ws,
+                        env=pbuild_env(cache), label=EDIT))
         if i == 0:
             print(f"  edit run: {dict(sorted(statuses(events).items()))}", flush=True)
-        noop.append(run([*PBUILD, "build", "//app:image"], cwd=ws, env=pbuild_env(cache)))
+        noop.append(run([*PBUILD, "build", "//app:image"], cwd=ws, env=pbuild_env(cache), label=NOOP))
     program.write_text(original)
     print()
-    show("pbuild cold (downloads cached)", cold)
-    show("pbuild after editing program.py", edit)
-    show("pbuild no-op", noop)
+    show(COLD, cold)
+    show(EDIT, edit)
+    show(NOOP, noop)
 
     if args.no_podman or not shutil.which("podman"):
         return
@@ -180,9 +192,10 @@ def main() -> None:
     podman_cold, podman_edit = [], []
     try:
         for i in range(args.runs):
-            podman_cold.append(run(["podman", "build", "--no-cache", "-q", "-t", APP_TAG, "."], cwd=context))
+            podman_cold.append(run(["podman", "build", "--no-cache", "-q", "-t", APP_TAG, "."], cwd=context,
+                                   label=PODMAN_COLD))
             (context / "program.py").write_text(original + f"# edit {time.time_ns()} {i}\n")
-            podman_edit.append(run(["podman", "build", "-q", "-t", APP_TAG, "."], cwd=context))
+            podman_edit.append(run(["podman", "build", "-q", "-t", APP_TAG, "."], cwd=context, label=PODMAN_EDIT))
         ids = set()
         for _ in range(2):
             run(["podman", "build", "--no-cache", "-q", "-t", APP_TAG, "."], cwd=context)
@@ -197,8 +210,8 @@ def main() -> None:
     finally:
         subprocess.run(["podman", "rmi", "-f", APP_TAG, BASE_TAG], capture_output=True)
         subprocess.run(["podman", "image", "prune", "-f"], capture_output=True)
-    show("podman build --no-cache (same base, COPY)", podman_cold)
-    show("podman build after editing program.py", podman_edit)
+    show(PODMAN_COLD, podman_cold)
+    show(PODMAN_EDIT, podman_edit)
     print(
         f"podman build twice from the same context: {'same digest' if len(ids) == 1 else 'different digests'}"
     )

@@ -84,6 +84,7 @@ def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
     analyzer = Analyzer(loader, workspace.config)
     store = LocalStore(cache_dir)
     store.remove_stale_tmp()
+    mark_output_folder(workspace.path(OUT_DIR))
     session = Session(workspace, loader, analyzer, store, StatIndex(index_base + ".stat"), cache_dir, index_base)
     settings = request.remote_settings
     if settings is not None and getattr(settings, "url", None):
@@ -133,6 +134,18 @@ def execute(session: Session, actions: Sequence[Action], request: BuildRequest, 
     )
     result = executor.execute(actions)
     return result, executor
+
+
+OUT_MARKER = ".pbuild-out"
+
+
+def mark_output_folder(out: str) -> None:
+    """Mark pbuild-out as pbuild's, so `pbuild clean` may empty it even through a symlink."""
+    marker = os.path.join(out, OUT_MARKER)
+    if not os.path.exists(marker):
+        os.makedirs(out, exist_ok=True)
+        with open(marker, "w", encoding="utf-8") as handle:
+            handle.write("pbuild's output folder: `pbuild clean` empties it.\n")
 
 
 @dataclass

@@ -116,8 +116,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _launcher(args_list)
     if args_list and args_list[0] == "run" and len(args_list) > 1 and args_list[1].startswith(("oci:", "docker-archive:")):
         return _launcher(args_list)
+    passthrough: list[str] = []
+    if args_list and args_list[0] == "run":
+        # Everything after the target belongs to the program (or the image launcher), verbatim:
+        # `pbuild run //app:image -- --help` must pass `--help` on, not print pbuild's help.
+        for i, arg in enumerate(args_list[1:], start=1):
+            if arg.startswith(("//", ":")):
+                args_list, passthrough = args_list[: i + 1], args_list[i + 1:]
+                break
     try:
         args = parser.parse_args(args_list)
+        if passthrough:
+            args.args = passthrough
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else EXIT_BAD_INPUT
     if args.command in (None, "help"):

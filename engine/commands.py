@@ -10,6 +10,7 @@ from typing import Any
 
 from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, RunInfo
 from pbuild.engine.build import (
+    OUT_MARKER,
     BuildRequest,
     analyze,
     default_cache_dir,
@@ -153,8 +154,12 @@ def clean(*, workspace: str | None, cache_dir: str | None, expunge: bool) -> int
     ws = find_workspace(os.getcwd(), workspace)
     out = os.path.join(ws.root, OUT_DIR)
     if os.path.islink(out):
-        # A symlinked output folder (to scratch space, say): empty its target, keep the link.
+        # A symlinked output folder (to scratch space, say): empty its target, keep the link, but
+        # only if pbuild marked it as its own (a link to ~ by mistake must not cost a home folder).
         target = os.path.realpath(out)
+        if not os.path.exists(os.path.join(target, OUT_MARKER)):
+            raise PbuildError(f"{OUT_DIR} links to {target}, which pbuild did not create its outputs in",
+                              hint=f"remove the link by hand, or create {OUT_DIR}/{OUT_MARKER} if the folder is pbuild's")
         for name in os.listdir(target):
             remove_tree(os.path.join(target, name))
     else:

@@ -73,6 +73,9 @@ def prepare_exec_root(
     made: set[str] = set()
     if action.workdir:
         os.makedirs(os.path.join(exec_root, action.workdir), exist_ok=True)
+    for f in action.inputs:
+        if f.is_directory:  # may be empty, so it would not appear through its files
+            os.makedirs(os.path.join(exec_root, f.path), exist_ok=True)
     for rel in sorted(writable):
         os.makedirs(os.path.join(exec_root, rel), exist_ok=True)
         made.add(rel)

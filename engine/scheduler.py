@@ -252,29 +252,69 @@ class Executor:
             return self._run(action, key, material, digests)
 
     def _materialize_all(self, res: ActionResult) -> bool:
-        """Make pbuild-out hold ``res``'s outputs; False if a blob is missing or damaged."""
+        """Make pbuild-out hold ``res``'s outputs; False if a blob is missing or damaged.
+
+        A directory output that is not exactly as recorded is rebuilt beside and swapped in whole,
+        so files of an older result never linger in it.
+        """
+        in_dirs: set[str] = set()
         for directory in res.directories:
+            prefix = directory + "/"
+            records = [r for r in res.outputs if r.path.startswith(prefix)]
+            in_dirs.update(r.path for r in records)
             full_dir = os.path.join(self.root, directory)
-            if os.path.lexists(full_dir) and not os.path.isdir(full_dir):
-                os.unlink(full_dir)
-        for record in res.outputs:
-            dest = os.path.join(self.root, record.path)
-            if self.index.lookup(dest) == record.digest:
+            if os.path.isdir(full_dir) and not os.path.islink(full_dir) and all(
+                    self.index.lookup(os.path.join(self.root, r.path)) == r.digest for r in records):
                 continue
-            blob = self.store.blob_path(record.digest, record.executable)
-            try:
-                dest_st, blob_st = os.stat(dest), os.stat(blob)
-                if dest_st.st_ino == blob_st.st_ino and dest_st.st_dev == blob_st.st_dev:
-                    # Already a link to the blob: verify the blob once, then trust the stat.
-                    if not self.store.verify_blob(record.digest, record.executable):
-                        return False
-                    self.index.record(dest, dest_st, record.digest)
-                    continue
-            except OSError:
-                pass
+            if not self._materialize_tree(full_dir, directory, records):
+                return False
+        for record in res.outputs:
+            if record.path in in_dirs:
+                continue
+            if not self._materialize_file(record):
+                return False
+        return True
+
+    def _materialize_file(self, record: OutputRecord) -> bool:
+        dest = os.path.join(self.root, record.path)
+        if self.index.lookup(dest) == record.digest:
+            return True
+        blob = self.store.blob_path(record.digest, record.executable)
+        try:
+            dest_st, blob_st = os.stat(dest), os.stat(blob)
+            if dest_st.st_ino == blob_st.st_ino and dest_st.st_dev == blob_st.st_dev:
+                # Already a link to the blob: verify the blob once, then trust the stat.
+                if not self.store.verify_blob(record.digest, record.executable):
+                    return False
+                self.index.record(dest, dest_st, record.digest)
+                return True
+        except OSError:
+            pass
+        if not self.store.verify_blob(record.digest, record.executable):
+            return False
+        materialize(self.store, record, dest)
+        self.index.record(dest, os.stat(dest), record.digest)
+        return True
+
+    def _materialize_tree(self, full_dir: str, directory: str, records: list[OutputRecord]) -> bool:
+        """Build the directory beside its place from the records, then swap it in."""
+        for record in records:
             if not self.store.verify_blob(record.digest, record.executable):
                 return False
-            materialize(self.store, record, dest)
+        parent = os.path.dirname(full_dir)
+        os.makedirs(parent, exist_ok=True)
+        staging = f"{full_dir}.tmp-{os.getpid()}-{threading.get_ident()}"
+        remove_tree(staging)
+        os.makedirs(staging)
+        for record in records:
+            materialize(self.store, record, os.path.join(staging, record.path[len(directory) + 1:]))
+        old = f"{full_dir}.old-{os.getpid()}-{threading.get_ident()}"
+        if os.path.lexists(full_dir):
+            os.rename(full_dir, old)
+        os.rename(staging, full_dir)
+        remove_tree(old)
+        for record in records:
+            dest = os.path.join(self.root, record.path)
             self.index.record(dest, os.stat(dest), record.digest)
         return True
 

@@ -217,8 +217,10 @@ def _force_rmtree(path: str) -> None:
 
 
 def remove_tree(path: str) -> None:
-    """Remove a tree even if it holds read-only folders."""
-    if os.path.lexists(path):
+    """Remove a tree (or a file or link) even if it holds read-only folders."""
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+        os.unlink(path)
+    elif os.path.lexists(path):
         _force_rmtree(path)
 
 

@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import Runner, WorkspaceFactory, assert_user_error
+from conftest import SETPRIV_NOBODY, Runner, WorkspaceFactory, assert_user_error, chown_tree, write_tree
 from debfixtures import DebSpec, make_keyring, serve, write_archive
 
 LAYER_WS = {
@@ -259,3 +259,51 @@ def test_wheel_layer_budget() -> None:
     assert [[w.name for w in g] for g in group_wheels(wheels, 10)] == [["a"], ["b"], ["c"], ["d"], ["e"]]
     assert [[w.name for w in g] for g in group_wheels(wheels, 3)] == [["a"], ["b"], ["c", "d", "e"]]
     assert [[w.name for w in g] for g in group_wheels(wheels, 0)] == [["a", "b", "c", "d", "e"]]
+
+
+def test_py_binary_layers_need_an_interpreter(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    ws = workspace({
+        "p/BUILD.toml": """
+            [bin]
+            rule = "py_binary"
+            srcs = ["main.py"]
+            main = "main.py"
+
+            [no_python]
+            rule = "image"
+            layers = [":bin"]
+
+            [given]
+            rule = "image"
+            layers = [":bin"]
+            interpreter = "/opt/python/bin/python3.11"
+        """,
+        "p/main.py": "print('hi')\n",
+    })
+    assert_user_error(pbuild("build", "//p:no_python", cwd=ws), 2, "no layer before it provides a Python interpreter")
+    result = pbuild("build", "//p:given", cwd=ws)
+    assert result.code == 0, result
+    from pbuild.rules.oci import layout
+
+    built = layout.read_layout(str(ws / "pbuild-out/p/given/oci"))
+    assert built.config["Entrypoint"][:2] == ["/opt/python/bin/python3.11", "-m"]
+    assert "PYTHONPATH=/app" in built.config["Env"] and built.config["WorkingDir"] == "/app"
+    with tarfile.open(built.layers[-1].path) as tar:
+        names = tar.getnames()
+    assert "app/p/main.py" in names and any(n.startswith("app/p/__pycache__/main.") for n in names)
+
+
+def test_layer_and_image_as_an_unprivileged_user(tmp_path: Path, nobody_dir: Path) -> None:
+    digests = []
+    for top, nobody in ((tmp_path / "root", False), (nobody_dir / "nobody", True)):
+        ws = top / "ws"
+        write_tree(ws, {"WORKSPACE.toml": '[workspace]\nname = "fixture"\n', **LAYER_WS})
+        (ws / "srv/bin/run.sh").chmod(0o755)
+        if nobody:
+            chown_tree(top, 65534, 65534)
+        result = Runner(top)("build", "//srv:child", cwd=ws, cache=top / "cache",
+                             env={"HOME": str(top), "XDG_CONFIG_HOME": str(top / "config")},
+                             prefix=SETPRIV_NOBODY if nobody else ())
+        assert result.code == 0, result
+        digests.append((ws / "pbuild-out/srv/child/digest").read_text())
+    assert digests[0] == digests[1]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -33,13 +37,25 @@ def layer_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def env(tmp_path: Path, layer_store: Path) -> dict[str, str]:
+def env(tmp_path: Path, layer_store: Path) -> Iterator[dict[str, str]]:
     runtime = tmp_path / "runtime"
-    return {
+    yield {
         **os.environ,
         "PBUILD_LAYER_STORE": str(layer_store),
         "PBUILD_RUNTIME_DIR": str(runtime),
     }
+    kill_leftovers(runtime)
+
+
+def kill_leftovers(runtime: Path) -> None:
+    """A failed test must not leave detached containers running."""
+    from pbuild.tools.launcher.state import ContainerState, is_alive
+
+    for path in runtime.glob("containers/*/state.json"):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            state = ContainerState.from_json(path.read_text())
+            if is_alive(state):
+                os.kill(state.pid, signal.SIGKILL)
 
 
 def launch(
@@ -251,6 +267,7 @@ def test_lifecycle_round_trip(env: dict[str, str], image: str) -> None:
     assert pid != "1" and foo == "bar" and hostname == "web" and init_cmd.startswith("sh -c echo started")
     assert launch(env, "exec", "web", "sh", "-c", "exit 9").returncode == 9
     assert run_ok(env, "exec", "-i", "web", "cat", input="via stdin\n") == "via stdin\n"
+    assert run_ok(env, "exec", "-t", "web", "tty").strip().startswith("/dev/pts/")
     assert launch(env, "rm", "web").returncode == 125  # running: needs -f
     assert run_ok(env, "stop", "-t", "5", "web") == "web\n"
     assert "Exited (7)" in run_ok(env, "ps", "-a")
@@ -314,6 +331,48 @@ def test_tty_and_interactive(env: dict[str, str], image: str) -> None:
     )
     assert result.returncode == 5
     assert "got:abc" in result.stdout
+
+
+def _read_until(fd: int, wanted: bytes, timeout: float = 20) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    return seen
+
+
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_tty_on_a_terminal_follows_window_size(env: dict[str, str], image: str) -> None:
+    """Run as from a terminal: raw mode while it runs, the window size passed on at start and
+    again on SIGWINCH, and the terminal's settings restored afterwards."""
+    master, slave = os.openpty()
+    _set_size(slave, 30, 100)
+    before = termios.tcgetattr(slave)
+    script = "stty size; read x; stty size; exit 3"
+    proc = subprocess.Popen([*LAUNCHER, "run", "--rm", "-i", "-t", image, "--", "sh", "-c", script], env=env,
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)  # fmt: skip
+    try:
+        assert b"30 100" in _read_until(master, b"30 100")
+        _set_size(slave, 40, 120)
+        proc.send_signal(signal.SIGWINCH)
+        time.sleep(0.2)
+        os.write(master, b"go\r")
+        assert b"40 120" in _read_until(master, b"40 120")
+        assert proc.wait(timeout=20) == 3
+        assert termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
 
 
 def test_network_host_and_none(env: dict[str, str], image: str) -> None:
@@ -522,11 +581,14 @@ def test_unprivileged_user(image: str, tmp_path: Path) -> None:
             "PBUILD_RUNTIME_DIR": str(home / "run"),
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         }
-        proc = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", UNPRIVILEGED,
-             f"oci:{layout}", PROBE, str(shared)],
-            capture_output=True, text=True, env=env, timeout=300, check=False, cwd=base,
-        )  # fmt: skip
+        try:
+            proc = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", UNPRIVILEGED,
+                 f"oci:{layout}", PROBE, str(shared)],
+                capture_output=True, text=True, env=env, timeout=300, check=False, cwd=base,
+            )  # fmt: skip
+        finally:
+            kill_leftovers(home / "run")
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
         assert report["probe"]["code"] == 0, report["probe"]["err"]
@@ -550,8 +612,3 @@ def test_unprivileged_user(image: str, tmp_path: Path) -> None:
         assert "Exited (137)" in report["ps"]["out"]
         assert report["rm"]["code"] == 0, report["rm"]["err"]
         assert not any((home / "run" / "containers").iterdir())
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_processes() -> Iterator[None]:
-    yield

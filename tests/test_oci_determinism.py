@@ -47,3 +47,22 @@ def test_tar_header_fields() -> None:
     assert (member.name, member.mode, member.size, member.mtime) == ("usr/bin/x", 0o755, 3, 99)
     assert (member.uid, member.gid, member.uname, member.gname) == (0, 0, "", "")
     assert member.pax_headers == {}
+
+
+@pytest.mark.parametrize(("name", "kind", "link"), [
+    ("usr/bin/python3.11", tarfile.REGTYPE, ""),
+    ("usr/lib/", tarfile.DIRTYPE, ""),
+    ("bin", tarfile.SYMTYPE, "usr/bin"),
+    ("usr/bin/x", tarfile.LNKTYPE, "usr/bin/y"),
+    ("a/" + "n" * 98, tarfile.REGTYPE, ""),  # exactly 100 bytes: still ustar
+    ("a/" + "n" * 99, tarfile.REGTYPE, ""),  # 101 bytes: a PAX path record
+    ("usr/share/é.txt", tarfile.REGTYPE, ""),  # non-ASCII: a PAX path record
+    ("l", tarfile.SYMTYPE, "/" + "t" * 120),  # long link target: a PAX linkpath record
+])
+def test_fast_headers_equal_tarfile(name: str, kind: bytes, link: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size, info.linkname, info.mtime = kind, 0o1755, 0 if kind != tarfile.REGTYPE else 77, link, 5
+    info.uname = info.gname = ""
+    expected = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    got = determinism.tar_header(name, kind=kind, mode=0o1755, size=77, linkname=link, mtime=5)
+    assert got == expected

@@ -182,3 +182,83 @@ def test_failing_in_process_actions(workspace: WorkspaceFactory, pbuild: Runner)
     assert_user_error(result, 1, "target //p:r", "the input is not what I expected", "give me something else")
     result = pbuild("build", "//p:a", cwd=root)
     assert_user_error(result, 2, "target //p:a", "must be a relative path without '..'")
+
+
+TREE_PLUGIN = '''
+from pbuild.engine.api import DefaultInfo, attr, rule
+
+
+@rule("tree", doc="A directory output.", attrs={"files": attr.string_list("Files to create in it.")})
+def tree(ctx):
+    d = ctx.declare_directory(ctx.label.name)
+    script = f"mkdir -p {d.path}" + "".join(
+        f"; mkdir -p $(dirname {d.path}/{f}); echo {f} > {d.path}/{f}" for f in ctx.attr.files)
+    ctx.actions.run(argv=["/bin/sh", "-c", script], inputs=[], outputs=[d], mnemonic="Tree")
+    return [DefaultInfo(files=(d,))]
+
+
+@rule("use_tree", doc="Lists a tree.", attrs={"tree": attr.label("The tree.", required=True)})
+def use_tree(ctx):
+    out = ctx.declare_file(ctx.label.name + ".txt")
+    d = ctx.attr.tree.files[0]
+    ctx.actions.run(argv=["/bin/sh", "-c", f"(cd {d.path} && find . | sort) > {out.path}"], inputs=[d],
+                    outputs=[out], mnemonic="UseTree")
+    return [DefaultInfo(files=(out,))]
+
+
+def list_tree(io, params):
+    import os
+
+    top = io.input_path(params["tree"])
+    names = sorted(os.path.relpath(os.path.join(d, f), top) for d, _, fs in os.walk(top) for f in fs)
+    with open(io.output_path(params["out"]), "w") as handle:
+        handle.write("".join(name + "\\n" for name in names))
+
+
+@rule("list_tree", doc="Lists a tree in-process.", attrs={"tree": attr.label("The tree.", required=True)})
+def list_tree_rule(ctx):
+    out = ctx.declare_file(ctx.label.name + ".txt")
+    d = ctx.attr.tree.files[0]
+    ctx.actions.call(list_tree, version="1", params={"tree": d.path, "out": out.path}, inputs=[d], outputs=[out],
+                     mnemonic="ListTree")
+    return [DefaultInfo(files=(out,))]
+
+
+RULES = [tree, use_tree, list_tree_rule]
+'''
+
+
+@pytest.mark.parametrize("files", [
+    pytest.param(["a.txt", "sub/b.txt"], id="with-files"),
+    pytest.param([], id="empty"),
+])
+def test_directory_outputs_reach_pbuild_out_and_consumers(workspace: WorkspaceFactory, pbuild: Runner,
+                                                          files: list[str]) -> None:
+    root = workspace({
+        "rules/tree.py": TREE_PLUGIN,
+        "p/BUILD.toml": f'[t]\nrule = "tree"\nfiles = {json.dumps(files)}\n[u]\nrule = "use_tree"\ntree = ":t"\n',
+    }, workspace_toml='[workspace]\nplugins = ["rules/tree.py"]\n')
+    expected = sorted({".", *(f"./{f}" for f in files), *(f"./{f.rsplit('/', 1)[0]}" for f in files if "/" in f)})
+    for attempt in ("executed", "from the cache"):
+        result = pbuild("build", "//p:u", cwd=root)
+        assert result.code == 0, f"{attempt}: {result}"
+        assert (root / "pbuild-out" / "p" / "t").is_dir(), attempt
+        assert (root / "pbuild-out" / "p" / "u.txt").read_text().split() == expected, attempt
+        assert pbuild("clean", cwd=root).code == 0
+
+
+def test_a_directory_output_loses_files_it_no_longer_has(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    def build_file(files: list[str]) -> str:
+        return (f'[t]\nrule = "tree"\nfiles = {json.dumps(files)}\n'
+                '[lt]\nrule = "list_tree"\ntree = ":t"\n[u]\nrule = "use_tree"\ntree = ":t"\n')
+
+    root = workspace({"rules/tree.py": TREE_PLUGIN, "p/BUILD.toml": build_file(["a.txt", "sub/b.txt"])},
+                     workspace_toml='[workspace]\nplugins = ["rules/tree.py"]\n')
+    assert pbuild("build", "//p:lt", "//p:u", cwd=root).code == 0
+    assert (root / "pbuild-out" / "p" / "lt.txt").read_text() == "a.txt\nsub/b.txt\n"
+    (root / "p" / "BUILD.toml").write_text(build_file(["a.txt"]))
+    result = pbuild("build", "//p:lt", "//p:u", cwd=root)
+    assert result.code == 0, str(result)
+    assert (root / "pbuild-out" / "p" / "u.txt").read_text().split() == [".", "./a.txt"]  # the exec root is right
+    assert (root / "pbuild-out" / "p" / "lt.txt").read_text() == "a.txt\n"
+    assert sorted(p.name for p in (root / "pbuild-out" / "p" / "t").iterdir()) == ["a.txt"]

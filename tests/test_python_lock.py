@@ -175,3 +175,16 @@ def test_lock_numpy_through_the_host_pip_configuration(tmp_path):
     numpy = parse_lock((tmp_path / LOCK).read_text()).by_name()["numpy"]
     assert numpy.filename.startswith(f"numpy-{numpy.version}-cp311-cp311-manylinux")
     assert len(numpy.sha256) == 64
+
+
+def test_lock_twice_gives_the_same_file(tmp_path, monkeypatch):
+    index = tmp_path / "index"
+    index.mkdir()
+    make_wheel(str(index), "alpha", "1.0", requires=["beta"])
+    make_wheel(str(index), "beta", "2.0")
+    use_private_index(monkeypatch, str(index))
+    root = _workspace(tmp_path / "ws", "alpha\n")
+    lock_python(root)
+    first = (tmp_path / "ws" / LOCK).read_bytes()
+    lock_python(root)
+    assert (tmp_path / "ws" / LOCK).read_bytes() == first

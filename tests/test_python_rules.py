@@ -93,6 +93,29 @@ def test_lock_generates_one_target_per_project_with_its_deps(locked_template: Pa
     assert "file:" not in (locked_template / LOCK).read_text()
 
 
+def test_lock_cli_without_a_wheel_for_the_platform(ws: Path, run, tmp_path: Path, private_index: Path):
+    index = tmp_path / "index"
+    shutil.copytree(private_index, index)
+    make_wheel(str(index), "winonly", "1.0", tag="cp311-cp311-win_amd64")
+    with open(ws / "third_party/python/requirements.in", "a") as handle:
+        handle.write("winonly\n")
+    before = (ws / LOCK).read_text()
+    result = run(ws, "lock", "--python", env=_private_pip_env(index))
+    assert_user_error(result, 2, "winonly", "manylinux_2_28_x86_64", "requirements.in")
+    assert (ws / LOCK).read_text() == before
+
+
+def test_a_later_build_needs_no_index(ws: Path, run, tmp_path: Path):
+    first = run(ws, "build", "//lib:greet", "//third_party/python:tinylib")
+    assert first.code == 0, str(first)
+    assert run(ws, "clean").code == 0
+    empty = tmp_path / "empty-index"
+    empty.mkdir()
+    again = run(ws, "run", "//bin:echo", env=_private_pip_env(empty))
+    assert again.code == 0, str(again)
+    assert "hello world x2" in again.out
+
+
 def test_run_passes_args_env_exit_code_and_working_directory(ws: Path, run):
     result = run(ws, "run", "//bin:echo", "--", "one", "two", cwd=ws / "lib", env={"ECHO_EXIT": "3"})
     assert result.code == 3, str(result)

@@ -13,7 +13,7 @@ from pbuild.engine.remote import RemoteSettings, open_remote
 from pbuild.engine.remote import _grpc as grpc_remote
 from pbuild.engine.remote._base import to_wire
 from peers import BuildGrid, buildgrid_server, free_port, silent_server
-from test_remote_http import Warnings, _action
+from test_remote_http import _OPENED, Warnings, _action, _close_remotes  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.slow  # BuildGrid takes a few seconds to start
 
@@ -29,6 +29,7 @@ def _open(url: str, cache_dir: Path, warnings: Warnings, **kw: object) -> grpc_r
     kw.setdefault("instance_name", "ci/main")
     remote = open_remote(RemoteSettings(url=url, **kw), cache_dir=str(cache_dir), warn=warnings)  # type: ignore[arg-type]
     assert isinstance(remote, grpc_remote.GrpcRemoteCache), warnings
+    _OPENED.append(remote)
     return remote
 
 

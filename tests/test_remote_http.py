@@ -32,9 +32,21 @@ class Warnings(list[str]):
         self.append(message)
 
 
+_OPENED: list[RemoteCache] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_remotes() -> Iterator[None]:
+    """Close every remote a test opened (their keep-alive sockets) when it ends."""
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def _open(url: str, cache_dir: Path, warnings: Warnings, **kw: object) -> RemoteCache:
     remote = open_remote(RemoteSettings(url=url, **kw), cache_dir=str(cache_dir), warn=warnings)  # type: ignore[arg-type]
     assert remote is not None
+    _OPENED.append(remote)
     return remote
 
 

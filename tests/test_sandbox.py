@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -95,6 +96,27 @@ def test_hidden_paths_are_invisible(tmp_path: Path) -> None:
     assert "No such file" in err
 
 
+def test_exec_root_inside_a_hidden_path(tmp_path: Path) -> None:
+    """The engine hides its cache dir, which holds the exec roots: the action still sees its own."""
+    base = Path(tempfile.mkdtemp(prefix="pbuild-sandbox-", dir="/var/tmp"))
+    try:
+        cache = base / "cache"
+        (cache / "execroot" / "pkg" / "out").mkdir(parents=True)
+        (cache / "execroot" / "pkg" / "in.txt").write_text("declared input\n")
+        (cache / "secret.txt").write_text("other cache content\n")
+        result, out, err = run(
+            tmp_path,
+            f"cat pkg/in.txt; ls -A {cache} | wc -l; echo made > pkg/out/f",
+            exec_root=str(cache / "execroot"),
+            hide_paths=(str(cache),),
+        )
+        assert result.exit_code == 0, err
+        assert out.splitlines() == ["declared input", "0"]
+        assert (cache / "execroot/pkg/out/f").read_text() == "made\n"
+    finally:
+        shutil.rmtree(base)
+
+
 def test_writes_only_to_writable_dirs_and_they_land_on_host(tmp_path: Path) -> None:
     result, _, err = run(
         tmp_path,
@@ -153,11 +175,11 @@ def test_umask_is_fixed(tmp_path: Path) -> None:
 
 
 def test_environment_is_exactly_the_given_one(tmp_path: Path) -> None:
-    result = run_sandboxed(make_request(tmp_path, "env", "-0"))
+    result = run_sandboxed(make_request(tmp_path, "env", "-0", workdir="pkg"))
     assert result.exit_code == 0
     pairs = [item.split("=", 1) for item in (tmp_path / "stdout").read_text().split("\0") if item]
-    assert dict(pairs) == ENV
-    assert len(pairs) == len(ENV)
+    assert dict(pairs) == {**ENV, "PWD": f"{EXEC_ROOT}/pkg"}  # PWD: the (fixed) working directory
+    assert len(pairs) == len(ENV) + 1
 
 
 @pytest.mark.parametrize(
@@ -250,6 +272,16 @@ def test_bad_request_is_an_error_not_a_crash(tmp_path: Path) -> None:
     assert result.error is not None and "missing" in result.error
     result = run_sandboxed(make_request(tmp_path, "/bin/true", workdir="../escape"))
     assert result.error is not None and "workdir" in result.error
+
+
+def test_a_symlinked_writable_dir_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    request = make_request(tmp_path, "/bin/sh", "-c", "echo pwned > pkg/link/f")
+    (tmp_path / "execroot/pkg/link").symlink_to(outside)
+    result = run_sandboxed(dataclasses.replace(request, writable_dirs=("pkg/link",)))
+    assert result.error is not None and "symlink" in result.error
+    assert list(outside.iterdir()) == []
 
 
 def test_plan_is_data(tmp_path: Path, backend: str) -> None:

@@ -64,6 +64,8 @@ class SandboxRequest:
 
     argv: tuple[str, ...]
     env: Mapping[str, str]
+    """The action's whole environment; the sandbox adds only ``PWD`` (the working directory inside,
+    e.g. ``/execroot/pkg``: fixed, so it keeps actions deterministic) unless it is given."""
     exec_root: str
     writable_dirs: tuple[str, ...]
     workdir: str
@@ -100,6 +102,20 @@ class SandboxRequestError(ValueError):
     """The request itself is malformed (a bug in the caller, not in the action)."""
 
 
+def _writable_dir(exec_root: str, writable: str) -> str:
+    """The relative path of a writable dir, checked to be a real directory of the exec root:
+    through a symlink, a bind would make a directory outside it writable."""
+    rel = _inside(writable, "writable dir")
+    full = os.path.join(exec_root, rel)
+    if not os.path.isdir(full):
+        raise SandboxRequestError(f"writable dir {writable!r} does not exist under the exec root {exec_root}")
+    if os.path.realpath(full) != os.path.normpath(full):
+        raise SandboxRequestError(
+            f"writable dir {writable!r} goes through a symlink; it must be a real directory"
+        )
+    return rel
+
+
 def _inside(relative: str, what: str) -> str:
     norm = os.path.normpath(relative) if relative else "."
     if os.path.isabs(norm) or norm == ".." or norm.startswith("../"):
@@ -107,27 +123,43 @@ def _inside(relative: str, what: str) -> str:
     return "" if norm == "." else norm
 
 
-_root_cache: dict[tuple[str, int], tuple[nsops.Op, ...]] = {}
+_root_cache: dict[tuple[object, ...], tuple[nsops.Op, ...]] = {}
 
 
 def _host_root_ops(new: str) -> tuple[nsops.Op, ...]:
     """Bind the host root one top-level entry at a time, so that /execroot can be added beside
-    them without creating anything on the host. Cached while ``/`` is unchanged (its mtime
-    changes when an entry is added or removed); listing it costs ~0.3 ms per action."""
-    key = (new, os.stat("/").st_mtime_ns)
+    them without creating anything on the host. An empty directory (``/srv``, ``/media``,
+    ``lost+found`` to us) becomes just an empty directory: each bind costs bwrap a parse of the
+    mount table. Cached while ``/`` and its directories are unchanged (a stat each, against
+    ~0.3 ms for listing them; a mount on one of them changes its inode)."""
+    top = sorted(os.listdir("/"))
+    stats = []
+    for name in top:
+        try:
+            st = os.lstat(f"/{name}")
+            stats.append((name, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_mode))
+        except OSError:
+            continue
+    key = (new, os.stat("/").st_mtime_ns, tuple(stats))
     cached = _root_cache.get(key)
     if cached is not None:
         return cached
     ops: list[nsops.Op] = []
-    with os.scandir("/") as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name in _OWN_MOUNTS:
-                continue
-            if entry.is_symlink():
-                ops.append(nsops.Symlink(os.readlink(entry.path), f"{new}/{entry.name}"))
-            elif entry.is_dir(follow_symlinks=False):
-                ops.append(nsops.MakeDir(f"{new}/{entry.name}"))
-                ops.append(nsops.Mount(entry.path, f"{new}/{entry.name}", None, linux.MS_BIND | linux.MS_REC))
+    for name, *_, mode in stats:
+        if name in _OWN_MOUNTS:
+            continue
+        path = f"/{name}"
+        if stat.S_ISLNK(mode):
+            ops.append(nsops.Symlink(os.readlink(path), f"{new}{path}"))
+        elif stat.S_ISDIR(mode):
+            ops.append(nsops.MakeDir(f"{new}{path}"))
+            try:
+                with os.scandir(path) as entries:
+                    empty = next(entries, None) is None
+            except OSError:
+                empty = True  # unreadable to us: the action could not read it either
+            if not empty:
+                ops.append(nsops.Mount(path, f"{new}{path}", None, linux.MS_BIND | linux.MS_REC))
     _root_cache.clear()
     _root_cache[key] = result = tuple(ops)
     return result
@@ -202,11 +234,7 @@ def plan(request: SandboxRequest) -> _Plan:
         nsops.SetAttr(new + EXEC_ROOT, ro),
     ]
     for writable in sorted(set(request.writable_dirs)):
-        rel = _inside(writable, "writable dir")
-        if not os.path.isdir(os.path.join(exec_root, rel)):
-            raise SandboxRequestError(
-                f"writable dir {writable!r} does not exist under the exec root {exec_root}"
-            )
+        rel = _writable_dir(exec_root, writable)
         target = f"{new}{EXEC_ROOT}/{rel}" if rel else new + EXEC_ROOT
         # A bind of the directory onto itself is a new mount; it inherits read-only from the
         # exec root's mount, which we set ourselves and so may clear again on this one mount.
@@ -337,7 +365,7 @@ def _exec_action(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int]) ->
         os.write(2, f"pbuild-sandbox: {p.argv[0]}: command not found\n".encode())
         return 127
     try:
-        os.execve(path, list(p.argv), dict(env))
+        os.execve(path, list(p.argv), {**env, "PWD": env.get("PWD", p.workdir)})
     except OSError as e:
         os.write(2, f"pbuild-sandbox: cannot execute {path}: {e.strerror}\n".encode())
         return 127 if isinstance(e, FileNotFoundError) else 126
@@ -457,15 +485,20 @@ def _bwrap() -> str | None:
     return _bwrap_path[0]
 
 
-def _host_root_args() -> list[str]:
-    """``--ro-bind``/``--symlink`` for each top-level entry of the host root (cached like
-    :func:`_host_root_ops`), so that /execroot can be added beside them."""
+def _host_root_args(hidden: set[str]) -> list[str]:
+    """``--ro-bind``/``--dir``/``--symlink`` for each top-level entry of the host root (as
+    :func:`_host_root_ops`), so that /execroot can be added beside them. A hidden top-level
+    directory is not bound at all (its tmpfs comes later)."""
     args: list[str] = []
-    for op in _host_root_ops(""):
+    ops = _host_root_ops("")
+    for i, op in enumerate(ops):
         if isinstance(op, nsops.Symlink):
             args += ["--symlink", op.target, op.path]
-        elif isinstance(op, nsops.Mount):
-            args += ["--ro-bind", op.target, op.target]
+        elif isinstance(op, nsops.MakeDir):
+            bound = i + 1 < len(ops) and isinstance(ops[i + 1], nsops.Mount)
+            if op.path in hidden:
+                continue
+            args += ["--ro-bind", op.path, op.path] if bound else ["--dir", op.path]
     return args
 
 
@@ -474,7 +507,7 @@ def bwrap_argv(request: SandboxRequest, binary: str, command: str) -> list[str]:
     exec_root = os.path.realpath(request.exec_root)
     argv = [binary, "--unshare-all", *(["--share-net"] if request.network else []), "--die-with-parent",
             "--new-session", "--uid", "0", "--gid", "0", "--hostname", request.hostname]  # fmt: skip
-    argv += _host_root_args()
+    argv += _host_root_args({os.path.realpath(h) for h in request.hide_paths})
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
     for hidden in sorted(set(request.hide_paths)):
         real = os.path.realpath(hidden)
@@ -487,16 +520,10 @@ def bwrap_argv(request: SandboxRequest, binary: str, command: str) -> list[str]:
             argv += ["--ro-bind", "/dev/null", real]
     argv += ["--ro-bind", exec_root, EXEC_ROOT]
     for writable in sorted(set(request.writable_dirs)):
-        rel = _inside(writable, "writable dir")
-        if not os.path.isdir(os.path.join(exec_root, rel)):
-            raise SandboxRequestError(
-                f"writable dir {writable!r} does not exist under the exec root {exec_root}"
-            )
+        rel = _writable_dir(exec_root, writable)
         argv += ["--bind", os.path.join(exec_root, rel), f"{EXEC_ROOT}/{rel}" if rel else EXEC_ROOT]
     workdir = _inside(request.workdir, "workdir")
     argv += ["--chdir", f"{EXEC_ROOT}/{workdir}" if workdir else EXEC_ROOT, "--"]
-    if "PWD" not in request.env and os.access("/usr/bin/env", os.X_OK):
-        argv += ["/usr/bin/env", "-u", "PWD"]  # bwrap sets PWD; the environment must be exactly the given one
     return [*argv, command, *request.argv[1:]]
 
 
@@ -596,8 +623,9 @@ def _run_bwrap(request: SandboxRequest, binary: str) -> SandboxResult:
         code = process.returncode if process.returncode >= 0 else 128 - process.returncode
         if timed_out:
             return SandboxResult(128 + signal.SIGKILL, duration, timed_out=True)
-        if b'"child-pid"' not in status:
-            # bwrap failed before the action started; its message ends the stderr file.
+        if b'"exit-code"' not in status:
+            # bwrap failed before the action could start (it writes "exit-code" only for the
+            # action itself); its message is the last "bwrap:" line of the stderr file.
             stderr.flush()
             with open(request.stderr_path, "rb") as f:
                 lines = [

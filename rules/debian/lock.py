@@ -14,11 +14,14 @@ import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.errors import Location, PbuildError
-from pbuild.rules.debian import archive, resolve, sources
+from pbuild.rules.debian import sources
 from pbuild.rules.oci.determinism import pretty_json
+
+if TYPE_CHECKING:
+    from pbuild.rules.debian import archive, resolve
 
 LOCK_NAME = "debian.lock.json"
 LOCK_VERSION = 1
@@ -196,19 +199,25 @@ def request_from_attrs(attrs: Mapping[str, Any]) -> Request:
 class _IndexCache:
     """Packages indexes and Release data fetched once per ``lock_debian`` call."""
 
+    releases: dict[str, archive.Release]
+
     def __init__(self, mirror: str | None, keyring: str | None = None) -> None:
         self.mirror = mirror
         self.keyring = keyring
-        self.releases: dict[str, archive.Release] = {}
+        self.releases = {}
         self.paragraphs: dict[tuple[str, str, str], list[dict[str, str]]] = {}
 
     def release(self, suite: str) -> archive.Release:
+        from pbuild.rules.debian import archive  # network code: imported by `pbuild lock` only
+
         if suite not in self.releases:
             source = sources.mirror_for_suite(suite, mirror=self.mirror)
             self.releases[suite] = archive.read_release(source, suite, keyring=self.keyring)
         return self.releases[suite]
 
     def index(self, request: Request) -> resolve.Index:
+        from pbuild.rules.debian import archive, resolve
+
         pairs = []
         for suite in request.suites:
             release = self.release(suite)
@@ -223,6 +232,8 @@ class _IndexCache:
 
 def lock_target(request: Request, cache: _IndexCache, *, context: str) -> dict[str, Any]:
     """Resolve one target's request into its lock entry."""
+    from pbuild.rules.debian import resolve
+
     index = cache.index(request)
     closure = resolve.resolve(index, request.packages, context=context)
     first = cache.release(request.suites[0]).fields

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,7 +12,6 @@ from typing import Any
 from pbuild.engine.api import ActionIO, DefaultInfo, Provider, RuleContext, attr, rule
 from pbuild.engine.errors import HashMismatch
 from pbuild.rules.debian import deb, sources
-from pbuild.rules.debian.archive import TIMEOUT_S, ArchiveError
 from pbuild.rules.debian.lock import (
     DEFAULT_ARCH,
     DEFAULT_COMPONENTS,
@@ -33,6 +30,11 @@ _PYTHON_MINIMAL = re.compile(r"^python3\.(\d+)-minimal$")
 
 def fetch_deb(io: ActionIO, params: Mapping[str, Any]) -> None:
     """Download one pinned .deb from the suite's mirror and verify its sha256 (and size)."""
+    import urllib.error
+    import urllib.request
+
+    from pbuild.rules.debian.archive import TIMEOUT_S, ArchiveError
+
     source = sources.mirror_for_suite(params["suite"])
     url = f"{source.uri}/{params['filename']}"
     out = io.output_path(params["output"])

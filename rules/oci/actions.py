@@ -14,7 +14,7 @@ from typing import Any
 
 from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import PbuildError
-from pbuild.rules.oci import determinism, layout, wheels
+from pbuild.rules.oci import determinism, layout, pyc
 from pbuild.rules.oci.layerwriter import LayerDigests, LayerEntry, LayerError, entries_from_tree, write_layer
 
 
@@ -55,6 +55,8 @@ def write_file_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
 
 def write_wheel_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
     """One or more locked wheels installed into the image interpreter's site-packages."""
+    from pbuild.rules.oci import wheels  # installer is imported only when a wheel layer is written
+
     entries: list[LayerEntry] = []
     for wheel in params["wheels"]:
         entries += wheels.wheel_entries(io.input_path(wheel), site_packages=params["site_packages"],
@@ -71,7 +73,7 @@ def write_app_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
                    origin=item["input"])
         for item in params["sources"]
     ]
-    _write(io, params, wheels.add_pyc(entries, python_version=params["python_version"], jobs=io.jobs,
+    _write(io, params, pyc.add_pyc(entries, python_version=params["python_version"], jobs=io.jobs,
                                       mode=params["bytecode_mode"]))
 
 

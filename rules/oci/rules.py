@@ -8,15 +8,15 @@ from typing import Any
 
 from pbuild.engine.api import Attr, DefaultInfo, File, Provider, RuleContext, Target, attr, rule
 from pbuild.engine.errors import PbuildError
-from pbuild.rules.oci import actions, determinism, wheels
+from pbuild.rules.oci import actions, determinism, pyc
 from pbuild.rules.oci.layerwriter import clean_path
 from pbuild.rules.oci.providers import ImageInfo, Layer, LayerInfo, PythonRuntimeInfo
 from pbuild.rules.python.providers import PyBinaryInfo, PyInfo, Wheel
 
 COMPRESSIONS = ("gzip", "none", "zstd")
 _SUFFIX = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
-# Bumped whenever an action function's output changes for the same inputs.
-LAYER_VERSION = "3"
+#: Bumped whenever an action function's output changes for the same inputs and params.
+LAYER_VERSION = "4"
 IMAGE_VERSION = "1"
 
 #: gzip level for the large generated layers (wheels, Debian packages): level 1 is about 3.5x as
@@ -171,7 +171,7 @@ def _check_wheel_python(ctx: RuleContext, wheel: Wheel, version: str) -> None:
         "max_layers": attr.integer("Layer budget: wheels beyond it share one layer.", default=100),
         "bytecode": attr.string("Hash-based .pyc for py_binary layers: skip-tests (every module but those in "
                                 "tests/ or test/ packages), all, or none.", default="skip-tests",
-                                values=wheels.BYTECODE_MODES),
+                                values=pyc.BYTECODE_MODES),
         **compression_attrs(FAST_GZIP_LEVEL),
     },
     doc="A reproducible OCI image: pbuild-out/<pkg>/<name>/oci (layout), image.tar (docker-archive), digest.",
@@ -206,8 +206,9 @@ def _image(ctx: RuleContext) -> list[Provider]:
             inputs += files
     layers: list[Layer] = []
     binaries: list[tuple[Target, PyBinaryInfo, PyInfo]] = []
+    override = _interpreter_override(ctx)
     for target in ctx.attr.layers:
-        runtime = target.get(PythonRuntimeInfo) or runtime
+        runtime = override or target.get(PythonRuntimeInfo) or runtime
         if PyBinaryInfo in target:
             binary, pyinfo = target[PyBinaryInfo], target.get(PyInfo) or PyInfo()
             binaries.append((target, binary, pyinfo))
@@ -216,6 +217,7 @@ def _image(ctx: RuleContext) -> list[Provider]:
             layers += target[LayerInfo].layers
         elif ImageInfo in target:
             layers += target[ImageInfo].layers
+            runtime = override or target[ImageInfo].runtime or runtime
         else:
             ctx.fail(f"{target.label} provides no layers", attr="layers",
                      hint="layers takes layer, deb_packages, py_binary or image targets")
@@ -292,18 +294,23 @@ def group_wheels(wheels_: Sequence[Wheel], budget: int) -> list[list[Wheel]]:
     return groups
 
 
+def _interpreter_override(ctx: RuleContext) -> PythonRuntimeInfo | None:
+    """The runtime named by the ``interpreter`` attribute, if set."""
+    if not ctx.attr.interpreter:
+        return None
+    version = re.search(r"python(\d+\.\d+)$", ctx.attr.interpreter)
+    if not version:
+        ctx.fail(f"cannot tell the Python version of {ctx.attr.interpreter!r}", attr="interpreter",
+                 hint="name the interpreter like /usr/bin/python3.11")
+        raise AssertionError
+    v = version.group(1)
+    return PythonRuntimeInfo(ctx.attr.interpreter, v, f"/usr/local/lib/python{v}/dist-packages")
+
+
 def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinfo: PyInfo,
                    runtime: PythonRuntimeInfo | None, other_layers: int, compression: str,
                    level: int | None, epoch: int) -> list[Layer]:
     """One layer per locked wheel (grouped past the budget) and one app layer for a py_binary."""
-    if ctx.attr.interpreter:
-        version = re.search(r"python(\d+\.\d+)$", ctx.attr.interpreter)
-        if not version:
-            ctx.fail(f"cannot tell the Python version of {ctx.attr.interpreter!r}", attr="interpreter",
-                     hint="name the interpreter like /usr/bin/python3.11")
-            raise AssertionError
-        v = version.group(1)
-        runtime = PythonRuntimeInfo(ctx.attr.interpreter, v, f"/usr/local/lib/python{v}/dist-packages")
     if runtime is None:
         ctx.fail(f"{target.label} is a py_binary, but no layer before it provides a Python interpreter",
                  attr="layers", hint="put a deb_packages target with python3.X-minimal (e.g. "
@@ -318,7 +325,7 @@ def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinf
     common = {"site_packages": runtime.site_packages, "interpreter": runtime.interpreter,
               "python_version": runtime.version, "compression": compression, "level": level, "epoch": epoch,
               # Bytecode depends on the compiling interpreter: its magic number is part of the key.
-              "bytecode": wheels.can_compile_for(runtime.version) and wheels.bytecode_tag(),
+              "bytecode": pyc.can_compile_for(runtime.version) and pyc.bytecode_tag(),
               "bytecode_mode": ctx.attr.bytecode}
     layers: list[Layer] = []
     for group in groups:

@@ -27,7 +27,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _run_parser() -> _Parser:
-    p = _Parser(prog="pbuild run", description="Run an image in new namespaces.", add_help=True)
+    # argparse asks the terminal for its width once per add_argument unless given one: measure once.
+    import shutil
+
+    width = max(40, shutil.get_terminal_size().columns - 2)
+    p = _Parser(
+        prog="pbuild run",
+        description="Run an image in new namespaces.",
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=width),
+    )
     p.add_argument("image", help="oci:PATH[:NAME] or docker-archive:PATH")
     p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--entrypoint", help="replace the image's entrypoint (and drop its cmd)")
