@@ -194,9 +194,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                       make_request=lambda: _request(args, args.patterns))
         return 0
     if command == "run":
-        from pbuild.engine.commands import run_target
+        from pbuild.engine.uptodate import run_command
 
-        return run_target(_request(args, [args.target]), args.target, args.args)
+        return run_command(args.target, args.args, cwd=os.getcwd(), workspace_dir=args.workspace,
+                           cache_dir=args.cache_dir, user_umask=USER_UMASK,
+                           make_request=lambda: _request(args, [args.target]))
     if command == "test":
         from pbuild.engine.commands import run_tests
 

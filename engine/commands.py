@@ -18,7 +18,7 @@ from pbuild.engine.build import (
     open_session,
     test_actions,
 )
-from pbuild.engine.errors import EXIT_BUILD_FAILED, BuildFailed, PbuildError
+from pbuild.engine.errors import EXIT_BUILD_FAILED, PbuildError
 from pbuild.engine.events import Reporter
 from pbuild.engine.store import LocalStore, remove_tree
 from pbuild.engine.workspace import find_workspace
@@ -47,11 +47,11 @@ def _run_files(analyzed: Any) -> list[File]:
     return files
 
 
-def _build_one(request: BuildRequest, target: str, *, for_run: bool = False) -> tuple[Any, Any, str, Any]:
+def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any, str, Any]:
     """Build one target; returns (session, its label, its rule's name, its providers as a Target)."""
     from pbuild.engine.build import build
 
-    session, analyzed, _ = build(request, only_files=_run_files if for_run else None)
+    session, analyzed, _ = build(request)
     if len(analyzed.labels) != 1:
         raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
                           hint="use a label, not a pattern")
@@ -59,40 +59,36 @@ def _build_one(request: BuildRequest, target: str, *, for_run: bool = False) -> 
     return session, label, analyzed.rule_names[label], analyzed.targets[label]
 
 
-def run_target(request: BuildRequest, target: str, extra: Sequence[str]) -> int:
-    """``pbuild run TARGET ARGS``: build, then exec a binary or hand an image to the launcher."""
-    request.quiet = True if request.quiet is False and not sys.stderr.isatty() else request.quiet
-    session, label, rule_name, providers = _build_one(request, target, for_run=True)
-    root = session.workspace.root
+def run_plan(root: str, label: Any, rule_name: str, providers: Any) -> tuple[Any, ...]:
+    """What ``pbuild run`` starts for a built target (see engine/launch.py)."""
     image_type = _image_info_type()
     if image_type is not None and image_type in providers:
-        info = providers[image_type]
-        from pbuild.tools.launcher import main as launcher_main
-
-        layout = os.path.join(root, info.layout.path)
-        return int(launcher_main(["run", f"oci:{layout}", *extra]))
+        return ("image", os.path.join(root, providers[image_type].layout.path))
     run_info = providers.get(RunInfo)
     if run_info is None:
         raise PbuildError(f"{label} (a {rule_name}) cannot be run",
                           label=label, hint="pbuild run takes a py_binary, an image, or oci:PATH")
-    args = list(extra)
-    if args[:1] == ["--"] and not run_info.keep_dashdash:
-        args = args[1:]
-    argv = [os.path.join(root, a.path) if isinstance(a, File) else a for a in run_info.argv] + args
-    env = dict(os.environ)
-    env.update(run_info.env)
-    env["BUILD_WORKSPACE_DIRECTORY"] = root
-    env["BUILD_WORKING_DIRECTORY"] = os.getcwd()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    from pbuild.engine import cli
+    argv = [os.path.join(root, a.path) if isinstance(a, File) else a for a in run_info.argv]
+    return ("exec", argv, dict(run_info.env), run_info.keep_dashdash, root)
 
-    os.umask(cli.USER_UMASK)
-    try:
-        os.execvpe(argv[0], argv, env)
-    except OSError as exc:
-        raise BuildFailed(f"cannot start {argv[0]}: {exc.strerror}", label=label) from None
-    return 0  # not reached
+
+def run_target(request: BuildRequest, target: str, extra: Sequence[str], stamp: str | None = None) -> int:
+    """``pbuild run TARGET ARGS``: build what running needs, then start it (engine/launch.py)."""
+    from pbuild.engine import cli, uptodate
+    from pbuild.engine.build import build
+    from pbuild.engine.launch import execute_plan
+
+    request.quiet = True if request.quiet is False and not sys.stderr.isatty() else request.quiet
+    session, analyzed, result = build(request, only_files=_run_files)
+    if len(analyzed.labels) != 1:
+        raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
+                          hint="use a label, not a pattern")
+    label = analyzed.labels[0]
+    plan = run_plan(session.workspace.root, label, analyzed.rule_names[label], analyzed.targets[label])
+    if stamp is not None:
+        outputs = [os.path.join(session.workspace.root, o.path) for res in result.results.values() for o in res.outputs]
+        uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events, extra=plan)
+    return execute_plan(plan, extra, user_umask=cli.USER_UMASK)
 
 
 def run_tests(request: BuildRequest, *, no_cache: bool) -> int:

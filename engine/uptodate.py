@@ -21,7 +21,7 @@ from typing import Any
 
 from pbuild.engine.hashing import digest_bytes
 
-_VERSION = 2
+_VERSION = 3
 _ABSENT = (-1, -1, -1, -1)
 StatKey = tuple[int, int, int, int]
 
@@ -93,14 +93,15 @@ def request_text(patterns: Sequence[str], package: str, extra: Iterable[str] = (
 Event = tuple[str, str, str]  # label, mnemonic, key
 
 
-def write_stamp(path: str, recorder: DependencyRecorder, outputs: Iterable[str], events: Sequence[Event]) -> None:
+def write_stamp(path: str, recorder: DependencyRecorder, outputs: Iterable[str], events: Sequence[Event],
+                extra: Any = None) -> None:
     entries = recorder.items()
     entries.extend((p, False, _stat_key(p)) for p in _code_paths())
     entries.extend((p, False, _stat_key(p)) for p in outputs)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as handle:
-        marshal.dump((_VERSION, entries, list(events)), handle)
+        marshal.dump((_VERSION, entries, list(events), extra), handle)
     os.replace(tmp, path)
 
 
@@ -130,14 +131,20 @@ def load_analysis(path: str, recorder: DependencyRecorder) -> bytes | None:
 
 def check_stamp(path: str) -> list[Event] | None:
     """The events of the recorded build if nothing it depended on changed, else None."""
+    found = check_stamp_with_extra(path)
+    return None if found is None else found[0]
+
+
+def check_stamp_with_extra(path: str) -> tuple[list[Event], Any] | None:
+    """Like :func:`check_stamp`, with the extra data stored beside (a run plan)."""
     try:
         with open(path, "rb") as handle:
-            version, entries, events = marshal.load(handle)
+            version, entries, events, extra = marshal.load(handle)
     except (OSError, ValueError, EOFError, TypeError):
         return None
     if version != _VERSION:
         return None
-    return events if _unchanged(entries) else None
+    return (events, extra) if _unchanged(entries) else None
 
 
 def _unchanged(entries: Iterable[tuple[str, bool, StatKey]]) -> bool:
@@ -189,3 +196,23 @@ def build_command(request_patterns: Sequence[str], *, cwd: str, workspace_dir: s
     from pbuild.engine.build import build_and_stamp
 
     build_and_stamp(make_request(), stamp, reporter)
+
+
+def run_command(target: str, extra: Sequence[str], *, cwd: str, workspace_dir: str | None, cache_dir: str | None,
+                user_umask: int, make_request: Any) -> int:
+    """``pbuild run``: with nothing to rebuild, start the recorded run plan at once; else build."""
+    from pbuild.engine.workspace import current_package, default_cache_dir, find_workspace
+
+    workspace = find_workspace(cwd, workspace_dir)
+    cache_root = os.path.abspath(cache_dir) if cache_dir else default_cache_dir()
+    index_base = os.path.join(cache_root, "index", digest_bytes(workspace.root.encode()))
+    stamp = stamp_path(index_base, request_text([target], current_package(workspace, cwd), ["run"]))
+    found = check_stamp_with_extra(stamp)
+    if found is not None and found[1] is not None:
+        from pbuild.engine.launch import execute_plan
+
+        return execute_plan(found[1], extra, user_umask=user_umask)
+    discard_stamp(stamp)
+    from pbuild.engine.commands import run_target
+
+    return run_target(make_request(), target, extra, stamp=stamp)
