@@ -171,6 +171,7 @@ class Loader:
                     + f"known rules: {', '.join(sorted(known))}",
                 )
             if isinstance(definition, GeneratorDef):
+                generated_names = []
                 for generated in self._expand(definition, decl, name):
                     if generated.label.name in targets or generated.label.name in data:
                         raise LoadError(
@@ -179,6 +180,10 @@ class Loader:
                             label=label,
                         )
                     targets[generated.label.name] = generated
+                    generated_names.append(":" + generated.label.name)
+                # The generator's own label stands for everything it generated (as in Pants).
+                decl = TargetDecl(label, "filegroup", {"srcs": generated_names}, where,
+                                  {"srcs": where})
             targets[target_name] = decl
         return Package(name, build_rel, targets)
 

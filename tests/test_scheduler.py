@@ -232,31 +232,60 @@ def test_keep_going_builds_all_that_can_be_built(workspace: WorkspaceFactory, pb
 # -- Ctrl-C ------------------------------------------------------------------------------------------
 
 
+def processes_running(argv: list[str]) -> list[int]:
+    """Pids of live processes (in any namespace or session) whose command line is exactly ``argv``."""
+    wanted = "\0".join(argv) + "\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline") as handle:
+                cmdline = handle.read()
+            with open(f"/proc/{entry}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if cmdline == wanted and state != "Z":
+            found.append(int(entry))
+    return found
+
+
 @pytest.mark.parametrize("to_group", [True, False], ids=["terminal-ctrl-c", "sigint-to-pbuild-only"])
 def test_ctrl_c_stops_quickly_and_leaves_the_cache_consistent(workspace: WorkspaceFactory, pbuild: Runner,
-                                                              to_group: bool) -> None:
+                                                              to_group: bool, tmp_path: Path) -> None:
+    delay = f"{60 + (hash(str(tmp_path)) % 1000) / 1000:.3f}"  # a sleep this test alone runs
     root = workspace({
         "p/BUILD.toml": genrule("quick", "echo quick > $@")
         + genrule("slow", "sleep $(cat $<); echo slow > $@", srcs='["delay.txt"]'),
-        "p/delay.txt": "60\n",
+        "p/delay.txt": delay + "\n",
     })
     proc = pbuild.popen("build", "//p:all", "-j", "2", cwd=root, start_new_session=True)
     deadline = time.monotonic() + 30
-    while not (root / "pbuild-out" / "p" / "quick.txt").exists():  # the build is under way
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+    # wait until the slow action sleeps in its sandbox (the quick one is done by then, too)
+    while not processes_running(["sleep", delay]) or not (root / "pbuild-out" / "p" / "quick.txt").exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail(f"the build did not get under way: {proc.communicate()}")
         time.sleep(0.05)
-    time.sleep(0.5)  # the slow action is sleeping in its sandbox now
     started = time.monotonic()
     if to_group:
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
     else:
         os.kill(proc.pid, signal.SIGINT)  # a supervisor signalling pbuild alone: its sandboxes must die too
-    out, err = proc.communicate(timeout=30)
+    try:
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     took = time.monotonic() - started
     assert proc.returncode == 130, err
     assert took < 5, f"took {took:.1f} s to stop"
     assert "interrupted" in err and "Traceback" not in err
-    assert live_processes_of_group(proc.pid) == []  # no sandboxed process outlives the build
+    time.sleep(0.2)
+    assert processes_running(["sleep", delay]) == []  # no sandboxed process outlives the build
+    assert live_processes_of_group(proc.pid) == []
     assert cache_is_consistent(pbuild.cache) == []
     (root / "p" / "delay.txt").write_text("0\n")
     result = pbuild("build", "//p:all", cwd=root)

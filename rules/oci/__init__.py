@@ -1,7 +1,17 @@
-"""Images: the ``layer`` and ``image`` rules (and the writers they share with ``deb_packages``)."""
+"""Images: the ``layer`` and ``image`` rules (and the writers they share with ``deb_packages``).
 
-from pbuild.rules.oci.rules import _image, _layer
+``RULES`` is loaded on first access (PEP 562): importing ``pbuild.rules.oci.providers`` (the
+engine does, to recognize images) must not pay for the image writers' imports.
+"""
 
-RULES = [_layer, _image]
+from typing import Any
 
 __all__ = ["RULES"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RULES":
+        from pbuild.rules.oci.rules import _image, _layer
+
+        return [_layer, _image]
+    raise AttributeError(name)

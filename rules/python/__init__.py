@@ -1,15 +1,24 @@
 """The Python rule family: locked third-party wheels, py_library, py_binary, py_test.
 
-``RULES`` is what the engine registers; ``lock_python`` is ``pbuild lock --python``.
+``RULES`` is what the engine registers; ``lock_python`` is ``pbuild lock --python``. Both load on
+first access (PEP 562), so importing ``pbuild.rules.python.providers`` stays cheap.
 """
 
 from __future__ import annotations
 
-from pbuild.rules.python.binary import py_binary, py_test
-from pbuild.rules.python.library import py_library
-from pbuild.rules.python.requirements import py_requirements, py_wheel
+from typing import Any
 
-RULES = [py_requirements, py_wheel, py_library, py_binary, py_test]
+__all__ = ["RULES", "lock_python"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RULES":
+        from pbuild.rules.python.binary import py_binary, py_test
+        from pbuild.rules.python.library import py_library
+        from pbuild.rules.python.requirements import py_requirements, py_wheel
+
+        return [py_requirements, py_wheel, py_library, py_binary, py_test]
+    raise AttributeError(name)
 
 
 def lock_python(workspace_root: str) -> None:
@@ -18,5 +27,3 @@ def lock_python(workspace_root: str) -> None:
     from pbuild.rules.python.lock import lock_python as lock
 
     lock(workspace_root)
-
-__all__ = ["RULES", "lock_python"]
