@@ -93,8 +93,26 @@ class StatIndex:
             return None
         return entry[1] if entry[0] == stat_key(st) else None
 
-    def record(self, path: str, st: os.stat_result, digest: str) -> None:
-        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS:
+    def lookup_output(self, path: str) -> str | None:
+        """Like :meth:`lookup` for a read-only output linked to a CAS blob: the ctime is ignored.
+
+        Linking the blob into an action's exec root changes the shared inode's ctime, not its
+        content; size, mtime and inode still identify the indexed state.
+        """
+        entry = self._entries.get(path)
+        if entry is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        size, mtime, _, ino = entry[0]
+        return entry[1] if (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime, ino) else None
+
+    def record(self, path: str, st: os.stat_result, digest: str, *, output: bool = False) -> None:
+        """Remember ``path``'s digest at stat ``st``. ``output`` marks pbuild's own read-only links
+        to CAS blobs, which nobody edits in the same instant, so they are saved even when fresh."""
+        if not output and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS:
             # Too fresh to trust on the next run; remember for this run only.
             with self._lock:
                 self._entries[path] = (stat_key(st), digest)

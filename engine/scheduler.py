@@ -263,8 +263,9 @@ class Executor:
             records = [r for r in res.outputs if r.path.startswith(prefix)]
             in_dirs.update(r.path for r in records)
             full_dir = os.path.join(self.root, directory)
-            if os.path.isdir(full_dir) and not os.path.islink(full_dir) and all(
-                    self.index.lookup(os.path.join(self.root, r.path)) == r.digest for r in records):
+            if os.path.isdir(full_dir) and not os.path.islink(full_dir) and \
+                    _tree_files(full_dir) == {r.path[len(prefix):] for r in records} and \
+                    all(self._linked_already(r) for r in records):
                 continue
             if not self._materialize_tree(full_dir, directory, records):
                 return False
@@ -275,9 +276,27 @@ class Executor:
                 return False
         return True
 
+    def _linked_already(self, record: OutputRecord) -> bool:
+        """Whether pbuild-out holds ``record`` (by the stat index, else by sharing the blob's inode)."""
+        dest = os.path.join(self.root, record.path)
+        if self.index.lookup_output(dest) == record.digest:
+            return True
+        try:
+            dest_st = os.stat(dest)
+            blob_st = os.stat(self.store.blob_path(record.digest, record.executable))
+        except OSError:
+            return False
+        if (dest_st.st_ino, dest_st.st_dev) != (blob_st.st_ino, blob_st.st_dev):
+            return False
+        # Linked, but not as indexed: the blob may have been damaged in place. Check it once.
+        if not self.store.verify_blob(record.digest, record.executable):
+            return False
+        self.index.record(dest, dest_st, record.digest, output=True)
+        return True
+
     def _materialize_file(self, record: OutputRecord) -> bool:
         dest = os.path.join(self.root, record.path)
-        if self.index.lookup(dest) == record.digest:
+        if self.index.lookup_output(dest) == record.digest:
             return True
         blob = self.store.blob_path(record.digest, record.executable)
         try:
@@ -286,14 +305,14 @@ class Executor:
                 # Already a link to the blob: verify the blob once, then trust the stat.
                 if not self.store.verify_blob(record.digest, record.executable):
                     return False
-                self.index.record(dest, dest_st, record.digest)
+                self.index.record(dest, dest_st, record.digest, output=True)
                 return True
         except OSError:
             pass
         if not self.store.verify_blob(record.digest, record.executable):
             return False
         materialize(self.store, record, dest)
-        self.index.record(dest, os.stat(dest), record.digest)
+        self.index.record(dest, os.stat(dest), record.digest, output=True)
         return True
 
     def _materialize_tree(self, full_dir: str, directory: str, records: list[OutputRecord]) -> bool:
@@ -315,7 +334,7 @@ class Executor:
         remove_tree(old)
         for record in records:
             dest = os.path.join(self.root, record.path)
-            self.index.record(dest, os.stat(dest), record.digest)
+            self.index.record(dest, os.stat(dest), record.digest, output=True)
         return True
 
     def _remote_lookup(self, action: Action, material: bytes) -> ActionResult | None:
@@ -498,6 +517,22 @@ class Executor:
                 hint=f"this is a bug in {action.function_name}",
             ) from None
         return self._collect(action, out_top)
+
+
+def _tree_files(top: str) -> set[str]:
+    """Paths (relative to ``top``) of the files and links below ``top``."""
+    found: set[str] = set()
+    stack = [("", top)]
+    while stack:
+        rel, path = stack.pop()
+        with os.scandir(path) as entries:
+            for entry in entries:
+                name = f"{rel}{entry.name}"
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((name + "/", entry.path))
+                else:
+                    found.add(name)
+    return found
 
 
 def _resolve_inside(link: str, top: str) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from pbuild.engine.hashing import digest_bytes
 
-_VERSION = 3
+_VERSION = 4
 _ABSENT = (-1, -1, -1, -1)
 StatKey = tuple[int, int, int, int]
 
@@ -41,11 +41,11 @@ class DependencyRecorder:
     """Collects the paths a build depended on, with their stat at the moment they were used."""
 
     def __init__(self) -> None:
-        self._paths: dict[str, tuple[bool, StatKey]] = {}
+        self._paths: dict[str, tuple[int, StatKey]] = {}
         self._lock = threading.Lock()
         self.enabled = True
 
-    def extend(self, entries: Iterable[tuple[str, bool, StatKey]]) -> None:
+    def extend(self, entries: Iterable[tuple[str, int, StatKey]]) -> None:
         with self._lock:
             for p, d, k in entries:
                 self._paths.setdefault(p, (d, k))
@@ -62,7 +62,7 @@ class DependencyRecorder:
             with self._lock:
                 self._paths.setdefault(path, value)
 
-    def items(self) -> list[tuple[str, bool, StatKey]]:
+    def items(self) -> list[tuple[str, int, StatKey]]:
         with self._lock:
             return [(p, d, k) for p, (d, k) in self._paths.items()]
 
@@ -97,7 +97,9 @@ def write_stamp(path: str, recorder: DependencyRecorder, outputs: Iterable[str],
                 extra: Any = None) -> None:
     entries = recorder.items()
     entries.extend((p, False, _stat_key(p)) for p in _code_paths())
-    entries.extend((p, False, _stat_key(p)) for p in outputs)
+    # Outputs are read-only links to CAS blobs; later actions linking the same blob change only
+    # the inode's ctime, so outputs are compared without it (kind 2).
+    entries.extend((p, 2, _stat_key(p)) for p in outputs)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as handle:
@@ -147,7 +149,7 @@ def check_stamp_with_extra(path: str) -> tuple[list[Event], Any] | None:
     return (events, extra) if _unchanged(entries) else None
 
 
-def _unchanged(entries: Iterable[tuple[str, bool, StatKey]]) -> bool:
+def _unchanged(entries: Iterable[tuple[str, int, StatKey]]) -> bool:
     stat = os.stat
     for p, is_dir, key in entries:
         try:
@@ -156,7 +158,10 @@ def _unchanged(entries: Iterable[tuple[str, bool, StatKey]]) -> bool:
             if key != _ABSENT:
                 return False
             continue
-        if is_dir:
+        if is_dir == 2:
+            if (st.st_size, st.st_mtime_ns, st.st_ino) != (key[0], key[1], key[3]):
+                return False
+        elif is_dir:
             if (0, st.st_mtime_ns, 0, st.st_ino) != key:
                 return False
         elif (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != key:
