@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -251,9 +252,28 @@ def processes_running(argv: list[str]) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("to_group", [True, False], ids=["terminal-ctrl-c", "sigint-to-pbuild-only"])
+def sigint_to_a_worker_thread(pid: int) -> None:
+    """Deliver SIGINT to a thread of ``pid`` other than its main thread, as the kernel may do with a
+    process-directed signal (it happened under load: the main thread then never saw the Ctrl-C)."""
+    tgkill = {"x86_64": 234, "aarch64": 131}.get(os.uname().machine)
+    if tgkill is None:
+        pytest.skip("tgkill's syscall number is not known for this architecture")
+    libc = ctypes.CDLL(None, use_errno=True)
+    threads = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert threads, "pbuild runs no worker thread"
+    assert libc.syscall(tgkill, pid, threads[0], signal.SIGINT) == 0, os.strerror(ctypes.get_errno())
+
+
+@pytest.mark.parametrize("how", [
+    "terminal-ctrl-c",
+    "sigint-to-pbuild-only",
+    pytest.param("sigint-on-a-worker-thread", marks=pytest.mark.xfail(
+        reason="engine bug: a SIGINT the kernel hands to a worker thread never wakes the main thread, which "
+               "waits on the futures without a timeout: the build goes on (seen as hangs under load)",
+        strict=True)),
+])
 def test_ctrl_c_stops_quickly_and_leaves_the_cache_consistent(workspace: WorkspaceFactory, pbuild: Runner,
-                                                              to_group: bool, tmp_path: Path) -> None:
+                                                              how: str, tmp_path: Path) -> None:
     delay = f"{60 + (hash(str(tmp_path)) % 1000) / 1000:.3f}"  # a sleep this test alone runs
     root = workspace({
         "p/BUILD.toml": genrule("quick", "echo quick > $@")
@@ -269,12 +289,14 @@ def test_ctrl_c_stops_quickly_and_leaves_the_cache_consistent(workspace: Workspa
             pytest.fail(f"the build did not get under way: {proc.communicate()}")
         time.sleep(0.05)
     started = time.monotonic()
-    if to_group:
+    if how == "terminal-ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    else:
+    elif how == "sigint-to-pbuild-only":
         os.kill(proc.pid, signal.SIGINT)  # a supervisor signalling pbuild alone: its sandboxes must die too
+    else:
+        sigint_to_a_worker_thread(proc.pid)
     try:
-        out, err = proc.communicate(timeout=15)
+        out, err = proc.communicate(timeout=8)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

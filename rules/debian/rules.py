@@ -21,6 +21,7 @@ from pbuild.rules.debian.lock import (
     read_locked_target,
 )
 from pbuild.rules.oci import determinism
+from pbuild.rules.oci.isolate import run_isolated
 from pbuild.rules.oci.layerwriter import write_layer
 from pbuild.rules.oci.providers import Layer, LayerInfo, PythonRuntimeInfo
 from pbuild.rules.oci.rules import FAST_GZIP_LEVEL, compression_attrs, effective_level
@@ -64,7 +65,14 @@ def check_deb_hash(filename: str, expected: str, got: str, size: int, expected_s
 
 
 def write_deb_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
-    """Unpack every .deb of the closure into one root-filesystem layer (blob + sidecar JSON)."""
+    """Unpack every .deb of the closure into one root-filesystem layer (blob + sidecar JSON).
+
+    Runs in its own interpreter (see :mod:`pbuild.rules.oci.isolate`).
+    """
+    run_isolated(_write_deb_layer, io, params, (params["blob"], params["meta"]))
+
+
+def _write_deb_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
     paths = [io.input_path(p) for p in params["debs"]]
 
     def load(path: str) -> deb.DebContents:

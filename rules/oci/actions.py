@@ -15,6 +15,7 @@ from typing import Any
 from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import PbuildError
 from pbuild.rules.oci import determinism, layout, pyc
+from pbuild.rules.oci.isolate import run_isolated
 from pbuild.rules.oci.layerwriter import LayerDigests, LayerEntry, LayerError, entries_from_tree, write_layer
 
 
@@ -54,7 +55,14 @@ def write_file_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
 
 
 def write_wheel_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
-    """One or more locked wheels installed into the image interpreter's site-packages."""
+    """One or more locked wheels installed into the image interpreter's site-packages.
+
+    Runs in its own interpreter (see :mod:`pbuild.rules.oci.isolate`).
+    """
+    run_isolated(_write_wheel_layer, io, params, (params["blob"], params["meta"]))
+
+
+def _write_wheel_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
     from pbuild.rules.oci import wheels  # installer is imported only when a wheel layer is written
 
     entries: list[LayerEntry] = []
