@@ -11,7 +11,8 @@ __all__ = ["RULES"]
 
 def __getattr__(name: str) -> Any:
     if name == "RULES":
+        from pbuild.rules.oci.pull import _oci_pull
         from pbuild.rules.oci.rules import _image, _layer
 
-        return [_layer, _image]
+        return [_layer, _image, _oci_pull]
     raise AttributeError(name)

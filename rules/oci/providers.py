@@ -42,7 +42,7 @@ class ImageInfo(Provider):
 
     layout: File
     digest: File
-    tarball: File
+    tarball: File | None  # None for a pulled base (oci_pull)
     tags: tuple[str, ...]
     layers: tuple[Layer, ...] = ()
     runtime: PythonRuntimeInfo | None = None
