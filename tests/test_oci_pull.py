@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from peers import docker_registry, make_oci_layout
 from pbuild.rules.oci.registry import push_layout
+from peers import docker_registry, make_oci_layout
 
 pytestmark = pytest.mark.slow
 
