@@ -84,7 +84,6 @@ def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
     analyzer = Analyzer(loader, workspace.config)
     store = LocalStore(cache_dir)
     store.remove_stale_tmp()
-    mark_output_folder(workspace.path(OUT_DIR))
     session = Session(workspace, loader, analyzer, store, StatIndex(index_base + ".stat"), cache_dir, index_base)
     settings = request.remote_settings
     if settings is not None and getattr(settings, "url", None):
@@ -132,6 +131,7 @@ def execute(session: Session, actions: Sequence[Action], request: BuildRequest, 
         hide_paths=(session.workspace.root, session.cache_dir),
         recorder=session.loader.recorder,
     )
+    mark_output_folder(session.workspace.path(OUT_DIR))
     result = executor.execute(actions)
     return result, executor
 

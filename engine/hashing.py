@@ -93,21 +93,25 @@ class StatIndex:
             return None
         return entry[1] if entry[0] == stat_key(st) else None
 
-    def lookup_output(self, path: str) -> str | None:
-        """Like :meth:`lookup` for a read-only output linked to a CAS blob: the ctime is ignored.
+    def refresh_ctime(self, path: str) -> None:
+        """Accept a new ctime for ``path`` if size, mtime and inode are as indexed.
 
-        Linking the blob into an action's exec root changes the shared inode's ctime, not its
-        content; size, mtime and inode still identify the indexed state.
+        Called right after an action whose exec root hard-linked this output's CAS blob: linking
+        and unlinking change the shared inode's ctime, nothing else. Outside that window a
+        changed ctime still means the file may have been written.
         """
         entry = self._entries.get(path)
         if entry is None:
-            return None
+            return
         try:
             st = os.stat(path)
         except OSError:
-            return None
+            return
         size, mtime, _, ino = entry[0]
-        return entry[1] if (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime, ino) else None
+        if (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime, ino):
+            with self._lock:
+                self._entries[path] = (stat_key(st), entry[1])
+                self._dirty = True
 
     def record(self, path: str, st: os.stat_result, digest: str, *, output: bool = False) -> None:
         """Remember ``path``'s digest at stat ``st``. ``output`` marks pbuild's own read-only links

@@ -164,7 +164,9 @@ class Executor:
                     if ready and not stop:
                         continue
                     break
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                # Short slices: a SIGINT the kernel hands to a worker thread only sets a flag, and
+                # the main thread must get back to the interpreter to raise KeyboardInterrupt.
+                done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 for future in done:
                     action, key, material, started = running.pop(future)
                     try:
@@ -279,7 +281,7 @@ class Executor:
     def _linked_already(self, record: OutputRecord) -> bool:
         """Whether pbuild-out holds ``record`` (by the stat index, else by sharing the blob's inode)."""
         dest = os.path.join(self.root, record.path)
-        if self.index.lookup_output(dest) == record.digest:
+        if self.index.lookup(dest) == record.digest:
             return True
         try:
             dest_st = os.stat(dest)
@@ -296,7 +298,7 @@ class Executor:
 
     def _materialize_file(self, record: OutputRecord) -> bool:
         dest = os.path.join(self.root, record.path)
-        if self.index.lookup_output(dest) == record.digest:
+        if self.index.lookup(dest) == record.digest:
             return True
         blob = self.store.blob_path(record.digest, record.executable)
         try:
@@ -367,6 +369,8 @@ class Executor:
                 res = self._run_in_process(action, work)
         finally:
             remove_tree(work)
+            if isinstance(action, ProcessAction):
+                self._refresh_linked_inputs(action)
         self.store.put_action(key, res)
         if not self._materialize_all(res):
             raise PbuildError(f"outputs of {action.owner} vanished from the cache while building",
@@ -388,6 +392,13 @@ class Executor:
             outputs.append(RemoteOutput(record.path, sha, record.size, record.executable))
             blobs[sha] = path
         self.remote.upload_action(remote_key(material), RemoteActionResult(tuple(outputs), 0), blobs)
+
+    def _refresh_linked_inputs(self, action: Action) -> None:
+        """The exec root linked these outputs' blobs: only their ctime changed (see StatIndex)."""
+        for f in action.inputs:
+            if not f.is_source:
+                for record in self.files_of(f.path):
+                    self.index.refresh_ctime(os.path.join(self.root, record.path))
 
     def _input_sources(self, action: Action) -> dict[str, str]:
         """Where each declared input (directories expanded) can be read on the host."""

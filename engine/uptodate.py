@@ -97,9 +97,7 @@ def write_stamp(path: str, recorder: DependencyRecorder, outputs: Iterable[str],
                 extra: Any = None) -> None:
     entries = recorder.items()
     entries.extend((p, False, _stat_key(p)) for p in _code_paths())
-    # Outputs are read-only links to CAS blobs; later actions linking the same blob change only
-    # the inode's ctime, so outputs are compared without it (kind 2).
-    entries.extend((p, 2, _stat_key(p)) for p in outputs)
+    entries.extend((p, 0, _stat_key(p)) for p in outputs)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as handle:
@@ -158,10 +156,7 @@ def _unchanged(entries: Iterable[tuple[str, int, StatKey]]) -> bool:
             if key != _ABSENT:
                 return False
             continue
-        if is_dir == 2:
-            if (st.st_size, st.st_mtime_ns, st.st_ino) != (key[0], key[1], key[3]):
-                return False
-        elif is_dir:
+        if is_dir:
             if (0, st.st_mtime_ns, 0, st.st_ino) != key:
                 return False
         elif (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != key:

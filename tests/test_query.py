@@ -126,8 +126,6 @@ def test_query_cli(graph_ws: Path, pbuild: Runner) -> None:
     assert_user_error(pbuild("query", "//c:top", "--output", "xml", cwd=graph_ws), 2)
 
 
-@pytest.mark.xfail(reason="engine bug: `pbuild query` creates pbuild-out/ (with its marker file) although it "
-                   "builds nothing", strict=True)
 def test_query_writes_nothing_into_the_workspace(tmp_path: Path, pbuild: Runner) -> None:
     root = tmp_path / "ws"
     write_tree(root, GRAPH)

@@ -267,10 +267,7 @@ def sigint_to_a_worker_thread(pid: int) -> None:
 @pytest.mark.parametrize("how", [
     "terminal-ctrl-c",
     "sigint-to-pbuild-only",
-    pytest.param("sigint-on-a-worker-thread", marks=pytest.mark.xfail(
-        reason="engine bug: a SIGINT the kernel hands to a worker thread never wakes the main thread, which "
-               "waits on the futures without a timeout: the build goes on (seen as hangs under load)",
-        strict=True)),
+    "sigint-on-a-worker-thread",
 ])
 def test_ctrl_c_stops_quickly_and_leaves_the_cache_consistent(workspace: WorkspaceFactory, pbuild: Runner,
                                                               how: str, tmp_path: Path) -> None:

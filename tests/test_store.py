@@ -356,3 +356,33 @@ def test_clean_with_a_symlinked_output_folder(tmp_path: Path, pbuild: Runner) ->
     result = pbuild("clean", cwd=root)
     assert result.code == 0, str(result)
     assert not (root / "pbuild-out" / "p" / "a.txt").exists()
+
+
+def test_damage_that_keeps_size_and_mtime_is_detected(tmp_path: Path, pbuild: Runner) -> None:
+    root = tmp_path / "ws"
+    write_tree(root, CHAIN)
+    assert pbuild("build", "//p:b", cwd=root).code == 0
+    out = root / "pbuild-out" / "p" / "a.txt"
+    st = out.stat()
+    out.chmod(0o644)
+    with open(out, "r+b") as handle:  # through the hard link: the CAS blob changes with it
+        handle.write(b"EVIL!\n")
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))  # as `cp -p`, rsync or `touch -r` leave it
+    out.chmod(0o444)
+    result = pbuild("build", "//p:b", cwd=root)
+    assert result.code == 0, str(result)
+    assert outputs(root)["a.txt"] == b"HELLO\n"
+    assert cache_is_consistent(pbuild.cache) == []
+
+
+def test_clean_never_empties_a_foreign_folder_behind_a_symlink(tmp_path: Path, pbuild: Runner) -> None:
+    root = tmp_path / "ws"
+    write_tree(root, CHAIN)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work\n")
+    (root / "pbuild-out").symlink_to(precious)  # a mistake: pbuild never used this folder
+    result = pbuild("clean", cwd=root)
+    assert (precious / "thesis.tex").read_text() == "years of work\n"
+    assert result.code == 2 and "Traceback" not in result.err, str(result)
+    assert "pbuild-out" in result.err and "hint:" in result.err, str(result)
