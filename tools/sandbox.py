@@ -563,6 +563,16 @@ def _resolve_command(request: SandboxRequest) -> tuple[str | None, int]:
 
 
 def _run_bwrap(request: SandboxRequest, binary: str) -> SandboxResult:
+    """Run under bwrap; a setup failure caused by a host mount that vanished while bwrap was
+    copying the mount tree (container engines churn mounts under /var) is retried once."""
+    result = _run_bwrap_once(request, binary)
+    if result.error and result.error.startswith("sandbox setup failed") and "mount" in result.error:
+        retry = _run_bwrap_once(request, binary)
+        return SandboxResult(retry.exit_code, result.duration_s + retry.duration_s, retry.error, retry.timed_out)
+    return result
+
+
+def _run_bwrap_once(request: SandboxRequest, binary: str) -> SandboxResult:
     import subprocess
 
     start = time.perf_counter()
