@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pbuild.engine.api import ActionIO
@@ -137,7 +138,7 @@ def install_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
         interpreter="/usr/bin/env python3",
         script_kind="posix",
     )
-    with WheelFile.open(io.input_path(params["wheel"])) as source:
+    with WheelFile.open(Path(io.input_path(params["wheel"]))) as source:
         install(source, destination, additional_metadata={})
     python = host_python_for(params["python_version"])
     if python:
