@@ -230,3 +230,20 @@ def guarded(pbuild: Runner) -> Callable[[Path], Guard]:
         return Guard(ws, pbuild.cache)
 
     return build
+
+
+# In CI (CI=true, as .ci/run is started), a test skipped because a tool or package is missing means
+# .ci/install forgot it: fail instead of skipping, so a green run cannot hide a missing install.
+_MISSING_MARKERS = ("not installed", "could not import", "No module named")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if not os.environ.get("CI") or not report.skipped or not isinstance(report.longrepr, tuple):
+        return
+    reason = str(report.longrepr[2])
+    if any(marker in reason for marker in _MISSING_MARKERS):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI because something is missing (add it to .ci/install): {reason}"
