@@ -16,7 +16,7 @@ from typing import Any
 from pbuild.engine import uptodate
 from pbuild.engine.analysis import ActionGraph, Analyzer
 from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, Target, TestInfo
-from pbuild.engine.errors import BuildFailed, PbuildError
+from pbuild.engine.errors import BuildFailed
 from pbuild.engine.events import Reporter
 from pbuild.engine.hashing import StatIndex, digest_bytes
 from pbuild.engine.labels import Label
@@ -281,8 +281,3 @@ def test_actions(graph: ActionGraph, labels: Sequence[Label]) -> list[tuple[Labe
         )
         tests.append((label, action))
     return tests
-
-
-def raise_first(errors: Sequence[PbuildError]) -> None:
-    if errors:
-        raise errors[0]

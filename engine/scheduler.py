@@ -15,12 +15,12 @@ import shutil
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbuild.engine.api import OUT_DIR, Action, ActionIO, InProcessAction, ProcessAction
+from pbuild.engine.api import Action, ActionIO, InProcessAction, ProcessAction
 from pbuild.engine.errors import BuildFailed, PbuildError
 from pbuild.engine.events import Reporter
 from pbuild.engine.execroot import base_env, explain_failure, prepare_exec_root, run_process
@@ -105,7 +105,6 @@ class Executor:
                 dependents.setdefault(dep, []).append(action)
         ready = [a for a in actions if waiting_on[id(a)] == 0]
         ready.reverse()
-        failed_ids: set[int] = set()
         self.reporter.start(len(actions))
         stop = False
         running: dict[Future[tuple[str, ActionResult]], tuple[Action, str, bytes, float]] = {}
@@ -137,7 +136,6 @@ class Executor:
                 error.label = action.owner
             result.failures.append(ActionFailure(action, error))
             self.reporter.message(error.render())
-            failed_ids.add(id(action))
             finish(action, "failed", key, None, started)
             if not self.options.keep_going:
                 stop = True
@@ -576,12 +574,3 @@ def _quote(arg: str) -> str:
     return text if len(text) < 400 else text[:400] + "...'"
 
 
-def describe_failures(failures: Sequence[ActionFailure]) -> str:
-    return f"build failed: {len(failures)} action{'s' if len(failures) != 1 else ''} failed"
-
-
-OutPath = Callable[[str], str]
-
-
-def out_dir(root: str) -> str:
-    return os.path.join(root, OUT_DIR)

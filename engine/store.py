@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,8 +240,3 @@ def materialize(store: LocalStore, record: OutputRecord, dest: str) -> None:
     except IsADirectoryError:
         remove_tree(dest)
         os.replace(tmp, dest)
-
-
-def outputs_for(result: ActionResult, paths: Sequence[str]) -> list[OutputRecord]:
-    wanted = set(paths)
-    return [o for o in result.outputs if o.path in wanted]
