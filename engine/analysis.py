@@ -418,7 +418,7 @@ class Analyzer:
                 raise LoadError(f"attribute {name!r}: {entry!r} must be a path inside the package",
                                 location=where, label=decl.label)
             full = self.loader.workspace.path(path)
-            self.loader.recorder.file(full)  # a file appearing here changes what the name means
+            self.loader.recorder.existence(full)  # a file appearing here changes what the name means
             if os.path.isdir(full):
                 raise LoadError(
                     f"attribute {name!r}: {entry!r} is a folder, not a file",

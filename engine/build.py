@@ -64,6 +64,7 @@ class Session:
 
     def close(self) -> None:
         self.index.save()
+        self.store.save_memo()
         self.loader.parse_cache.save()
         if self.sha_index is not None:
             self.sha_index.save()
@@ -82,7 +83,7 @@ def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
         recorder.file(workspace.path(plugin))
     loader = Loader(workspace, registry, ParseCache(index_base + ".parse"), recorder)
     analyzer = Analyzer(loader, workspace.config)
-    store = LocalStore(cache_dir)
+    store = LocalStore(cache_dir, memo_path=index_base + ".acmemo")
     store.remove_stale_tmp()
     session = Session(workspace, loader, analyzer, store, StatIndex(index_base + ".stat"), cache_dir, index_base)
     settings = request.remote_settings

@@ -237,6 +237,8 @@ class Executor:
         res = self.store.get_action(key)
         if res is not None and self._materialize_all(res):
             return "cached", res
+        if res is not None:
+            self.store.forget_action(key)
         return None
 
     def _miss(self, action: Action, key: str, material: bytes, digests: Mapping[str, str]) -> tuple[str, ActionResult]:

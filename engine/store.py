@@ -14,6 +14,7 @@ digest whenever they are about to be served from a state we cannot vouch for.
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import shutil
 import threading
@@ -70,8 +71,14 @@ class ActionResult:
 class LocalStore:
     """CAS and AC under ``root``. Safe for concurrent use by threads and processes."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, memo_path: str | None = None) -> None:
         self.root = root
+        # A per-workspace memo of the AC entries this workspace used, read in one go: a large
+        # build would otherwise open one AC file per action just to learn nothing changed.
+        # AC entries never change for a key, so the memo cannot go stale.
+        self._memo_path = memo_path
+        self._memo: dict[str, bytes] | None = None
+        self._memo_dirty = False
         self.cas_dir = os.path.join(root, "cas")
         self.ac_dir = os.path.join(root, "ac")
         self.tmp_dir = os.path.join(root, "tmp")
@@ -154,24 +161,68 @@ class LocalStore:
     def _ac_path(self, key: str) -> str:
         return os.path.join(self.ac_dir, key[:2], key)
 
+    def _load_memo(self) -> dict[str, bytes]:
+        if self._memo is None:
+            self._memo = {}
+            if self._memo_path:
+                try:
+                    with open(self._memo_path, "rb") as handle:
+                        memo = marshal.load(handle)
+                    if isinstance(memo, dict):
+                        self._memo = memo
+                except (OSError, ValueError, EOFError, TypeError):
+                    pass
+        return self._memo
+
     def get_action(self, key: str) -> ActionResult | None:
+        memo = self._load_memo()
+        data = memo.get(key)
+        if data is None:
+            try:
+                with open(self._ac_path(key), "rb") as handle:
+                    data = handle.read()
+            except OSError:
+                return None
         try:
-            with open(self._ac_path(key), "rb") as handle:
-                data = handle.read()
-        except OSError:
-            return None
-        try:
-            return ActionResult.from_json(data)
+            result = ActionResult.from_json(data)
         except (ValueError, KeyError, TypeError):
+            memo.pop(key, None)
             return None  # a damaged entry is a miss; the action runs again and rewrites it
+        if self._memo_path and key not in memo:
+            with self._lock:
+                memo[key] = data
+                self._memo_dirty = True
+        return result
+
+    def forget_action(self, key: str) -> None:
+        """Drop a key from the memo (its outputs turned out to be missing or damaged)."""
+        memo = self._load_memo()
+        if memo.pop(key, None) is not None:
+            self._memo_dirty = True
+
+    def save_memo(self) -> None:
+        if not self._memo_path or not self._memo_dirty or self._memo is None:
+            return
+        os.makedirs(os.path.dirname(self._memo_path), exist_ok=True)
+        tmp = f"{self._memo_path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as handle:
+            marshal.dump(self._memo, handle)
+        os.replace(tmp, self._memo_path)
+        self._memo_dirty = False
 
     def put_action(self, key: str, result: ActionResult) -> None:
         dest = self._ac_path(key)
         self._ensure_dir(os.path.dirname(dest))
         tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
+        data = result.to_json()
         with open(tmp, "wb") as handle:
-            handle.write(result.to_json())
+            handle.write(data)
         os.replace(tmp, dest)
+        if self._memo_path:
+            memo = self._load_memo()
+            with self._lock:
+                memo[key] = data
+                self._memo_dirty = True
 
     def remove_stale_tmp(self) -> None:
         """Remove temp dirs of pbuild processes that no longer run (killed builds)."""

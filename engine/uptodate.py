@@ -21,7 +21,7 @@ from typing import Any
 
 from pbuild.engine.hashing import digest_bytes
 
-_VERSION = 4
+_VERSION = 5
 _ABSENT = (-1, -1, -1, -1)
 StatKey = tuple[int, int, int, int]
 
@@ -37,34 +37,48 @@ def _stat_key(path: str, *, directory: bool = False) -> StatKey:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+# Kinds of recorded paths: what about them a build depended on.
+FILE, DIRECTORY, EXISTENCE = 0, 1, 3
+
+
 class DependencyRecorder:
-    """Collects the paths a build depended on, with their stat at the moment they were used."""
+    """Collects the paths a build depended on, with their stat at the moment they were used.
+
+    One path may be recorded under several kinds: a source's existence decides analysis, its
+    content decides execution.
+    """
 
     def __init__(self) -> None:
-        self._paths: dict[str, tuple[int, StatKey]] = {}
+        self._paths: dict[tuple[str, int], StatKey] = {}
         self._lock = threading.Lock()
         self.enabled = True
 
-    def extend(self, entries: Iterable[tuple[str, int, StatKey]]) -> None:
+    def _add(self, path: str, kind: int, key: StatKey) -> None:
         with self._lock:
-            for p, d, k in entries:
-                self._paths.setdefault(p, (d, k))
+            self._paths.setdefault((path, kind), key)
+
+    def extend(self, entries: Iterable[tuple[str, int, StatKey]]) -> None:
+        for p, kind, key in entries:
+            self._add(p, kind, key)
 
     def file(self, path: str, key: StatKey | None = None) -> None:
-        if self.enabled and path not in self._paths:
-            value = (False, key if key is not None else _stat_key(path))
-            with self._lock:
-                self._paths.setdefault(path, value)
+        """Record ``path``'s content (by its stat ``key``, or its stat now)."""
+        if self.enabled and (path, FILE) not in self._paths:
+            self._add(path, FILE, key if key is not None else _stat_key(path))
+
+    def existence(self, path: str) -> None:
+        """Record only whether ``path`` is a file: analysis depends on that, not on content."""
+        if self.enabled and (path, EXISTENCE) not in self._paths:
+            self._add(path, EXISTENCE, (1, 0, 0, 0) if os.path.isfile(path) else _ABSENT)
 
     def directory(self, path: str) -> None:
-        if self.enabled and path not in self._paths:
-            value = (True, _stat_key(path, directory=True))
-            with self._lock:
-                self._paths.setdefault(path, value)
+        """Record a folder's listing (by its mtime)."""
+        if self.enabled and (path, DIRECTORY) not in self._paths:
+            self._add(path, DIRECTORY, _stat_key(path, directory=True))
 
     def items(self) -> list[tuple[str, int, StatKey]]:
         with self._lock:
-            return [(p, d, k) for p, (d, k) in self._paths.items()]
+            return [(p, kind, key) for (p, kind), key in self._paths.items()]
 
 
 def _code_paths() -> list[str]:
@@ -96,8 +110,8 @@ Event = tuple[str, str, str]  # label, mnemonic, key
 def write_stamp(path: str, recorder: DependencyRecorder, outputs: Iterable[str], events: Sequence[Event],
                 extra: Any = None) -> None:
     entries = recorder.items()
-    entries.extend((p, False, _stat_key(p)) for p in _code_paths())
-    entries.extend((p, 0, _stat_key(p)) for p in outputs)
+    entries.extend((p, FILE, _stat_key(p)) for p in _code_paths())
+    entries.extend((p, FILE, _stat_key(p)) for p in outputs)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as handle:
@@ -108,7 +122,7 @@ def write_stamp(path: str, recorder: DependencyRecorder, outputs: Iterable[str],
 def save_analysis(path: str, recorder: DependencyRecorder, payload: bytes) -> None:
     """Remember an analysis result with what analysis read (the recorder's entries so far)."""
     entries = recorder.items()
-    entries.extend((p, False, _stat_key(p)) for p in _code_paths())
+    entries.extend((p, FILE, _stat_key(p)) for p in _code_paths())
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as handle:
@@ -149,14 +163,17 @@ def check_stamp_with_extra(path: str) -> tuple[list[Event], Any] | None:
 
 def _unchanged(entries: Iterable[tuple[str, int, StatKey]]) -> bool:
     stat = os.stat
-    for p, is_dir, key in entries:
+    for p, kind, key in entries:
         try:
             st = stat(p)
         except OSError:
             if key != _ABSENT:
                 return False
             continue
-        if is_dir:
+        if kind == EXISTENCE:
+            if key == _ABSENT or not os.path.isfile(p):
+                return False
+        elif kind == DIRECTORY:
             if (0, st.st_mtime_ns, 0, st.st_ino) != key:
                 return False
         elif (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != key:
