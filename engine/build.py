@@ -18,7 +18,7 @@ from pbuild.engine.analysis import ActionGraph, Analyzer
 from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, Target, TestInfo
 from pbuild.engine.errors import BuildFailed
 from pbuild.engine.events import Reporter
-from pbuild.engine.hashing import StatIndex, digest_bytes
+from pbuild.engine.hashing import StatIndex
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader, ParseCache
 from pbuild.engine.registry import RuleRegistry
@@ -76,7 +76,7 @@ def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
     workspace = find_workspace(request.cwd, request.workspace)
     cache_dir = os.path.abspath(request.cache_dir) if request.cache_dir else default_cache_dir()
     registry = RuleRegistry(workspace)
-    index_base = os.path.join(cache_dir, "index", digest_bytes(workspace.root.encode()))
+    index_base = uptodate.index_base(workspace.root, cache_dir)
     recorder = DependencyRecorder()
     recorder.file(workspace.path(WORKSPACE_FILE))
     for plugin in workspace.plugins:

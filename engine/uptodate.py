@@ -188,6 +188,21 @@ def discard_stamp(path: str) -> None:
         pass
 
 
+def index_base(workspace_root: str, cache_root: str) -> str:
+    """Where this workspace's indexes live in the cache: stat index, parse cache, stamps."""
+    return os.path.join(cache_root, "index", digest_bytes(workspace_root.encode()))
+
+
+def _command_stamp(cwd: str, workspace_dir: str | None, cache_dir: str | None,
+                   patterns: Sequence[str], extra: Iterable[str] = ()) -> str:
+    from pbuild.engine.workspace import current_package, default_cache_dir, find_workspace
+
+    workspace = find_workspace(cwd, workspace_dir)
+    cache_root = os.path.abspath(cache_dir) if cache_dir else default_cache_dir()
+    return stamp_path(index_base(workspace.root, cache_root),
+                      request_text(patterns, current_package(workspace, cwd), extra))
+
+
 def build_command(request_patterns: Sequence[str], *, cwd: str, workspace_dir: str | None, cache_dir: str | None,
                   event_file: str | None, quiet: bool, make_request: Any) -> None:
     """``pbuild build``: replay the last identical build if nothing it depended on changed, else build.
@@ -196,12 +211,8 @@ def build_command(request_patterns: Sequence[str], *, cwd: str, workspace_dir: s
     request (remote settings and all) when a real build is needed.
     """
     from pbuild.engine.events import Reporter
-    from pbuild.engine.workspace import current_package, default_cache_dir, find_workspace
 
-    workspace = find_workspace(cwd, workspace_dir)
-    cache_root = os.path.abspath(cache_dir) if cache_dir else default_cache_dir()
-    index_base = os.path.join(cache_root, "index", digest_bytes(workspace.root.encode()))
-    stamp = stamp_path(index_base, request_text(request_patterns, current_package(workspace, cwd)))
+    stamp = _command_stamp(cwd, workspace_dir, cache_dir, request_patterns)
     events = check_stamp(stamp)
     reporter = Reporter(event_file=event_file, quiet=quiet)
     if events is not None:
@@ -218,12 +229,7 @@ def build_command(request_patterns: Sequence[str], *, cwd: str, workspace_dir: s
 def run_command(target: str, extra: Sequence[str], *, cwd: str, workspace_dir: str | None, cache_dir: str | None,
                 user_umask: int, make_request: Any) -> int:
     """``pbuild run``: with nothing to rebuild, start the recorded run plan at once; else build."""
-    from pbuild.engine.workspace import current_package, default_cache_dir, find_workspace
-
-    workspace = find_workspace(cwd, workspace_dir)
-    cache_root = os.path.abspath(cache_dir) if cache_dir else default_cache_dir()
-    index_base = os.path.join(cache_root, "index", digest_bytes(workspace.root.encode()))
-    stamp = stamp_path(index_base, request_text([target], current_package(workspace, cwd), ["run"]))
+    stamp = _command_stamp(cwd, workspace_dir, cache_dir, [target], ["run"])
     found = check_stamp_with_extra(stamp)
     if found is not None and found[1] is not None:
         from pbuild.engine.launch import execute_plan
