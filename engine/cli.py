@@ -104,6 +104,17 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``pbuild`` command; returns the exit code."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `pbuild query ... | head`: the reader left; stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     # Actions must not depend on the user's umask: the same key must give the same file modes.
     # (`pbuild run` gives the user's umask back to the program it starts.)
     global USER_UMASK

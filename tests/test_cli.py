@@ -217,3 +217,18 @@ def test_unwritable_event_file_is_a_user_error(ws: Path, pbuild: Runner, tmp_pat
 def test_run_refuses_a_target_that_is_not_runnable(ws: Path, pbuild: Runner) -> None:
     result = pbuild("run", "//p", cwd=ws)
     assert_user_error(result, 2, "//p:p (a genrule) cannot be run", "hint:")
+
+
+def test_a_reader_that_leaves_early_is_not_a_traceback(tmp_path: Path) -> None:
+    """`pbuild query //... | true`: a reader gone before pbuild writes ends pbuild quietly."""
+    import subprocess
+    import sys
+
+    (tmp_path / "WORKSPACE.toml").write_text("")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "BUILD.toml").write_text("".join(
+        f'[t{i}]\nrule = "filegroup"\nsrcs = []\n' for i in range(50)))
+    command = f"{sys.executable} -m pbuild.engine.cli query //... | true"
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr
