@@ -17,6 +17,7 @@ relative paths below its exec root.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -543,16 +544,7 @@ class RuleContext:
         Always read files through this method during analysis: pbuild records the file so a later
         build notices when it changes. Never open workspace files directly in a rule.
         """
-        import os
-
-        path = os.path.join(self.workspace_root, relative_path)
-        if self._on_read is not None:
-            self._on_read(path)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return handle.read()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        return _read_recorded(os.path.join(self.workspace_root, relative_path), self._on_read)
 
     def config(self, section: str) -> Mapping[str, Any]:
         value = self._config.get(section, {})
@@ -608,20 +600,22 @@ class GeneratorContext:
 
     def read_file(self, relative_path: str) -> str | None:
         """Text of a file in this package, or None if it does not exist."""
-        import os
-
-        path = os.path.join(self.package_dir, relative_path)
-        if self._on_read is not None:
-            self._on_read(path)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return handle.read()
-        except FileNotFoundError:
-            return None
+        return _read_recorded(os.path.join(self.package_dir, relative_path), self._on_read)
 
     def fail(self, message: str, *, attr: str | None = None, hint: str | None = None) -> None:
         location = self._attr_locations.get(attr, self._location) if attr else self._location
         raise AnalysisError(message, location=location, label=self.label, hint=hint)
+
+
+def _read_recorded(path: str, on_read: Callable[[str], None] | None) -> str | None:
+    """Text of ``path`` (None if absent), telling ``on_read`` so up-to-date checks notice changes."""
+    if on_read is not None:
+        on_read(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def target_generator(

@@ -201,7 +201,7 @@ class Executor:
             prefix = directory + "/"
             self._dir_files[directory] = [o for o in res.outputs if o.path.startswith(prefix)]
 
-    def _input_digest(self, path: str, is_directory: bool, is_source: bool) -> str:
+    def _input_digest(self, path: str, is_source: bool) -> str:
         if not is_source:
             if path in self._dir_files:
                 listing = "\n".join(f"{o.path} {o.digest} {int(o.executable)}" for o in self._dir_files[path])
@@ -227,7 +227,7 @@ class Executor:
                               hint="make it readable by the user running pbuild") from None
 
     def _key_material(self, action: Action) -> tuple[bytes, dict[str, str]]:
-        digests = {f.path: self._input_digest(f.path, f.is_directory, f.is_source) for f in action.inputs}
+        digests = {f.path: self._input_digest(f.path, f.is_source) for f in action.inputs}
         env = dict(action.env) if isinstance(action, ProcessAction) else {}
         return key_material(action, digests, env, self._env), digests
 
@@ -297,22 +297,11 @@ class Executor:
         return True
 
     def _materialize_file(self, record: OutputRecord) -> bool:
-        dest = os.path.join(self.root, record.path)
-        if self.index.lookup(dest) == record.digest:
+        if self._linked_already(record):
             return True
-        blob = self.store.blob_path(record.digest, record.executable)
-        try:
-            dest_st, blob_st = os.stat(dest), os.stat(blob)
-            if dest_st.st_ino == blob_st.st_ino and dest_st.st_dev == blob_st.st_dev:
-                # Already a link to the blob: verify the blob once, then trust the stat.
-                if not self.store.verify_blob(record.digest, record.executable):
-                    return False
-                self.index.record(dest, dest_st, record.digest, output=True)
-                return True
-        except OSError:
-            pass
         if not self.store.verify_blob(record.digest, record.executable):
             return False
+        dest = os.path.join(self.root, record.path)
         materialize(self.store, record, dest)
         self.index.record(dest, os.stat(dest), record.digest, output=True)
         return True

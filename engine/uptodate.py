@@ -51,7 +51,6 @@ class DependencyRecorder:
     def __init__(self) -> None:
         self._paths: dict[tuple[str, int], StatKey] = {}
         self._lock = threading.Lock()
-        self.enabled = True
 
     def _add(self, path: str, kind: int, key: StatKey) -> None:
         with self._lock:
@@ -63,17 +62,17 @@ class DependencyRecorder:
 
     def file(self, path: str, key: StatKey | None = None) -> None:
         """Record ``path``'s content (by its stat ``key``, or its stat now)."""
-        if self.enabled and (path, FILE) not in self._paths:
+        if (path, FILE) not in self._paths:
             self._add(path, FILE, key if key is not None else _stat_key(path))
 
     def existence(self, path: str) -> None:
         """Record only whether ``path`` is a file: analysis depends on that, not on content."""
-        if self.enabled and (path, EXISTENCE) not in self._paths:
+        if (path, EXISTENCE) not in self._paths:
             self._add(path, EXISTENCE, (1, 0, 0, 0) if os.path.isfile(path) else _ABSENT)
 
     def directory(self, path: str) -> None:
         """Record a folder's listing (by its mtime)."""
-        if self.enabled and (path, DIRECTORY) not in self._paths:
+        if (path, DIRECTORY) not in self._paths:
             self._add(path, DIRECTORY, _stat_key(path, directory=True))
 
     def items(self) -> list[tuple[str, int, StatKey]]:
