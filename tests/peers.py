@@ -238,8 +238,7 @@ server:
 authorization:
   method: none
 storages:
-  - !lru-storage &cas
-    size: 512M
+  - {storage}
 caches:
   - !lru-action-cache &ac
     storage: *cas
@@ -271,11 +270,13 @@ instances:
 
 
 @contextlib.contextmanager
-def buildgrid_server(base: Path, *, instance_name: str = "", allow_updates: bool = True) -> Iterator[BuildGrid]:
+def buildgrid_server(base: Path, *, instance_name: str = "", allow_updates: bool = True,
+                     disk_storage: Path | None = None) -> Iterator[BuildGrid]:
     """``bgd server start`` with an in-memory CAS and action cache (no execution service).
 
     Besides ``instance_name`` it serves the instance :data:`BuildGrid.read_only_instance`, whose
-    action cache refuses updates (one server is cheaper to start than two: ~8 s each).
+    action cache refuses updates (one server is cheaper to start than two: ~8 s each). With
+    ``disk_storage``, the CAS lives in that folder instead (blob ``H`` is ``cas/objects/H[:2]/H[2:]``).
     """
     bgd = require("bgd")
     base.mkdir(parents=True, exist_ok=True)
@@ -283,8 +284,9 @@ def buildgrid_server(base: Path, *, instance_name: str = "", allow_updates: bool
     read_only = BuildGrid.read_only_instance
 
     def prepare(port: int) -> list[str]:
+        storage = f'!disk-storage &cas\n    path: "{disk_storage}"' if disk_storage else "!lru-storage &cas\n    size: 512M"
         conf.write_text(_BUILDGRID_CONF.format(port=port, instance=instance_name, read_only_instance=read_only,
-                                               allow_updates="true" if allow_updates else "false"))
+                                               allow_updates="true" if allow_updates else "false", storage=storage))
         return [bgd, "server", "start", str(conf)]
 
     with _started(prepare, base / "buildgrid.log") as port:

@@ -137,3 +137,30 @@ def test_grpc_round_trip_through_buildgrid(workspace: WorkspaceFactory, pbuild: 
         other = pbuild("build", "//lib:count", "--remote-cache", grid.url, cwd=ws, cache=tmp_path / "other")
     assert other.summary.startswith("2 actions: 2 remote cached"), str(other)
     assert tree_digest(ws / "pbuild-out") == outputs
+
+
+def test_a_damaged_remote_blob_is_replaced_so_the_next_machine_gets_a_hit(
+        workspace: WorkspaceFactory, pbuild: Runner, nginx: Nginx, tmp_path: Path) -> None:
+    """Issue 9, item 9b: the machine that caught the damage uploads the bytes it rebuilt over it."""
+    ws = workspace({"big/BUILD.toml": """
+        [big]
+        rule = "genrule"
+        outs = ["big.txt"]
+        cmd = "seq 1 20000 > $@"
+    """})  # about 100 KiB: large enough that uploads ask HEAD before sending
+    assert pbuild("build", "//big", "--remote-cache", nginx.url(), cwd=ws).code == 0
+    good = (ws / "pbuild-out" / "big" / "big.txt").read_bytes()
+    server_copy = nginx.root / "cache" / "cas" / hashlib.sha256(good).hexdigest()
+    server_copy.write_bytes(b"X" * len(good))
+
+    shutil.rmtree(ws / "pbuild-out")
+    second = pbuild("build", "//big", "--remote-cache", nginx.url(), cwd=ws, cache=tmp_path / "second")
+    assert second.code == 0 and "1 executed" in second.summary, str(second)
+    assert "wrong content" in second.err
+    assert server_copy.read_bytes() == good
+
+    shutil.rmtree(ws / "pbuild-out")
+    third = pbuild("build", "//big", "--remote-cache", nginx.url(), cwd=ws, cache=tmp_path / "third")
+    assert third.summary.startswith("1 action: 1 remote cached"), str(third)
+    assert "wrong content" not in third.err and "warning" not in third.err
+    assert (ws / "pbuild-out" / "big" / "big.txt").read_bytes() == good

@@ -162,3 +162,30 @@ def test_server_that_dies_mid_build_is_skipped(tmp_path: Path) -> None:
         assert remote.get_action_result(key) is None
         remote.upload_action(key, result, blobs)
     assert remote.stats().disabled and len(warnings) == 1
+
+
+def test_a_damaged_blob_is_written_again_though_find_missing_blobs_lists_it(tmp_path: Path) -> None:
+    """Issue 9, item 9b over REAPI: FindMissingBlobs reports a damaged blob as present, so after a
+    download failed verification the next upload writes the verified bytes without asking.
+
+    (BuildGrid's disk storage keeps the first copy of a blob it already holds, so this server
+    stays damaged; servers that replace on write, as the HTTP caches do, are healed by it.)
+    """
+    with buildgrid_server(tmp_path / "bg", disk_storage=tmp_path / "bg-cas") as server:
+        key, result, blobs = _action(tmp_path / "out", "heal", {"pbuild-out/f": os.urandom(5000),
+                                                                "pbuild-out/g": b"fine"})
+        writer = _open(server.url, tmp_path / "writer", Warnings(), instance_name="")
+        writer.upload_action(key, result, blobs)
+        target = next(o for o in result.outputs if o.path == "pbuild-out/f")
+        stored = tmp_path / "bg-cas" / "cas" / "objects" / target.sha256[:2] / target.sha256[2:]
+        stored.write_bytes(os.urandom(target.size))  # damaged on the server's disk
+
+        warnings = Warnings()
+        reader = _open(server.url, tmp_path / "reader", warnings, instance_name="")
+        assert reader.get_action_result(key) == result
+        assert not reader.fetch_blob(target.sha256, target.size, str(tmp_path / "ws" / "f"))
+        assert len(warnings) == 1 and "wrong content" in warnings[0]
+        reader.upload_action(key, result, blobs)  # what the engine does once it rebuilt the output
+        stats = reader.stats()
+        assert (stats.blobs_uploaded, stats.bytes_uploaded) == (1, target.size)  # the damaged one only
+        assert warnings[1:] == []

@@ -17,6 +17,7 @@ from pbuild.engine.remote import (
     RemoteSettings,
     open_remote,
 )
+from pbuild.engine.remote._http import HEAD_THRESHOLD
 from pbuild.engine.remote._wire import ActionResult
 from peers import Nginx, free_port, nginx_cache, silent_server, truncating_http_server
 
@@ -361,3 +362,68 @@ def test_many_missing_blobs_do_not_disable_the_remote_or_flood_warnings(nginx: N
     key, result, blobs = _action(tmp_path / "out", "after", {"pbuild-out/f": b"still works"})
     remote.upload_action(key, result, blobs)
     assert remote.get_action_result(key) == result
+
+
+@pytest.mark.parametrize("who", ["another-client", "the-uploader"])
+def test_a_damaged_blob_is_written_over_by_the_next_upload(nginx: Nginx, tmp_path: Path, who: str) -> None:
+    """Issue 9, item 9b: HEAD says a damaged blob exists, and the uploader remembers it as present;
+    after a download failed verification, the next upload naming it sends the good bytes anyway."""
+    big = os.urandom(HEAD_THRESHOLD + 1000)  # large enough that uploads ask HEAD first
+    key, result, blobs = _action(tmp_path / "out", "heal", {"pbuild-out/big": big, "pbuild-out/small": b"small"})
+    writer = _open(nginx.url(), tmp_path / "writer", Warnings())
+    writer.upload_action(key, result, blobs)
+    target = next(o for o in result.outputs if o.path == "pbuild-out/big")
+    server_copy = nginx.root / "cache" / "cas" / target.sha256
+    server_copy.write_bytes(bytes(b ^ 0xFF for b in big))  # same size, wrong bytes
+
+    warnings = Warnings()
+    reader = writer if who == "the-uploader" else _open(nginx.url(), tmp_path / "reader", warnings)
+    reader_warnings = warnings if reader is not writer else None
+    assert reader.get_action_result(key) == result
+    assert not reader.fetch_blob(target.sha256, target.size, str(tmp_path / "ws" / "big"))
+    if reader_warnings is not None:
+        assert len(reader_warnings) == 1 and "wrong content" in reader_warnings[0]
+    reader.upload_action(key, result, blobs)  # what the engine does once it rebuilt the output
+    assert server_copy.read_bytes() == big
+
+    third = _open(nginx.url(), tmp_path / "third", Warnings())
+    assert third.fetch_blob(target.sha256, target.size, str(tmp_path / "ws3" / "big"))
+    assert (tmp_path / "ws3" / "big").read_bytes() == big
+
+
+def test_a_damaged_local_copy_is_not_uploaded_over_a_damaged_server_copy(nginx: Nginx, tmp_path: Path) -> None:
+    key, result, blobs = _action(tmp_path / "out", "both", {"pbuild-out/f": b"the content"})
+    writer = _open(nginx.url(), tmp_path / "writer", Warnings())
+    writer.upload_action(key, result, blobs)
+    sha = result.outputs[0].sha256
+    (nginx.root / "cache" / "cas" / sha).write_bytes(b"server rot!")
+    warnings = Warnings()
+    reader = _open(nginx.url(), tmp_path / "reader", warnings)
+    assert not reader.fetch_blob(sha, result.outputs[0].size, str(tmp_path / "d"))
+    Path(blobs[sha]).write_bytes(b"local rot!!")
+    reader.upload_action(key, result, blobs)
+    assert (nginx.root / "cache" / "cas" / sha).read_bytes() == b"server rot!"
+    assert "does not match its digest either" in warnings[-1]
+
+
+def test_an_entry_replaced_on_the_server_is_written_again_by_its_uploader(nginx: Nginx, tmp_path: Path) -> None:
+    """The uploader remembers its upload; reading something else under that key (say, a poisoned
+    entry the engine then refuses) makes its next upload of the key happen again."""
+    from pbuild.engine.remote._wire import Digest, OutputFile
+
+    key, result, blobs = _action(tmp_path / "out", "replaced", {"pbuild-out/f": b"clean"})
+    remote = _open(nginx.url(), tmp_path / "cache", Warnings())
+    remote.upload_action(key, result, blobs)
+    entry = nginx.root / "cache" / "ac" / key
+    clean = entry.read_bytes()
+    hook = OutputFile(".git/hooks/pre-commit", Digest(result.outputs[0].sha256, result.outputs[0].size), True)
+    entry.write_bytes(ActionResult(output_files=(hook,)).encode())
+    assert remote.get_action_result(key) is not None  # well formed: only the engine knows the declared outputs
+    remote.upload_action(key, result, blobs)
+    assert entry.read_bytes() == clean
+    remote.close()
+    # An untouched entry is still not uploaded twice.
+    again = _open(nginx.url(), tmp_path / "cache", Warnings())
+    assert again.get_action_result(key) == result
+    again.upload_action(key, result, blobs)
+    assert again.stats().action_results_uploaded == 0

@@ -98,6 +98,8 @@ class RemoteStats:
 class RemoteCache(Protocol):
     """A remote action cache plus content-addressed store. Safe to call from several threads."""
 
+    name: str  # how messages name the remote: its URL without credentials, and the instance
+
     def get_action_result(self, key_sha256: str) -> RemoteActionResult | None:
         """The cached result of an action, or ``None`` (miss, or the remote is unusable)."""
         ...
@@ -106,6 +108,7 @@ class RemoteCache(Protocol):
         """Download a blob to ``dest_path``, verified by sha256 and size, written atomically.
 
         Returns ``False`` (after one warning) on any failure; ``dest_path`` is then untouched.
+        A blob the server sent wrong bytes for is written over by the next upload that names it.
         """
         ...
 

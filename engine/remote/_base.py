@@ -12,6 +12,12 @@ warning and local work, never in an exception reaching the engine:
   operations in a row the remote is disabled for the rest of the build;
 * refused credentials disable the remote at once; a refused upload (read-only server) disables
   uploads only.
+
+Damaged blobs. A server that serves wrong bytes for a blob still answers HEAD or
+FindMissingBlobs with "present", so an upload that asks first would never replace it and every
+client would download it, warn and rebuild, forever. A blob that failed verification is
+therefore remembered for the build, and the next upload naming it sends the (re-verified) local
+bytes without asking, overwriting the damaged copy on servers that replace on write.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from pbuild.engine.remote import RemoteActionResult, RemoteOutput, RemoteSettings, RemoteStats
-from pbuild.engine.remote._index import KnownPresent
+from pbuild.engine.remote._index import KnownPresent, sha256_file
 from pbuild.engine.remote._wire import ActionResult, Digest, OutputFile, WireError
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -199,6 +205,8 @@ class RemoteBase:
         self._upload_enabled = settings.upload
         self._warned: set[str] = set()
         self._damage_reports = 0
+        # sha256 of blobs this server served wrong bytes for: written over on the next upload
+        self._damaged: set[str] = set()
         self._known = KnownPresent(known_present_path(cache_dir, settings))
 
     # --- bookkeeping ---------------------------------------------------------------------
@@ -291,6 +299,9 @@ class RemoteBase:
             return None
         try:
             data = self.attempt(lambda: self._read_action_result(key_sha256))
+            if data is not None:
+                # If this is not what we uploaded, our next upload must not be skipped as done.
+                self._known.forget_result(key_sha256, unless_encoded=hashlib.sha256(data).hexdigest())
             result = from_wire(data) if data is not None else None
         except RemoteFailure as exc:
             self._failed("reading an action result", exc)
@@ -310,8 +321,11 @@ class RemoteBase:
             self.attempt(lambda: self._write_verified(
                 sha256, size, dest_path, lambda sink: self._read_blob(sha256, size, sink)))
         except RemoteFailure as exc:
-            if isinstance(exc, Missing):
+            if isinstance(exc, Missing | Corrupt):
                 self._known.forget_blob(sha256)
+            if isinstance(exc, Corrupt):
+                with self._lock:
+                    self._damaged.add(sha256)
             self._failed(f"blob {sha256[:12]}… ({size} bytes)", exc)
             return False
         except OSError as exc:
@@ -335,15 +349,25 @@ class RemoteBase:
             return
         encoded = to_wire(result, {b.sha256: b.size for b in needed}).encode()
         encoded_sha = hashlib.sha256(encoded).hexdigest()
-        if self._known.has_result(key_sha256, encoded_sha):
+        with self._lock:
+            damaged = frozenset(b.sha256 for b in needed if b.sha256 in self._damaged)
+        if not damaged and self._known.has_result(key_sha256, encoded_sha):
             return
         try:
-            todo = [b for b in needed if not self._known.has_blob(b.sha256)]
+            if not all(sha256_file(b.path) == (b.sha256, b.size) for b in needed if b.sha256 in damaged):
+                # Overwriting the server's copy with bytes that are wrong too would help nobody.
+                self.warn_once(f"local-upload-{key_sha256}",
+                               f"remote cache {self.name}: not uploading action {key_sha256[:12]}…: "
+                               f"its local output does not match its digest either")
+                return
+            todo = [b for b in needed if b.sha256 in damaged or not self._known.has_blob(b.sha256)]
             if todo:
                 # An action result is written only after every blob it names is on the server.
-                self._upload_blobs(todo)
+                self._upload_blobs(todo, damaged)
                 for blob in todo:
                     self._known.add_blob(blob.sha256)
+                with self._lock:
+                    self._damaged -= damaged
             if not self.uploading:
                 return
             self.attempt(lambda: self._write_action_result(key_sha256, encoded))
@@ -436,8 +460,9 @@ class RemoteBase:
         """Stream the blob's bytes into ``sink``; raise :class:`Missing` when the server lacks it."""
         raise NotImplementedError
 
-    def _upload_blobs(self, blobs: list[BlobToUpload]) -> None:
-        """Make sure the server holds ``blobs`` (checking first what it already has)."""
+    def _upload_blobs(self, blobs: list[BlobToUpload], replace: frozenset[str]) -> None:
+        """Make sure the server holds ``blobs``: checking first what it already has, except for
+        those in ``replace`` (sha256s it served damaged), which are written without asking."""
         raise NotImplementedError
 
     def _close(self) -> None:

@@ -211,14 +211,16 @@ class GrpcRemoteCache(RemoteBase):
             missing.extend(b for b in chunk if b.sha256 in absent)
         return missing
 
-    def _upload_blobs(self, blobs: list[BlobToUpload]) -> None:
+    def _upload_blobs(self, blobs: list[BlobToUpload], replace: frozenset[str]) -> None:
         blobs = [b for b in blobs if b.sha256 != EMPTY_SHA256]  # always present by definition
         if self._max_blob:
             too_big = [b for b in blobs if b.size > self._max_blob]
             if too_big:
                 raise UploadRefusedBlob(f"blob of {too_big[0].size} bytes exceeds the server's "
                                         f"max_cas_blob_size_bytes ({self._max_blob})")
-        missing = self._find_missing(blobs)
+        # FindMissingBlobs reports a damaged blob as present: those are written regardless.
+        absent = {b.sha256 for b in self._find_missing([b for b in blobs if b.sha256 not in replace])}
+        missing = [b for b in blobs if b.sha256 in absent or b.sha256 in replace]
         batch: list[BlobToUpload] = []
         batch_size = 0
         for blob in missing:

@@ -169,9 +169,10 @@ class HttpRemoteCache(RemoteBase):
         if status != 200:
             raise _status_failure("GET", f"cas/{sha256[:12]}…", status, reason)
 
-    def _upload_blobs(self, blobs: list[BlobToUpload]) -> None:
+    def _upload_blobs(self, blobs: list[BlobToUpload], replace: frozenset[str]) -> None:
         for blob in blobs:
-            if blob.size >= HEAD_THRESHOLD and self.attempt(lambda b=blob: self._present(b)):  # type: ignore[misc]
+            if blob.size >= HEAD_THRESHOLD and blob.sha256 not in replace \
+                    and self.attempt(lambda b=blob: self._present(b)):  # type: ignore[misc]
                 continue
             self.attempt(lambda b=blob: self._put_blob(b))  # type: ignore[misc]
             self.count("blobs_uploaded")

@@ -181,6 +181,15 @@ class KnownPresent:
             entry = self._results.get(key_sha256)
         return entry is not None and entry[0] == encoded_sha256 and time.time() - entry[1] <= self._ttl
 
+    def forget_result(self, key_sha256: str, unless_encoded: str) -> None:
+        """The server now holds another result for this key (replaced, or poisoned): stop
+        trusting our record of the one we uploaded, unless it is the same (``unless_encoded``)."""
+        with self._lock:
+            entry = self._results.get(key_sha256)
+            if entry is not None and entry[0] != unless_encoded:
+                del self._results[key_sha256]
+                self._new.append(f"a {key_sha256} {entry[0]} 0\n")
+
     def add_result(self, key_sha256: str, encoded_sha256: str) -> None:
         now = time.time()
         with self._lock:
