@@ -4,6 +4,10 @@ For each action: compute its key from its inputs' digests; a local AC hit whose 
 is materialized; else a remote AC hit is downloaded (verified); else the action runs (sandboxed
 for process actions) and its outputs go to the CAS, the AC and, when allowed, the remote.
 
+What a cache returns is checked before it is used: a result must write exactly the action's
+declared outputs (anything else is a miss, with one warning), and a blob handed to an action as an
+input is verified unless the stat index vouches for it, whatever the filesystem layout.
+
 Cache hits are handled on the calling thread, which keeps no-op builds free of thread hand-offs;
 only actions that must run go to the worker pool.
 """
@@ -26,7 +30,14 @@ from pbuild.engine.events import Reporter
 from pbuild.engine.execroot import base_env, explain_failure, prepare_exec_root, run_process
 from pbuild.engine.hashing import StatIndex, digest_bytes
 from pbuild.engine.keys import action_key, key_material, remote_key
-from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize, remove_tree
+from pbuild.engine.store import (
+    ActionResult,
+    LocalStore,
+    OutputRecord,
+    materialize,
+    remove_tree,
+    undeclared_outputs,
+)
 from pbuild.engine.uptodate import DependencyRecorder
 
 _TAIL = 60  # lines of a failing action's stderr shown to the user
@@ -88,6 +99,8 @@ class Executor:
         # path -> output record, for every generated file known in this build
         self._records: dict[str, OutputRecord] = {}
         self._dir_files: dict[str, list[OutputRecord]] = {}
+        # (digest, executable) of blobs written or verified by this build: intact without a check
+        self._intact: set[tuple[str, bool]] = set()
         self._env = base_env(options.source_date_epoch)
 
     # -- public ----------------------------------------------------------------------------
@@ -235,11 +248,25 @@ class Executor:
         if not self.options.cache_results or action.mnemonic in self.options.no_cache_mnemonics:
             return None
         res = self.store.get_action(key)
-        if res is not None and self._materialize_all(res):
+        if res is not None and self._accepts(action, [o.path for o in res.outputs], res.directories,
+                                             "local cache") and self._materialize_all(res):
             return "cached", res
         if res is not None:
             self.store.forget_action(key)
         return None
+
+    def _accepts(self, action: Action, paths: Sequence[str], directories: Sequence[str], where: str) -> bool:
+        """Whether a cached result writes exactly ``action``'s declared outputs; warns when not."""
+        problem = undeclared_outputs(
+            paths, directories,
+            {f.path for f in action.outputs if not f.is_directory},
+            {f.path for f in action.outputs if f.is_directory},
+        )
+        if problem is None:
+            return True
+        self.reporter.message(f"warning: {where}: ignoring the cached result of {action.owner} "
+                              f"({action.mnemonic}): {problem}; running the action instead")
+        return False
 
     def _miss(self, action: Action, key: str, material: bytes, digests: Mapping[str, str]) -> tuple[str, ActionResult]:
         """On a worker: the remote cache if there is one, else run the action (within --jobs)."""
@@ -290,16 +317,24 @@ class Executor:
             return False
         if (dest_st.st_ino, dest_st.st_dev) != (blob_st.st_ino, blob_st.st_dev):
             return False
-        # Linked, but not as indexed: the blob may have been damaged in place. Check it once.
+        # Linked, but not as indexed: the blob may have been damaged or chmod-ed in place (through
+        # this link or another). Check it once; that also restores its mode, so stat it again.
+        if not self._verify(record):
+            return False
+        self.index.record(dest, os.stat(dest), record.digest, output=True)
+        return True
+
+    def _verify(self, record: OutputRecord) -> bool:
+        """Re-hash ``record``'s blob (restoring its mode); remember it as intact for this build."""
         if not self.store.verify_blob(record.digest, record.executable):
             return False
-        self.index.record(dest, dest_st, record.digest, output=True)
+        self._intact.add((record.digest, record.executable))
         return True
 
     def _materialize_file(self, record: OutputRecord) -> bool:
         if self._linked_already(record):
             return True
-        if not self.store.verify_blob(record.digest, record.executable):
+        if not self._verify(record):
             return False
         dest = os.path.join(self.root, record.path)
         materialize(self.store, record, dest)
@@ -309,7 +344,7 @@ class Executor:
     def _materialize_tree(self, full_dir: str, directory: str, records: list[OutputRecord]) -> bool:
         """Build the directory beside its place from the records, then swap it in."""
         for record in records:
-            if not self.store.verify_blob(record.digest, record.executable):
+            if not self._verify(record):
                 return False
         parent = os.path.dirname(full_dir)
         os.makedirs(parent, exist_ok=True)
@@ -332,16 +367,21 @@ class Executor:
         remote_result = self.remote.get_action_result(remote_key(material))
         if remote_result is None or remote_result.exit_code != 0:
             return None
+        declared_dirs = tuple(f.path for f in action.outputs if f.is_directory)
+        # Checked before anything is downloaded: a result naming other paths is not used at all.
+        if not self._accepts(action, [o.path for o in remote_result.outputs], declared_dirs,
+                             f"remote cache {self.remote.name}"):
+            return None
         records = []
         for out in remote_result.outputs:
             tmp = os.path.join(self.store.tmp_dir, f"dl-{out.sha256}-{os.getpid()}-{id(out)}")
             if not self.remote.fetch_blob(out.sha256, out.size, tmp):
                 return None
             digest, size = self.store.put_file(tmp, executable=out.executable, move=True)
+            self._intact.add((digest, out.executable))
             if self.sha_index is not None:
                 self.sha_index.remember(digest, out.sha256)
             records.append(OutputRecord(out.path, digest, size, out.executable))
-        declared_dirs = tuple(f.path for f in action.outputs if f.is_directory)
         res = ActionResult(tuple(records), declared_dirs)
         if not self._materialize_all(res):
             return None
@@ -388,6 +428,7 @@ class Executor:
             if not f.is_source:
                 for record in self.files_of(f.path):
                     self.index.refresh_ctime(os.path.join(self.root, record.path))
+                    self.index.refresh_ctime(self.store.blob_path(record.digest, record.executable))
 
     def _input_sources(self, action: Action) -> dict[str, str]:
         """Where each declared input (directories expanded) can be read on the host."""
@@ -397,8 +438,39 @@ class Executor:
                 sources[f.path] = os.path.join(self.root, f.path)
                 continue
             for record in self.files_of(f.path):
-                sources[record.path] = self.store.blob_path(record.digest, record.executable)
+                sources[record.path] = self._checked_blob(record)
         return sources
+
+    def _checked_blob(self, record: OutputRecord) -> str:
+        """The CAS blob of a generated input, known intact before an action reads it.
+
+        Materializing an output does not vouch for its blob: with the cache on another
+        filesystem, pbuild-out holds copies, and a blob damaged after the copy was made would
+        reach the action unseen. So the blob itself is trusted only when this build wrote or
+        verified it, or when the stat index vouches for its path; else it is re-hashed (and its
+        mode restored). A damaged blob is restored from the verified copy in pbuild-out.
+        """
+        blob = self.store.blob_path(record.digest, record.executable)
+        if (record.digest, record.executable) in self._intact or self.index.lookup(blob) == record.digest:
+            return blob
+        if not self._verify(record) and not self._restore_blob(record):
+            raise BuildFailed(
+                f"the cached blob of {record.path} is damaged and pbuild-out holds no intact copy of it",
+                hint="build again: the damaged blob was removed, so the action that writes it runs again",
+            )
+        self.index.record(blob, os.stat(blob), record.digest, output=True)
+        return blob
+
+    def _restore_blob(self, record: OutputRecord) -> bool:
+        """Put a damaged blob back from pbuild-out, when the stat index vouches for the output there."""
+        dest = os.path.join(self.root, record.path)
+        if self.index.lookup(dest) != record.digest:
+            return False
+        digest, _ = self.store.put_file(dest, executable=record.executable, move=False)
+        if digest != record.digest:
+            return False
+        self._intact.add((record.digest, record.executable))
+        return True
 
     def _run_process(self, action: ProcessAction, work: str) -> ActionResult:
         exec_root = os.path.join(work, "execroot")
@@ -488,6 +560,7 @@ class Executor:
             shutil.copyfile(target, full)
         executable = os.access(full, os.X_OK)
         digest, size = self.store.put_file(full, executable=executable, move=True)
+        self._intact.add((digest, executable))
         return OutputRecord(rel, digest, size, executable)
 
     def _run_in_process(self, action: InProcessAction, work: str) -> ActionResult:

@@ -9,6 +9,12 @@ Layout under the cache dir::
 Every write goes to a temp file beside its destination and is renamed into place, so a crash or a
 concurrent build never leaves a half-written entry visible. Blobs are verified against their
 digest whenever they are about to be served from a state we cannot vouch for.
+
+Outputs in pbuild-out are hard links to the blobs, so a ``chmod`` of an output changes the blob
+too. The CAS does not trust a mode it did not set: the mode of a blob follows from its name
+(0444, or 0555 for ``.x``), and :meth:`LocalStore.verify_blob` restores it with the content check.
+An AC entry is data from outside the build (another machine, a shared folder): before it is
+used, :func:`undeclared_outputs` holds it to exactly the outputs its action declares.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from __future__ import annotations
 import json
 import marshal
 import os
+import posixpath
 import shutil
+import stat
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,23 +118,24 @@ class LocalStore:
                 self._made.add(path)
 
     def put_file(self, source: str, *, executable: bool, move: bool, digest: str | None = None) -> tuple[str, int]:
-        """Store ``source``'s content; returns (digest, size). With ``move``, the file is consumed."""
+        """Store ``source``'s content; returns (digest, size). With ``move``, the file is consumed.
+
+        A blob already stored under that digest is replaced by these bytes (a rename when
+        moving): they were just hashed, while the stored copy may have been damaged or had its
+        mode changed since, and keeping it would hand those on.
+        """
         if digest is None:
             digest, size = digest_file(source)
         else:
             size = os.path.getsize(source)
         dest = self.blob_path(digest, executable)
-        if os.path.exists(dest):
-            if move:
-                os.unlink(source)
-            return digest, size
         self._ensure_dir(os.path.dirname(dest))
         tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
         if move:
             os.replace(source, tmp)
         else:
             shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o555 if executable else 0o444)
+        os.chmod(tmp, blob_mode(executable))
         os.replace(tmp, dest)
         return digest, size
 
@@ -137,24 +146,30 @@ class LocalStore:
             tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
             with open(tmp, "wb") as handle:
                 handle.write(data)
-            os.chmod(tmp, 0o444)
+            os.chmod(tmp, blob_mode(False))
             os.replace(tmp, dest)
         return dest
 
     def verify_blob(self, digest: str, executable: bool = False) -> bool:
-        """Re-hash a blob; a damaged one is deleted so it is rebuilt, never served."""
+        """Re-hash a blob and restore its mode; a damaged one is deleted so it is rebuilt, never served.
+
+        The mode is checked because outputs are hard links to blobs: a ``chmod`` of an output
+        (``+w`` to edit it, ``-x``) would otherwise stay in the CAS and reach every later link.
+        """
         path = self.blob_path(digest, executable)
         try:
             actual, _ = digest_file(path)
+            if actual == digest:
+                if stat.S_IMODE(os.stat(path).st_mode) != blob_mode(executable):
+                    os.chmod(path, blob_mode(executable))
+                return True
         except OSError:
-            return False
-        if actual != digest:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-            return False
-        return True
+            pass  # unreadable, or a mode we may not restore (another user's blob): not served
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return False
 
     # -- AC --------------------------------------------------------------------------------
 
@@ -275,6 +290,49 @@ def remove_tree(path: str) -> None:
         _force_rmtree(path)
 
 
+def blob_mode(executable: bool) -> int:
+    """The mode the CAS gives a blob: read-only, and executable for ``.x`` blobs."""
+    return 0o555 if executable else 0o444
+
+
+def undeclared_outputs(paths: Iterable[str], directories: Collection[str],
+                       declared_files: Collection[str], declared_dirs: Collection[str]) -> str | None:
+    """Why a cached result does not write exactly its action's declared outputs, or ``None``.
+
+    ``paths`` are the result's files and ``directories`` its directory outputs. A result is
+    accepted only if it holds every declared file, as a file, and nothing else besides files
+    inside the declared directories (normalized paths, so no ``..`` leaves a tree, and no file
+    where a tree needs a folder). Anything else would let a poisoned cache entry write sources,
+    git hooks or other outputs of the workspace.
+    """
+    if set(directories) != set(declared_dirs):
+        return (f"its directory outputs {sorted(directories)} are not the declared ones "
+                f"{sorted(declared_dirs)}")
+    seen: set[str] = set()
+    in_trees: list[str] = []
+    for path in paths:
+        if path in seen:
+            return f"it lists {path} twice"
+        seen.add(path)
+        if path in declared_files:
+            continue
+        if path in declared_dirs:
+            return f"it has a file {path} where the action declares a directory"
+        if posixpath.normpath(path) != path or not any(path.startswith(d + "/") for d in declared_dirs):
+            return f"it writes {path}, which is not a declared output"
+        in_trees.append(path)
+    for path in sorted(declared_files):
+        if path not in seen:
+            return f"it lacks the declared output {path}"
+    for path in in_trees:
+        parent = posixpath.dirname(path)
+        while parent and parent not in declared_dirs:
+            if parent in seen:
+                return f"it has a file {parent} and also files inside it"
+            parent = posixpath.dirname(parent)
+    return None
+
+
 def materialize(store: LocalStore, record: OutputRecord, dest: str) -> None:
     """Make ``dest`` hold the blob of ``record``: a hard link to the read-only blob, else a copy."""
     blob = store.blob_path(record.digest, record.executable)
@@ -285,7 +343,7 @@ def materialize(store: LocalStore, record: OutputRecord, dest: str) -> None:
         os.link(blob, tmp)
     except OSError:
         shutil.copyfile(blob, tmp)
-        os.chmod(tmp, 0o555 if record.executable else 0o444)
+        os.chmod(tmp, blob_mode(record.executable))
     try:
         os.replace(tmp, dest)
     except IsADirectoryError:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import PBUILD, Runner, base_env, cache_is_consistent, write_tree
 from pbuild.engine.hashing import digest_bytes, digest_file
-from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize
+from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize, undeclared_outputs
 
 # -- CAS -----------------------------------------------------------------------------------------
 
@@ -143,6 +143,55 @@ def test_readers_never_see_a_half_written_entry(tmp_path: Path) -> None:
         t.join()
     assert bad == []
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_verify_blob_restores_the_mode_the_cas_set(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "cache"))
+    src = tmp_path / "f"
+    src.write_bytes(b"tool")
+    digest, _ = store.put_file(str(src), executable=True, move=True)
+    blob = Path(store.blob_path(digest, True))
+    blob.chmod(0o644)  # as `chmod` of a hard-linked output does
+    assert store.verify_blob(digest, True)
+    assert stat.S_IMODE(blob.stat().st_mode) == 0o555
+
+
+def test_storing_fresh_bytes_replaces_a_damaged_blob(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "cache"))
+    digest = digest_bytes(b"good")
+    blob = Path(store.put_bytes(b"good", digest))
+    blob.chmod(0o644)
+    blob.write_bytes(b"evil")
+    src = tmp_path / "f"
+    src.write_bytes(b"good")
+    store.put_file(str(src), executable=False, move=True)
+    assert blob.read_bytes() == b"good" and stat.S_IMODE(blob.stat().st_mode) == 0o444
+
+
+D = "pbuild-out/p/tree"
+
+
+@pytest.mark.parametrize(("paths", "directories", "problem"), [
+    (["pbuild-out/p/a", f"{D}/x", f"{D}/sub/y"], [D], None),
+    (["pbuild-out/p/a"], [D], None),  # an empty tree
+    (["pbuild-out/p/a", "p/in.txt"], [D], "it writes p/in.txt, which is not a declared output"),
+    (["pbuild-out/p/a", ".git/hooks/pre-commit"], [D], "it writes .git/hooks/pre-commit"),
+    (["pbuild-out/p/a", D], [], "are not the declared ones"),
+    (["pbuild-out/p/a", D], [D], f"it has a file {D} where the action declares a directory"),
+    (["pbuild-out/p/a", f"{D}/../../../p/in.txt"], [D], "which is not a declared output"),
+    (["pbuild-out/p/a", f"{D}/./x"], [D], "which is not a declared output"),
+    (["pbuild-out/p/a", f"{D}/x", f"{D}/x/y"], [D], f"it has a file {D}/x and also files inside it"),
+    (["pbuild-out/p/a", "pbuild-out/p/a"], [D], "it lists pbuild-out/p/a twice"),
+    ([f"{D}/x"], [D], "it lacks the declared output pbuild-out/p/a"),
+    (["pbuild-out/p/a", "pbuild-out/p/a/x"], [D], "which is not a declared output"),
+])
+def test_a_result_must_write_exactly_the_declared_outputs(paths: list[str], directories: list[str],
+                                                          problem: str | None) -> None:
+    found = undeclared_outputs(paths, directories, {"pbuild-out/p/a"}, {D})
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
 
 
 def test_materialize_is_a_read_only_hard_link(tmp_path: Path) -> None:
@@ -343,6 +392,63 @@ def test_a_cache_on_another_filesystem_gives_read_only_copies(tmp_path: Path, pb
         assert cache_is_consistent(cache) == []
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_a_damaged_blob_behind_a_copy_never_reaches_an_action(tmp_path: Path, pbuild: Runner) -> None:
+    """Issue 9, item 4: with the cache on another filesystem, pbuild-out holds copies, so damage to
+    a blob leaves the output intact and the cache hit looks fine; the next action that reads the
+    blob must still get the right bytes (and must not cache a wrong output)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the workspace's")
+    cache = Path(tempfile.mkdtemp(prefix="pbuild-test-cache-", dir=shm))
+    try:
+        root = tmp_path / "ws"
+        write_tree(root, CHAIN)
+        assert root.stat().st_dev != cache.stat().st_dev
+        assert pbuild("build", "//p:b", cwd=root, cache=cache).code == 0
+        assert (root / "pbuild-out" / "p" / "a.txt").stat().st_nlink == 1  # a copy
+        blob = blob_of(cache, EXPECTED["a.txt"])
+        blob.chmod(0o644)
+        blob.write_bytes(b"EVIL!\n")  # same size: only the digest can tell
+        build = root / "p" / "BUILD.toml"
+        build.write_text(build.read_text().replace("cat $< $< > $@", "cat $< $< $< > $@"))
+        events = tmp_path / "events.json"
+        result = pbuild("build", "//p:b", "--build-event-json", str(events), cwd=root, cache=cache)
+        assert result.code == 0, str(result)
+        status = {e["label"]: e["status"] for e in events_of(events) if e["type"] == "action"}
+        assert status == {"//p:a": "cached", "//p:b": "executed"}
+        assert outputs(root)["b.txt"] == b"HELLO\n" * 3
+        assert blob.read_bytes() == EXPECTED["a.txt"]  # put back from the verified copy
+        assert cache_is_consistent(cache) == []
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_chmod_of_an_output_changes_neither_the_cache_nor_later_builds(tmp_path: Path, pbuild: Runner) -> None:
+    """Issue 9, item 9c: outputs are hard links to CAS blobs, so `chmod` reaches the blob; the CAS
+    restores the mode it set, for this workspace and every other one sharing the cache."""
+    root = tmp_path / "ws"
+    write_tree(root, CHAIN)
+    assert pbuild("build", "//p:all", cwd=root).code == 0
+    out = root / "pbuild-out" / "p"
+    text, script = blob_of(pbuild.cache, EXPECTED["a.txt"]), blob_of(pbuild.cache, EXPECTED["c.sh"], True)
+    assert (out / "a.txt").stat().st_ino == text.stat().st_ino  # the hard link through which chmod acts
+    (out / "a.txt").chmod(0o666)
+    (out / "c.sh").chmod(0o444)
+    result = pbuild("build", "//p:all", cwd=root)
+    assert result.code == 0, str(result)
+    assert outputs(root) == EXPECTED
+    for path, mode in ((out / "a.txt", 0o444), (out / "c.sh", 0o555), (text, 0o444), (script, 0o555)):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    # Another checkout materializing from the same cache gets the CAS's modes too.
+    other = tmp_path / "other"
+    write_tree(other, CHAIN)
+    result = pbuild("build", "//p:all", cwd=other)
+    assert result.code == 0 and result.summary.startswith("3 actions: 3 cached"), str(result)
+    assert stat.S_IMODE((other / "pbuild-out" / "p" / "c.sh").stat().st_mode) == 0o555
+    assert stat.S_IMODE((other / "pbuild-out" / "p" / "a.txt").stat().st_mode) == 0o444
+    assert cache_is_consistent(pbuild.cache) == []
 
 
 def test_clean_with_a_symlinked_output_folder(tmp_path: Path, pbuild: Runner) -> None:
