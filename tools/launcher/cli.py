@@ -65,6 +65,14 @@ def _run_parser() -> _Parser:
     p.add_argument("--memory", "-m", help="memory limit, e.g. 512m (cgroups)")
     p.add_argument("--pids-limit", type=int, help="maximum number of processes (cgroups)")
     p.add_argument("--cpus", type=float, help="CPU quota, e.g. 1.5 (cgroups)")
+    p.add_argument("--cap-add", action="append", default=[], help="add a capability (e.g. SYS_ADMIN, or ALL)")
+    p.add_argument("--cap-drop", action="append", default=[], help="drop a capability (or ALL)")
+    p.add_argument(
+        "--security-opt",
+        action="append",
+        default=[],
+        help="seccomp=unconfined (no syscall filter) or seccomp=PROFILE.json (Docker's format)",
+    )
     return p
 
 
@@ -105,6 +113,9 @@ def parse_run(argv: list[str]) -> RunOptions:
         memory=ns.memory,
         pids_limit=ns.pids_limit,
         cpus=ns.cpus,
+        cap_add=tuple(ns.cap_add),
+        cap_drop=tuple(ns.cap_drop),
+        security_opt=tuple(ns.security_opt),
     )
 
 

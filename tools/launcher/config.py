@@ -88,6 +88,9 @@ class RunOptions(NamedTuple):
     memory: str | None = None
     pids_limit: int | None = None
     cpus: float | None = None
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
 
 
 class ContainerSpec(NamedTuple):

@@ -26,6 +26,74 @@ DEFAULT_CAPABILITIES = {
     "SETFCAP": 31,
 }
 DEFAULT_CAP_MASK = sum(1 << n for n in DEFAULT_CAPABILITIES.values())
+# Every capability the kernel defines (linux/capability.h), for --cap-add and --cap-drop.
+ALL_CAPABILITIES = {
+    **DEFAULT_CAPABILITIES,
+    "DAC_READ_SEARCH": 2,
+    "LINUX_IMMUTABLE": 9,
+    "NET_BROADCAST": 11,
+    "NET_ADMIN": 12,
+    "IPC_LOCK": 14,
+    "IPC_OWNER": 15,
+    "SYS_MODULE": 16,
+    "SYS_RAWIO": 17,
+    "SYS_PTRACE": 19,
+    "SYS_PACCT": 20,
+    "SYS_ADMIN": 21,
+    "SYS_BOOT": 22,
+    "SYS_NICE": 23,
+    "SYS_RESOURCE": 24,
+    "SYS_TIME": 25,
+    "SYS_TTY_CONFIG": 26,
+    "LEASE": 28,
+    "AUDIT_CONTROL": 30,
+    "MAC_OVERRIDE": 32,
+    "MAC_ADMIN": 33,
+    "SYSLOG": 34,
+    "WAKE_ALARM": 35,
+    "BLOCK_SUSPEND": 36,
+    "AUDIT_READ": 37,
+    "PERFMON": 38,
+    "BPF": 39,
+    "CHECKPOINT_RESTORE": 40,
+}
+
+
+def capability_mask(add: tuple[str, ...] = (), drop: tuple[str, ...] = ()) -> int:
+    """Docker's ``--cap-add``/``--cap-drop``: the default set plus ``add`` minus ``drop``; ``ALL``
+    in ``add`` starts from every capability, ``ALL`` in ``drop`` from none. Names are
+    case-insensitive, with or without ``CAP_``."""
+
+    def bits(names: tuple[str, ...], flag: str) -> tuple[int, bool]:
+        mask, everything, unknown = 0, False, []
+        for name in names:
+            key = name.upper().removeprefix("CAP_")
+            if key == "ALL":
+                everything = True
+            elif key in ALL_CAPABILITIES:
+                mask |= 1 << ALL_CAPABILITIES[key]
+            else:
+                unknown.append(name)
+        if unknown:
+            raise LauncherError(
+                f"{flag}: unknown capabilit{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}",
+                hint=f"use names such as SYS_ADMIN or NET_ADMIN (or ALL); known: {', '.join(sorted(ALL_CAPABILITIES))}",
+            )
+        return mask, everything
+
+    added, add_all = bits(add, "--cap-add")
+    dropped, drop_all = bits(drop, "--cap-drop")
+    every = sum(1 << n for n in ALL_CAPABILITIES.values())
+    if add_all:
+        return every & ~dropped
+    if drop_all:
+        return added
+    return (DEFAULT_CAP_MASK | added) & ~dropped
+
+
+def capability_names(mask: int) -> frozenset[str]:
+    """``CAP_``-prefixed names of the capabilities in ``mask`` (as seccomp profiles spell them)."""
+    return frozenset(f"CAP_{name}" for name, n in ALL_CAPABILITIES.items() if mask & (1 << n))
 
 
 class IdMap(NamedTuple):

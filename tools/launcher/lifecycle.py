@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from pbuild.tools import linux
-from pbuild.tools.launcher import process
+from pbuild.tools.launcher import identity, process, seccomp
 from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
 from pbuild.tools.launcher.state import ContainerState, Store, is_alive
 
@@ -155,6 +155,13 @@ def exec_in(store: Store, name: str, argv: list[str], interactive: bool, tty: bo
         raise LauncherError(f"container {name} is not running", hint="`pbuild ps -a` shows its state")
     if not argv:
         raise LauncherError("exec needs a command", hint=f"e.g. `pbuild exec {name} /bin/sh`")
+    # The container's own capabilities and filter (Docker's exec keeps both).
+    capabilities = int(state.extra.get("capabilities", identity.DEFAULT_CAP_MASK))
+    program = seccomp.build_program(
+        seccomp.policy_from_record(state.extra.get("seccomp")),
+        identity.capability_names(capabilities),
+        os.path.join(store.root, "seccomp"),
+    )
     ns_fds = []
     try:
         for ns in ("user", "mnt", "pid", "net", "ipc", "uts"):
@@ -177,6 +184,8 @@ def exec_in(store: Store, name: str, argv: list[str], interactive: bool, tty: bo
         user=str(state.extra.get("user", "0")),
         tty=tty,
         single_map=bool(state.extra.get("single_map", True)),
+        capabilities=capabilities,
+        seccomp=program,
     )
     stdio, restore = _stdio(interactive, tty)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)

@@ -13,10 +13,11 @@ Process tree and why:
   its exit recorded; it ignores the terminal's signals, and dies with L (``PR_SET_PDEATHSIG``)
   unless the container is detached.
 - B builds the mount tree (``mounts.plan_container``, applied by ``nsops.apply``), pivots into
-  it, becomes the requested user with Docker's capability set, no_new_privs, umask 022, fds
-  >= 3 closed, and execs the command (or, with ``--init``, forks it and reaps zombies,
-  forwarding signals). B starts a new session so that a terminal's Ctrl-C reaches the container
-  only through L, which forwards SIGINT, SIGTERM and SIGHUP to B.
+  it, becomes the requested user with Docker's capability set (as ``--cap-add`` and
+  ``--cap-drop`` change it), no_new_privs, umask 022, fds >= 3 closed, loads the seccomp filter
+  (``seccomp.py``) last, and execs the command (or, with ``--init``, forks it and reaps zombies,
+  forwarding signals, under the same filter). B starts a new session so that a terminal's
+  Ctrl-C reaches the container only through L, which forwards SIGINT, SIGTERM and SIGHUP to B.
 
 Errors in A and B go back to L through a close-on-exec pipe as ``CODE MESSAGE``: EOF without a
 message means the command was exec'd. 125 is a setup failure, 126 a command that cannot be
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from pbuild.tools import linux, nsops
-from pbuild.tools.launcher import identity
+from pbuild.tools.launcher import identity, seccomp
 from pbuild.tools.launcher.errors import EXIT_CANNOT_EXECUTE, EXIT_LAUNCHER, EXIT_NOT_FOUND, LauncherError
 from pbuild.tools.launcher.state import ContainerState, Store, process_start_time
 
@@ -53,6 +54,10 @@ class ProcessSetup(NamedTuple):
     user: str
     tty: bool
     single_map: bool
+    capabilities: int
+    """The mask the container's root keeps (``identity.capability_mask``)."""
+    seccomp: bytes
+    """The syscall filter loaded just before exec (``seccomp.build_program``); empty: none."""
 
 
 class Stdio(NamedTuple):
@@ -165,7 +170,9 @@ def become_and_exec(setup: ProcessSetup, stdio: Stdio, errpipe: int, timing_fd: 
         limit = min(_NOFILE, hard) if hard != resource.RLIM_INFINITY else _NOFILE
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
         os.umask(0o022)
-        linux.drop_bounding_set(identity.DEFAULT_CAP_MASK, linux.last_cap())
+        last = linux.last_cap()
+        capabilities = setup.capabilities & ((1 << (last + 1)) - 1)  # what this kernel has
+        linux.drop_bounding_set(capabilities, last)
         linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
         try:
             if not setup.single_map:
@@ -180,7 +187,7 @@ def become_and_exec(setup: ProcessSetup, stdio: Stdio, errpipe: int, timing_fd: 
                 f"cannot become user {setup.user} (uid {user.uid}, gid {user.gid}): {e.strerror}{hint}"
             ) from None
         if user.uid == 0:
-            linux.capset(identity.DEFAULT_CAP_MASK, identity.DEFAULT_CAP_MASK, 0)
+            linux.capset(capabilities, capabilities, 0)
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     except LauncherError as e:
         report(errpipe, e.exit_code, e.message)
@@ -205,6 +212,13 @@ def become_and_exec(setup: ProcessSetup, stdio: Stdio, errpipe: int, timing_fd: 
     if path is None:
         report(errpipe, EXIT_NOT_FOUND, f"{setup.argv[0]}: executable file not found in $PATH")
         return EXIT_NOT_FOUND
+    try:
+        # Last: the filter would refuse the mounts above, and it may refuse what the launcher
+        # still does (it is the container's filter, not ours).
+        seccomp.install(setup.seccomp)
+    except OSError as e:
+        report(errpipe, EXIT_LAUNCHER, f"cannot load the seccomp filter: {e}")
+        return EXIT_LAUNCHER
     mark(timing_fd, "exec")
     try:
         os.execve(path, list(setup.argv), env)
@@ -340,6 +354,13 @@ def _container_init(launch: Launch, stdio: Stdio, errpipe: int, timing_fd: int) 
     child = os.fork()
     if child == 0:
         os._exit(become_and_exec(launch.setup, stdio, errpipe, timing_fd))
+    try:  # the init is part of the container: the same filter (it needs no more than wait and kill)
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+        seccomp.install(launch.setup.seccomp)
+    except OSError as e:
+        os.kill(child, signal.SIGKILL)
+        report(errpipe, EXIT_LAUNCHER, f"cannot load the seccomp filter of the init: {e}")
+        return EXIT_LAUNCHER
     os.close(errpipe)
     return reap_as_init(child)
 

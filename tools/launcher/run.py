@@ -7,7 +7,7 @@ import os
 import sys
 
 from pbuild.tools import linux
-from pbuild.tools.launcher import cgroups, identity, process
+from pbuild.tools.launcher import cgroups, identity, process, seccomp
 from pbuild.tools.launcher.config import ContainerSpec, RunOptions, resolve_spec
 from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
 from pbuild.tools.launcher.image import load_image
@@ -110,10 +110,15 @@ def prepare_container_dir(cdir: str, layer_dirs: list[str], spec: ContainerSpec)
 def run(options: RunOptions, started: float) -> int:
     """Run ``options.image``; return the container's exit code (125/126/127 for failures)."""
     limits = resource_limits(options)
+    capabilities = identity.capability_mask(options.cap_add, options.cap_drop)
+    policy = seccomp.choose_policy(options.security_opt)
     image = load_image(options.image)
     layers_root = store_root()
     layer_dirs = ensure_layers(image, layers_root, notify=notice)
     store = Store()
+    program = seccomp.build_program(
+        policy, identity.capability_names(capabilities), os.path.join(store.root, "seccomp")
+    )
     container_id = os.urandom(32).hex()
     spec = resolve_spec(image.run_config, options, container_id, image.digest)
     idmap = identity.choose_id_map()
@@ -132,6 +137,8 @@ def run(options: RunOptions, started: float) -> int:
             "single_map": idmap.single,
             "image_digest": image.digest,
             "cgroups": list(cgroup_dirs),
+            "capabilities": capabilities,
+            "seccomp": policy.record(),
         },
     )
     cdir = store.container_dir(container_id)
@@ -159,6 +166,8 @@ def run(options: RunOptions, started: float) -> int:
             user=spec.user,
             tty=options.tty,
             single_map=idmap.single,
+            capabilities=capabilities,
+            seccomp=program,
         ),
         namespaces=namespaces,
         init=options.init,
