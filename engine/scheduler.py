@@ -26,8 +26,9 @@ from pbuild.engine.events import Reporter
 from pbuild.engine.execroot import base_env, explain_failure, prepare_exec_root, run_process
 from pbuild.engine.hashing import StatIndex, digest_bytes
 from pbuild.engine.keys import action_key, key_material, remote_key
-from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize, remove_tree
+from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize
 from pbuild.engine.uptodate import DependencyRecorder
+from pbuild.tools.fstree import remove_tree
 
 _TAIL = 60  # lines of a failing action's stderr shown to the user
 
@@ -322,7 +323,7 @@ class Executor:
         if os.path.lexists(full_dir):
             os.rename(full_dir, old)
         os.rename(staging, full_dir)
-        remove_tree(old)
+        remove_tree(old, ignore_errors=True)
         for record in records:
             dest = os.path.join(self.root, record.path)
             self.index.record(dest, os.stat(dest), record.digest, output=True)
@@ -357,7 +358,7 @@ class Executor:
             else:
                 res = self._run_in_process(action, work)
         finally:
-            remove_tree(work)
+            remove_tree(work, ignore_errors=True)  # a leftover is removed with the stale temp dirs
             if isinstance(action, ProcessAction):
                 self._refresh_linked_inputs(action)
         self.store.put_action(key, res)

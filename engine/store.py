@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbuild.engine.hashing import digest_file
+from pbuild.tools.fstree import remove_tree
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,8 @@ class LocalStore:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                _force_rmtree(os.path.join(self.tmp_dir, name))
+                # best effort: what cannot go now (another user's files) is retried next build
+                remove_tree(os.path.join(self.tmp_dir, name), ignore_errors=True)
             except PermissionError:
                 pass
 
@@ -250,29 +252,9 @@ class LocalStore:
         return path
 
     def expunge(self) -> None:
-        """Remove everything (``pbuild clean --expunge``)."""
+        """Remove everything (``pbuild clean --expunge``); an ``OSError`` names what could not go."""
         for sub in ("cas", "ac", "tmp", "index"):
-            _force_rmtree(os.path.join(self.root, sub))
-
-
-def _force_rmtree(path: str) -> None:
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o755)
-            os.chmod(p, 0o755)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=onerror)
-
-
-def remove_tree(path: str) -> None:
-    """Remove a tree (or a file or link) even if it holds read-only folders."""
-    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
-        os.unlink(path)
-    elif os.path.lexists(path):
-        _force_rmtree(path)
+            remove_tree(os.path.join(self.root, sub))
 
 
 def materialize(store: LocalStore, record: OutputRecord, dest: str) -> None:
