@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.api import GeneratorContext, GeneratorDef, RuleDef
 from pbuild.engine.errors import LoadError, Location
-from pbuild.engine.labels import Label, Pattern
+from pbuild.engine.labels import Label, Pattern, target_name_problem
 from pbuild.engine.registry import RuleRegistry
 from pbuild.engine.tomlpos import table_positions, toml_error_location
 from pbuild.engine.uptodate import DependencyRecorder
@@ -144,6 +144,13 @@ class Loader:
                     location=Location(build_rel, keys.get(("", target_name))),
                     hint=f'write [{target_name}] with rule = "..." and the rule\'s attributes',
                 )
+            problem = target_name_problem(target_name)
+            if problem:
+                raise LoadError(
+                    f"target name {target_name!r} is not valid: {problem}",
+                    location=where,
+                    hint="name targets with letters, digits and _ - . + @ = , ~ (and / between path parts)",
+                )
             label = Label(name, target_name)
             attr_locations = {
                 key: Location(build_rel, keys.get((target_name, key), tables.get(target_name)))
@@ -173,6 +180,10 @@ class Loader:
             if isinstance(definition, GeneratorDef):
                 generated_names = []
                 for generated in self._expand(definition, decl, name):
+                    problem = target_name_problem(generated.label.name)
+                    if problem:
+                        raise LoadError(f"generated target name {generated.label.name!r} is not valid: {problem}",
+                                        location=where, label=label)
                     if generated.label.name in targets or generated.label.name in data:
                         raise LoadError(
                             f"generated target {generated.label} clashes with another target",
