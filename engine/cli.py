@@ -181,11 +181,13 @@ def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:
 def _user_config() -> dict[str, Any]:
     import tomllib
 
+    from pbuild.engine.tomlpos import load_toml
+
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     path = os.path.join(base, "pbuild", "config.toml")
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            return load_toml(handle.read())
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as exc:

@@ -19,7 +19,7 @@ from pbuild.engine.api import GeneratorContext, GeneratorDef, RuleDef
 from pbuild.engine.errors import LoadError, Location
 from pbuild.engine.labels import Label, Pattern, target_name_problem
 from pbuild.engine.registry import RuleRegistry
-from pbuild.engine.tomlpos import table_positions, toml_error_location
+from pbuild.engine.tomlpos import load_toml, table_positions, toml_error_location, toml_error_message
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.engine.workspace import ALWAYS_IGNORED, BUILD_FILE, IGNORE_FILE, Workspace
 
@@ -369,22 +369,11 @@ def _parse_build_file(path: str, build_rel: str) -> tuple[dict[str, Any], dict[s
     with open(path, "rb") as handle:
         raw = handle.read()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LoadError(
-            "not UTF-8 text",
-            location=Location(build_rel, raw.count(b"\n", 0, exc.start) + 1),
-            hint="save BUILD.toml as UTF-8",
-        ) from None
-    try:
-        data = tomllib.loads(text)
+        data = load_toml(raw)
     except tomllib.TOMLDecodeError as exc:
-        raise LoadError(
-            f"invalid TOML: {str(exc).split(' (at')[0]}",
-            location=toml_error_location(build_rel, exc),
-            hint='fix the syntax (targets are tables: [name] with rule = "...")',
-        ) from None
-    tables, keys = table_positions(text)
+        message, hint = toml_error_message(exc, 'fix the syntax (targets are tables: [name] with rule = "...")')
+        raise LoadError(message, location=toml_error_location(build_rel, exc), hint=hint) from None
+    tables, keys = table_positions(raw.decode("utf-8"))
     return data, tables, keys
 
 
