@@ -321,15 +321,24 @@ class Loader:
             return True
         return self._ignore is not None and self._ignore.match_file(relative)
 
-    def glob(self, package: str, include: list[str], exclude: list[str]) -> list[str]:
+    def glob(self, package: str, include: list[str], exclude: list[str], *, allow_empty: bool = False) -> list[str]:
         """Files of ``package`` matching ``include`` and not ``exclude`` (gitignore-style patterns).
 
-        Sub-packages (folders with their own BUILD.toml) are not searched, as in Bazel.
+        Sub-packages (folders with their own BUILD.toml) are not searched, as in Bazel. As in Bazel
+        too, a pattern that could never match (``../x``, ``a//b``) is an error, and so, unless
+        ``allow_empty``, is an include pattern that matches nothing or a result that is empty.
         """
         import pathspec  # imported on first glob: it costs tens of ms at start-up
 
+        for pattern in (*include, *exclude):
+            problem = glob_pattern_problem(pattern)
+            if problem:
+                raise LoadError(f"glob pattern {pattern!r} {problem}",
+                                hint="glob patterns are paths inside the package folder, in gitignore syntax")
         spec = pathspec.PathSpec.from_lines("gitignore", include)
         not_spec = pathspec.PathSpec.from_lines("gitignore", exclude) if exclude else None
+        # Which include patterns matched anything (negations "!x" only take away, so they need not).
+        unmatched = {i: p for i, p in enumerate(spec.patterns) if p.include} if not allow_empty else {}
         base = self.workspace.path(package)
         results: list[str] = []
         for dirpath, dirnames, filenames in os.walk(base):
@@ -349,9 +358,38 @@ class Loader:
                 ws_rel = f"{package}/{rel}" if package else rel
                 if f == BUILD_FILE or self.is_ignored(ws_rel):
                     continue
+                for i in [i for i, p in unmatched.items() if p.match_file(rel) is not None]:
+                    del unmatched[i]
                 if spec.match_file(rel) and not (not_spec and not_spec.match_file(rel)):
                     results.append(rel)
+        if unmatched:
+            pattern = include[min(unmatched)]
+            raise LoadError(
+                f"glob pattern {pattern!r} matches no files in //{package}"
+                + (" (a leading / anchors a pattern at the package folder, not at /)" if pattern.startswith("/") else ""),
+                hint="fix the pattern, or add allow_empty = true to the glob table if matching nothing is intended",
+            )
+        if not results and not allow_empty and include:
+            raise LoadError(f"every file the glob {include} matches in //{package} is excluded",
+                            hint="fix the patterns, or add allow_empty = true to the glob table")
         return sorted(results)
+
+
+def glob_pattern_problem(pattern: str) -> str | None:
+    """Why a glob pattern can never match a file of the package (so it is a mistake), or None."""
+    if not pattern.strip():
+        return "is empty"
+    if pattern.startswith("#"):
+        return "is a comment in gitignore syntax; write \\# for a file name that starts with #"
+    body = pattern.removeprefix("!").removeprefix("/").removesuffix("/")
+    parts = body.split("/")
+    if ".." in parts:
+        return "leaves the package: globs match only files inside the package folder (use a label for others)"
+    if "." in parts:
+        return "has '.' as a path segment; leave it out"
+    if "" in parts:
+        return "has an empty path segment ('//')"
+    return None
 
 
 def _read_ignore(root: str) -> pathspec.PathSpec | None:

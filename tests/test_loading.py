@@ -306,6 +306,55 @@ def test_bad_glob_table(workspace: WorkspaceFactory, pbuild: Runner) -> None:
                       "glob = [...], exclude = [...]")
 
 
+GLOB_FILES = {"p/a.txt": "a\n", "p/sub/b.txt": "b\n", "p/etc/conf.txt": "c\n"}
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ('{ glob = ["../**"] }', "glob pattern '../**' leaves the package"),
+        ('{ glob = ["*.txt"], exclude = ["sub/../../x"] }', "glob pattern 'sub/../../x' leaves the package"),
+        ('{ glob = ["/etc/*"] }', "glob pattern '/etc/*' matches no files in //p (a leading / anchors a pattern "
+                                  "at the package folder, not at /)"),
+        ('{ glob = ["*.txt", "*.pyy"] }', "glob pattern '*.pyy' matches no files in //p"),
+        ('{ glob = ["*.txt"], exclude = ["**"] }', "every file the glob ['*.txt'] matches in //p is excluded"),
+        ('{ glob = ["sub//b.txt"] }', "has an empty path segment"),
+        ('{ glob = ["./a.txt"] }', "has '.' as a path segment"),
+        ('{ glob = [""] }', "glob pattern '' is empty"),
+        ('{ glob = ["#a.txt"] }', "is a comment in gitignore syntax"),
+        ('{ glob = ["*.txt"], allow_empty = "yes" }', "a file table must be { glob = [...], exclude = [...] }"),
+        ('{ glob = ["*.txt", 3] }', "a file table must be { glob = [...], exclude = [...] }"),
+    ],
+)
+def test_globs_that_cannot_mean_what_they_say(table: str, fragment: str, workspace: WorkspaceFactory,
+                                              pbuild: Runner) -> None:
+    root = workspace({**GLOB_FILES, "p/BUILD.toml": FILEGROUP.format(name="x", srcs=table)})
+    if "/etc/*" in table:
+        (root / "p" / "etc" / "conf.txt").unlink()  # the package has no etc/ of its own
+        (root / "p" / "etc").rmdir()
+    assert_user_error(pbuild("build", "//p:x", cwd=root), 2, "p/BUILD.toml:3", "target //p:x", fragment)
+
+
+def test_allow_empty_and_anchored_globs(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    root = workspace({**GLOB_FILES, "p/BUILD.toml": """
+        [none]
+        rule = "genrule"
+        srcs = { glob = ["*.pyy"], allow_empty = true }
+        outs = ["none.txt"]
+        cmd = "echo $(SRCS) > $@"
+
+        [etc]
+        rule = "genrule"
+        srcs = { glob = ["/etc/*"] }
+        outs = ["etc.txt"]
+        cmd = "cat $(SRCS) > $@"
+    """})
+    result = pbuild("build", "//p:all", cwd=root)
+    assert result.code == 0, str(result)
+    assert (root / "pbuild-out" / "p" / "none.txt").read_text() == "\n"
+    assert (root / "pbuild-out" / "p" / "etc.txt").read_text() == "c\n"  # the package's own etc/
+
+
 def test_pbuildignore_hides_packages_and_files(workspace: WorkspaceFactory) -> None:
     root = workspace({
         ".pbuildignore": "# scratch space\nscratch/\n*.bak\n!keep.bak\n",
