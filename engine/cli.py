@@ -25,9 +25,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="local cache (default: $PBUILD_CACHE, else $XDG_CACHE_HOME/pbuild, else ~/.cache/pbuild)")
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a count that must be 1 or more (a silent max(1, N) would hide the typo)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _add_build_flags(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
-    parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+    parser.add_argument("-j", "--jobs", type=_at_least_one, default=os.cpu_count() or 1, metavar="N",
                         help="actions to run at once (default: the number of CPUs)")
     parser.add_argument("-k", "--keep-going", action="store_true", help="build everything that can be built after a failure")
     parser.add_argument("--build-event-json", metavar="FILE", help="write one JSON line per action and a summary to FILE")
