@@ -160,11 +160,26 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except PbuildError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # A full disk or a folder pbuild may not write, wherever it struck: a message, not a bug.
+        error = _machine_error(exc, args)
+        if error is None:
+            raise
+        print(error.render(), file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("pbuild: interrupted; the cache is consistent (every entry is written atomically)", file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(130)  # worker threads may still wait on sandboxes, which die with this process
+
+
+def _machine_error(exc: OSError, args: argparse.Namespace) -> PbuildError | None:
+    from pbuild.engine.oserrors import from_os_error
+    from pbuild.engine.workspace import default_cache_dir
+
+    cache_dir = os.path.abspath(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
+    return from_os_error(exc, near=(cache_dir, os.getcwd()), cache_dir=cache_dir)
 
 
 def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:

@@ -26,6 +26,7 @@ from pbuild.engine.events import Reporter
 from pbuild.engine.execroot import base_env, explain_failure, prepare_exec_root, run_process
 from pbuild.engine.hashing import StatIndex, digest_bytes
 from pbuild.engine.keys import action_key, key_material, remote_key
+from pbuild.engine.oserrors import from_os_error, full_filesystem
 from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.tools.fstree import remove_tree
@@ -172,6 +173,12 @@ class Executor:
                         status, res = future.result()
                     except PbuildError as exc:
                         fail(action, exc, key, started)
+                        continue
+                    except OSError as exc:  # a full disk or a read-only cache while storing outputs
+                        error = from_os_error(exc, near=(self.store.tmp_dir, self.root), cache_dir=self.store.root)
+                        if error is None:
+                            raise
+                        fail(action, error, key, started)
                         continue
                     finish(action, status, key, res, started)
         except KeyboardInterrupt:
@@ -439,6 +446,9 @@ class Executor:
             os.replace(tmp, log)
         text = "\n".join((stdout + stderr).rstrip().splitlines()[-_TAIL:])
         why = explain_failure(stderr + stdout, action, self.root)
+        full = full_filesystem((outcome.stderr_path,))
+        if full is not None:  # its own complaint may not even have fit in its log
+            why = f"no space left on {full}; free some space there, or use --cache-dir DIR on a larger filesystem"
         code = outcome.exit_code
         how = f"killed by signal {code - 128}" if code > 128 else f"exit code {code}"
         command = " ".join(_quote(a) for a in action.argv)
@@ -511,6 +521,9 @@ class Executor:
                 exc.label = action.owner
             raise
         except Exception as exc:  # a crashing rule function is reported, with its traceback, as a failed action
+            error = from_os_error(exc, near=(work,), cache_dir=self.store.root, label=action.owner)
+            if error is not None:  # the machine's fault (a full disk), not the rule's
+                raise error from None
             detail = "".join(traceback.format_exception(exc)[-6:])
             raise BuildFailed(
                 f"{action.mnemonic} crashed: {type(exc).__name__}: {exc}\n{detail}",

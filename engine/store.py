@@ -13,13 +13,15 @@ digest whenever they are about to be served from a state we cannot vouch for.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import marshal
 import os
 import shutil
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +88,9 @@ class LocalStore:
         for d in (self.cas_dir, self.ac_dir, self.tmp_dir):
             try:
                 os.makedirs(d, exist_ok=True)
+                if not os.access(d, os.W_OK | os.X_OK):  # an existing cache made (or mounted) read-only
+                    code = errno.EROFS if os.statvfs(d).f_flag & os.ST_RDONLY else errno.EACCES
+                    raise OSError(code, os.strerror(code), d)
             except OSError as exc:
                 from pbuild.engine.errors import WorkspaceError
 
@@ -122,24 +127,24 @@ class LocalStore:
                 os.unlink(source)
             return digest, size
         self._ensure_dir(os.path.dirname(dest))
-        tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
-        if move:
-            os.replace(source, tmp)
-        else:
-            shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o555 if executable else 0o444)
-        os.replace(tmp, dest)
+        with _temp_beside(dest) as tmp:
+            if move:
+                os.replace(source, tmp)
+            else:
+                shutil.copyfile(source, tmp)
+            os.chmod(tmp, 0o555 if executable else 0o444)
+            os.replace(tmp, dest)
         return digest, size
 
     def put_bytes(self, data: bytes, digest: str) -> str:
         dest = self.blob_path(digest)
         if not os.path.exists(dest):
             self._ensure_dir(os.path.dirname(dest))
-            tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, dest)
+            with _temp_beside(dest) as tmp:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
         return dest
 
     def verify_blob(self, digest: str, executable: bool = False) -> bool:
@@ -205,20 +210,20 @@ class LocalStore:
         if not self._memo_path or not self._memo_dirty or self._memo is None:
             return
         os.makedirs(os.path.dirname(self._memo_path), exist_ok=True)
-        tmp = f"{self._memo_path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as handle:
-            marshal.dump(self._memo, handle)
-        os.replace(tmp, self._memo_path)
+        with _temp_beside(self._memo_path) as tmp:
+            with open(tmp, "wb") as handle:
+                marshal.dump(self._memo, handle)
+            os.replace(tmp, self._memo_path)
         self._memo_dirty = False
 
     def put_action(self, key: str, result: ActionResult) -> None:
         dest = self._ac_path(key)
         self._ensure_dir(os.path.dirname(dest))
-        tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
         data = result.to_json()
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, dest)
+        with _temp_beside(dest) as tmp:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, dest)
         if self._memo_path:
             memo = self._load_memo()
             with self._lock:
@@ -262,14 +267,27 @@ def materialize(store: LocalStore, record: OutputRecord, dest: str) -> None:
     blob = store.blob_path(record.digest, record.executable)
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
-    tmp = f"{dest}.{uuid.uuid4().hex[:8]}.tmp"
+    with _temp_beside(dest) as tmp:
+        try:
+            os.link(blob, tmp)
+        except OSError:
+            shutil.copyfile(blob, tmp)
+            os.chmod(tmp, 0o555 if record.executable else 0o444)
+        try:
+            os.replace(tmp, dest)
+        except IsADirectoryError:
+            remove_tree(dest)
+            os.replace(tmp, dest)
+
+
+@contextlib.contextmanager
+def _temp_beside(dest: str) -> Iterator[str]:
+    """A temp name beside ``dest`` to write and rename into place; removed again if that fails
+    (a full disk, a crash of the writer), so no half-written file is left behind."""
+    tmp = f"{dest}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        os.link(blob, tmp)
-    except OSError:
-        shutil.copyfile(blob, tmp)
-        os.chmod(tmp, 0o555 if record.executable else 0o444)
-    try:
-        os.replace(tmp, dest)
-    except IsADirectoryError:
-        remove_tree(dest)
-        os.replace(tmp, dest)
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
