@@ -10,7 +10,7 @@ import difflib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from pbuild.engine.api import (
     COMMON_ATTRS,
@@ -387,13 +387,21 @@ class Analyzer:
         if isinstance(raw, dict):
             include = raw.get("glob")
             exclude = raw.get("exclude", [])
-            if set(raw) - {"glob", "exclude"} or not isinstance(include, list) or not isinstance(exclude, list):
+            allow_empty = raw.get("allow_empty", False)
+            where = decl.attr_locations.get(name, decl.location)
+            if set(raw) - {"glob", "exclude", "allow_empty"} or not _strings(include) or not _strings(exclude) \
+                    or not isinstance(allow_empty, bool):
                 raise LoadError(
-                    f"attribute {name!r}: a file table must be {{ glob = [...], exclude = [...] }}",
-                    location=decl.attr_locations.get(name, decl.location),
+                    f"attribute {name!r}: a file table must be {{ glob = [...], exclude = [...] }}"
+                    " (and optionally allow_empty = true)",
+                    location=where,
                     label=decl.label,
                 )
-            matched = self.loader.glob(package, include, exclude)
+            try:
+                matched = self.loader.glob(package, include, exclude, allow_empty=allow_empty)
+            except LoadError as exc:
+                exc.location, exc.label = where, decl.label
+                raise
             return [File(f"{package}/{m}" if package else m) for m in matched]
         entries = [raw] if isinstance(raw, str) else list(raw)
         items: list[Label | File] = []
@@ -463,3 +471,7 @@ class Analyzer:
                     label=decl.label,
                     hint=f"{name} needs targets of a rule that provides {kind.__name__}",
                 )
+
+
+def _strings(value: Any) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)

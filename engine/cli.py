@@ -25,9 +25,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="local cache (default: $PBUILD_CACHE, else $XDG_CACHE_HOME/pbuild, else ~/.cache/pbuild)")
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a count that must be 1 or more (a silent max(1, N) would hide the typo)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _add_build_flags(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
-    parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+    parser.add_argument("-j", "--jobs", type=_at_least_one, default=os.cpu_count() or 1, metavar="N",
                         help="actions to run at once (default: the number of CPUs)")
     parser.add_argument("-k", "--keep-going", action="store_true", help="build everything that can be built after a failure")
     parser.add_argument("--build-event-json", metavar="FILE", help="write one JSON line per action and a summary to FILE")
@@ -149,11 +160,26 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except PbuildError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # A full disk or a folder pbuild may not write, wherever it struck: a message, not a bug.
+        error = _machine_error(exc, args)
+        if error is None:
+            raise
+        print(error.render(), file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("pbuild: interrupted; the cache is consistent (every entry is written atomically)", file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(130)  # worker threads may still wait on sandboxes, which die with this process
+
+
+def _machine_error(exc: OSError, args: argparse.Namespace) -> PbuildError | None:
+    from pbuild.engine.oserrors import from_os_error
+    from pbuild.engine.workspace import default_cache_dir
+
+    cache_dir = os.path.abspath(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
+    return from_os_error(exc, near=(cache_dir, os.getcwd()), cache_dir=cache_dir)
 
 
 def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:
@@ -181,11 +207,13 @@ def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:
 def _user_config() -> dict[str, Any]:
     import tomllib
 
+    from pbuild.engine.tomlpos import load_toml
+
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     path = os.path.join(base, "pbuild", "config.toml")
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            return load_toml(handle.read())
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as exc:

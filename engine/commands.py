@@ -20,8 +20,9 @@ from pbuild.engine.build import (
 )
 from pbuild.engine.errors import EXIT_BUILD_FAILED, PbuildError
 from pbuild.engine.events import Reporter
-from pbuild.engine.store import LocalStore, remove_tree
+from pbuild.engine.store import LocalStore
 from pbuild.engine.workspace import find_workspace
+from pbuild.tools.fstree import remove_tree
 
 
 def _image_info_type() -> Any:
@@ -156,16 +157,17 @@ def clean(*, workspace: str | None, cache_dir: str | None, expunge: bool) -> int
         if not os.path.exists(os.path.join(target, OUT_MARKER)):
             raise PbuildError(f"{OUT_DIR} links to {target}, which pbuild did not create its outputs in",
                               hint=f"remove the link by hand, or create {OUT_DIR}/{OUT_MARKER} if the folder is pbuild's")
-        for name in os.listdir(target):
-            remove_tree(os.path.join(target, name))
+        doomed = [os.path.join(target, name) for name in os.listdir(target)]
     else:
-        remove_tree(out)
-    leftover = os.listdir(os.path.realpath(out)) if os.path.isdir(out) else []
-    if leftover:
-        raise PbuildError(f"could not remove everything in {OUT_DIR}/: {', '.join(sorted(leftover)[:5])}",
-                          hint="check the permissions of those files")
-    if expunge:
-        LocalStore(os.path.abspath(cache_dir) if cache_dir else default_cache_dir()).expunge()
+        doomed = [out]
+    try:
+        for path in doomed:
+            remove_tree(path)
+        if expunge:
+            LocalStore(os.path.abspath(cache_dir) if cache_dir else default_cache_dir()).expunge()
+    except OSError as exc:
+        raise PbuildError(f"could not remove {exc.filename}: {exc.strerror}",
+                          hint="check the permissions of that path (and whether something is mounted there)") from None
     return 0
 
 

@@ -104,3 +104,12 @@ class CacheCorruption(PbuildError):
 
 class HashMismatch(PbuildError):
     """A fetched or stored file does not have the digest that pins it."""
+
+
+class OutOfSpace(PbuildError):
+    """A write failed: the filesystem is full or the disk quota is used up (see ``oserrors``).
+
+    The inputs were fine, but the build could not finish: exit 1, as for a failed build.
+    """
+
+    exit_code = EXIT_BUILD_FAILED

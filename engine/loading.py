@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.api import GeneratorContext, GeneratorDef, RuleDef
 from pbuild.engine.errors import LoadError, Location
-from pbuild.engine.labels import Label, Pattern
+from pbuild.engine.labels import Label, Pattern, target_name_problem
 from pbuild.engine.registry import RuleRegistry
-from pbuild.engine.tomlpos import table_positions, toml_error_location
+from pbuild.engine.tomlpos import load_toml, table_positions, toml_error_location, toml_error_message
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.engine.workspace import ALWAYS_IGNORED, BUILD_FILE, IGNORE_FILE, Workspace
 
@@ -144,6 +144,13 @@ class Loader:
                     location=Location(build_rel, keys.get(("", target_name))),
                     hint=f'write [{target_name}] with rule = "..." and the rule\'s attributes',
                 )
+            problem = target_name_problem(target_name)
+            if problem:
+                raise LoadError(
+                    f"target name {target_name!r} is not valid: {problem}",
+                    location=where,
+                    hint="name targets with letters, digits and _ - . + @ = , ~ (and / between path parts)",
+                )
             label = Label(name, target_name)
             attr_locations = {
                 key: Location(build_rel, keys.get((target_name, key), tables.get(target_name)))
@@ -173,6 +180,10 @@ class Loader:
             if isinstance(definition, GeneratorDef):
                 generated_names = []
                 for generated in self._expand(definition, decl, name):
+                    problem = target_name_problem(generated.label.name)
+                    if problem:
+                        raise LoadError(f"generated target name {generated.label.name!r} is not valid: {problem}",
+                                        location=where, label=label)
                     if generated.label.name in targets or generated.label.name in data:
                         raise LoadError(
                             f"generated target {generated.label} clashes with another target",
@@ -310,15 +321,24 @@ class Loader:
             return True
         return self._ignore is not None and self._ignore.match_file(relative)
 
-    def glob(self, package: str, include: list[str], exclude: list[str]) -> list[str]:
+    def glob(self, package: str, include: list[str], exclude: list[str], *, allow_empty: bool = False) -> list[str]:
         """Files of ``package`` matching ``include`` and not ``exclude`` (gitignore-style patterns).
 
-        Sub-packages (folders with their own BUILD.toml) are not searched, as in Bazel.
+        Sub-packages (folders with their own BUILD.toml) are not searched, as in Bazel. As in Bazel
+        too, a pattern that could never match (``../x``, ``a//b``) is an error, and so, unless
+        ``allow_empty``, is an include pattern that matches nothing or a result that is empty.
         """
         import pathspec  # imported on first glob: it costs tens of ms at start-up
 
+        for pattern in (*include, *exclude):
+            problem = glob_pattern_problem(pattern)
+            if problem:
+                raise LoadError(f"glob pattern {pattern!r} {problem}",
+                                hint="glob patterns are paths inside the package folder, in gitignore syntax")
         spec = pathspec.PathSpec.from_lines("gitignore", include)
         not_spec = pathspec.PathSpec.from_lines("gitignore", exclude) if exclude else None
+        # Which include patterns matched anything (negations "!x" only take away, so they need not).
+        unmatched = {i: p for i, p in enumerate(spec.patterns) if p.include} if not allow_empty else {}
         base = self.workspace.path(package)
         results: list[str] = []
         for dirpath, dirnames, filenames in os.walk(base):
@@ -338,9 +358,38 @@ class Loader:
                 ws_rel = f"{package}/{rel}" if package else rel
                 if f == BUILD_FILE or self.is_ignored(ws_rel):
                     continue
+                for i in [i for i, p in unmatched.items() if p.match_file(rel) is not None]:
+                    del unmatched[i]
                 if spec.match_file(rel) and not (not_spec and not_spec.match_file(rel)):
                     results.append(rel)
+        if unmatched:
+            pattern = include[min(unmatched)]
+            raise LoadError(
+                f"glob pattern {pattern!r} matches no files in //{package}"
+                + (" (a leading / anchors a pattern at the package folder, not at /)" if pattern.startswith("/") else ""),
+                hint="fix the pattern, or add allow_empty = true to the glob table if matching nothing is intended",
+            )
+        if not results and not allow_empty and include:
+            raise LoadError(f"every file the glob {include} matches in //{package} is excluded",
+                            hint="fix the patterns, or add allow_empty = true to the glob table")
         return sorted(results)
+
+
+def glob_pattern_problem(pattern: str) -> str | None:
+    """Why a glob pattern can never match a file of the package (so it is a mistake), or None."""
+    if not pattern.strip():
+        return "is empty"
+    if pattern.startswith("#"):
+        return "is a comment in gitignore syntax; write \\# for a file name that starts with #"
+    body = pattern.removeprefix("!").removeprefix("/").removesuffix("/")
+    parts = body.split("/")
+    if ".." in parts:
+        return "leaves the package: globs match only files inside the package folder (use a label for others)"
+    if "." in parts:
+        return "has '.' as a path segment; leave it out"
+    if "" in parts:
+        return "has an empty path segment ('//')"
+    return None
 
 
 def _read_ignore(root: str) -> pathspec.PathSpec | None:
@@ -358,22 +407,11 @@ def _parse_build_file(path: str, build_rel: str) -> tuple[dict[str, Any], dict[s
     with open(path, "rb") as handle:
         raw = handle.read()
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LoadError(
-            "not UTF-8 text",
-            location=Location(build_rel, raw.count(b"\n", 0, exc.start) + 1),
-            hint="save BUILD.toml as UTF-8",
-        ) from None
-    try:
-        data = tomllib.loads(text)
+        data = load_toml(raw)
     except tomllib.TOMLDecodeError as exc:
-        raise LoadError(
-            f"invalid TOML: {str(exc).split(' (at')[0]}",
-            location=toml_error_location(build_rel, exc),
-            hint='fix the syntax (targets are tables: [name] with rule = "...")',
-        ) from None
-    tables, keys = table_positions(text)
+        message, hint = toml_error_message(exc, 'fix the syntax (targets are tables: [name] with rule = "...")')
+        raise LoadError(message, location=toml_error_location(build_rel, exc), hint=hint) from None
+    tables, keys = table_positions(raw.decode("utf-8"))
     return data, tables, keys
 
 

@@ -30,15 +30,16 @@ from pbuild.engine.events import Reporter
 from pbuild.engine.execroot import base_env, explain_failure, prepare_exec_root, run_process
 from pbuild.engine.hashing import StatIndex, digest_bytes
 from pbuild.engine.keys import action_key, key_material, remote_key
+from pbuild.engine.oserrors import from_os_error, full_filesystem
 from pbuild.engine.store import (
     ActionResult,
     LocalStore,
     OutputRecord,
     materialize,
-    remove_tree,
     undeclared_outputs,
 )
 from pbuild.engine.uptodate import DependencyRecorder
+from pbuild.tools.fstree import remove_tree
 
 _TAIL = 60  # lines of a failing action's stderr shown to the user
 
@@ -184,6 +185,12 @@ class Executor:
                         status, res = future.result()
                     except PbuildError as exc:
                         fail(action, exc, key, started)
+                        continue
+                    except OSError as exc:  # a full disk or a read-only cache while storing outputs
+                        error = from_os_error(exc, near=(self.store.tmp_dir, self.root), cache_dir=self.store.root)
+                        if error is None:
+                            raise
+                        fail(action, error, key, started)
                         continue
                     finish(action, status, key, res, started)
         except KeyboardInterrupt:
@@ -357,7 +364,7 @@ class Executor:
         if os.path.lexists(full_dir):
             os.rename(full_dir, old)
         os.rename(staging, full_dir)
-        remove_tree(old)
+        remove_tree(old, ignore_errors=True)
         for record in records:
             dest = os.path.join(self.root, record.path)
             self.index.record(dest, os.stat(dest), record.digest, output=True)
@@ -397,7 +404,7 @@ class Executor:
             else:
                 res = self._run_in_process(action, work)
         finally:
-            remove_tree(work)
+            remove_tree(work, ignore_errors=True)  # a leftover is removed with the stale temp dirs
             if isinstance(action, ProcessAction):
                 self._refresh_linked_inputs(action)
         self.store.put_action(key, res)
@@ -510,6 +517,9 @@ class Executor:
             os.replace(tmp, log)
         text = "\n".join((stdout + stderr).rstrip().splitlines()[-_TAIL:])
         why = explain_failure(stderr + stdout, action, self.root)
+        full = full_filesystem((outcome.stderr_path,))
+        if full is not None:  # its own complaint may not even have fit in its log
+            why = f"no space left on {full}; free some space there, or use --cache-dir DIR on a larger filesystem"
         code = outcome.exit_code
         how = f"killed by signal {code - 128}" if code > 128 else f"exit code {code}"
         command = " ".join(_quote(a) for a in action.argv)
@@ -583,6 +593,9 @@ class Executor:
                 exc.label = action.owner
             raise
         except Exception as exc:  # a crashing rule function is reported, with its traceback, as a failed action
+            error = from_os_error(exc, near=(work,), cache_dir=self.store.root, label=action.owner)
+            if error is not None:  # the machine's fault (a full disk), not the rule's
+                raise error from None
             detail = "".join(traceback.format_exception(exc)[-6:])
             raise BuildFailed(
                 f"{action.mnemonic} crashed: {type(exc).__name__}: {exc}\n{detail}",

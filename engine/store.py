@@ -19,6 +19,8 @@ used, :func:`undeclared_outputs` holds it to exactly the outputs its action decl
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import marshal
 import os
@@ -27,11 +29,12 @@ import shutil
 import stat
 import threading
 import uuid
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pbuild.engine.hashing import digest_file
+from pbuild.tools.fstree import remove_tree
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class LocalStore:
         for d in (self.cas_dir, self.ac_dir, self.tmp_dir):
             try:
                 os.makedirs(d, exist_ok=True)
+                if not os.access(d, os.W_OK | os.X_OK):  # an existing cache made (or mounted) read-only
+                    code = errno.EROFS if os.statvfs(d).f_flag & os.ST_RDONLY else errno.EACCES
+                    raise OSError(code, os.strerror(code), d)
             except OSError as exc:
                 from pbuild.engine.errors import WorkspaceError
 
@@ -130,24 +136,24 @@ class LocalStore:
             size = os.path.getsize(source)
         dest = self.blob_path(digest, executable)
         self._ensure_dir(os.path.dirname(dest))
-        tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
-        if move:
-            os.replace(source, tmp)
-        else:
-            shutil.copyfile(source, tmp)
-        os.chmod(tmp, blob_mode(executable))
-        os.replace(tmp, dest)
+        with _temp_beside(dest) as tmp:
+            if move:
+                os.replace(source, tmp)
+            else:
+                shutil.copyfile(source, tmp)
+            os.chmod(tmp, blob_mode(executable))
+            os.replace(tmp, dest)
         return digest, size
 
     def put_bytes(self, data: bytes, digest: str) -> str:
         dest = self.blob_path(digest)
         if not os.path.exists(dest):
             self._ensure_dir(os.path.dirname(dest))
-            tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, blob_mode(False))
-            os.replace(tmp, dest)
+            with _temp_beside(dest) as tmp:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                os.chmod(tmp, blob_mode(False))
+                os.replace(tmp, dest)
         return dest
 
     def verify_blob(self, digest: str, executable: bool = False) -> bool:
@@ -219,20 +225,20 @@ class LocalStore:
         if not self._memo_path or not self._memo_dirty or self._memo is None:
             return
         os.makedirs(os.path.dirname(self._memo_path), exist_ok=True)
-        tmp = f"{self._memo_path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as handle:
-            marshal.dump(self._memo, handle)
-        os.replace(tmp, self._memo_path)
+        with _temp_beside(self._memo_path) as tmp:
+            with open(tmp, "wb") as handle:
+                marshal.dump(self._memo, handle)
+            os.replace(tmp, self._memo_path)
         self._memo_dirty = False
 
     def put_action(self, key: str, result: ActionResult) -> None:
         dest = self._ac_path(key)
         self._ensure_dir(os.path.dirname(dest))
-        tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
         data = result.to_json()
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, dest)
+        with _temp_beside(dest) as tmp:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, dest)
         if self._memo_path:
             memo = self._load_memo()
             with self._lock:
@@ -255,7 +261,8 @@ class LocalStore:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                _force_rmtree(os.path.join(self.tmp_dir, name))
+                # best effort: what cannot go now (another user's files) is retried next build
+                remove_tree(os.path.join(self.tmp_dir, name), ignore_errors=True)
             except PermissionError:
                 pass
 
@@ -265,29 +272,9 @@ class LocalStore:
         return path
 
     def expunge(self) -> None:
-        """Remove everything (``pbuild clean --expunge``)."""
+        """Remove everything (``pbuild clean --expunge``); an ``OSError`` names what could not go."""
         for sub in ("cas", "ac", "tmp", "index"):
-            _force_rmtree(os.path.join(self.root, sub))
-
-
-def _force_rmtree(path: str) -> None:
-    def onerror(func: Any, p: str, exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o755)
-            os.chmod(p, 0o755)
-            func(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=onerror)
-
-
-def remove_tree(path: str) -> None:
-    """Remove a tree (or a file or link) even if it holds read-only folders."""
-    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
-        os.unlink(path)
-    elif os.path.lexists(path):
-        _force_rmtree(path)
+            remove_tree(os.path.join(self.root, sub))
 
 
 def blob_mode(executable: bool) -> int:
@@ -338,14 +325,27 @@ def materialize(store: LocalStore, record: OutputRecord, dest: str) -> None:
     blob = store.blob_path(record.digest, record.executable)
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
-    tmp = f"{dest}.{uuid.uuid4().hex[:8]}.tmp"
+    with _temp_beside(dest) as tmp:
+        try:
+            os.link(blob, tmp)
+        except OSError:
+            shutil.copyfile(blob, tmp)
+            os.chmod(tmp, 0o555 if record.executable else 0o444)
+        try:
+            os.replace(tmp, dest)
+        except IsADirectoryError:
+            remove_tree(dest)
+            os.replace(tmp, dest)
+
+
+@contextlib.contextmanager
+def _temp_beside(dest: str) -> Iterator[str]:
+    """A temp name beside ``dest`` to write and rename into place; removed again if that fails
+    (a full disk, a crash of the writer), so no half-written file is left behind."""
+    tmp = f"{dest}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        os.link(blob, tmp)
-    except OSError:
-        shutil.copyfile(blob, tmp)
-        os.chmod(tmp, blob_mode(record.executable))
-    try:
-        os.replace(tmp, dest)
-    except IsADirectoryError:
-        remove_tree(dest)
-        os.replace(tmp, dest)
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

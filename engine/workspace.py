@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pbuild.engine.errors import Location, WorkspaceError
-from pbuild.engine.tomlpos import toml_error_location
+from pbuild.engine.tomlpos import load_toml, toml_error_location, toml_error_message
 
 WORKSPACE_FILE = "WORKSPACE.toml"
 BUILD_FILE = "BUILD.toml"
@@ -66,13 +66,10 @@ def read_workspace_config(root: str) -> Mapping[str, Any]:
     with open(path, "rb") as handle:
         data = handle.read()
     try:
-        config = tomllib.loads(data.decode("utf-8"))
+        config = load_toml(data)
     except tomllib.TOMLDecodeError as exc:
-        raise WorkspaceError(
-            f"invalid TOML: {exc.args[0].split(' (at')[0]}",
-            location=toml_error_location(WORKSPACE_FILE, exc),
-            hint="fix the syntax; see https://toml.io for the format",
-        ) from None
+        message, hint = toml_error_message(exc, "fix the syntax; see https://toml.io for the format")
+        raise WorkspaceError(message, location=toml_error_location(WORKSPACE_FILE, exc), hint=hint) from None
     section = config.get("workspace", {})
     if not isinstance(section, dict):
         raise WorkspaceError("[workspace] must be a table", location=Location(WORKSPACE_FILE))

@@ -232,3 +232,12 @@ def test_a_reader_that_leaves_early_is_not_a_traceback(tmp_path: Path) -> None:
     result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr
+
+
+@pytest.mark.parametrize(("command", "jobs"), [("build", "0"), ("build", "-3"), ("test", "0"), ("run", "-1")])
+def test_jobs_must_be_at_least_one(command: str, jobs: str, ws: Path, pbuild: Runner) -> None:
+    """--jobs 0 and -3 used to be taken: as 1 by the scheduler, as is by the rules it hands them to."""
+    result = pbuild(command, "--jobs", jobs, "//p", cwd=ws)  # before the target: run passes what follows on
+    assert result.code == 2, str(result)
+    assert f"argument -j/--jobs: must be 1 or more, got {jobs}" in result.err, str(result)
+    assert "Traceback" not in result.err and not (ws / "pbuild-out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import Runner, WorkspaceFactory, assert_user_error
 from pbuild.engine.errors import LoadError, PbuildError
 from pbuild.engine.labels import Label, Pattern
 
@@ -88,3 +89,73 @@ def test_labels_order_and_hash_by_package_then_name() -> None:
     labels = [Label("b", "a"), Label("a", "z"), Label("a", "b")]
     assert sorted(labels) == [Label("a", "b"), Label("a", "z"), Label("b", "a")]
     assert len({Label("a", "x"), Label.parse("//a:x"), Label.parse(":x", current_package="a")}) == 1
+
+
+# -- malformed labels through the CLI (issue 9, item 10b) ------------------------------------------
+
+LABEL_WS = {
+    "app/BUILD.toml": '[image]\nrule = "genrule"\nouts = ["image.txt"]\ncmd = "echo > $@"\n',
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("//...:x", "package names may not contain '...': //pkg/... is a pattern"),
+        ("//app/...:image", "package names may not contain '...'"),
+        ("///app:image", "package names may not start with '/'"),
+        ("//app/:image", "package names may not end with '/'"),
+        ("//app//x:image", "package names may not contain '//'"),
+        ("//app/../app:image", "package names may not have '..' as a path segment"),
+        ("//./app:image", "package names may not have '.' as a path segment"),
+        ("//a b:c", "package names may not contain ' '"),
+        ("//app:", "target names may not be empty"),
+        (":", "target names may not be empty"),
+        ("//app::image", "target names may not contain ':'"),
+        ("//app:image/", "target names may not end with '/'"),
+        ("//app:/image", "target names may not start with '/'"),
+        ("//app:a//b", "target names may not contain '//'"),
+        ("//app:..", "target names may not have '..' as a path segment"),
+        ("//app:x/../image", "target names may not have '..' as a path segment"),
+        ("//app:.", "target names may not have '.' as a path segment"),
+    ],
+)
+def test_malformed_labels_say_what_a_label_looks_like(text: str, why: str, workspace: WorkspaceFactory,
+                                                      pbuild: Runner) -> None:
+    root = workspace(LABEL_WS)
+    result = pbuild("build", text, cwd=root / "app")
+    assert_user_error(result, 2, f"{text!r} is not a valid label: {why}",
+                      "hint: labels look like //pkg/path:name, //pkg/path (= //pkg/path:path) or :name")
+
+
+@pytest.mark.parametrize("text", ["///...", "//../...", "//app/:all", "//../..:all"])
+def test_malformed_patterns_never_reach_outside_the_workspace(text: str, workspace: WorkspaceFactory,
+                                                              pbuild: Runner) -> None:
+    root = workspace(LABEL_WS, name="inner/ws")
+    (root.parent / "BUILD.toml").write_text('[outside]\nrule = "filegroup"\nsrcs = []\n')
+    result = pbuild("build", text, cwd=root)
+    assert_user_error(result, 2, f"{text!r} is not a valid pattern",
+                      "hint: patterns look like //pkg:name, //pkg:all, //pkg/... or //...")
+
+
+def test_recursive_pattern_with_all(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    """Bazel's //pkg/...:all is //pkg/...: every target below pkg."""
+    root = workspace(LABEL_WS)
+    result = pbuild("build", "//app/...:all", cwd=root)
+    assert result.code == 0, str(result)
+    assert (root / "pbuild-out" / "app" / "image.txt").exists()
+
+
+def test_a_malformed_label_in_a_build_file_names_file_line_and_target(workspace: WorkspaceFactory,
+                                                                      pbuild: Runner) -> None:
+    root = workspace({**LABEL_WS, "use/BUILD.toml": '[use]\nrule = "filegroup"\nsrcs = ["///app:image"]\n'})
+    assert_user_error(pbuild("build", "//use", cwd=root), 2, "use/BUILD.toml:3", "target //use:use",
+                      "'///app:image' is not a valid label: package names may not start with '/'")
+
+
+@pytest.mark.parametrize(("table", "why"), [('["a b"]', "may not contain ' '"), ('[".."]', "may not have '..' as a path segment"),
+                                            ('["x/"]', "may not end with '/'")])
+def test_a_target_name_bazel_would_refuse_is_a_load_error(table: str, why: str, workspace: WorkspaceFactory,
+                                                          pbuild: Runner) -> None:
+    root = workspace({"p/BUILD.toml": f'[ok]\nrule = "filegroup"\nsrcs = []\n\n{table}\nrule = "filegroup"\nsrcs = []\n'})
+    assert_user_error(pbuild("build", "//p:ok", cwd=root), 2, "p/BUILD.toml:5", f"target names {why}")

@@ -78,6 +78,54 @@ def test_invalid_workspace_toml(workspace: WorkspaceFactory, pbuild: Runner, gua
     guard.assert_intact()
 
 
+# Values nested deeper than tomllib's recursion allows (and deeper than pbuild reads at all).
+DEEP_VALUES = {
+    "arrays-500": "[" * 500 + "]" * 500,
+    "inline-tables-500": "{a = " * 500 + "1" + "}" * 500,
+    "arrays-150": "[" * 150 + "]" * 150,  # tomllib copes; whatever walks the value later may not
+}
+
+
+@pytest.mark.parametrize("value", list(DEEP_VALUES.values()), ids=list(DEEP_VALUES))
+def test_deeply_nested_values_are_load_errors(value: str, workspace: WorkspaceFactory, pbuild: Runner,
+                                              guarded: GuardedBuild) -> None:
+    root = workspace({**GOOD_PACKAGE, "deep/BUILD.toml": f'[x]\nrule = "filegroup"\n\nsrcs = {value}\n'})
+    guard = guarded(root)
+    result = pbuild("build", "//deep:x", cwd=root)
+    assert_user_error(result, 2, "deep/BUILD.toml:4:", "values nested more than 100 levels deep",
+                      "hint: nest tables and arrays at most 100 levels deep")
+    guard.assert_intact()
+
+
+def test_deep_nesting_by_dotted_table_headers(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    header = ".".join(["x"] + ["a"] * 200)
+    root = workspace({"deep/BUILD.toml": f'[x]\nrule = "filegroup"\nsrcs = []\n\n[{header}]\nb = 1\n'})
+    assert_user_error(pbuild("build", "//deep:x", cwd=root), 2, "deep/BUILD.toml:5", "nested more than 100 levels")
+
+
+def test_deep_nesting_in_workspace_toml_and_user_config(workspace: WorkspaceFactory, pbuild: Runner,
+                                                        tmp_path: Path) -> None:
+    root = workspace(GOOD_PACKAGE, workspace_toml='[workspace]\nname = "x"\ndeep = ' + "[" * 500 + "]" * 500 + "\n")
+    assert_user_error(pbuild("build", "//good:x", cwd=root), 2, "WORKSPACE.toml:3:", "nested more than 100 levels")
+    root = workspace(GOOD_PACKAGE, name="ws2")
+    config = tmp_path / "xdg-config" / "pbuild" / "config.toml"  # the Runner's $XDG_CONFIG_HOME
+    config.parent.mkdir(parents=True)
+    config.write_text("[remote]\nx = " + "{a = " * 500 + "1" + "}" * 500 + "\n")
+    assert_user_error(pbuild("build", "//good:x", cwd=root), 2, str(config), "nested more than 100 levels")
+
+
+def test_deep_nesting_in_lock_inputs(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    """What `pbuild lock --debian` scans (BUILD.toml) and what a deb_packages target reads (its lock)."""
+    root = workspace({"p/BUILD.toml": '[debs]\nrule = "deb_packages"\npackages = ["hello"]\n',
+                      "p/debian.lock.json": "[" * 100_000 + "]" * 100_000,
+                      "q/BUILD.toml": '[q]\nrule = "filegroup"\nsrcs = ' + "[" * 500 + "]" * 500 + "\n"})
+    assert_user_error(pbuild("lock", "--debian", cwd=root), 2, "q/BUILD.toml", "nested more than 100 levels")
+    assert_user_error(pbuild("build", "//p:debs", cwd=root), 2, "p/BUILD.toml:3", "target //p:debs",
+                      "cannot read the Debian lock p/debian.lock.json")
+    (root / "p" / "debian.lock.json").write_text("[]")
+    assert_user_error(pbuild("build", "//p:debs", cwd=root), 2, "p/debian.lock.json is not a Debian lock")
+
+
 def test_target_without_a_rule(workspace: WorkspaceFactory, pbuild: Runner) -> None:
     root = workspace({"b/BUILD.toml": '[x]\nsrcs = []\n'})
     result = pbuild("build", "//b:x", cwd=root)
@@ -256,6 +304,55 @@ def test_bad_glob_table(workspace: WorkspaceFactory, pbuild: Runner) -> None:
     root = workspace({"p/BUILD.toml": FILEGROUP.format(name="x", srcs='{ globs = ["*.py"] }')})
     assert_user_error(pbuild("build", "//p:x", cwd=root), 2, "p/BUILD.toml:3", "target //p:x",
                       "glob = [...], exclude = [...]")
+
+
+GLOB_FILES = {"p/a.txt": "a\n", "p/sub/b.txt": "b\n", "p/etc/conf.txt": "c\n"}
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ('{ glob = ["../**"] }', "glob pattern '../**' leaves the package"),
+        ('{ glob = ["*.txt"], exclude = ["sub/../../x"] }', "glob pattern 'sub/../../x' leaves the package"),
+        ('{ glob = ["/etc/*"] }', "glob pattern '/etc/*' matches no files in //p (a leading / anchors a pattern "
+                                  "at the package folder, not at /)"),
+        ('{ glob = ["*.txt", "*.pyy"] }', "glob pattern '*.pyy' matches no files in //p"),
+        ('{ glob = ["*.txt"], exclude = ["**"] }', "every file the glob ['*.txt'] matches in //p is excluded"),
+        ('{ glob = ["sub//b.txt"] }', "has an empty path segment"),
+        ('{ glob = ["./a.txt"] }', "has '.' as a path segment"),
+        ('{ glob = [""] }', "glob pattern '' is empty"),
+        ('{ glob = ["#a.txt"] }', "is a comment in gitignore syntax"),
+        ('{ glob = ["*.txt"], allow_empty = "yes" }', "a file table must be { glob = [...], exclude = [...] }"),
+        ('{ glob = ["*.txt", 3] }', "a file table must be { glob = [...], exclude = [...] }"),
+    ],
+)
+def test_globs_that_cannot_mean_what_they_say(table: str, fragment: str, workspace: WorkspaceFactory,
+                                              pbuild: Runner) -> None:
+    root = workspace({**GLOB_FILES, "p/BUILD.toml": FILEGROUP.format(name="x", srcs=table)})
+    if "/etc/*" in table:
+        (root / "p" / "etc" / "conf.txt").unlink()  # the package has no etc/ of its own
+        (root / "p" / "etc").rmdir()
+    assert_user_error(pbuild("build", "//p:x", cwd=root), 2, "p/BUILD.toml:3", "target //p:x", fragment)
+
+
+def test_allow_empty_and_anchored_globs(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    root = workspace({**GLOB_FILES, "p/BUILD.toml": """
+        [none]
+        rule = "genrule"
+        srcs = { glob = ["*.pyy"], allow_empty = true }
+        outs = ["none.txt"]
+        cmd = "echo $(SRCS) > $@"
+
+        [etc]
+        rule = "genrule"
+        srcs = { glob = ["/etc/*"] }
+        outs = ["etc.txt"]
+        cmd = "cat $(SRCS) > $@"
+    """})
+    result = pbuild("build", "//p:all", cwd=root)
+    assert result.code == 0, str(result)
+    assert (root / "pbuild-out" / "p" / "none.txt").read_text() == "\n"
+    assert (root / "pbuild-out" / "p" / "etc.txt").read_text() == "c\n"  # the package's own etc/
 
 
 def test_pbuildignore_hides_packages_and_files(workspace: WorkspaceFactory) -> None:

@@ -147,7 +147,10 @@ Labels name targets: `//pkg/path:name`, `:name` in the same package, `//pkg/path
 `//pkg/path:path`. Attributes that take labels also take file names of the package (`"name.txt"`),
 and file lists take globs: `srcs = { glob = ["**/*.py"], exclude = ["**/test_*.py"] }` (gitignore
 syntax; a leading `/` anchors a pattern at the package folder; folders with their own `BUILD.toml`
-and paths listed in `.pbuildignore` are not searched). Every target also accepts `tags` and
+and paths listed in `.pbuildignore` are not searched). As in Bazel, a pattern that leaves the
+package (`../x`) is an error, and so is an include pattern that matches no file, unless the table
+says `allow_empty = true`. Target names, like package names, may not start or end with `/`, hold
+`//`, or have `.`, `..` or `...` as a path segment. Every target also accepts `tags` and
 `visibility` (see [Attributes of every rule](#attributes-of-every-rule)).
 
 ## Writing a rule

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.errors import Location, PbuildError
+from pbuild.engine.tomlpos import load_toml
 from pbuild.rules.debian import sources
 from pbuild.rules.oci.determinism import pretty_json
 
@@ -115,8 +116,10 @@ def read_locked_target(workspace_root: str, package: str, name: str, request: Re
             data = json.load(handle)
     except FileNotFoundError:
         raise LockError(f"no Debian lock {rel}", location=location, label=label, hint=fix) from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested absurdly deep
         raise LockError(f"cannot read the Debian lock {rel}: {exc}", location=location, label=label, hint=fix) from None
+    if not isinstance(data, dict):
+        raise LockError(f"{rel} is not a Debian lock (not a JSON object)", location=location, label=label, hint=fix)
     if data.get("version") != LOCK_VERSION:
         raise LockError(f"{rel} has lock format version {data.get('version')!r}, expected {LOCK_VERSION}",
                         location=location, label=label, hint=fix)
@@ -178,7 +181,7 @@ def find_targets(workspace_root: str) -> dict[str, dict[str, Request]]:
         package = "" if package == "." else package
         try:
             with open(build, "rb") as handle:
-                tables = tomllib.load(handle)
+                tables = load_toml(handle.read())
         except tomllib.TOMLDecodeError as exc:
             raise LockError(f"{build}: {exc}", hint="fix the TOML syntax") from None
         for name, table in tables.items():

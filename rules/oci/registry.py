@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbuild.engine.errors import EXIT_BUILD_FAILED, PbuildError
+from pbuild.tools.fstree import remove_tree
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -848,7 +849,7 @@ def _write_layout(dest: str, top: Descriptor, paths: Mapping[str, str]) -> None:
             os.rename(dest, os.path.join(old, "layout"))
         os.rename(tmp, dest)
         if old:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, ignore_errors=True)
         raise

@@ -27,6 +27,7 @@ from typing import Any
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from pbuild.engine.errors import Location, WorkspaceError
+from pbuild.engine.tomlpos import load_toml
 from pbuild.rules.python.config import PythonTarget, read_python_target
 from pbuild.rules.python.lockfile import (
     Lock,
@@ -173,7 +174,7 @@ def _read_workspace(workspace_root: str) -> dict[str, Any]:
     path = os.path.join(workspace_root, "WORKSPACE.toml")
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            return load_toml(handle.read())
     except FileNotFoundError:
         raise WorkspaceError(f"no WORKSPACE.toml in {workspace_root}") from None
     except tomllib.TOMLDecodeError as exc:

@@ -17,8 +17,8 @@ from pbuild.tools.launcher.state import ContainerState, Store, is_alive
 
 def remove_container(store: Store, state: ContainerState) -> None:
     """Delete a container's directory (its upper layer, logs, state) and free its name."""
+    from pbuild.tools.fstree import remove_tree
     from pbuild.tools.launcher import cgroups
-    from pbuild.tools.launcher.store import remove_tree
 
     cgroups.remove(tuple(state.extra.get("cgroups") or ()))
     store.release_name(state)

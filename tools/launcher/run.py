@@ -58,7 +58,7 @@ def overlay_supported(layers_root: str) -> bool:
 
 
 def _probe_overlay(layers_root: str) -> bool:
-    from pbuild.tools.launcher.store import remove_tree
+    from pbuild.tools.fstree import remove_tree
 
     base = os.path.join(layers_root, "tmp", f"probe-{os.urandom(6).hex()}")
     for sub in ("lower", "upper", "work", "merged"):

@@ -8,11 +8,11 @@ visible; two launchers racing on one layer both unpack and one rename wins.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Callable
 
+from pbuild.tools.fstree import remove_tree
 from pbuild.tools.launcher.errors import LauncherError, LayerError
 from pbuild.tools.launcher.image import Image, Layer
 
@@ -73,39 +73,6 @@ def _unpack(layer: Layer, path: str, root: str, notify: Callable[[str], None] | 
     finally:
         if os.path.lexists(tmp):
             remove_tree(tmp)
-
-
-def remove_tree(path: str) -> None:
-    """rm -rf that also removes directories without write or search permission (images make
-    them 0555, overlayfs leaves its ``work/work`` at 0000)."""
-    import shutil
-
-    try:
-        shutil.rmtree(path)
-        return
-    except FileNotFoundError:
-        return
-    except PermissionError:
-        pass
-    _make_owner_writable(path)
-    shutil.rmtree(path, ignore_errors=not os.path.lexists(path))
-
-
-def _make_owner_writable(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        return
-    with contextlib.suppress(OSError):
-        os.chmod(path, stat.S_IRWXU)
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return
-    for name in names:
-        _make_owner_writable(os.path.join(path, name))
 
 
 def flatten(layer_dirs: list[str], dest: str) -> None:
