@@ -25,7 +25,7 @@ import stat
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any, cast
 
 from pbuild.tools.launcher.errors import LayerError
 from pbuild.tools.launcher.inroot import DIR_FLAGS, RootDir, remove_entry
@@ -61,18 +61,40 @@ class _HashingReader:
 
 
 def decompressor(raw: IO[bytes], media_type: str) -> IO[bytes]:
-    """The decompressed view of a layer blob, by media type or, failing that, magic bytes."""
+    """The decompressed view of a layer blob, by media type or, failing that, magic bytes;
+    a damaged compressed stream raises :class:`LayerError`."""
     buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type, type-var]
     magic = buffered.peek(4)[:4]  # type: ignore[attr-defined]
     if media_type.endswith("+zstd") or magic == b"\x28\xb5\x2f\xfd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(buffered)  # type: ignore[no-any-return]
+        zstd = zstandard.ZstdDecompressor().stream_reader(buffered)
+        return cast(IO[bytes], _Decompressed(zstd, "zstd", (zstandard.ZstdError,)))
     if media_type.endswith("+gzip") or magic[:2] == b"\x1f\x8b":
         import gzip
+        import zlib
 
-        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+        gz = gzip.GzipFile(fileobj=buffered, mode="rb")
+        return cast(IO[bytes], _Decompressed(gz, "gzip", (EOFError, zlib.error, gzip.BadGzipFile)))
     return buffered
+
+
+class _Decompressed:
+    """A decompressing stream whose format errors are :class:`LayerError`: a message."""
+
+    def __init__(self, stream: Any, kind: str, errors: tuple[type[BaseException], ...]) -> None:
+        self._stream = stream
+        self._kind = kind
+        self._errors = errors
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._stream.read(n)  # type: ignore[no-any-return]
+        except self._errors as e:
+            raise LayerError(
+                f"a layer blob is not a valid {self._kind} stream: {e}",
+                hint="the image is damaged; rebuild or re-pull it",
+            ) from None
 
 
 def _clean_name(name: str) -> list[str]:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import stat
 from collections.abc import Callable
+from typing import IO, cast
 
 from pbuild.tools.launcher.errors import LauncherError, LayerError
 from pbuild.tools.launcher.image import Image, Layer
@@ -58,9 +59,14 @@ def _unpack(layer: Layer, path: str, root: str, notify: Callable[[str], None] | 
     os.mkdir(tmp, 0o755)
     try:
         with layer.open_blob() as raw:
-            report = extract_layer(
-                decompressor(raw, layer.media_type), tmp, diff_id=layer.diff_id, privileged=os.geteuid() == 0
-            )
+            # Kept in a name until finish(): a dropped buffer over ``raw`` would close it.
+            stream = decompressor(cast(IO[bytes], raw), layer.media_type)
+            try:
+                report = extract_layer(stream, tmp, diff_id=layer.diff_id, privileged=os.geteuid() == 0)
+            except LauncherError:
+                raw.finish()  # a blob unlike its descriptor explains any failure best
+                raise
+            raw.finish()  # the rest of the blob, and its digest and size checked
         if report.skipped and notify:
             notify(f"layer {layer.diff_id[:19]}: skipped {', '.join(report.skipped)}")
         try:
