@@ -7,7 +7,8 @@ filesystem uses too), never through a link out of it:
   ``link -> /etc`` or ``-> ../../etc`` lands in the layer's own ``etc``), as in a container;
   the entry's own name is never followed: it is replaced;
 - a hardlink must name a regular file already unpacked in this layer, found the same way;
-- device nodes are skipped with a warning; setuid/setgid bits are dropped unless we run as root;
+- device nodes are skipped with a warning; setuid/setgid bits are kept only when asked (root,
+  into a private layer store);
 - OCI whiteouts become overlayfs whiteouts (a 0:0 character device) and opaque directories get
   the ``user.overlay.opaque`` xattr that overlayfs reads when mounted with ``userxattr``.
 
@@ -136,12 +137,14 @@ def extract_layer(
     *,
     diff_id: str,
     privileged: bool,
+    keep_setid: bool | None = None,
     make_whiteout: Callable[[str, int], None] | None = None,
 ) -> ExtractReport:
     """Unpack the uncompressed layer ``stream`` into the existing empty directory ``dest``.
 
-    ``privileged`` (running as real root) keeps owners and setuid bits. Raises
-    :class:`LayerError` for a hostile entry or a digest that is not ``diff_id``.
+    ``privileged`` (running as real root) keeps owners; ``keep_setid`` (default: the same)
+    keeps setuid and setgid bits. Raises :class:`LayerError` for a hostile entry or a digest
+    that is not ``diff_id``.
     """
     algorithm, _, expected = diff_id.partition(":")
     if algorithm not in ("sha256", "sha512") or not expected:
@@ -150,10 +153,11 @@ def extract_layer(
     report = ExtractReport()
     tree = _Tree(dest)
     whiteout = make_whiteout or _mknod_whiteout
+    setid = privileged if keep_setid is None else keep_setid
     try:
         with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
             for member in archive:
-                _extract_member(archive, member, tree, privileged, whiteout, report)
+                _extract_member(archive, member, tree, privileged, setid, whiteout, report)
         reader.drain()  # trailing padding after the end-of-archive blocks is part of the digest
         for parts, mode in reversed(tree.dir_modes):  # deepest first; modes may drop our write bit
             _chmod_dir(tree, parts, mode)
@@ -199,6 +203,7 @@ def _extract_member(
     member: tarfile.TarInfo,
     tree: _Tree,
     privileged: bool,
+    setid: bool,
     whiteout: Callable[[str, int], None],
     report: ExtractReport,
 ) -> None:
@@ -223,7 +228,7 @@ def _extract_member(
             whiteout(target, parent)
             return
         mode = member.mode & 0o7777
-        if not privileged:
+        if not setid:
             mode &= ~(stat.S_ISUID | stat.S_ISGID)
         if member.isdir():
             try:

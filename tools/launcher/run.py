@@ -59,29 +59,28 @@ def overlay_supported(layers_root: str) -> bool:
 
 
 def _probe_overlay(layers_root: str) -> bool:
-    from pbuild.tools.launcher.store import remove_tree
+    from pbuild.tools.launcher.dirs import scratch_dir
 
-    base = os.path.join(layers_root, "tmp", f"probe-{os.urandom(6).hex()}")
-    for sub in ("lower", "upper", "work", "merged"):
-        os.makedirs(os.path.join(base, sub))
-    uid, gid = os.geteuid(), os.getegid()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
-            linux.write_id_maps("self", f"0 {uid} 1\n", f"0 {gid} 1\n")
-            os.chdir(base)
-            linux.mount(
-                "overlay", "merged", "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work,userxattr"
-            )
-            code = 0
-        except BaseException:  # noqa: BLE001 - a probe: any failure means no
+    with scratch_dir(os.path.join(layers_root, "tmp"), "probe") as base:
+        for sub in ("lower", "upper", "work", "merged"):
+            os.mkdir(os.path.join(base, sub))
+        uid, gid = os.geteuid(), os.getegid()
+        pid = os.fork()
+        if pid == 0:
             code = 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    remove_tree(base)
+            try:
+                linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
+                linux.write_id_maps("self", f"0 {uid} 1\n", f"0 {gid} 1\n")
+                os.chdir(base)
+                linux.mount(
+                    "overlay", "merged", "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work,userxattr"
+                )
+                code = 0
+            except BaseException:  # noqa: BLE001 - a probe: any failure means no
+                code = 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) == 0
 
 
