@@ -94,9 +94,10 @@ def resource_limits(options: RunOptions) -> cgroups.Limits:
 
 
 def prepare_container_dir(cdir: str, layer_dirs: list[str], spec: ContainerSpec) -> None:
-    """The overlay upper and work dirs, the rootfs mount point, short links to the layers
-    (``l/0`` is the bottom layer) and the generated /etc files."""
-    for sub in ("upper", "work", "rootfs", "l"):
+    """The overlay upper and work dirs, the rootfs mount point (and ``lower``, where the bottom
+    layers are stacked first when there are too many for one overlay), short links to the
+    layers (``l/0`` is the bottom layer) and the generated /etc files."""
+    for sub in ("upper", "work", "rootfs", "lower", "l"):
         os.makedirs(os.path.join(cdir, sub), exist_ok=True)
     for i, layer in enumerate(layer_dirs):
         os.symlink(layer, os.path.join(cdir, "l", str(i)))
@@ -144,6 +145,7 @@ def run(options: RunOptions, started: float) -> int:
             os.mkdir(flat)
             flatten(layer_dirs, flat)
             rootfs = RootFs(cdir, flat=flat)
+        ops = plan_container(spec, rootfs)
     except BaseException:
         from pbuild.tools.launcher.lifecycle import remove_container
 
@@ -151,7 +153,7 @@ def run(options: RunOptions, started: float) -> int:
         raise
     namespaces = _NAMESPACES | (0 if options.network == "host" else linux.CLONE_NEWNET)
     launch = process.Launch(
-        ops=plan_container(spec, rootfs),
+        ops=ops,
         setup=process.ProcessSetup(
             argv=spec.argv,
             env=spec.env,
