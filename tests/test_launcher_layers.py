@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pbuild.tools.launcher.errors import LayerError
 from pbuild.tools.launcher.extract import OPAQUE_XATTR, extract_layer
-from pbuild.tools.launcher.store import flatten
+from pbuild.tools.launcher.flatten import flatten
 from test_launcher_images import Entry, directory, file, hardlink, make_busybox_image, symlink, tar_layer
 
 LAUNCHER = (sys.executable, "-m", "pbuild.tools.launcher")
@@ -48,8 +48,8 @@ def test_regular_layer(tmp_path: Path) -> None:
     [
         ([file("../escape", "x")], "'..'"),
         ([file("a/../../escape", "x")], "'..'"),
-        ([symlink("evil", "/HOST"), file("evil/pwned", "x")], "goes through 'evil'"),
-        ([symlink("evil", "../../../../HOST"), file("evil/pwned", "x")], "goes through 'evil'"),
+        ([file("f", "x"), file("f/pwned", "x")], "goes through 'f', which is a file, not a directory"),
+        ([symlink("loop", "loop"), file("loop/pwned", "x")], "'loop', which is a loop of symbolic links"),
         ([hardlink("stolen", "../HOST/secret")], "'..'"),
         ([hardlink("stolen", "/HOST/secret")], "lacks"),
         ([symlink("ln", "/HOST/secret"), hardlink("stolen", "ln")], "not a regular file"),
@@ -76,6 +76,23 @@ def test_hostile_entries_are_refused(tmp_path: Path, entries: list[Entry], messa
     assert sorted(p.name for p in host.iterdir()) == ["secret"]
     assert (host / "secret").read_text() == "host secret\n"
     assert not (tmp_path / "escape").exists() and not (tmp_path / "store" / "escape").exists()
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "relative"])
+def test_links_in_a_layer_are_followed_inside_it(tmp_path: Path, spelling: str) -> None:
+    """``link/pwned`` with ``link`` -> a host directory lands in the layer's own copy of that
+    path, as in a container (and as containerd unpacks), never in the host's."""
+    host = tmp_path / "HOST"
+    host.mkdir()
+    (host / "pwned").write_text("host file\n")
+    dest = tmp_path / "store" / "layer"
+    link = str(host) if spelling == "absolute" else "../../../../../../../../.." + str(host)
+    unpack(tar_layer([symlink("evil", link), file("evil/pwned", "image"), file("evil/new", "n")]), dest)
+    assert (host / "pwned").read_text() == "host file\n"
+    assert sorted(p.name for p in host.iterdir()) == ["pwned"]
+    inside = dest / str(host).lstrip("/")
+    assert (inside / "pwned").read_text() == "image" and (inside / "new").read_text() == "n"
+    assert os.readlink(dest / "evil") == link  # the link itself is kept for the container
 
 
 def test_absolute_paths_are_kept_inside(tmp_path: Path) -> None:
@@ -157,12 +174,17 @@ def test_whiteouts_in_a_running_container(tmp_path: Path, env: dict[str, str]) -
 def test_hostile_image_fails_cleanly_and_touches_nothing(tmp_path: Path, env: dict[str, str]) -> None:
     target = tmp_path / "host-target"
     target.mkdir()
-    evil = tar_layer([symlink("etc2", str(target)), file("etc2/pwned", "x")])
-    layout = make_busybox_image(tmp_path / "img", [evil])
+    linky = tar_layer([symlink("etc2", str(target)), file("etc2/pwned", "x")])
+    layout = make_busybox_image(tmp_path / "img", [linky])
+    result = subprocess.run([*LAUNCHER, "run", "--rm", f"oci:{layout}", "--", "cat", f"{target}/pwned"], env=env,
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "x"), result.stderr  # inside the image's root
+    evil = tar_layer([symlink("etc2", str(target)), file("etc2/pwned", "x"), file("etc2/../../escape", "x")])
+    layout = make_busybox_image(tmp_path / "img2", [evil])
     result = subprocess.run([*LAUNCHER, "run", "--rm", f"oci:{layout}", "--", "true"], env=env,
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert result.returncode == 125
-    assert "goes through 'etc2'" in result.stderr and "Traceback" not in result.stderr
+    assert "contains '..'" in result.stderr and "Traceback" not in result.stderr
     assert list(target.iterdir()) == []
     store = Path(env["PBUILD_LAYER_STORE"])
     assert list((store / "tmp").iterdir()) == []  # the half-unpacked layer was removed

@@ -1,12 +1,14 @@
 """Unpack one layer tar into a directory, safely, in the form overlayfs stacks.
 
-Hostile entries are refused or neutralized, never followed:
+Every path is resolved inside the layer directory (:mod:`inroot`, the walk the flattened root
+filesystem uses too), never through a link out of it:
 - a ``..`` component refuses the layer; a leading ``/`` is dropped (the path stays inside);
-- every parent directory is opened with ``O_NOFOLLOW`` relative to the layer root, so an entry
-  can never be written *through* a symlink (an absolute symlink to ``/etc`` followed by
-  ``link/passwd`` refuses the layer);
+- a symlink on the way is followed as if the layer were ``/`` (an entry ``link/passwd`` with
+  ``link -> /etc`` or ``-> ../../etc`` lands in the layer's own ``etc``), as in a container;
+  the entry's own name is never followed: it is replaced;
 - a hardlink must name a regular file already unpacked in this layer, found the same way;
-- device nodes are skipped with a warning; setuid/setgid bits are dropped unless we run as root;
+- device nodes are skipped with a warning; setuid/setgid bits are kept only when asked (root,
+  into a private layer store);
 - OCI whiteouts become overlayfs whiteouts (a 0:0 character device) and opaque directories get
   the ``user.overlay.opaque`` xattr that overlayfs reads when mounted with ``userxattr``.
 
@@ -18,19 +20,20 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import stat
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any, cast
 
 from pbuild.tools.launcher.errors import LayerError
+from pbuild.tools.launcher.inroot import DIR_FLAGS, RootDir, remove_entry
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "user.overlay.opaque"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -59,20 +62,40 @@ class _HashingReader:
 
 
 def decompressor(raw: IO[bytes], media_type: str) -> IO[bytes]:
-    """The decompressed view of a layer blob, by media type or, failing that, magic bytes."""
-    import io
-
+    """The decompressed view of a layer blob, by media type or, failing that, magic bytes;
+    a damaged compressed stream raises :class:`LayerError`."""
     buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type, type-var]
     magic = buffered.peek(4)[:4]  # type: ignore[attr-defined]
     if media_type.endswith("+zstd") or magic == b"\x28\xb5\x2f\xfd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(buffered)  # type: ignore[no-any-return]
+        zstd = zstandard.ZstdDecompressor().stream_reader(buffered)
+        return cast(IO[bytes], _Decompressed(zstd, "zstd", (zstandard.ZstdError,)))
     if media_type.endswith("+gzip") or magic[:2] == b"\x1f\x8b":
         import gzip
+        import zlib
 
-        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
+        gz = gzip.GzipFile(fileobj=buffered, mode="rb")
+        return cast(IO[bytes], _Decompressed(gz, "gzip", (EOFError, zlib.error, gzip.BadGzipFile)))
     return buffered
+
+
+class _Decompressed:
+    """A decompressing stream whose format errors are :class:`LayerError`: a message."""
+
+    def __init__(self, stream: Any, kind: str, errors: tuple[type[BaseException], ...]) -> None:
+        self._stream = stream
+        self._kind = kind
+        self._errors = errors
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._stream.read(n)  # type: ignore[no-any-return]
+        except self._errors as e:
+            raise LayerError(
+                f"a layer blob is not a valid {self._kind} stream: {e}",
+                hint="the image is damaged; rebuild or re-pull it",
+            ) from None
 
 
 def _clean_name(name: str) -> list[str]:
@@ -83,59 +106,29 @@ def _clean_name(name: str) -> list[str]:
 
 
 class _Tree:
-    """The layer root, addressed only through directory fds opened without following links."""
+    """The layer root, every path resolved inside it (:class:`inroot.RootDir`)."""
 
     def __init__(self, root: str) -> None:
-        self.root_fd = os.open(root, _DIR_FLAGS)
+        self.root = RootDir(root)
         self.dir_modes: list[tuple[list[str], int]] = []
 
     def close(self) -> None:
-        os.close(self.root_fd)
+        self.root.close()
 
     def open_dir(self, parts: list[str], create: bool, entry: str) -> int:
         """An fd for the directory ``parts`` below the root; missing ones made when ``create``."""
-        fd = os.dup(self.root_fd)
         try:
-            for part in parts:
-                try:
-                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as e:
-                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise LayerError(
-                            f"layer entry {entry!r} goes through {part!r}, which is not a directory "
-                            "(a symlink or a file)",
-                            hint="the image is malformed or hostile; nothing was written outside the layer",
-                        ) from None
-                    raise
-                os.close(fd)
-                fd = next_fd
-        except BaseException:
-            os.close(fd)
+            return self.root.open_dir(parts, create=create)
+        except FileNotFoundError:
             raise
-        return fd
-
-
-def _remove(name: str, dir_fd: int) -> None:
-    """Remove whatever is at ``name`` (a later entry of one tar replaces an earlier one)."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-        try:
-            for child in os.listdir(fd):
-                _remove(child, fd)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=dir_fd)
-    else:
-        os.unlink(name, dir_fd=dir_fd)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                what = "a loop of symbolic links" if e.errno == errno.ELOOP else "a file"
+                raise LayerError(
+                    f"layer entry {entry!r} goes through {e.filename!r}, which is {what}, not a directory",
+                    hint="the image is malformed; nothing was written outside the layer",
+                ) from None
+            raise
 
 
 def extract_layer(
@@ -144,12 +137,14 @@ def extract_layer(
     *,
     diff_id: str,
     privileged: bool,
+    keep_setid: bool | None = None,
     make_whiteout: Callable[[str, int], None] | None = None,
 ) -> ExtractReport:
     """Unpack the uncompressed layer ``stream`` into the existing empty directory ``dest``.
 
-    ``privileged`` (running as real root) keeps owners and setuid bits. Raises
-    :class:`LayerError` for a hostile entry or a digest that is not ``diff_id``.
+    ``privileged`` (running as real root) keeps owners; ``keep_setid`` (default: the same)
+    keeps setuid and setgid bits. Raises :class:`LayerError` for a hostile entry or a digest
+    that is not ``diff_id``.
     """
     algorithm, _, expected = diff_id.partition(":")
     if algorithm not in ("sha256", "sha512") or not expected:
@@ -158,17 +153,14 @@ def extract_layer(
     report = ExtractReport()
     tree = _Tree(dest)
     whiteout = make_whiteout or _mknod_whiteout
+    setid = privileged if keep_setid is None else keep_setid
     try:
         with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
             for member in archive:
-                _extract_member(archive, member, tree, privileged, whiteout, report)
+                _extract_member(archive, member, tree, privileged, setid, whiteout, report)
         reader.drain()  # trailing padding after the end-of-archive blocks is part of the digest
         for parts, mode in reversed(tree.dir_modes):  # deepest first; modes may drop our write bit
-            fd = tree.open_dir(parts, create=False, entry="/".join(parts))
-            try:
-                os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
+            _chmod_dir(tree, parts, mode)
     except tarfile.TarError as e:
         raise LayerError(f"layer {diff_id} is not a valid tar archive: {e}") from None
     finally:
@@ -182,6 +174,24 @@ def extract_layer(
     return report
 
 
+def _chmod_dir(tree: _Tree, parts: list[str], mode: int) -> None:
+    """Give the directory entry ``parts`` its mode, unless a later entry replaced it."""
+    try:
+        parent = tree.root.open_dir(parts[:-1])
+    except OSError:
+        return  # a later entry of the layer removed or replaced a parent
+    try:
+        fd = os.open(parts[-1], DIR_FLAGS, dir_fd=parent)
+    except OSError:
+        return  # now a link or a file: a later entry of the layer took its name
+    finally:
+        os.close(parent)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def _mknod_whiteout(name: str, dir_fd: int) -> None:
     # A 0:0 character device is overlayfs's whiteout; the kernel lets anyone create this one
     # device (Linux >= 5.8), so it works unprivileged too.
@@ -193,6 +203,7 @@ def _extract_member(
     member: tarfile.TarInfo,
     tree: _Tree,
     privileged: bool,
+    setid: bool,
     whiteout: Callable[[str, int], None],
     report: ExtractReport,
 ) -> None:
@@ -213,24 +224,24 @@ def _extract_member(
             target = base[len(WHITEOUT_PREFIX) :]
             if not target or target in (".", ".."):
                 raise LayerError(f"layer entry {member.name!r} is a malformed whiteout")
-            _remove(target, parent)
+            remove_entry(target, parent)
             whiteout(target, parent)
             return
         mode = member.mode & 0o7777
-        if not privileged:
+        if not setid:
             mode &= ~(stat.S_ISUID | stat.S_ISGID)
         if member.isdir():
             try:
                 st = os.stat(base, dir_fd=parent, follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
-                    _remove(base, parent)
+                    remove_entry(base, parent)
                     os.mkdir(base, 0o755, dir_fd=parent)
             except FileNotFoundError:
                 os.mkdir(base, 0o755, dir_fd=parent)
             tree.dir_modes.append((parts, mode | 0o700 if not privileged else mode))
             _own(base, parent, member, privileged)
             return
-        _remove(base, parent)
+        remove_entry(base, parent)
         if member.isreg():
             source = archive.extractfile(member)
             fd = os.open(

@@ -1,7 +1,7 @@
 """The container's filesystem as a list of setup operations (``nsops``), built before any fork.
 
-Order: private propagation; the image root (overlayfs over the layer store, or a bind of the
-flattened copy); ``/proc`` with runc's masked and read-only paths; ``/dev`` (a tmpfs with the
+Order: private propagation; the image root (overlayfs over the layer store, stacked in two
+steps for more than 500 layers, or a bind of the flattened copy); ``/proc`` with runc's masked and read-only paths; ``/dev`` (a tmpfs with the
 safe device nodes bound in, a private devpts, shm); ``/sys`` read-only; the generated
 ``/etc/hosts``, ``/etc/hostname`` and ``/etc/resolv.conf``; volumes; the working directory;
 read-only root when asked; then ``pivot_root`` detaches the host. Paths inside the image are
@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from pbuild.tools import linux, nsops
 from pbuild.tools.launcher.config import ContainerSpec
+from pbuild.tools.launcher.errors import LauncherError
 
 # Facts from runc's default spec: what a container must not read or write in /proc and /sys.
 MASKED_PATHS = (
@@ -47,6 +48,52 @@ class RootFs(NamedTuple):
         return os.path.join(self.container_dir, "rootfs")
 
 
+OVERLAY_MAX_LOWER = 500
+"""Lower layers one overlayfs mount takes (the kernel's OVL_MAX_STACK); more fail with EINVAL."""
+OVERLAY_MAX_LAYERS = 2 * OVERLAY_MAX_LOWER - 1
+"""Layers we can stack: an overlay of the bottom ones as the lowest layer of a second overlay.
+Overlays nest only once more (the kernel's FILESYSTEM_MAX_STACK_DEPTH is 2), and only the
+*bottom* group may be pre-stacked: a group higher up would apply its bottom layer's whiteouts
+and opaque directories to itself only, not to the layers below it."""
+
+
+def overlay_ops(rootfs: RootFs) -> list[nsops.Op]:
+    """Mount the layers as the container's root: one overlay, or for more than
+    :data:`OVERLAY_MAX_LOWER` layers, the bottom ones first as a read-only overlay at ``lower``
+    that becomes the lowest layer of the root overlay."""
+    count = len(rootfs.layers)
+    if count > OVERLAY_MAX_LAYERS:
+        raise LauncherError(
+            f"the image has {count} layers; overlayfs stacks at most {OVERLAY_MAX_LAYERS} "
+            f"({OVERLAY_MAX_LOWER} per mount, nested once)",
+            hint="build the image with fewer layers (merge small ones), or run it from a flattened "
+            "copy with PBUILD_LAUNCHER_NO_OVERLAY=1 (slower to start)",
+        )
+    # Relative lowerdirs (short symlinks in the container dir, see run.prepare_container_dir)
+    # keep the option string under the kernel's one-page limit even for 500 layers.
+    lowers = [f"l/{i}" for i in range(count)]
+    ops: list[nsops.Op] = [nsops.Chdir(rootfs.container_dir)]
+    if count > OVERLAY_MAX_LOWER:
+        bottom = count - (OVERLAY_MAX_LOWER - 1)  # 2..500 layers, so the top takes the rest
+        stacked = ":".join(reversed(lowers[:bottom]))
+        ops.append(
+            nsops.Mount("overlay", "lower", "overlay", linux.MS_RDONLY, f"lowerdir={stacked},userxattr")
+        )
+        lowers = ["lower", *lowers[bottom:]]
+    lower = ":".join(reversed(lowers))
+    ops += [
+        nsops.Mount(
+            "overlay",
+            rootfs.mountpoint,
+            "overlay",
+            0,
+            f"lowerdir={lower},upperdir=upper,workdir=work,userxattr",
+        ),
+        nsops.Chdir("/"),
+    ]
+    return ops
+
+
 def generated_files(spec: ContainerSpec) -> dict[str, bytes]:
     """The contents of the container's /etc/hosts, /etc/hostname and /etc/resolv.conf."""
     name = spec.hostname
@@ -69,16 +116,7 @@ def plan_container(spec: ContainerSpec, rootfs: RootFs) -> tuple[nsops.Op, ...]:
     cdir = rootfs.container_dir
     ops: list[nsops.Op] = [nsops.Mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)]
     if rootfs.flat is None:
-        # Relative lowerdirs (short symlinks in the container dir, see process.prepare) keep the
-        # option string under the kernel's one-page limit even for images with many layers.
-        lower = ":".join(f"l/{i}" for i in reversed(range(len(rootfs.layers))))
-        ops += [
-            nsops.Chdir(cdir),
-            nsops.Mount(
-                "overlay", root, "overlay", 0, f"lowerdir={lower},upperdir=upper,workdir=work,userxattr"
-            ),
-            nsops.Chdir("/"),
-        ]
+        ops += overlay_ops(rootfs)
     else:
         ops.append(nsops.Mount(rootfs.flat, root, None, linux.MS_BIND | linux.MS_REC))
     nosuid_nodev_noexec = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC

@@ -10,10 +10,11 @@ from pbuild.tools import linux
 from pbuild.tools.launcher import cgroups, identity, process, seccomp
 from pbuild.tools.launcher.config import ContainerSpec, RunOptions, resolve_spec
 from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
+from pbuild.tools.launcher.flatten import flatten
 from pbuild.tools.launcher.image import load_image
 from pbuild.tools.launcher.mounts import RootFs, generated_files, plan_container
 from pbuild.tools.launcher.state import Store
-from pbuild.tools.launcher.store import ensure_layers, flatten, store_root
+from pbuild.tools.launcher.store import ensure_layers, store_root
 
 _NAMESPACES = (
     linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
@@ -58,29 +59,28 @@ def overlay_supported(layers_root: str) -> bool:
 
 
 def _probe_overlay(layers_root: str) -> bool:
-    from pbuild.tools.fstree import remove_tree
+    from pbuild.tools.launcher.dirs import scratch_dir
 
-    base = os.path.join(layers_root, "tmp", f"probe-{os.urandom(6).hex()}")
-    for sub in ("lower", "upper", "work", "merged"):
-        os.makedirs(os.path.join(base, sub))
-    uid, gid = os.geteuid(), os.getegid()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
-            linux.write_id_maps("self", f"0 {uid} 1\n", f"0 {gid} 1\n")
-            os.chdir(base)
-            linux.mount(
-                "overlay", "merged", "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work,userxattr"
-            )
-            code = 0
-        except BaseException:  # noqa: BLE001 - a probe: any failure means no
+    with scratch_dir(os.path.join(layers_root, "tmp"), "probe") as base:
+        for sub in ("lower", "upper", "work", "merged"):
+            os.mkdir(os.path.join(base, sub))
+        uid, gid = os.geteuid(), os.getegid()
+        pid = os.fork()
+        if pid == 0:
             code = 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    remove_tree(base)
+            try:
+                linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNS)
+                linux.write_id_maps("self", f"0 {uid} 1\n", f"0 {gid} 1\n")
+                os.chdir(base)
+                linux.mount(
+                    "overlay", "merged", "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work,userxattr"
+                )
+                code = 0
+            except BaseException:  # noqa: BLE001 - a probe: any failure means no
+                code = 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status) == 0
 
 
@@ -94,9 +94,10 @@ def resource_limits(options: RunOptions) -> cgroups.Limits:
 
 
 def prepare_container_dir(cdir: str, layer_dirs: list[str], spec: ContainerSpec) -> None:
-    """The overlay upper and work dirs, the rootfs mount point, short links to the layers
-    (``l/0`` is the bottom layer) and the generated /etc files."""
-    for sub in ("upper", "work", "rootfs", "l"):
+    """The overlay upper and work dirs, the rootfs mount point (and ``lower``, where the bottom
+    layers are stacked first when there are too many for one overlay), short links to the
+    layers (``l/0`` is the bottom layer) and the generated /etc files."""
+    for sub in ("upper", "work", "rootfs", "lower", "l"):
         os.makedirs(os.path.join(cdir, sub), exist_ok=True)
     for i, layer in enumerate(layer_dirs):
         os.symlink(layer, os.path.join(cdir, "l", str(i)))
@@ -151,6 +152,7 @@ def run(options: RunOptions, started: float) -> int:
             os.mkdir(flat)
             flatten(layer_dirs, flat)
             rootfs = RootFs(cdir, flat=flat)
+        ops = plan_container(spec, rootfs)
     except BaseException:
         from pbuild.tools.launcher.lifecycle import remove_container
 
@@ -158,7 +160,7 @@ def run(options: RunOptions, started: float) -> int:
         raise
     namespaces = _NAMESPACES | (0 if options.network == "host" else linux.CLONE_NEWNET)
     launch = process.Launch(
-        ops=plan_container(spec, rootfs),
+        ops=ops,
         setup=process.ProcessSetup(
             argv=spec.argv,
             env=spec.env,

@@ -1,9 +1,10 @@
 """Per-container state under the runtime directory, written atomically.
 
 ``$PBUILD_RUNTIME_DIR``, else ``/run/pbuild`` for root, else ``$XDG_RUNTIME_DIR/pbuild`` (or
-``/tmp/pbuild-UID``). Each container has a directory ``containers/ID/`` holding ``state.json``
-(replaced by rename, never rewritten in place), its overlay ``upper/`` and ``work/`` dirs, the
-mount point ``rootfs/``, the generated ``/etc`` files and, when detached, ``log``. A name is a
+``/tmp/pbuild-UID``), whose ``containers/`` and ``names/`` are kept 0700. Each container has a
+directory ``containers/ID/`` holding ``state.json`` (replaced by rename, never rewritten in
+place), its overlay ``upper/`` and ``work/`` dirs, the mount point ``rootfs/``, the generated
+``/etc`` files, when flattened its copy ``flat/``, and when detached, ``log``. A name is a
 symlink ``names/NAME -> ID``, created with one ``symlink(2)``, so two launchers cannot take
 one name. The container's init pid is stored with its start time (``/proc/PID/stat`` field 22):
 a recycled pid never passes for a live container.
@@ -16,6 +17,7 @@ import os
 import time
 from typing import Any, NamedTuple
 
+from pbuild.tools.launcher.dirs import describe_mode, ensure_private_dir
 from pbuild.tools.launcher.errors import LauncherError
 
 
@@ -90,8 +92,21 @@ class Store:
         self.names = os.path.join(self.root, "names")
 
     def _ensure(self) -> None:
-        os.makedirs(self.containers, mode=0o700, exist_ok=True)
-        os.makedirs(self.names, mode=0o700, exist_ok=True)
+        """The containers and names folders, private (0700): a container's files (its upper
+        layer, its flattened copy) may hold the image's setuid programs."""
+        for path in (self.containers, self.names):
+            try:
+                private = ensure_private_dir(path)
+            except OSError as e:
+                raise LauncherError(
+                    f"cannot create the runtime directory {path}: {e.strerror}",
+                    hint="set PBUILD_RUNTIME_DIR to a directory you can write",
+                ) from None
+            if not private:
+                raise LauncherError(
+                    f"the runtime directory {path} is not private ({describe_mode(path)})",
+                    hint="remove it, or set PBUILD_RUNTIME_DIR to a directory of your own",
+                )
 
     def container_dir(self, container_id: str) -> str:
         return os.path.join(self.containers, container_id)

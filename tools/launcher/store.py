@@ -1,18 +1,23 @@
 """The layer store: each layer unpacked once, under its diff_id, shared by every container.
 
 ``$PBUILD_LAYER_STORE`` (tests) or ``$XDG_DATA_HOME/pbuild/layers`` (default
-``~/.local/share/pbuild/layers``). A layer is unpacked into a private temporary directory and
-renamed into place, so a crash or a concurrent launcher never leaves a half-unpacked layer
-visible; two launchers racing on one layer both unpack and one rename wins.
+``~/.local/share/pbuild/layers``), kept 0700 (:func:`dirs.ensure_private_dir`): its files are
+the images' files, setuid programs among them. Where it cannot be made private (another user
+owns it), layers are unpacked without setuid and setgid bits, and the user is told.
+
+A layer is unpacked into a locked temporary directory (:func:`dirs.scratch_dir`) and renamed
+into place, so a crash or a concurrent launcher never leaves a half-unpacked layer visible; two
+launchers racing on one layer both unpack and one rename wins. Temporaries of killed launchers
+are removed by the next launcher.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
+from typing import IO, cast
 
-from pbuild.tools.fstree import remove_tree
+from pbuild.tools.launcher import dirs
 from pbuild.tools.launcher.errors import LauncherError, LayerError
 from pbuild.tools.launcher.image import Image, Layer
 
@@ -33,86 +38,73 @@ def layer_path(root: str, diff_id: str) -> str:
     return os.path.join(root, algorithm, hexdigest)
 
 
+def open_store(root: str, notify: Callable[[str], None] | None = None) -> bool:
+    """Create or tighten the store at ``root`` and clean what killed launchers left in it;
+    return whether it is private (then setuid bits of layers may be kept)."""
+    try:
+        private = dirs.ensure_private_dir(root)
+    except OSError as e:
+        raise LauncherError(
+            f"cannot create the layer store {root}: {e.strerror}",
+            hint="set PBUILD_LAYER_STORE or XDG_DATA_HOME to a directory you can write",
+        ) from None
+    if not private and notify:
+        notify(
+            f"the layer store {root} is not private ({dirs.describe_mode(root)}); setuid and "
+            "setgid bits of new layers are dropped. Use a store of your own (PBUILD_LAYER_STORE)."
+        )
+    dirs.clean_stale(os.path.join(root, "tmp"))
+    return private
+
+
 def ensure_layers(
     image: Image, root: str | None = None, notify: Callable[[str], None] | None = None
 ) -> list[str]:
     """Return the unpacked directory of each layer of ``image``, bottom first, unpacking those
     not yet in the store."""
     root = root or store_root()
+    private = open_store(root, notify)
     paths = []
     for layer in image.layers:
         path = layer_path(root, layer.diff_id)
         if not os.path.isdir(path):
-            _unpack(layer, path, root, notify)
+            _unpack(layer, path, root, notify, keep_setid=private and os.geteuid() == 0)
         paths.append(path)
     return paths
 
 
-def _unpack(layer: Layer, path: str, root: str, notify: Callable[[str], None] | None) -> None:
-    tmp_root = os.path.join(root, "tmp")
-    os.makedirs(tmp_root, exist_ok=True)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def _unpack(
+    layer: Layer, path: str, root: str, notify: Callable[[str], None] | None, keep_setid: bool
+) -> None:
     from pbuild.tools.launcher.extract import decompressor, extract_layer
 
-    tmp = os.path.join(tmp_root, f"{os.path.basename(path)[:16]}-{os.urandom(6).hex()}")
-    os.mkdir(tmp, 0o755)
     try:
-        with layer.open_blob() as raw:
-            report = extract_layer(
-                decompressor(raw, layer.media_type), tmp, diff_id=layer.diff_id, privileged=os.geteuid() == 0
-            )
-        if report.skipped and notify:
-            notify(f"layer {layer.diff_id[:19]}: skipped {', '.join(report.skipped)}")
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not os.path.isdir(path):  # anything but "another launcher was faster"
-                raise
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with dirs.scratch_dir(os.path.join(root, "tmp"), os.path.basename(path)[:16]) as tmp:
+            with layer.open_blob() as raw:
+                # Kept in a name until finish(): a dropped buffer over ``raw`` would close it.
+                stream = decompressor(cast(IO[bytes], raw), layer.media_type)
+                try:
+                    report = extract_layer(
+                        stream,
+                        tmp,
+                        diff_id=layer.diff_id,
+                        privileged=os.geteuid() == 0,
+                        keep_setid=keep_setid,
+                    )
+                except LauncherError:
+                    raw.finish()  # a blob unlike its descriptor explains any failure best
+                    raise
+                raw.finish()  # the rest of the blob, and its digest and size checked
+            os.chmod(tmp, 0o755)  # the layer's own root, as any other; the store's root is the fence
+            if report.skipped and notify:
+                notify(f"layer {layer.diff_id[:19]}: skipped {', '.join(report.skipped)}")
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if not os.path.isdir(path):  # anything but "another launcher was faster"
+                    raise
     except OSError as e:
         raise LauncherError(f"cannot unpack layer {layer.diff_id} into {path}: {e}") from None
-    finally:
-        if os.path.lexists(tmp):
-            remove_tree(tmp)
 
 
-def flatten(layer_dirs: list[str], dest: str) -> None:
-    """Copy the layers into one directory, applying whiteouts and opaque directories: the
-    fallback root filesystem where overlayfs cannot be mounted."""
-    import shutil
-
-    for layer in layer_dirs:
-        for directory, dirnames, filenames in os.walk(layer):
-            rel = os.path.relpath(directory, layer)
-            target_dir = dest if rel == "." else os.path.join(dest, rel)
-            if rel != "." and _is_opaque(directory) and os.path.isdir(target_dir):
-                remove_tree(target_dir)
-            if not os.path.isdir(target_dir):
-                if os.path.lexists(target_dir):
-                    os.unlink(target_dir)
-                os.makedirs(target_dir, exist_ok=True)
-            shutil.copystat(directory, target_dir, follow_symlinks=False)
-            for name in [*filenames, *(d for d in dirnames if os.path.islink(os.path.join(directory, d)))]:
-                source = os.path.join(directory, name)
-                target = os.path.join(target_dir, name)
-                st = os.lstat(source)
-                if os.path.lexists(target) and not (stat.S_ISDIR(st.st_mode) and os.path.isdir(target)):
-                    if os.path.isdir(target) and not os.path.islink(target):
-                        remove_tree(target)
-                    else:
-                        os.unlink(target)
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    continue  # a whiteout: the lower entry is gone, and so is this one
-                if stat.S_ISLNK(st.st_mode):
-                    os.symlink(os.readlink(source), target)
-                else:
-                    shutil.copy2(source, target, follow_symlinks=False)
-            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(directory, d))]
-
-
-def _is_opaque(directory: str) -> bool:
-    from pbuild.tools.launcher.extract import OPAQUE_XATTR
-
-    try:
-        return os.getxattr(directory, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
