@@ -268,15 +268,25 @@ def test_lifecycle_round_trip(env: dict[str, str], image: str) -> None:
     assert launch(env, "exec", "web", "sh", "-c", "exit 9").returncode == 9
     assert run_ok(env, "exec", "-i", "web", "cat", input="via stdin\n") == "via stdin\n"
     assert run_ok(env, "exec", "-t", "web", "tty").strip().startswith("/dev/pts/")
-    assert launch(env, "rm", "web").returncode == 125  # running: needs -f
+    assert launch(env, "rm", "web").returncode == 1  # running: needs -f (Docker: 1)
     assert run_ok(env, "stop", "-t", "5", "web") == "web\n"
     assert "Exited (7)" in run_ok(env, "ps", "-a")
     assert "web" not in run_ok(env, "ps")
     assert run_ok(env, "logs", "web") == "started\nstopping\n"
-    assert launch(env, "exec", "web", "true").returncode == 125
+    assert launch(env, "exec", "web", "true").returncode == 1  # not running (Docker: 1)
     assert run_ok(env, "rm", "web") == "web\n"
     assert "web" not in run_ok(env, "ps", "-a")
-    assert launch(env, "logs", "web").returncode == 125
+    assert launch(env, "logs", "web").returncode == 1  # no such container (Docker: 1)
+
+
+@pytest.mark.parametrize("command", [("rm",), ("rm", "-f"), ("logs",), ("stop",), ("exec",)])
+def test_unknown_container_exits_1(env: dict[str, str], command: tuple[str, ...]) -> None:
+    """As ``docker rm NAME``: exit 1 and "No such container", not the launcher's own 125."""
+    args = [*command, "nosuch", *(["true"] if command == ("exec",) else [])]
+    result = launch(env, *args)
+    assert result.returncode == 1
+    assert result.stderr.startswith("pbuild: error: no such container: nosuch\n")
+    assert "Traceback" not in result.stderr
 
 
 def test_stop_escalates_to_sigkill(env: dict[str, str], image: str) -> None:

@@ -1,5 +1,6 @@
 """``pbuild run|ps|logs|exec|stop|rm``: parse Docker-like flags, then call the one module that
-does the work. Every user error is a :class:`LauncherError` turned into a message and 125."""
+does the work. Every user error is a :class:`LauncherError` turned into a message and its exit
+code: 125 for a bad flag, image or setup, 1 for a container that does not exist (as Docker)."""
 
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ def main(argv: list[str]) -> int:
             )
             p.add_argument("names", nargs="+")
             ns = p.parse_args(rest)
-            return max(lifecycle.stop(Store(), name, ns.time) for name in ns.names)
+            return lifecycle.stop_all(Store(), ns.names, ns.time)
         if command == "rm":
             p = _Parser(prog="pbuild rm")
             p.add_argument("-f", "--force", action="store_true", help="kill a running container first")

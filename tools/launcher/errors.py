@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+EXIT_FAILED = 1
+"""Docker's code for a ps/logs/exec/stop/rm that could not do its job (no such container)."""
 EXIT_LAUNCHER = 125
 """Docker's code for an error of the runtime itself (bad flag, bad image, setup failure)."""
 EXIT_CANNOT_EXECUTE = 126
@@ -26,3 +28,12 @@ class LauncherError(Exception):
 
 class LayerError(LauncherError):
     """A layer is hostile or damaged (escaping path, wrong digest, unsupported entry)."""
+
+
+class NoSuchContainer(LauncherError):
+    """No container has this name or id (exit 1, as ``docker rm NAME`` does)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"no such container: {name}", hint="`pbuild ps -a` lists the containers", exit_code=EXIT_FAILED
+        )

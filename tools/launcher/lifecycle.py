@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from pbuild.tools import linux
 from pbuild.tools.launcher import identity, process, seccomp
-from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
+from pbuild.tools.launcher.errors import EXIT_FAILED, EXIT_LAUNCHER, LauncherError
 from pbuild.tools.launcher.state import ContainerState, Store, is_alive
 
 
@@ -85,6 +85,18 @@ def logs(store: Store, name: str, follow: bool) -> int:
             time.sleep(0.1)
 
 
+def stop_all(store: Store, names: list[str], timeout: float) -> int:
+    """:func:`stop` each of ``names``; one that fails is reported, and the others still stopped."""
+    code = 0
+    for name in names:
+        try:
+            stop(store, name, timeout)
+        except LauncherError as e:
+            print(e.render(), file=sys.stderr)
+            code = max(code, e.exit_code)
+    return code
+
+
 def stop(store: Store, name: str, timeout: float) -> int:
     """SIGTERM to the container's init, SIGKILL after ``timeout`` seconds."""
     state = store.find(name)
@@ -134,6 +146,7 @@ def rm(store: Store, names: list[str], force: bool) -> int:
                     raise LauncherError(
                         f"container {name} is running",
                         hint=f"stop it first (`pbuild stop {name}`) or use rm -f",
+                        exit_code=EXIT_FAILED,
                     )
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(state.pid, signal.SIGKILL)
@@ -144,7 +157,7 @@ def rm(store: Store, names: list[str], force: bool) -> int:
             print(state.name)
         except LauncherError as e:
             print(e.render(), file=sys.stderr)
-            code = EXIT_LAUNCHER
+            code = max(code, e.exit_code)
     return code
 
 
@@ -152,7 +165,9 @@ def exec_in(store: Store, name: str, argv: list[str], interactive: bool, tty: bo
     """Run ``argv`` in a running container: join its namespaces, become its user, exec."""
     state = store.find(name)
     if not is_alive(state):
-        raise LauncherError(f"container {name} is not running", hint="`pbuild ps -a` shows its state")
+        raise LauncherError(
+            f"container {name} is not running", hint="`pbuild ps -a` shows its state", exit_code=EXIT_FAILED
+        )
     if not argv:
         raise LauncherError("exec needs a command", hint=f"e.g. `pbuild exec {name} /bin/sh`")
     # The container's own capabilities and filter (Docker's exec keeps both).

@@ -18,7 +18,7 @@ import time
 from typing import Any, NamedTuple
 
 from pbuild.tools.launcher.dirs import describe_mode, ensure_private_dir
-from pbuild.tools.launcher.errors import LauncherError
+from pbuild.tools.launcher.errors import LauncherError, NoSuchContainer
 
 
 def runtime_root() -> str:
@@ -171,9 +171,7 @@ class Store:
             target = matches[0] if matches else None
         state = self.load(target) if target else None
         if state is None:
-            raise LauncherError(
-                f"no such container: {name_or_id}", hint="`pbuild ps -a` lists the containers"
-            )
+            raise NoSuchContainer(name_or_id)
         return refresh(state)
 
     def all(self) -> list[ContainerState]:
