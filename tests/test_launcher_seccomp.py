@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import Runner
 from imageclone import clone_app_workspace
+from test_launcher import kill_leftovers
 from test_launcher_images import make_busybox_image
 
 LAUNCHER = (sys.executable, "-m", "pbuild.tools.launcher")
@@ -39,16 +38,6 @@ def env(tmp_path: Path, layer_store: Path) -> Iterator[dict[str, str]]:
     runtime = tmp_path / "runtime"
     yield {**os.environ, "PBUILD_LAYER_STORE": str(layer_store), "PBUILD_RUNTIME_DIR": str(runtime)}
     kill_leftovers(runtime)
-
-
-def kill_leftovers(runtime: Path) -> None:
-    from pbuild.tools.launcher.state import ContainerState, is_alive
-
-    for path in runtime.glob("containers/*/state.json"):
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            state = ContainerState.from_json(path.read_text())
-            if is_alive(state):
-                os.kill(state.pid, signal.SIGKILL)
 
 
 def launch(env: dict[str, str], *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:

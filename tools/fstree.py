@@ -59,26 +59,34 @@ def remove_tree(path: str, *, ignore_errors: bool = False) -> None:
 def _remove_entry(parent_fd: int, name: str, path: str, errors: list[OSError]) -> None:
     """Remove ``name`` in the open folder ``parent_fd`` (``path`` is its full name, for errors)."""
     try:
-        fd = _open_dir(parent_fd, name, path)
-    except FileNotFoundError:
-        return
-    except (NotADirectoryError, _Symlink):
-        _unlink(parent_fd, name, path, errors, is_dir=False)
-        return
-    except OSError as exc:
-        errors.append(exc)
-        return
-    try:
         parent_dev = os.fstat(parent_fd).st_dev
     except OSError as exc:
-        os.close(fd)
         errors.append(exc)
         return
+    fd = _enter(parent_fd, name, path, parent_dev, errors)
+    if fd is not None:
+        _empty_and_remove(parent_fd, name, path, fd, errors)
+
+
+def _enter(parent_fd: int, name: str, path: str, parent_dev: int, errors: list[OSError]) -> int | None:
+    """The open folder ``name`` of ``parent_fd``, or ``None`` when there is nothing to walk into:
+    a file or link (unlinked as a name), a folder gone since listing, or one with another
+    filesystem mounted on it (reported, not entered)."""
+    try:
+        fd = _open_dir(parent_fd, name, path)
+    except FileNotFoundError:
+        return None
+    except (NotADirectoryError, _Symlink):  # a file or link, or replaced by one since listing
+        _unlink(parent_fd, name, path, errors, is_dir=False)
+        return None
+    except OSError as exc:
+        errors.append(exc)
+        return None
     if os.fstat(fd).st_dev != parent_dev:
         os.close(fd)
         errors.append(_mounted(path))
-        return
-    _empty_and_remove(parent_fd, name, path, fd, errors)
+        return None
+    return fd
 
 
 def _empty_and_remove(top_parent_fd: int, top_name: str, top_path: str, top_fd: int,
@@ -105,21 +113,9 @@ def _empty_and_remove(top_parent_fd: int, top_name: str, top_path: str, top_fd: 
             if not is_dir:
                 _unlink(fd, child, child_path, errors, is_dir=False)
                 continue
-            try:
-                child_fd = _open_dir(fd, child, child_path)
-            except FileNotFoundError:
-                continue
-            except (NotADirectoryError, _Symlink):  # replaced by a file or link since listing
-                _unlink(fd, child, child_path, errors, is_dir=False)
-                continue
-            except OSError as exc:
-                errors.append(exc)
-                continue
-            if os.fstat(child_fd).st_dev != dev:
-                os.close(child_fd)
-                errors.append(_mounted(child_path))
-                continue
-            push(fd, child, child_path, child_fd)
+            child_fd = _enter(fd, child, child_path, dev, errors)
+            if child_fd is not None:
+                push(fd, child, child_path, child_fd)
             continue
         stack.pop()
         os.close(fd)
