@@ -44,6 +44,10 @@ __all__ = [
     "RunInfo",
     "Target",
     "TestInfo",
+    "Toolchain",
+    "ToolchainInfo",
+    "ToolchainLayer",
+    "HOST_TOOLCHAIN",
     "GeneratedTarget",
     "GeneratorContext",
     "GeneratorDef",
@@ -90,6 +94,49 @@ class DefaultInfo(Provider):
     runfiles: tuple[File, ...] = ()
 
 
+# ---------------------------------------------------------------------------------------------
+# Toolchains: root filesystems made from pinned layers, which actions see as ``/``
+
+HOST_TOOLCHAIN = "host"
+"""The ``toolchain`` value that runs an action on the host's root (not hermetic: its key holds
+the host fingerprint instead of a toolchain digest)."""
+
+
+@dataclass(frozen=True, order=True)
+class ToolchainLayer:
+    """One layer of a toolchain: the blob (tar, gzip or zstd) and its sidecar JSON with the diff_id."""
+
+    blob: File
+    meta: File
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """A root filesystem from pinned inputs (a ``deb_packages`` target or an ``image``'s layers).
+
+    A process action with a toolchain sees the tree unpacked from ``layers`` (bottom first) as
+    its read-only ``/``; its key holds the layers' digests instead of the host fingerprint.
+    ``python`` is the interpreter inside (``/usr/bin/python3.11``), "" when it has none.
+    """
+
+    label: Label
+    layers: tuple[ToolchainLayer, ...]
+    python: str = ""
+    python_version: str = ""
+
+    @property
+    def files(self) -> tuple[File, ...]:
+        """Every file the tree is made from (what must be built before an action can use it)."""
+        return tuple(f for layer in self.layers for f in (layer.blob, layer.meta))
+
+
+@dataclass(frozen=True)
+class ToolchainInfo(Provider):
+    """What a target offers as a toolchain (``deb_packages``, ``image``)."""
+
+    toolchain: Toolchain
+
+
 @dataclass(frozen=True)
 class RunInfo(Provider):
     """How ``pbuild run`` starts a target once it is built.
@@ -102,6 +149,8 @@ class RunInfo(Provider):
     argv: tuple[str | File, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     keep_dashdash: bool = False
+    # The root the program runs on (None: the host's).
+    toolchain: Toolchain | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +162,8 @@ class TestInfo(Provider):
     env: Mapping[str, str] = field(default_factory=dict)
     workdir: str = ""
     timeout_s: float = 300.0
+    # The root the test runs on (None: the host's, with the host fingerprint in its key).
+    toolchain: Toolchain | None = None
 
 
 P = TypeVar("P", bound=Provider)
@@ -155,7 +206,9 @@ class ProcessAction:
     """Run ``argv`` in the sandbox with the exec root as described in the module docstring.
 
     ``workdir`` is relative to the exec root. ``host_tools`` marks actions that run programs of
-    the host (``bash``, ``python3``): their key includes the host fingerprint.
+    the host (``bash``, ``python3``): their key includes the host fingerprint. With a
+    ``toolchain`` the action runs on the toolchain's tree instead of the host's root, and
+    ``host_tools`` is ignored: the key holds the toolchain's layer digests.
     """
 
     owner: Label
@@ -172,6 +225,7 @@ class ProcessAction:
     # If set, the action's stdout and stderr go to this declared output (test logs).
     stdout_to: str = ""
     timeout_s: float | None = None
+    toolchain: Toolchain | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +247,8 @@ class InProcessAction:
     outputs: tuple[File, ...]
     network: bool = False
     progress: str = ""
+    # A toolchain the function runs programs on (``io.run_sandboxed``); its digests join the key.
+    toolchain: Toolchain | None = None
 
     @property
     def function_name(self) -> str:
@@ -216,12 +272,15 @@ class ActionIO:
         tmpdir: str,
         label: Label,
         jobs: int = 1,
+        toolchain_root: str | None = None,
     ) -> None:
         self._inputs = dict(inputs)
         self._outputs = dict(outputs)
         self.tmpdir = tmpdir
         self.label = label
         self.jobs = jobs
+        # The unpacked tree of the action's toolchain (None: the action declared none).
+        self.toolchain_root = toolchain_root
 
     def input_path(self, file: File | str) -> str:
         key = file.path if isinstance(file, File) else file
@@ -240,6 +299,39 @@ class ActionIO:
     @property
     def input_paths(self) -> Mapping[str, str]:
         return self._inputs
+
+    def run_sandboxed(
+        self,
+        argv: Sequence[str],
+        *,
+        exec_root: str,
+        stdout_path: str,
+        stderr_path: str,
+        writable_dirs: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        root: str | None = None,
+    ) -> int:
+        """Run ``argv`` in the engine's sandbox and return its exit code.
+
+        The program sees ``root`` (default: this action's toolchain tree) as its read-only ``/``
+        and ``exec_root`` (a folder below :attr:`tmpdir`) at ``/execroot``, writable only in
+        ``writable_dirs`` (relative to it); no network. For functions that must run the
+        toolchain's own programs, such as its Python compiling bytecode.
+        """
+        from pbuild.tools.sandbox import SandboxRequest
+        from pbuild.tools.sandbox import run_sandboxed as run
+
+        tree = root or self.toolchain_root
+        if tree is None:
+            raise PbuildError(f"an action of {self.label} runs a program but declared no toolchain")
+        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0",
+                "HOME": "/tmp"}
+        result = run(SandboxRequest(argv=tuple(argv), env={**base, **(env or {})}, exec_root=exec_root,
+                                    writable_dirs=tuple(writable_dirs), workdir="", hide_paths=(),
+                                    stdout_path=stdout_path, stderr_path=stderr_path, root=tree))
+        if result.error:
+            raise PbuildError(f"an action of {self.label}: {result.error}")
+        return result.exit_code
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +421,9 @@ class RuleDef:
     doc: str
     executable: bool = False
     test: bool = False
+    # The toolchain kind the rule's actions run on ("python", "shell"; "" for none). Such a rule
+    # gets a ``toolchain`` attribute; its default is ``[toolchains] <kind>`` of WORKSPACE.toml.
+    toolchain: str = ""
 
 
 # Attributes every target has, whatever its rule.
@@ -345,6 +440,7 @@ def rule(
     doc: str,
     executable: bool = False,
     test: bool = False,
+    toolchain: str = "",
 ) -> Callable[[Callable[[RuleContext], Sequence[Provider]]], RuleDef]:
     """Turn an implementation function into a :class:`RuleDef`; list it in the module's ``RULES``."""
 
@@ -352,7 +448,9 @@ def rule(
         for key in attrs:
             if key in COMMON_ATTRS or key == "rule":
                 raise ValueError(f"rule {name}: attribute {key!r} is reserved")
-        return RuleDef(name, impl, dict(attrs), doc, executable, test)
+        if "toolchain" in attrs:
+            raise ValueError(f"rule {name}: attribute 'toolchain' is reserved (pass toolchain=KIND to rule())")
+        return RuleDef(name, impl, dict(attrs), doc, executable, test, toolchain)
 
     return wrap
 
@@ -377,6 +475,9 @@ class _Namespace:
         return self._values.items()
 
 
+_RULE_TOOLCHAIN = object()  # "the toolchain of the rule's target", the default of Actions.run
+
+
 class Actions:
     """``ctx.actions``: the ways a rule declares work."""
 
@@ -396,8 +497,12 @@ class Actions:
         host_tools: bool = True,
         progress: str = "",
         salt: str = "",
+        toolchain: Toolchain | None | object = _RULE_TOOLCHAIN,
     ) -> ProcessAction:
-        """Declare a sandboxed process action."""
+        """Declare a sandboxed process action; it runs on the rule's toolchain unless
+        ``toolchain`` names another (``None``: the host's root)."""
+        chosen = self._ctx.toolchain if toolchain is _RULE_TOOLCHAIN else toolchain
+        assert chosen is None or isinstance(chosen, Toolchain)
         action = ProcessAction(
             owner=self._ctx.label,
             mnemonic=mnemonic,
@@ -409,6 +514,7 @@ class Actions:
             host_tools=host_tools,
             progress=progress or f"{mnemonic} {self._ctx.label}",
             salt=salt,
+            toolchain=chosen,
         )
         self._check_outputs(action.outputs)
         self.declared.append(action)
@@ -425,8 +531,10 @@ class Actions:
         mnemonic: str,
         network: bool = False,
         progress: str = "",
+        toolchain: Toolchain | None = None,
     ) -> InProcessAction:
-        """Declare an in-process action (see :class:`InProcessAction`)."""
+        """Declare an in-process action (see :class:`InProcessAction`); with ``toolchain`` its
+        function may run that toolchain's programs through ``io.run_sandboxed``."""
         try:
             json.dumps(params, sort_keys=True)
         except TypeError as exc:
@@ -441,6 +549,7 @@ class Actions:
             outputs=tuple(outputs),
             network=network,
             progress=progress or f"{mnemonic} {self._ctx.label}",
+            toolchain=toolchain,
         )
         self._check_outputs(action.outputs)
         self.declared.append(action)
@@ -486,6 +595,8 @@ class RuleContext:
       ``pbuild-out/<package>/``.
     * ``ctx.actions``: see :class:`Actions`.
     * ``ctx.config(section)``: a table of ``WORKSPACE.toml`` (read-only).
+    * ``ctx.toolchain``: the :class:`Toolchain` the target's process actions run on (None: the
+      host), for rules declared with ``rule(..., toolchain=KIND)``.
     * ``ctx.fail(message, attr=..., hint=...)``: stop analysis with a message that names the
       target and the attribute's line.
     """
@@ -502,8 +613,12 @@ class RuleContext:
         target_location: Location,
         workspace_root: str,
         on_read: Callable[[str], None] | None = None,
+        toolchain: Toolchain | None = None,
     ) -> None:
         self._on_read = on_read
+        # The target's toolchain (its ``toolchain`` attribute, else the workspace default for the
+        # rule's kind); None runs on the host's root.
+        self.toolchain = toolchain
         self.label = label
         self.package = label.package
         self.rule = rule

@@ -75,6 +75,9 @@ class SandboxRequest:
     timeout_s: float | None = None
     network: bool = False
     hostname: str = HOSTNAME
+    root: str | None = None
+    """A directory the action sees as its read-only ``/`` (a toolchain tree) instead of the host's
+    root; ``hide_paths`` are then moot (nothing of the host is visible)."""
     backend: str = "auto"
     """``bwrap`` (bubblewrap, the default when installed), ``fork`` (our own namespace setup in a
     forked child), or ``auto``; ``$PBUILD_SANDBOX_BACKEND`` overrides ``auto``."""
