@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from pbuild.engine.errors import AnalysisError, Location, PbuildError
 from pbuild.engine.labels import Label
+from pbuild.engine.workspace import package_dir
 
 OUT_DIR = "pbuild-out"
 
@@ -595,6 +596,7 @@ class RuleContext:
       ``pbuild-out/<package>/``.
     * ``ctx.actions``: see :class:`Actions`.
     * ``ctx.config(section)``: a table of ``WORKSPACE.toml`` (read-only).
+    * ``ctx.read_workspace_file(path)`` / ``ctx.read_package_file(name)``: files read at analysis.
     * ``ctx.toolchain``: the :class:`Toolchain` the target's process actions run on (None: the
       host), for rules declared with ``rule(..., toolchain=KIND)``.
     * ``ctx.fail(message, attr=..., hint=...)``: stop analysis with a message that names the
@@ -660,6 +662,14 @@ class RuleContext:
         build notices when it changes. Never open workspace files directly in a rule.
         """
         return _read_recorded(os.path.join(self.workspace_root, relative_path), self._on_read)
+
+    def read_package_file(self, name: str) -> str | None:
+        """Text of a file in the target's own package folder, or None if absent (recorded too).
+
+        Unlike :meth:`read_workspace_file` this also reads the files of pbuild's built-in
+        ``@pbuild/...`` packages, which live in pbuild's installation (their tool locks).
+        """
+        return _read_recorded(os.path.join(package_dir(self.workspace_root, self.package), name), self._on_read)
 
     def config(self, section: str) -> Mapping[str, Any]:
         value = self._config.get(section, {})

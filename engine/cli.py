@@ -90,8 +90,12 @@ def make_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version", description="Print pbuild's version.")
 
     p = sub.add_parser("lock", help="resolve third-party dependencies into lock files",
-                       description="Write third_party/python/requirements.lock and/or the Debian lock.")
+                       description="Write third_party/python/requirements.lock, the Python tool locks "
+                                   "and/or the Debian lock.")
     p.add_argument("--python", action="store_true", help="lock third_party/python/requirements.in")
+    p.add_argument("--tools", action="store_true",
+                   help="lock pbuild's Python tools (pytest) for [python]: the workspace's "
+                        "[python.tools.<tool>] lock if set, else pbuild's built-in lock")
     p.add_argument("--debian", action="store_true", help="lock the deb_packages targets of third_party/debian")
     p.add_argument("--mirror", metavar="URL", help="Debian mirror (default: $PBUILD_DEBIAN_MIRROR, else the host's apt sources)")
     _add_common(p)
@@ -253,7 +257,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "lock":
         from pbuild.engine.commands import lock
 
-        return lock(workspace=args.workspace, python=args.python, debian=args.debian, mirror=args.mirror)
+        return lock(workspace=args.workspace, python=args.python, tools=args.tools, debian=args.debian,
+                    mirror=args.mirror)
     if command == "push":
         from pbuild.engine.commands import push
 

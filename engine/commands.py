@@ -171,14 +171,19 @@ def clean(*, workspace: str | None, cache_dir: str | None, expunge: bool) -> int
     return 0
 
 
-def lock(*, workspace: str | None, python: bool, debian: bool, mirror: str | None) -> int:
+def lock(*, workspace: str | None, python: bool, debian: bool, mirror: str | None, tools: bool = False) -> int:
     ws = find_workspace(os.getcwd(), workspace)
-    if not python and not debian:
-        raise PbuildError("pbuild lock needs --python and/or --debian", hint="pbuild lock --python --debian")
+    if not python and not debian and not tools:
+        raise PbuildError("pbuild lock needs --python, --tools and/or --debian",
+                          hint="pbuild lock --python --tools --debian")
     if python:
         from pbuild.rules.python import lock_python
 
         lock_python(ws.root)
+    if tools:
+        from pbuild.rules.python import lock_tools
+
+        lock_tools(ws.root)
     if debian:
         from pbuild.rules.debian import lock_debian
 

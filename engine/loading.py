@@ -21,7 +21,7 @@ from pbuild.engine.labels import Label, Pattern, target_name_problem
 from pbuild.engine.registry import RuleRegistry
 from pbuild.engine.tomlpos import load_toml, table_positions, toml_error_location, toml_error_message
 from pbuild.engine.uptodate import DependencyRecorder
-from pbuild.engine.workspace import ALWAYS_IGNORED, BUILD_FILE, IGNORE_FILE, Workspace
+from pbuild.engine.workspace import ALWAYS_IGNORED, BUILD_FILE, IGNORE_FILE, Workspace, is_builtin_package
 
 if TYPE_CHECKING:
     import pathspec
@@ -118,10 +118,11 @@ class Loader:
         return package
 
     def _read_package(self, name: str) -> Package | None:
-        if name and self.is_ignored(name + "/"):
+        builtin = is_builtin_package(name)
+        if name and not builtin and self.is_ignored(name + "/"):
             return None
         build_rel = f"{name}/{BUILD_FILE}" if name else BUILD_FILE
-        path = self.workspace.path(build_rel)
+        path = os.path.join(self.workspace.package_dir(name), BUILD_FILE)
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -205,7 +206,7 @@ class Loader:
         context = GeneratorContext(
             label=decl.label,
             attr_values=values,
-            package_dir=self.workspace.path(package),
+            package_dir=self.workspace.package_dir(package),
             location=decl.location,
             attr_locations=decl.attr_locations,
             on_read=self.recorder.file,

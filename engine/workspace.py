@@ -15,6 +15,30 @@ BUILD_FILE = "BUILD.toml"
 IGNORE_FILE = ".pbuildignore"
 # Folders that are never packages nor glob results, whatever .pbuildignore says.
 ALWAYS_IGNORED = ("pbuild-out", ".venv", ".git", "__pycache__")
+# Packages pbuild itself ships, as Bazel ships @bazel_tools: ``//@pbuild/python:pytest`` is read
+# from ``rules/builtin/python/BUILD.toml`` of the running pbuild, not from the workspace. They
+# hold tool targets made from locks, never source files (those are read from the workspace).
+BUILTIN_PACKAGE_PREFIX = "@pbuild"
+
+
+def is_builtin_package(package: str) -> bool:
+    """Whether ``package`` is one of pbuild's built-in packages (``@pbuild/...``)."""
+    return package == BUILTIN_PACKAGE_PREFIX or package.startswith(BUILTIN_PACKAGE_PREFIX + "/")
+
+
+def builtin_root() -> str:
+    """The folder of pbuild's built-in packages in this installation."""
+    import pbuild.rules  # located, not used: the built-in packages sit beside the rules
+
+    return os.path.join(os.path.dirname(os.path.abspath(pbuild.rules.__file__)), "builtin")
+
+
+def package_dir(workspace_root: str, package: str) -> str:
+    """The folder of ``package``: below the workspace, or below :func:`builtin_root`."""
+    if is_builtin_package(package):
+        rest = package[len(BUILTIN_PACKAGE_PREFIX):].lstrip("/")
+        return os.path.join(builtin_root(), rest) if rest else builtin_root()
+    return os.path.join(workspace_root, package) if package else workspace_root
 
 
 class Workspace:
@@ -36,6 +60,10 @@ class Workspace:
 
     def path(self, relative: str) -> str:
         return os.path.join(self.root, relative) if relative else self.root
+
+    def package_dir(self, package: str) -> str:
+        """The folder of ``package`` (a built-in ``@pbuild/...`` package is not in the workspace)."""
+        return package_dir(self.root, package)
 
 
 def find_workspace(start: str, explicit: str | None = None) -> Workspace:

@@ -45,7 +45,7 @@ def test_repo_lock_is_up_to_date_and_has_no_hosts():
     lock = parse_lock(text)
     assert lock.inputs_sha256 == inputs_digest((REPO / "third_party/python/requirements.in").read_text())
     names = set(lock.by_name())
-    assert {"numpy", "pytest", "xxhash", "pathspec", "pex", "rich", "installer", "zstandard", "grpcio",
+    assert {"numpy", "xxhash", "pathspec", "pex", "rich", "installer", "zstandard", "grpcio",
             "protobuf", "packaging"} <= names
     assert "://" not in text and str(REPO.parent) not in text  # no host, no machine path
 

@@ -1,8 +1,9 @@
 """CLI tests of the Python rules on the fixture workspace ``tests/fixtures/python_ws``.
 
-pip runs for real but against a private index (a folder): pytest's own wheels, downloaded once
-per session through the host's pip configuration, and tiny wheels made by the tests. The lock is
-made by ``pbuild lock --python`` once per session; each test builds in its own copy.
+pip runs for real but against a private index (a folder): the wheels of pbuild's built-in pytest
+lock, downloaded once per session through the host's pip configuration, and tiny wheels made by
+the tests. The workspace's own requirements have no pytest: py_test gets it as a tool. The lock
+is made by ``pbuild lock --python`` once per session; each test builds in its own copy.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from fixtures.python_wheelmaker import make_wheel
 
 FIXTURE = Path(__file__).parent / "fixtures" / "python_ws"
 LOCK = "third_party/python/requirements.lock"
+BUILTIN_PYTEST_LOCK = Path(__file__).parent.parent / "rules/builtin/python/pytest-cp311.lock"
+TOOL_OVERRIDE = """
+[python.tools.pytest]
+lock = "third_party/python/pytest.lock"
+"""
 
 
 def _private_pip_env(index: Path) -> dict[str, str]:
@@ -31,13 +37,13 @@ def _private_pip_env(index: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def private_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A find-links folder with pytest and its dependencies (for the target) and tiny test wheels."""
+    """A find-links folder with the wheels of pbuild's built-in pytest lock and tiny test wheels."""
     index = tmp_path_factory.mktemp("index")
     from pbuild.rules.python.config import PythonTarget
 
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--dest", str(index),
-         *PythonTarget().pip_args(), "pytest"],
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--require-hashes", "--dest", str(index),
+         *PythonTarget().pip_args(), "-r", str(BUILTIN_PYTEST_LOCK)],
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -88,8 +94,7 @@ def test_lock_generates_one_target_per_project_with_its_deps(locked_template: Pa
 
     lock = parse_lock((locked_template / LOCK).read_text())
     projects = lock.by_name()
-    assert {"pytest", "pluggy", "iniconfig", "packaging", "tinylib", "undeclared"} <= set(projects)
-    assert "pluggy" in projects["pytest"].requires
+    assert set(projects) == {"tinylib", "undeclared"}  # pytest is pbuild's tool, not a requirement
     assert "file:" not in (locked_template / LOCK).read_text()
 
 
@@ -156,6 +161,84 @@ def test_failing_py_test_fails_and_shows_its_output(ws: Path, run):
     assert "arithmetic is broken" in result.out + result.err
 
 
+def test_py_test_runs_pytest_from_the_builtin_tool_lock(ws: Path, run):
+    # No pytest in the workspace's requirements or lock: it comes from //@pbuild/python:pytest.
+    assert "pytest" not in (ws / "third_party/python/requirements.in").read_text()
+    assert "pytest" not in (ws / LOCK).read_text()
+    write_tree(ws, {"lib/test_bad.py": "def test_bad():\n    assert 1 + 1 == 3, 'arithmetic is broken'\n"})
+    with open(ws / "lib/BUILD.toml", "a") as handle:
+        handle.write('\n[test_bad]\nrule = "py_test"\nsrcs = ["test_bad.py"]\n')
+    failing = run(ws, "test", "//lib:test_bad", "//lib:test_greet")
+    assert failing.code == 1, str(failing)
+    assert "//lib:test_bad  FAILED" in failing.out and "//lib:test_greet  PASSED" in failing.out
+    assert "arithmetic is broken" in failing.out + failing.err
+    passing = run(ws, "test", "//lib:test_greet")
+    assert passing.code == 0, str(passing)
+    tool_wheels = ws / "pbuild-out/@pbuild/python/pytest/wheels"
+    assert (tool_wheels / "pytest-9.2.0-py3-none-any.whl").is_file()
+    assert (tool_wheels / "pluggy-1.7.0-py3-none-any.whl").is_file()
+
+
+def test_workspace_tool_lock_overrides_the_builtin(ws: Path, run, tmp_path: Path, private_index: Path):
+    # A "pytest" of the workspace's own that passes everything: if it is used, a failing test passes.
+    index = tmp_path / "index"
+    shutil.copytree(private_index, index)
+    make_wheel(str(index), "pytest", "0.1", files={
+        "pytest/__init__.py": "def main(args):\n    print('workspace pytest 0.1 ran')\n    return 0\n"})
+    write_tree(ws, {
+        "third_party/python/pytest.in": "pytest==0.1\n",
+        "lib/test_bad.py": "def test_bad():\n    assert False\n",
+    })
+    with open(ws / "lib/BUILD.toml", "a") as handle:
+        handle.write('\n[test_bad]\nrule = "py_test"\nsrcs = ["test_bad.py"]\n')
+    with open(ws / "WORKSPACE.toml", "a") as handle:
+        handle.write(TOOL_OVERRIDE + 'requirements = "third_party/python/pytest.in"\n')
+    locked = run(ws, "lock", "--tools", env=_private_pip_env(index))
+    assert locked.code == 0, str(locked)
+    from pbuild.rules.python.lockfile import parse_lock
+
+    lock = parse_lock((ws / "third_party/python/pytest.lock").read_text())
+    assert [(p.name, p.version) for p in lock.projects] == [("pytest", "0.1")]
+    result = run(ws, "test", "//lib:test_bad", env=_private_pip_env(index))
+    assert result.code == 0, str(result)
+    assert "//lib:test_bad  PASSED" in result.out
+
+
+def test_lock_tools_honours_the_workspace_python(ws: Path, run):
+    toml = (ws / "WORKSPACE.toml").read_text().replace('"3.11"', '"3.12"').replace('"cp311"', '"cp312"')
+    (ws / "WORKSPACE.toml").write_text(toml + TOOL_OVERRIDE)
+    result = run(ws, "lock", "--tools")
+    assert result.code == 0, str(result)
+    text = (ws / "third_party/python/pytest.lock").read_text()
+    assert "# pbuild-target: cp312 abi cp312 on manylinux_2_28_x86_64" in text
+    assert "pytest==9.2.0" in text and "://" not in text
+
+
+def test_tool_lock_hash_mismatch_names_the_file_and_both_hashes(ws: Path, run, tmp_path: Path):
+    text = BUILTIN_PYTEST_LOCK.read_text()
+    good = text[text.index("pluggy=="):].split("--hash=sha256:", 1)[1][:64]
+    bad = hashlib.sha256(b"not pluggy").hexdigest()
+    (ws / "third_party/python/pytest.lock").write_text(text.replace(good, bad))
+    with open(ws / "WORKSPACE.toml", "a") as handle:
+        handle.write(TOOL_OVERRIDE)
+    result = run(ws, "test", "//lib:test_greet", cache=tmp_path / "fresh-cache")
+    assert result.code == 1, str(result)
+    assert "Traceback" not in result.err + result.out
+    assert "pluggy-1.7.0-py3-none-any.whl" in result.err
+    assert good in result.err and bad in result.err
+    assert "./pbuild lock --tools" in result.err
+
+
+def test_no_builtin_tool_lock_for_the_interpreter(ws: Path, run):
+    toml = (ws / "WORKSPACE.toml").read_text().replace('"3.11"', '"3.9"').replace('"cp311"', '"cp39"')
+    (ws / "WORKSPACE.toml").write_text(toml)
+    write_tree(ws, {"alone/BUILD.toml": '[t]\nrule = "py_test"\nsrcs = ["test_alone.py"]\n',
+                    "alone/test_alone.py": "def test_ok():\n    pass\n"})
+    result = run(ws, "build", "//alone:t")
+    assert_user_error(result, 2, "no built-in pytest lock for cp39", "[python.tools.pytest]",
+                      "./pbuild lock --tools")
+
+
 def test_import_of_an_undeclared_package_fails(ws: Path, run):
     # `undeclared` is locked and its wheel is in the cache, but this test does not depend on it;
     # nor on //lib:greet, whose source sits in the workspace.
@@ -167,8 +250,7 @@ def test_import_of_an_undeclared_package_fails(ws: Path, run):
             import lib.greet  # noqa: F401
     """})
     with open(ws / "lib/BUILD.toml", "a") as handle:
-        handle.write('\n[test_strict]\nrule = "py_test"\nsrcs = ["test_strict.py"]\n'
-                     'deps = ["//third_party/python:pytest"]\n')
+        handle.write('\n[test_strict]\nrule = "py_test"\nsrcs = ["test_strict.py"]\n')
     result = run(ws, "test", "//lib:test_strict")
     assert result.code == 1, str(result)
     output = result.out + result.err

@@ -5,7 +5,8 @@ locked wheel files only (no index, no resolve, no sdist builds) and is byte-for-
 ``pbuild run`` does not use it: unzipping a PEX on every start is slow. It starts
 ``python -s -S <name>.bootstrap.py`` instead, which imports from the staged tree and the wheels'
 installed trees (cached directory outputs). py_test starts the same way with pytest as the main,
-inside the engine's sandbox, which holds only declared sources and wheels.
+inside the engine's sandbox, which holds only declared sources and wheels; pytest itself is a
+tool locked by pbuild (``tools.py``), not a requirement of the user's.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from pbuild.rules.python.library import (
     collect_py_info,
     declare_staged_tree,
     import_paths,
+    with_tool,
 )
 from pbuild.rules.python.pex import BUILD_PEX_VERSION, build_pex, pex_version
 from pbuild.rules.python.providers import PyBinaryInfo, PyInfo
+from pbuild.rules.python.tools import BUILTIN_PACKAGE
 
 _ENTRY_POINT_HINT = 'entry_point looks like "package.module:function"'
+# pytest as a tool (rules/python/tools.py): no user requirement needed.
+PYTEST_TOOL = f"//{BUILTIN_PACKAGE}:pytest"
 
 BINARY_ATTRS = {
     **COMMON_ATTRS,
@@ -45,8 +50,12 @@ TEST_ATTRS = {
     "env": attr.string_dict("Environment variables of the test process."),
     "args": attr.string_list("Extra pytest arguments."),
     "timeout": attr.integer("Seconds before the test is killed.", default=300),
-    "pytest": attr.label("The locked pytest that runs the tests.", default="//third_party/python:pytest",
-                         providers=[PyInfo]),
+    "pytest": attr.label(
+        "The pytest that runs the tests. Default: pbuild's built-in tool, locked by pbuild (or by the "
+        "workspace's `[python.tools.pytest]` lock); name a target of your own, such as "
+        "`//third_party/python:pytest`, to use that instead. Projects your deps also pin come from "
+        "your lock.",
+        default=PYTEST_TOOL, providers=[PyInfo]),
 }
 
 
@@ -163,13 +172,14 @@ def _declare_pex(ctx: RuleContext, target: PythonTarget, info: PyInfo, tree: Fil
     "py_test",
     attrs=TEST_ATTRS,
     test=True,
-    doc="pytest over `srcs`, run by `pbuild test` in the sandbox against the locked wheels "
-        "(pytest comes from `//third_party/python:pytest`: lock it in requirements.in).",
+    doc="pytest over `srcs`, run by `pbuild test` in the sandbox against the locked wheels. pytest "
+        "is a tool, not your dependency: it comes from pbuild's built-in lock (`//@pbuild/python:pytest`), "
+        "which `[python.tools.pytest]` in WORKSPACE.toml or the `pytest` attribute override.",
 )
 def py_test(ctx: RuleContext) -> Sequence[Provider]:
     check_srcs_are_python(ctx, ctx.files.srcs)
     target = _python_target(ctx)
-    info = collect_py_info(ctx, extra=(ctx.attr.pytest,))
+    info = with_tool(collect_py_info(ctx), ctx.attr.pytest[PyInfo])
     tree = declare_staged_tree(ctx, f"{ctx.label.name}.runfiles", info, target.version)
     test_files = sorted(import_paths(ctx, f)[0] for f in ctx.files.srcs if f.extension == "py")
     launcher = _launcher(ctx, info, tree, "pytest", test_files)

@@ -55,7 +55,7 @@ def _main():
         try:
             import pytest
         except ImportError:
-            sys.exit("pbuild: pytest is not importable; add //third_party/python:pytest to deps")
+            sys.exit("pbuild: pytest is not importable; the py_test's `pytest` attribute names no pytest")
         files = [os.path.join(runfiles, path) for path in _TARGET]
         sys.exit(pytest.main(["-p", "no:cacheprovider", "--rootdir", runfiles, *files, *sys.argv[1:]]))
 

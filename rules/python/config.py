@@ -14,6 +14,8 @@ from typing import Any
 from pbuild.engine.errors import Location, WorkspaceError
 
 _KEYS = ("version", "implementation", "abi", "platform", "interpreter")
+# Sub-tables of [python] that are not part of the target: [python.tools.<tool>] (see tools.py).
+_TABLES = ("tools",)
 _VERSION_RE = re.compile(r"^3\.\d{1,2}$")
 _MANYLINUX_RE = re.compile(r"^manylinux_2_(\d+)_(\w+)$")
 _LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
@@ -34,7 +36,8 @@ class PythonTarget:
     @classmethod
     def from_config(cls, table: Mapping[str, Any], *, where: str = "WORKSPACE.toml") -> PythonTarget:
         """Validate a ``[python]`` table, reporting every problem at once."""
-        problems = [f"unknown key {key!r} (known: {', '.join(_KEYS)})" for key in table if key not in _KEYS]
+        problems = [f"unknown key {key!r} (known: {', '.join(_KEYS + _TABLES)})"
+                    for key in table if key not in _KEYS and key not in _TABLES]
         values: dict[str, str] = {}
         for key in _KEYS:
             if key in table:
@@ -54,7 +57,8 @@ class PythonTarget:
             raise WorkspaceError(
                 "bad [python] table: " + "; ".join(problems),
                 location=Location(where),
-                hint="see docs for the [python] keys: version, implementation, abi, platform, interpreter",
+                hint="see docs for the [python] keys: version, implementation, abi, platform, interpreter, "
+                     "and the [python.tools.<tool>] tables",
             )
         return target
 
@@ -114,9 +118,14 @@ class PythonTarget:
         args += ["--python-version", self.version, "--implementation", self.implementation, "--abi", self.abi]
         return args
 
+    @property
+    def interpreter_tag(self) -> str:
+        """``cp311``: the implementation and version, which is all a pure-Python lock depends on."""
+        return f"{self.implementation}{self.version.replace('.', '')}"
+
     def describe(self) -> str:
         """One line for lock headers and error messages."""
-        return f"{self.implementation}{self.version.replace('.', '')} abi {self.abi} on {self.platform}"
+        return f"{self.interpreter_tag} abi {self.abi} on {self.platform}"
 
 
 def read_python_target(workspace_config: Mapping[str, Any], *, where: str = "WORKSPACE.toml") -> PythonTarget:

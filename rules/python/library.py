@@ -68,7 +68,7 @@ def import_paths(ctx: RuleContext, file: File) -> list[str]:
 def collect_py_info(ctx: RuleContext, extra: Sequence[Target] = ()) -> PyInfo:
     """This target's sources and data (staged by import path) plus the closure of its deps.
 
-    ``extra`` are implicit dependencies (py_test's pytest).
+    ``extra`` are implicit dependencies, held to the same one-version-per-project rule.
     """
     sources: set[PySource] = set()
     for file in (*ctx.files.srcs, *ctx.files.data):
@@ -90,6 +90,19 @@ def collect_py_info(ctx: RuleContext, extra: Sequence[Target] = ()) -> PyInfo:
         seen = by_project.setdefault(wheel.name, wheel)
         if seen != wheel:
             ctx.fail(f"two versions of {wheel.name} in the dependencies: {seen.filename} and {wheel.filename}")
+    return PyInfo(sources=tuple(sorted(sources)), wheels=tuple(sorted(wheels)))
+
+
+def with_tool(info: PyInfo, tool: PyInfo) -> PyInfo:
+    """``info`` plus a tool's closure (py_test's pytest); the user's own wheels win.
+
+    A project both lock (the user's requirements.lock and the tool's lock) pin is taken from the
+    user's, so code under test imports the version it ships with; the tool gets the rest.
+    """
+    mine = {wheel.name for wheel in info.wheels}
+    wheels = set(info.wheels) | {wheel for wheel in tool.wheels if wheel.name not in mine}
+    claimed = {source.import_path for source in info.sources}
+    sources = set(info.sources) | {s for s in tool.sources if s.import_path not in claimed}
     return PyInfo(sources=tuple(sorted(sources)), wheels=tuple(sorted(wheels)))
 
 

@@ -50,7 +50,7 @@ class NoWheelError(LockError):
 
 def lock_python(workspace_root: str) -> None:
     """Resolve ``third_party/python/requirements.in`` and write ``requirements.lock`` beside it."""
-    config = _read_workspace(workspace_root)
+    config = read_workspace(workspace_root)
     target = read_python_target(config, where=os.path.join(workspace_root, "WORKSPACE.toml"))
     in_path = os.path.join(workspace_root, REQUIREMENTS_IN)
     try:
@@ -63,7 +63,7 @@ def lock_python(workspace_root: str) -> None:
             hint="list your top-level requirements there, one per line (e.g. numpy), then run ./pbuild lock --python",
         ) from None
     lock = resolve(requirements_in, target, requirements_path=in_path)
-    _write_atomically(os.path.join(workspace_root, REQUIREMENTS_LOCK), render_lock(lock))
+    write_atomically(os.path.join(workspace_root, REQUIREMENTS_LOCK), render_lock(lock))
     print(f"pbuild: locked {len(lock.projects)} projects for {target.describe()} into {REQUIREMENTS_LOCK}",
           file=sys.stderr)
 
@@ -170,7 +170,8 @@ def _resolution_error(output: str, target: PythonTarget, requirements_path: str)
     )
 
 
-def _read_workspace(workspace_root: str) -> dict[str, Any]:
+def read_workspace(workspace_root: str) -> dict[str, Any]:
+    """The parsed ``WORKSPACE.toml`` of ``workspace_root`` (a :class:`WorkspaceError` if unreadable)."""
     path = os.path.join(workspace_root, "WORKSPACE.toml")
     try:
         with open(path, "rb") as handle:
@@ -181,10 +182,11 @@ def _read_workspace(workspace_root: str) -> dict[str, Any]:
         raise WorkspaceError(f"WORKSPACE.toml is not valid TOML: {exc}", location=Location(path)) from None
 
 
-def _write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str) -> None:
     """Write beside and rename, so a crash never leaves half a lock."""
     directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".requirements.lock.")
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

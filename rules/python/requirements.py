@@ -20,7 +20,7 @@ from pbuild.engine.api import (
     target_generator,
 )
 from pbuild.rules.python.config import PythonTarget
-from pbuild.rules.python.lockfile import LockError, inputs_digest, parse_lock
+from pbuild.rules.python.lockfile import LockedProject, LockError, inputs_digest, parse_lock
 from pbuild.rules.python.providers import PyInfo, Wheel
 from pbuild.rules.python.wheels import FETCH_VERSION, INSTALL_VERSION, fetch_wheel, install_wheel
 
@@ -95,23 +95,46 @@ def py_wheel(ctx: RuleContext) -> Sequence[Provider]:
     if ctx.attr.lock_target and ctx.attr.lock_target != target.describe():
         ctx.fail(f"the lock was made for {ctx.attr.lock_target} but WORKSPACE.toml [python] targets "
                  f"{target.describe()}", hint=RELOCK_HINT)
-    name = ctx.attr.project
-    wheel_file = ctx.declare_file(f"wheels/{ctx.attr.filename}")
+    own = declare_locked_wheel(ctx, LockedProject(name=ctx.attr.project, version=ctx.attr.version,
+                                                  filename=ctx.attr.filename, sha256=ctx.attr.sha256), target)
+    wheel_file, site = own.file, own.site
+    wheels = {own}
+    for dep in ctx.attr.deps:
+        wheels.update(dep[PyInfo].wheels)
+    return [
+        PyInfo(sources=(), wheels=tuple(sorted(wheels))),
+        DefaultInfo(files=(wheel_file,), runfiles=(site,) if site is not None else ()),
+    ]
+
+
+def declare_locked_wheel(ctx: RuleContext, project: LockedProject, target: PythonTarget, *,
+                         folder: str = "", relock: str = "") -> Wheel:
+    """Declare the fetch (verified against the lock) and install actions of one locked wheel.
+
+    Outputs go to ``<folder>wheels/<filename>`` and ``<folder>site/<name>`` of the target's
+    package; ``relock`` is the command that re-locks a tool lock (messages only; '' for
+    requirements.lock, whose action keys stay as they were).
+    """
+    name = project.name
+    wheel_file = ctx.declare_file(f"{folder}wheels/{project.filename}")
+    params = {
+        "name": name, "version": project.version, "filename": project.filename,
+        "sha256": project.sha256, "pip_args": target.pip_args(), "platform": target.platform,
+        "output": wheel_file.path,
+    }
+    if relock:
+        params["relock"] = relock
     ctx.actions.call(
         fetch_wheel,
         version=FETCH_VERSION,
-        params={
-            "name": name, "version": ctx.attr.version, "filename": ctx.attr.filename,
-            "sha256": ctx.attr.sha256, "pip_args": target.pip_args(), "platform": target.platform,
-            "output": wheel_file.path,
-        },
+        params=params,
         inputs=(),
         outputs=(wheel_file,),
         mnemonic="PyFetch",
         network=True,
-        progress=f"fetching {ctx.attr.filename}",
+        progress=f"fetching {project.filename}",
     )
-    site = ctx.declare_directory(f"site/{name}")
+    site = ctx.declare_directory(f"{folder}site/{name}")
     ctx.actions.call(
         install_wheel,
         version=INSTALL_VERSION,
@@ -119,15 +142,8 @@ def py_wheel(ctx: RuleContext) -> Sequence[Provider]:
         inputs=(wheel_file,),
         outputs=(site,),
         mnemonic="PyInstall",
-        progress=f"installing {name} {ctx.attr.version}",
+        progress=f"installing {name} {project.version}",
     )
-    own = Wheel(name=name, version=ctx.attr.version, filename=ctx.attr.filename, sha256=ctx.attr.sha256,
-                file=wheel_file, site=site)
-    wheels = {own}
-    for dep in ctx.attr.deps:
-        wheels.update(dep[PyInfo].wheels)
-    return [
-        PyInfo(sources=(), wheels=tuple(sorted(wheels))),
-        DefaultInfo(files=(wheel_file,), runfiles=(site,)),
-    ]
+    return Wheel(name=name, version=project.version, filename=project.filename, sha256=project.sha256,
+                 file=wheel_file, site=site)
 

@@ -69,8 +69,10 @@ def fetch_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
     """Download ``name==version`` for the target with pip and verify it against the lock.
 
     ``params``: ``name``, ``version``, ``filename``, ``sha256`` (from the lock), ``pip_args`` (the
-    target's platform options), ``platform`` (for messages) and ``output`` (the wheel's path).
+    target's platform options), ``platform`` (for messages), ``output`` (the wheel's path) and,
+    for a tool lock, ``relock`` (the command that re-locks it, for messages).
     """
+    relock = params.get("relock", "./pbuild lock --python")
     download_dir = os.path.join(io.tmpdir, "download")
     os.makedirs(download_dir, exist_ok=True)
     requirement = f"{params['name']}=={params['version']}"
@@ -85,7 +87,7 @@ def fetch_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
             raise NoWheelForPlatform(
                 f"no wheel of {requirement} for the target platform {params['platform']}",
                 label=io.label,
-                hint="re-lock with ./pbuild lock --python, or change [python] in WORKSPACE.toml",
+                hint=f"re-lock with {relock}, or change [python] in WORKSPACE.toml",
             )
         tail = "\n".join(line for line in output.splitlines() if "is ignored:" not in line)
         raise BuildFailed(f"pip could not download {requirement}:\n{tail[-2000:]}", label=io.label,
@@ -95,11 +97,13 @@ def fetch_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
         raise BuildFailed(f"pip download of {requirement} produced {downloaded}, expected one wheel",
                           label=io.label)
     path = os.path.join(download_dir, downloaded[0])
-    verify_wheel(path, expected_sha256=params["sha256"], expected_filename=params["filename"], label=io.label)
+    verify_wheel(path, expected_sha256=params["sha256"], expected_filename=params["filename"], label=io.label,
+                 relock=relock)
     shutil.move(path, io.output_path(params["output"]))
 
 
-def verify_wheel(path: str, *, expected_sha256: str, expected_filename: str, label: object = None) -> None:
+def verify_wheel(path: str, *, expected_sha256: str, expected_filename: str, label: object = None,
+                 relock: str = "./pbuild lock --python") -> None:
     """Raise :class:`HashMismatch` naming the file and both hashes unless ``path`` is the locked wheel."""
     actual = sha256_file(path)
     name = os.path.basename(path)
@@ -109,7 +113,7 @@ def verify_wheel(path: str, *, expected_sha256: str, expected_filename: str, lab
             + (f" (locked file {expected_filename})" if name != expected_filename else ""),
             label=label,
             hint="the index serves different bytes than when the lock was made; if that is expected, "
-            "re-lock with ./pbuild lock --python",
+            f"re-lock with {relock}",
         )
 
 
