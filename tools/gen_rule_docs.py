@@ -153,6 +153,10 @@ says `allow_empty = true`. Target names, like package names, may not start or en
 `//`, or have `.`, `..` or `...` as a path segment. Every target also accepts `tags` and
 `visibility` (see [Attributes of every rule](#attributes-of-every-rule)).
 
+Packages below `//@pbuild/` are pbuild's own, read from its installation rather than the
+workspace (as Bazel's `@bazel_tools`): the tools pbuild runs, such as `//@pbuild/python:pytest`,
+the default `pytest` of every `py_test` (see `docs/python.md`).
+
 ## Writing a rule
 
 A rule is a Python function that receives a `RuleContext`, declares actions and returns
@@ -212,6 +216,8 @@ targets whose rule returns a `SomeInfo`.
 * `ctx.config(section)`: a table of `WORKSPACE.toml`, read-only.
 * `ctx.read_workspace_file(path)`: the text of a workspace file read at analysis time (a lock
   file); always read through it, so pbuild notices when the file changes.
+  `ctx.read_package_file(name)` does the same for a file of the target's own package folder,
+  also in a built-in `//@pbuild/...` package (how `py_tool` finds pbuild's tool locks).
 * `ctx.fail(message, attr=None, hint=None)`: stop with an error that names the target and the
   line of the attribute.
 
