@@ -204,6 +204,25 @@ def test_workspace_tool_lock_overrides_the_builtin(ws: Path, run, tmp_path: Path
     assert "//lib:test_bad  PASSED" in result.out
 
 
+def test_a_project_both_locks_pin_comes_from_the_users_lock(ws: Path, run):
+    # pytest's lock and the workspace's both pin packaging: one copy, the workspace's, is used.
+    with open(ws / "third_party/python/requirements.in", "a") as handle:
+        handle.write("packaging\n")
+    assert run(ws, "lock", "--python").code == 0
+    write_tree(ws, {"lib/test_mine.py": """
+        import packaging
+
+        def test_mine():
+            assert "/third_party/python/site/packaging/" in packaging.__file__, packaging.__file__
+    """})
+    with open(ws / "lib/BUILD.toml", "a") as handle:
+        handle.write('\n[test_mine]\nrule = "py_test"\nsrcs = ["test_mine.py"]\n'
+                     'deps = ["//third_party/python:packaging"]\n')
+    result = run(ws, "test", "//lib:test_mine")
+    assert result.code == 0, str(result)
+    assert "//lib:test_mine  PASSED" in result.out
+
+
 def test_lock_tools_honours_the_workspace_python(ws: Path, run):
     toml = (ws / "WORKSPACE.toml").read_text().replace('"3.11"', '"3.12"').replace('"cp311"', '"cp312"')
     (ws / "WORKSPACE.toml").write_text(toml + TOOL_OVERRIDE)

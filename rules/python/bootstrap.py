@@ -54,7 +54,9 @@ def _main():
     else:
         try:
             import pytest
-        except ImportError:
+        except ImportError as exc:
+            if exc.name != "pytest":
+                raise  # pytest is there but one of its own imports failed: show that
             sys.exit("pbuild: pytest is not importable; the py_test's `pytest` attribute names no pytest")
         files = [os.path.join(runfiles, path) for path in _TARGET]
         sys.exit(pytest.main(["-p", "no:cacheprovider", "--rootdir", runfiles, *files, *sys.argv[1:]]))

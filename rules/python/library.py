@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pbuild.engine.api import OUT_DIR, ActionIO, DefaultInfo, File, Provider, RuleContext, Target, attr, rule
+from pbuild.engine.api import OUT_DIR, ActionIO, DefaultInfo, File, Provider, RuleContext, attr, rule
 from pbuild.rules.python.providers import PyInfo, PySource, Wheel
 from pbuild.rules.python.wheels import compile_tree, host_python_for
 
@@ -65,17 +65,14 @@ def import_paths(ctx: RuleContext, file: File) -> list[str]:
     return [f"{prefix}/{p}" if prefix else p for p in found]
 
 
-def collect_py_info(ctx: RuleContext, extra: Sequence[Target] = ()) -> PyInfo:
-    """This target's sources and data (staged by import path) plus the closure of its deps.
-
-    ``extra`` are implicit dependencies, held to the same one-version-per-project rule.
-    """
+def collect_py_info(ctx: RuleContext) -> PyInfo:
+    """This target's sources and data (staged by import path) plus the closure of its deps."""
     sources: set[PySource] = set()
     for file in (*ctx.files.srcs, *ctx.files.data):
         for path in import_paths(ctx, file):
             sources.add(PySource(file=file, import_path=path))
     wheels: set[Wheel] = set()
-    for dep in (*ctx.attr.deps, *extra):
+    for dep in ctx.attr.deps:
         info = dep[PyInfo]
         sources.update(info.sources)
         wheels.update(info.wheels)
