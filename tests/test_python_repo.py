@@ -27,7 +27,8 @@ def _copy_repo(root: Path, *, pbuild_sources: bool = False) -> Path:
     (root / "app" / "BUILD.toml").write_text(PROGRAM_BUILD)
     if pbuild_sources:
         shutil.copy(REPO / "BUILD.toml", root / "BUILD.toml")
-        ignore = shutil.ignore_patterns("__pycache__", "BUILD.toml")
+        shutil.copy(REPO / ".pbuildignore", root / ".pbuildignore")  # rules/builtin holds no packages of it
+        ignore = shutil.ignore_patterns("__pycache__")
         for folder in ("engine", "rules", "tools"):
             shutil.copytree(REPO / folder, root / folder, ignore=ignore)
     return root
