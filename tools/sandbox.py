@@ -1,10 +1,15 @@
 """Run one process action in fresh Linux namespaces (the engine's action sandbox).
 
-Inside, the action sees the host root read-only (so the host's ``/usr/bin/bash`` and
-``python3`` work), the ``hide_paths`` masked by empty read-only tmpfs mounts, its exec root at
-the fixed path ``/execroot`` (so outputs never contain host build paths), writable only its
-declared output directories, a private ``/tmp`` and ``/run``, a fresh ``/proc``, a minimal
-``/dev``, and without network (a new network namespace with only ``lo``, up).
+Inside, the action sees one of two roots, read-only: the host's (so the host's ``/usr/bin/bash``
+and ``python3`` work; the ``hide_paths`` are masked by empty read-only tmpfs mounts), or, with
+``SandboxRequest.root``, a toolchain tree (an unpacked ``deb_packages`` or image root) as its
+``/``, with nothing of the host's filesystem visible and argv[0] looked up on the PATH inside the
+tree, its links followed as if it were ``/``. Either way it has its exec root at the fixed path
+``/execroot`` (so outputs never contain host build paths), writable only its declared output
+directories, a private ``/tmp`` and ``/run``, a fresh ``/proc``, a minimal ``/dev``, and no
+network (a new network namespace with only ``lo``, up). Both roots are laid out the same way:
+each top-level entry bound (or linked) on a fresh read-only tmpfs beside those own mounts, so a
+read-only tree need not contain their mount points.
 
 Two backends, one contract (``tests/test_sandbox.py`` runs every test against both):
 
@@ -32,18 +37,24 @@ init (signals, orphans, exit status). Both die with their parent (``PR_SET_PDEAT
 when B dies the kernel kills everything else in the namespace, so killing A, by a timeout or a
 Ctrl-C of the engine, takes the whole action tree down. With bwrap the same holds through
 ``--die-with-parent`` and bwrap's own PID 1.
+
+:func:`exec_on_root` starts a program the same way for ``pbuild run`` (a toolchain tree as ``/``,
+but interactive: the caller's uid, the network, the terminal and the host's ``/dev`` shared, and
+chosen host directories bound writable at their own paths).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import signal
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from pbuild.tools import linux, nsops
 
@@ -51,6 +62,10 @@ EXEC_ROOT = "/execroot"
 """Where the exec root appears inside the sandbox; fixed so outputs carry no host paths."""
 
 HOSTNAME = "pbuild"
+NOT_IN_TOOLCHAIN = "command not found in the toolchain"
+"""What the sandbox writes to an action's stderr, after ``pbuild-sandbox: NAME: ``, when argv[0]
+is not on the PATH of its toolchain root (:func:`missing_from_toolchain` recognizes it)."""
+_DEFAULT_PATH = "/usr/bin:/bin"
 _NEW_ROOT = "/tmp"  # an existing host directory that receives the new root's tmpfs (see plan)
 _OWN_MOUNTS = ("proc", "dev", "tmp", "run", EXEC_ROOT.lstrip("/"))
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -99,6 +114,12 @@ class _Plan:
     workdir: str
     namespaces: int
     argv: tuple[str, ...] = field(default_factory=tuple)
+    on_toolchain: bool = False
+    id_maps: tuple[str, str] | None = None
+    """uid_map and gid_map lines; None maps the caller to root, as an action's sandbox does."""
+    interactive: bool = False
+    """A ``pbuild run``: the terminal's SIGINT/SIGQUIT reach the program alone (the sandbox's
+    own processes ignore them), and the caller's umask is kept."""
 
 
 class SandboxRequestError(ValueError):
@@ -126,46 +147,115 @@ def _inside(relative: str, what: str) -> str:
     return "" if norm == "." else norm
 
 
-_root_cache: dict[tuple[object, ...], tuple[nsops.Op, ...]] = {}
+@dataclass(frozen=True)
+class _RootEntry:
+    """One entry of a root the action sees as ``/``, by its path relative to the root: a
+    symlink (``target``), a directory or file to bind, or an empty directory (made, not bound)."""
+
+    name: str
+    kind: str  # "link", "dir", "file" or "empty"
+    target: str = ""
 
 
-def _host_root_ops(new: str) -> tuple[nsops.Op, ...]:
-    """Bind the host root one top-level entry at a time, so that /execroot can be added beside
-    them without creating anything on the host. An empty directory (``/srv``, ``/media``,
-    ``lost+found`` to us) becomes just an empty directory: each bind costs bwrap a parse of the
-    mount table. Cached while ``/`` and its directories are unchanged (a stat each, against
-    ~0.3 ms for listing them; a mount on one of them changes its inode)."""
-    top = sorted(os.listdir("/"))
+_root_cache: dict[tuple[str, bool], tuple[tuple[object, ...], tuple[_RootEntry, ...]]] = {}
+
+
+def _root_entries(source: str, top: bool = True) -> tuple[_RootEntry, ...]:
+    """The entries of ``source`` (the host's ``/`` or a toolchain tree, or a directory in one),
+    bound one at a time so that our own mounts (/proc, /dev, /tmp, /run, /execroot) can be made
+    beside them on a fresh tmpfs: nothing is created on the host, and a read-only tree need not
+    contain their mount points. At the ``top``, entries of those names are left out, as are
+    regular files (a root filesystem keeps nothing there that a program needs). An empty directory
+    (``/srv``, ``/media``, ``lost+found`` to us) becomes just an empty directory: each bind costs
+    bwrap a parse of the mount table. Cached per source while it and its directories are
+    unchanged (a stat each, against ~0.3 ms for listing them; a mount on one changes its inode)."""
     stats = []
-    for name in top:
+    for name in sorted(os.listdir(source)):
         try:
-            st = os.lstat(f"/{name}")
+            st = os.lstat(os.path.join(source, name))
             stats.append((name, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_mode))
         except OSError:
             continue
-    key = (new, os.stat("/").st_mtime_ns, tuple(stats))
-    cached = _root_cache.get(key)
-    if cached is not None:
-        return cached
-    ops: list[nsops.Op] = []
+    stamp = (os.stat(source).st_mtime_ns, tuple(stats))
+    cached = _root_cache.get((source, top))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    entries: list[_RootEntry] = []
     for name, *_, mode in stats:
-        if name in _OWN_MOUNTS:
+        if top and name in _OWN_MOUNTS:
             continue
-        path = f"/{name}"
+        path = os.path.join(source, name)
         if stat.S_ISLNK(mode):
-            ops.append(nsops.Symlink(os.readlink(path), f"{new}{path}"))
+            entries.append(_RootEntry(name, "link", os.readlink(path)))
         elif stat.S_ISDIR(mode):
-            ops.append(nsops.MakeDir(f"{new}{path}"))
             try:
-                with os.scandir(path) as entries:
-                    empty = next(entries, None) is None
+                with os.scandir(path) as listing:
+                    empty = next(listing, None) is None
             except OSError:
                 empty = True  # unreadable to us: the action could not read it either
-            if not empty:
-                ops.append(nsops.Mount(path, f"{new}{path}", None, linux.MS_BIND | linux.MS_REC))
-    _root_cache.clear()
-    _root_cache[key] = result = tuple(ops)
-    return result
+            entries.append(_RootEntry(name, "empty" if empty else "dir"))
+        elif stat.S_ISREG(mode) and not top:
+            entries.append(_RootEntry(name, "file"))
+    if len(_root_cache) >= 16:  # a few toolchains and the host; old trees are not kept forever
+        _root_cache.clear()
+    _root_cache[(source, top)] = (stamp, tuple(entries))
+    return tuple(entries)
+
+
+def _root_layout(source: str, opened: Sequence[str] = ()) -> list[_RootEntry]:
+    """The entries that make ``source`` the ``/`` (see :func:`_root_entries`). ``opened`` are
+    absolute paths inside where host directories will be bound (``exec_on_root``): each directory
+    of the tree on the way there is made on the tmpfs and laid out entry by entry instead of being
+    bound whole, so that the mount point can be made without writing to the tree."""
+    wanted = [path.strip("/") for path in opened]
+    layout: list[_RootEntry] = []
+
+    def lay_out(prefix: str) -> None:
+        for entry in _root_entries(os.path.join(source, prefix), top=not prefix):
+            rel = f"{prefix}/{entry.name}" if prefix else entry.name
+            below = [w for w in wanted if w == rel or w.startswith(rel + "/")]
+            if not below or entry.kind == "empty":
+                layout.append(_RootEntry(rel, entry.kind, entry.target))
+            elif entry.kind == "dir":
+                layout.append(_RootEntry(rel, "empty"))
+                if rel not in wanted:  # a bind on rel itself covers all of it
+                    lay_out(rel)
+            else:
+                raise SandboxRequestError(f"cannot bind /{below[0]}: /{rel} is a {entry.kind} in the root")
+
+    lay_out("")
+    return layout
+
+
+def _root_ops(new: str, source: str, opened: Sequence[str] = ()) -> list[nsops.Op]:
+    """The fork backend's view of ``source`` as ``/`` below ``new`` (see :func:`_root_layout`).
+    Sources are reached through the directory opened before the new root's tmpfs shadowed it
+    (a toolchain tree may lie below ``/tmp``)."""
+    ops: list[nsops.Op] = []
+    for entry in _root_layout(source, opened):
+        path = f"{new}/{entry.name}"
+        if entry.kind == "link":
+            ops.append(nsops.Symlink(entry.target, path))
+        elif entry.kind == "file":
+            ops.append(nsops.MakeFile(path))
+            ops.append(nsops.Mount(nsops.Slot("root", entry.name), path, None, linux.MS_BIND))
+        else:
+            ops.append(nsops.MakeDir(path))
+            if entry.kind == "dir":
+                ops.append(
+                    nsops.Mount(nsops.Slot("root", entry.name), path, None, linux.MS_BIND | linux.MS_REC)
+                )
+    return ops
+
+
+def _root_of(request: SandboxRequest) -> str:
+    """The directory the action sees as ``/``: the host's, or the request's toolchain tree."""
+    if request.root is None:
+        return "/"
+    root = os.path.realpath(request.root)
+    if not os.path.isdir(root):
+        raise SandboxRequestError(f"root {request.root} is not a directory")
+    return root
 
 
 def plan(request: SandboxRequest) -> _Plan:
@@ -176,10 +266,13 @@ def plan(request: SandboxRequest) -> _Plan:
     exec_root = os.path.realpath(request.exec_root)
     if not os.path.isdir(exec_root):
         raise SandboxRequestError(f"exec root {request.exec_root} is not a directory")
+    root = _root_of(request)
     new = _NEW_ROOT
     ops: list[nsops.Op] = [
-        # The exec root may lie below _NEW_ROOT, which the next mount shadows: open it first.
+        # The exec root and the root may lie below _NEW_ROOT, which the next mount shadows: open
+        # them first.
         nsops.OpenPath(exec_root, nsops.Slot("exec")),
+        nsops.OpenPath(root, nsops.Slot("root")),
         nsops.Mount("tmpfs", new, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755"),
         # Nothing below the new root may propagate back to the host. A mount namespace created
         # with a new user namespace already turns the host's shared mounts into slaves (they
@@ -189,8 +282,8 @@ def plan(request: SandboxRequest) -> _Plan:
     ]
     for name in _OWN_MOUNTS:
         ops.append(nsops.MakeDir(f"{new}/{name}"))
-    ops += _host_root_ops(new)
-    for hidden in sorted(set(request.hide_paths)):
+    ops += _root_ops(new, root)
+    for hidden in _hidden(request):
         real = os.path.realpath(hidden)
         top = real.strip("/").split("/", 1)[0]
         if real == "/" or top in _OWN_MOUNTS:
@@ -257,13 +350,45 @@ def plan(request: SandboxRequest) -> _Plan:
         workdir=f"{EXEC_ROOT}/{workdir}" if workdir else EXEC_ROOT,
         namespaces=namespaces,
         argv=tuple(request.argv),
+        on_toolchain=request.root is not None,
     )
+
+
+def _not_found_message(name: str, *, on_toolchain: bool) -> str:
+    return f"pbuild-sandbox: {name}: {NOT_IN_TOOLCHAIN if on_toolchain else 'command not found'}\n"
+
+
+_MISSING_LINES = (
+    re.compile(rf"^pbuild-sandbox: (.+): {NOT_IN_TOOLCHAIN}$"),  # argv[0] itself
+    re.compile(r"^\S+: (?:line \d+: )?([^\s:/]+): command not found$"),  # bash, in the action's script
+    re.compile(r"^\S+: \d+: ([^\s:/]+): not found$"),  # dash
+)
+
+
+def missing_from_toolchain(stderr: str, exit_code: int) -> str | None:
+    """The program an action on a toolchain root failed to find, or None: argv[0] (the
+    sandbox's ``NOT_IN_TOOLCHAIN`` line) or a command its shell script ran (bash's and dash's
+    "command not found"), recognized only with the exit code 127 they imply. Lets the engine
+    name the toolchain and the Debian package hint."""
+    if exit_code != 127:
+        return None
+    for line in reversed(stderr.splitlines()):
+        for pattern in _MISSING_LINES:
+            match = pattern.match(line)
+            if match:
+                return match.group(1)
+    return None
+
+
+def _hidden(request: SandboxRequest) -> list[str]:
+    """The host paths to mask; none on a toolchain root, where nothing of the host is visible."""
+    return [] if request.root is not None else sorted(set(request.hide_paths))
 
 
 def _find_executable(name: str, env: Mapping[str, str]) -> str | None:
     if "/" in name:
         return name
-    for directory in env.get("PATH", "/usr/bin:/bin").split(":"):
+    for directory in env.get("PATH", _DEFAULT_PATH).split(":"):
         candidate = os.path.join(directory or ".", name)
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
@@ -291,8 +416,9 @@ def _child_a(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int], errpip
     """First child: new namespaces and id maps, then fork the action (PID 1 of the new pid ns)."""
     uid, gid = os.geteuid(), os.getegid()
     _keep_only_fds([*fds, errpipe])
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        interrupt = sig in (signal.SIGINT, signal.SIGQUIT)
+        signal.signal(sig, signal.SIG_IGN if p.interactive and interrupt else signal.SIG_DFL)
     try:
         linux.unshare(p.namespaces)
         # Credentials changed with the new user namespace, which clears the death signal: set
@@ -300,7 +426,8 @@ def _child_a(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int], errpip
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             return _SETUP_FAILED
-        linux.write_id_maps("self", f"0 {uid} 1\n", f"0 {gid} 1\n")
+        uid_map, gid_map = p.id_maps or (f"0 {uid} 1\n", f"0 {gid} 1\n")
+        linux.write_id_maps("self", uid_map, gid_map)
         child = os.fork()
     except OSError as e:
         _report(errpipe, f"sandbox setup failed: {e}")
@@ -343,7 +470,9 @@ def _child_b(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int], errpip
         os._exit(_exec_action(p, env, fds))
     for fd in {errpipe, *fds}:
         os.close(fd)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (
+        (signal.SIGTERM, signal.SIGHUP) if p.interactive else (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    ):
         signal.signal(sig, lambda signum, _frame: os.kill(action, signum))
     while True:
         try:
@@ -358,14 +487,15 @@ def _child_b(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int], errpip
 def _exec_action(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int]) -> int:
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)  # ignored signals would survive exec
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    os.umask(0o022)  # the caller's umask must not reach output modes
+    if not p.interactive:
+        os.umask(0o022)  # the caller's umask must not reach output modes
     linux.close_range(3, cloexec=True)
     path = _find_executable(p.argv[0], env)
     if path is None:
-        os.write(2, f"pbuild-sandbox: {p.argv[0]}: command not found\n".encode())
+        os.write(2, _not_found_message(p.argv[0], on_toolchain=p.on_toolchain).encode())
         return 127
     try:
         os.execve(path, list(p.argv), {**env, "PWD": env.get("PWD", p.workdir)})
@@ -488,20 +618,19 @@ def _bwrap() -> str | None:
     return _bwrap_path[0]
 
 
-def _host_root_args(hidden: set[str]) -> list[str]:
-    """``--ro-bind``/``--dir``/``--symlink`` for each top-level entry of the host root (as
-    :func:`_host_root_ops`), so that /execroot can be added beside them. A hidden top-level
+def _root_args(source: str, hidden: set[str], opened: Sequence[str] = ()) -> list[str]:
+    """``--ro-bind``/``--dir``/``--symlink`` for each entry of :func:`_root_layout` (as the fork
+    backend's :func:`_root_ops`), so that /execroot can be added beside them. A hidden top-level
     directory is not bound at all (its tmpfs comes later)."""
     args: list[str] = []
-    ops = _host_root_ops("")
-    for i, op in enumerate(ops):
-        if isinstance(op, nsops.Symlink):
-            args += ["--symlink", op.target, op.path]
-        elif isinstance(op, nsops.MakeDir):
-            bound = i + 1 < len(ops) and isinstance(ops[i + 1], nsops.Mount)
-            if op.path in hidden:
-                continue
-            args += ["--ro-bind", op.path, op.path] if bound else ["--dir", op.path]
+    for entry in _root_layout(source, opened):
+        path = f"/{entry.name}"
+        if entry.kind == "link":
+            args += ["--symlink", entry.target, path]
+        elif entry.kind == "empty" or path in hidden:
+            args += ["--dir", path]
+        else:
+            args += ["--ro-bind", os.path.join(source, entry.name), path]
     return args
 
 
@@ -510,10 +639,11 @@ def bwrap_argv(request: SandboxRequest, binary: str, command: str) -> list[str]:
     exec_root = os.path.realpath(request.exec_root)
     argv = [binary, "--unshare-all", *(["--share-net"] if request.network else []), "--die-with-parent",
             "--new-session", "--uid", "0", "--gid", "0", "--hostname", request.hostname]  # fmt: skip
-    argv += _host_root_args({os.path.realpath(h) for h in request.hide_paths})
+    hidden = _hidden(request)
+    argv += _root_args(_root_of(request), {os.path.realpath(h) for h in hidden})
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
-    for hidden in sorted(set(request.hide_paths)):
-        real = os.path.realpath(hidden)
+    for path in hidden:
+        real = os.path.realpath(path)
         top = real.strip("/").split("/", 1)[0]
         if real == "/" or top in _OWN_MOUNTS:
             continue
@@ -526,12 +656,16 @@ def bwrap_argv(request: SandboxRequest, binary: str, command: str) -> list[str]:
         rel = _writable_dir(exec_root, writable)
         argv += ["--bind", os.path.join(exec_root, rel), f"{EXEC_ROOT}/{rel}" if rel else EXEC_ROOT]
     workdir = _inside(request.workdir, "workdir")
+    # The tmpfs that holds the new root is read-only, as the fork backend's (only that mount:
+    # /tmp, /run and the writable dirs stay writable).
+    argv += ["--remount-ro", "/"]
     argv += ["--chdir", f"{EXEC_ROOT}/{workdir}" if workdir else EXEC_ROOT, "--"]
     return [*argv, command, *request.argv[1:]]
 
 
-def _host_view(path: str, exec_root: str, workdir: str, hidden: list[str]) -> str | None:
-    """Where the file the action would see at ``path`` lies on the host (None: not visible)."""
+def _host_view(path: str, exec_root: str, workdir: str, hidden: list[str], root: str | None) -> str | None:
+    """Where the file the action would see at ``path`` lies on the host (None: not visible).
+    On a toolchain ``root``, links are followed as if it were ``/``, so never to the host."""
     if not path.startswith("/"):
         path = os.path.join(EXEC_ROOT, workdir, path)
     path = os.path.normpath(path)
@@ -540,7 +674,15 @@ def _host_view(path: str, exec_root: str, workdir: str, hidden: list[str]) -> st
     top = path.strip("/").split("/", 1)[0]
     if top in _OWN_MOUNTS or any(path == h or path.startswith(h + "/") for h in hidden):
         return None
-    return path
+    if root is None:
+        return path
+    try:
+        resolved = nsops.resolve_in_root(root, path)
+    except OSError:
+        return None
+    inside = os.path.relpath(resolved, root).split("/", 1)[0]
+    # A link into /tmp, /proc... of the tree: those are the sandbox's own, empty at the start.
+    return None if inside in _OWN_MOUNTS else resolved
 
 
 def _resolve_command(request: SandboxRequest) -> tuple[str | None, int]:
@@ -549,14 +691,15 @@ def _resolve_command(request: SandboxRequest) -> tuple[str | None, int]:
     Resolved here because bwrap reports a missing command as exit code 1, like any failure."""
     exec_root = os.path.realpath(request.exec_root)
     workdir = _inside(request.workdir, "workdir")
-    hidden = [os.path.realpath(h) for h in request.hide_paths]
+    hidden = [os.path.realpath(h) for h in _hidden(request)]
+    root = None if request.root is None else _root_of(request)
     name = request.argv[0]
     candidates = [name] if "/" in name else [
-        os.path.join(d or ".", name) for d in request.env.get("PATH", "/usr/bin:/bin").split(":")
+        os.path.join(d or ".", name) for d in request.env.get("PATH", _DEFAULT_PATH).split(":")
     ]  # fmt: skip
     found_but_not_executable = False
     for candidate in candidates:
-        host = _host_view(candidate, exec_root, workdir, hidden)
+        host = _host_view(candidate, exec_root, workdir, hidden, root)
         if host is None or not os.path.isfile(host):
             continue
         if os.access(host, os.X_OK):
@@ -571,7 +714,9 @@ def _run_bwrap(request: SandboxRequest, binary: str) -> SandboxResult:
     result = _run_bwrap_once(request, binary)
     if result.error and result.error.startswith("sandbox setup failed") and "mount" in result.error:
         retry = _run_bwrap_once(request, binary)
-        return SandboxResult(retry.exit_code, result.duration_s + retry.duration_s, retry.error, retry.timed_out)
+        return SandboxResult(
+            retry.exit_code, result.duration_s + retry.duration_s, retry.error, retry.timed_out
+        )
     return result
 
 
@@ -597,8 +742,11 @@ def _run_bwrap_once(request: SandboxRequest, binary: str) -> SandboxResult:
         return SandboxResult(_SETUP_FAILED, time.perf_counter() - start, error=f"sandbox: {e}")
     try:
         if command is None:
-            verb = "command not found" if missing == 127 else "permission denied (not executable)"
-            stderr.write(f"pbuild-sandbox: {request.argv[0]}: {verb}\n".encode())
+            if missing == 127:
+                message = _not_found_message(request.argv[0], on_toolchain=request.root is not None)
+            else:
+                message = f"pbuild-sandbox: {request.argv[0]}: permission denied (not executable)\n"
+            stderr.write(message.encode())
             return SandboxResult(missing, time.perf_counter() - start)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -656,3 +804,167 @@ def _run_bwrap_once(request: SandboxRequest, binary: str) -> SandboxResult:
         stdout.close()
         if stderr is not stdout:
             stderr.close()
+
+
+# --- a program on a toolchain root, interactively (pbuild run) -----------------------------------
+
+_RUN_OWN_MOUNTS = ("proc", "dev", "tmp", "run")
+
+
+def _run_binds(binds: Sequence[str]) -> list[str]:
+    """The host directories to bind at their own paths, checked, without those inside another
+    (the outer bind already shows them, at the same place)."""
+    real: list[str] = []
+    for bind in sorted({os.path.realpath(b) for b in binds}):
+        if not os.path.isdir(bind):
+            raise SandboxRequestError(f"bind {bind} is not a directory")
+        top = bind.strip("/").split("/", 1)[0]
+        if bind == "/" or top in ("proc", "dev"):
+            raise SandboxRequestError(f"bind {bind}: / and the sandbox's own /proc and /dev cannot be bound")
+        if not any(bind.startswith(outer + "/") for outer in real):
+            real.append(bind)
+    return real
+
+
+def _run_command(root: str, name: str, env: Mapping[str, str], binds: list[str], cwd: str) -> str | None:
+    """argv[0] as the program on ``root`` would find it through its PATH (None: not there)."""
+    candidates = [name] if "/" in name else [
+        os.path.join(d or ".", name) for d in env.get("PATH", _DEFAULT_PATH).split(":")
+    ]  # fmt: skip
+    for candidate in candidates:
+        path = os.path.normpath(os.path.join(cwd, candidate))
+        bound = [b for b in binds if path == b or path.startswith(b + "/")]
+        if bound:
+            host: str | None = path
+        elif path.strip("/").split("/", 1)[0] in _RUN_OWN_MOUNTS:
+            host = None
+        else:
+            try:
+                host = nsops.resolve_in_root(root, path)
+            except OSError:
+                host = None
+        if host is not None and os.path.isfile(host) and os.access(host, os.X_OK):
+            return candidate
+    return None
+
+
+def _run_plan(root: str, argv: Sequence[str], binds: list[str], cwd: str) -> _Plan:
+    """The fork backend's setup for :func:`exec_on_root` (see :func:`plan` for the pattern)."""
+    new = _NEW_ROOT
+    ops: list[nsops.Op] = [nsops.OpenPath(root, nsops.Slot("root"))]
+    ops += [nsops.OpenPath(b, nsops.Slot(f"bind{i}")) for i, b in enumerate(binds)]
+    ops += [
+        nsops.Mount("tmpfs", new, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755"),
+        nsops.Mount(None, new, None, linux.MS_PRIVATE),
+    ]
+    ops += [nsops.MakeDir(f"{new}/{name}") for name in _RUN_OWN_MOUNTS]
+    ops += _root_ops(new, root, binds)
+
+    def mount_points(under_own: bool) -> list[nsops.Op]:
+        made: list[nsops.Op] = []
+        for bind in binds:
+            parts = bind.strip("/").split("/")
+            if (parts[0] in _RUN_OWN_MOUNTS) == under_own:
+                made += [nsops.MakeDir(new + "/" + "/".join(parts[:n])) for n in range(1, len(parts) + 1)]
+        return made
+
+    ops += mount_points(under_own=False)
+    ops.append(nsops.SetAttr(new, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV))
+    ops += [
+        nsops.Mount("/dev", f"{new}/dev", None, linux.MS_BIND | linux.MS_REC),  # a terminal works
+        nsops.Mount("proc", f"{new}/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC),
+        nsops.Mount("tmpfs", f"{new}/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777"),
+        nsops.Mount("tmpfs", f"{new}/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755"),
+    ]
+    ops += mount_points(under_own=True)
+    for i, bind in enumerate(binds):
+        ops.append(nsops.Mount(nsops.Slot(f"bind{i}"), new + bind, None, linux.MS_BIND | linux.MS_REC))
+    ops.append(nsops.PivotRoot(new))
+    uid, gid = os.geteuid(), os.getegid()
+    return _Plan(
+        ops=tuple(ops),
+        workdir=cwd,
+        namespaces=linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC,
+        argv=tuple(argv),
+        on_toolchain=True,
+        id_maps=(f"{uid} {uid} 1\n", f"{gid} {gid} 1\n"),
+        interactive=True,
+    )
+
+
+def exec_on_root(
+    root: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    binds: Sequence[str],
+    cwd: str,
+    backend: str = "auto",
+) -> NoReturn:
+    """Become ``argv`` running on the tree ``root`` as its read-only ``/`` (``pbuild run`` of a
+    program on its toolchain): the host directories ``binds`` writable at their own paths (the
+    workspace, the working directory, the output tree), the working directory ``cwd``, the
+    network, stdin/stdout/stderr and the terminal shared, the caller's own uid and gid (not
+    root), the host's ``/dev``, a fresh ``/proc``, a private ``/tmp`` and ``/run``; nothing else
+    of the host is visible. The exit status is the program's (128+N for signal N).
+
+    Call it from a single-threaded process. With bwrap (``backend`` as for
+    :class:`SandboxRequest`) the process execs bwrap; with the fork backend it stays as a thin
+    waiter around the same namespace setup as an action's. Raises :class:`SandboxRequestError`,
+    before anything irreversible, for a bad root, bind or working directory; a program the
+    root lacks exits 127 with the :data:`NOT_IN_TOOLCHAIN` message, a failed setup 125.
+    """
+    if not argv:
+        raise SandboxRequestError("argv is empty")
+    real_root = os.path.realpath(root)
+    if not os.path.isdir(real_root):
+        raise SandboxRequestError(f"root {root} is not a directory")
+    if not os.path.isabs(cwd):
+        raise SandboxRequestError(f"working directory {cwd!r} must be an absolute path")
+    real_binds = _run_binds(binds)
+    cwd = os.path.normpath(cwd)
+    env = {**env, "PWD": cwd}
+    if backend == "auto":
+        backend = os.environ.get("PBUILD_SANDBOX_BACKEND") or ("bwrap" if _bwrap() else "fork")
+    binary = _bwrap() if backend == "bwrap" else None
+    if backend not in ("bwrap", "fork") or (backend == "bwrap" and binary is None):
+        raise SandboxRequestError(
+            f"sandbox backend {backend!r} is unknown or not installed (bwrap, fork or auto)"
+        )
+    if binary is not None:
+        args = _root_args(real_root, set(), real_binds)  # may refuse a bind through a link of the tree
+        command = _run_command(real_root, argv[0], env, real_binds, cwd)
+        if command is None:
+            os.write(2, _not_found_message(argv[0], on_toolchain=True).encode())
+            os._exit(127)
+        uid, gid = os.geteuid(), os.getegid()
+        bwrap = [binary, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-cgroup-try",
+                 "--uid", str(uid), "--gid", str(gid), *args, "--dev-bind", "/dev", "/dev",
+                 "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"]  # fmt: skip
+        for bind in real_binds:
+            bwrap += ["--bind", bind, bind]
+        bwrap += ["--remount-ro", "/", "--chdir", cwd, "--", command, *argv[1:]]
+        os.execve(binary, bwrap, env)
+    p = _run_plan(real_root, argv, real_binds, cwd)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)  # the terminal's go to the program; we wait for it
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = _SETUP_FAILED
+        try:
+            code = _child_a(p, env, (0, 1, 2), write_end, parent)
+        except BaseException as e:  # noqa: BLE001 - anything here must end in _exit
+            _report(write_end, f"sandbox setup failed: {type(e).__name__}: {e}")
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as errors:
+        message = errors.read().decode(errors="replace")  # EOF once the program exec'd
+    _, status = os.waitpid(pid, 0)
+    if message:
+        os.write(2, f"pbuild: cannot run {argv[0]} on {root}: {message}\n".encode())
+        os._exit(_SETUP_FAILED)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)
