@@ -174,7 +174,7 @@ def _deb_packages(ctx: RuleContext) -> list[Provider]:
         runtime = replace(runtime, toolchain=layer_toolchain(ctx, blob, meta, runtime))
     ctx.actions.call(
         write_deb_layer,
-        version="2",
+        version="3",
         params={
             "debs": [d.path for d in debs],
             # The closure's CPython byte-compiles its own modules (rules/debian/python.py).

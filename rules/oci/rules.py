@@ -16,7 +16,7 @@ from pbuild.rules.python.providers import PyBinaryInfo, PyInfo, Wheel
 COMPRESSIONS = ("gzip", "none", "zstd")
 _SUFFIX = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
 #: Bumped whenever an action function's output changes for the same inputs and params.
-LAYER_VERSION = "5"
+LAYER_VERSION = "6"
 IMAGE_VERSION = "1"
 
 #: gzip level for the large generated layers (wheels, Debian packages): level 1 is about 3.5x as
