@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from conftest import Runner
 from imageclone import REPO, clone_app_workspace
-
 from pbuild.engine.api import ActionIO, Label
 from pbuild.rules.debian.python import TreePython, modules_to_compile, python_links, unpack_entries
 from pbuild.rules.oci import pyc

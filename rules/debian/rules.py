@@ -139,7 +139,10 @@ def layer_toolchain(ctx: RuleContext, blob: File, meta: File,
     },
     doc="Pinned Debian packages and their dependency closure, fetched from the host's apt mirror "
         "(verified against `debian.lock.json`) and unpacked without dpkg into one merged-/usr layer "
-        "with a dpkg status database, /etc/passwd, /etc/group, /etc/os-release, /tmp and /root.",
+        "with a dpkg status database, /etc/passwd, /etc/group, /etc/os-release, /tmp and /root. A closure "
+        "with a CPython (python3.X-minimal) is left as Debian's maintainer scripts would leave it: its "
+        "standard library and dist-packages byte-compiled by its own interpreter (hash-based .pyc) and "
+        "/usr/bin/python3.",
 )
 def _deb_packages(ctx: RuleContext) -> list[Provider]:
     request = Request(

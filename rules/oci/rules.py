@@ -169,7 +169,8 @@ def _check_wheel_python(ctx: RuleContext, wheel: Wheel, version: str) -> None:
                                    "or the base provides."),
         "app_root": attr.string("Where a py_binary's first-party sources go (on PYTHONPATH).", default="/app"),
         "max_layers": attr.integer("Layer budget: wheels beyond it share one layer.", default=100),
-        "bytecode": attr.string("Hash-based .pyc for py_binary layers: skip-tests (every module but those in "
+        "bytecode": attr.string("Hash-based .pyc for py_binary layers, compiled by the image's own Python "
+                                "(its deb_packages tree): skip-tests (every module but those in "
                                 "tests/ or test/ packages), all, or none.", default="skip-tests",
                                 values=pyc.BYTECODE_MODES),
         **compression_attrs(FAST_GZIP_LEVEL),
