@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Runner
+from conftest import Runner, WorkspaceFactory
+from debfixtures import DebSpec, make_keyring, serve, write_archive
 from imageclone import REPO, clone_app_workspace
 from pbuild.engine.api import ActionIO, Label
 from pbuild.rules.debian.python import TreePython, modules_to_compile, python_links, unpack_entries
@@ -230,3 +231,22 @@ def test_without_a_toolchain_bytecode_only_from_the_same_python(tmp_path: Path) 
         "m.py", f"__pycache__/m.{sys.implementation.cache_tag}.pyc"]
     assert pyc.add_pyc(entries, io=io, python="/usr/bin/python3.99", python_version="3.99") == entries
     assert pyc.host_bytecode_key("3.99") is False and sys.version in str(pyc.host_bytecode_key(here))
+
+
+def test_a_python_that_cannot_start_is_a_message(workspace: WorkspaceFactory, pbuild: Runner, tmp_path: Path) -> None:
+    # A closure whose interpreter is not a program (here: four bytes) cannot compile its stdlib.
+    home = tmp_path / "gnupg"
+    keyring = make_keyring(home)
+    specs = [DebSpec("python3.11-minimal", version="3.11.2-6", files={"usr/bin/python3.11": b"\x7fELF",
+                                                                      "usr/lib/python3.11/os.py": b"X = 1\n"},
+                     modes={"usr/bin/python3.11": 0o755})]
+    write_archive(tmp_path / "archive", "bookworm", specs, gnupg_home=home)
+    ws = workspace({"third_party/debian/BUILD.toml": '[base]\nrule = "deb_packages"\npackages = ["python3.11-minimal"]\n'})
+    with serve(tmp_path / "archive") as url:
+        env = {"PBUILD_DEBIAN_MIRROR": url, "PBUILD_DEBIAN_KEYRING": str(keyring)}
+        assert pbuild("lock", "--debian", cwd=ws, env=env).code == 0
+        result = pbuild("build", "//third_party/debian:base", cwd=ws, env=env)
+    assert result.code == 1 and "Traceback" not in result.err, result
+    assert "cannot compile bytecode with /usr/bin/python3.11 of the toolchain" in result.err, result
+    assert "//third_party/debian:base" in result.err and "libc6" in result.err, result
+    assert not (ws / "pbuild-out/third_party/debian/base/layer.tar.gz").exists()

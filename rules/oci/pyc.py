@@ -101,17 +101,21 @@ def compile_on_toolchain(io: ActionIO, work: list[tuple[bytes, str]], *, python:
         log = os.path.join(io.tmpdir, f"pyc-{index}.log")
         # No -E/-I: the sandbox's environment is the whole environment, and -E would drop its
         # PYTHONHASHSEED=0. -S: no site (nothing of the tree's site-packages is needed).
-        code = io.run_sandboxed([python, "-S", "-s", "-B", "-X", "utf8", "-c", _WORKER,
-                                 "/execroot/work.pickle", "/execroot/out/pyc.pickle"],
-                                exec_root=exec_root, stdout_path=log, stderr_path=log, writable_dirs=("out",),
-                                root=root)
+        hint = ("the toolchain's Python must start: check that its deb_packages closure holds the "
+                "interpreter and its libraries (libc6 and the libpython3.X packages)")
+        try:
+            code = io.run_sandboxed([python, "-S", "-s", "-B", "-X", "utf8", "-c", _WORKER,
+                                     "/execroot/work.pickle", "/execroot/out/pyc.pickle"],
+                                    exec_root=exec_root, stdout_path=log, stderr_path=log, writable_dirs=("out",),
+                                    root=root)
+        except PbuildError as exc:
+            raise BytecodeError(f"cannot compile bytecode with {python} of the toolchain: {exc.message}",
+                                hint=hint) from None
         if code != 0:
             with open(log, "rb") as handle:
                 tail = handle.read()[-2000:].decode("utf-8", "replace").strip()
             raise BytecodeError(f"{python} of the toolchain failed compiling bytecode (exit code {code})"
-                                + (f":\n{tail}" if tail else ""),
-                                hint="the toolchain's Python must start: check that its deb_packages closure "
-                                     "holds the interpreter's libraries")
+                                + (f":\n{tail}" if tail else ""), hint=hint)
         with open(os.path.join(exec_root, "out", "pyc.pickle"), "rb") as handle:
             result: list[bytes | None] = pickle.load(handle)
         if len(result) != len(batch):
