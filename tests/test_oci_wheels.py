@@ -74,8 +74,8 @@ def test_bytecode_modes(tmp_path: Path) -> None:
 def test_bytecode_is_identical_across_processes_and_jobs(tmp_path: Path) -> None:
     sources = [LayerEntry(f"m/mod{i}.py", "file", 0o644, data=f"X = {i}\ndef f():\n    return {{'k': {i}}}\n".encode())
                for i in range(80)]
-    one = pyc.add_pyc(sources, python_version=VERSION, jobs=1)
-    two = pyc.add_pyc(sources, python_version=VERSION, jobs=2)
+    one = pyc.add_pyc(sources, io=None, python="/p", python_version=VERSION, jobs=1)
+    two = pyc.add_pyc(sources, io=None, python="/p", python_version=VERSION, jobs=2)
     assert [(e.path, e.data) for e in one] == [(e.path, e.data) for e in two]
     assert len(one) == 160
 
@@ -86,17 +86,17 @@ def test_bytecode_does_not_depend_on_the_calling_process() -> None:
     # must equal bytecode made in fresh worker processes.
     sources = [(f"X{i} = ['.', '-', '\u00e9', '{i}', 'a b']\nif X{i}: pass\n".encode(), f"/m{i}.py")
                for i in range(2 * 48)]
-    here = pyc.compile_pycs(sources, jobs=1)
-    split = pyc.compile_pycs(sources, jobs=2)  # half of them compiled in a worker process
+    here = pyc.compile_on_host(sources, jobs=1)
+    split = pyc.compile_on_host(sources, jobs=2)  # half of them compiled in a worker process
     assert here == split
     fresh = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", pyc._WORKER], input=pickle.dumps(sources), capture_output=True, check=True)
+        [sys.executable, "-S", "-c", pyc._HOST_WORKER], input=pickle.dumps(sources), capture_output=True, check=True)
     assert pickle.loads(fresh.stdout) == here
 
 
 def test_no_bytecode_for_another_python() -> None:
     sources = [LayerEntry("m.py", "file", 0o644, data=b"X = 1\n")]
-    assert pyc.add_pyc(sources, python_version="3.99") == sources
+    assert pyc.add_pyc(sources, io=None, python="/p", python_version="3.99") == sources
 
 
 def test_pyc_is_used_by_the_interpreter(tmp_path: Path) -> None:

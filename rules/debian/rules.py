@@ -7,9 +7,20 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
-from pbuild.engine.api import ActionIO, DefaultInfo, Provider, RuleContext, attr, rule
+from pbuild.engine.api import (
+    ActionIO,
+    DefaultInfo,
+    File,
+    Provider,
+    RuleContext,
+    Toolchain,
+    ToolchainLayer,
+    attr,
+    rule,
+)
 from pbuild.engine.errors import HashMismatch
 from pbuild.rules.debian import deb, sources
 from pbuild.rules.debian.lock import (
@@ -20,6 +31,7 @@ from pbuild.rules.debian.lock import (
     Request,
     read_locked_target,
 )
+from pbuild.rules.debian.python import TreePython, configure_python
 from pbuild.rules.oci import determinism
 from pbuild.rules.oci.isolate import run_isolated
 from pbuild.rules.oci.layerwriter import write_layer
@@ -84,6 +96,8 @@ def _write_deb_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
         debs = list(pool.map(load, paths))
     entries = deb.rootfs_entries(debs, codename=params["codename"], version=params["release"],
                                  exclude=params["exclude"])
+    if params.get("python"):
+        entries = configure_python(io, entries, TreePython(**params["python"]), jobs=io.jobs)
     digests = write_layer(entries, io.output_path(params["blob"]), compression=params["compression"],
                           level=params["level"], mtime=params["epoch"], jobs=io.jobs)
     with open(io.output_path(params["meta"]), "wb") as handle:
@@ -99,6 +113,13 @@ def python_runtime(packages: Sequence[LockedPackage]) -> PythonRuntimeInfo | Non
             return PythonRuntimeInfo(f"/usr/bin/python{version}", version,
                                      f"/usr/local/lib/python{version}/dist-packages")
     return None
+
+
+def layer_toolchain(ctx: RuleContext, blob: File, meta: File,
+                    runtime: PythonRuntimeInfo | None) -> Toolchain:
+    """The toolchain this target's layer makes (its interpreter, if the closure has one)."""
+    return Toolchain(ctx.label, (ToolchainLayer(blob, meta),), python=runtime.interpreter if runtime else "",
+                     python_version=runtime.version if runtime else "")
 
 
 @rule(
@@ -118,7 +139,10 @@ def python_runtime(packages: Sequence[LockedPackage]) -> PythonRuntimeInfo | Non
     },
     doc="Pinned Debian packages and their dependency closure, fetched from the host's apt mirror "
         "(verified against `debian.lock.json`) and unpacked without dpkg into one merged-/usr layer "
-        "with a dpkg status database, /etc/passwd, /etc/group, /etc/os-release, /tmp and /root.",
+        "with a dpkg status database, /etc/passwd, /etc/group, /etc/os-release, /tmp and /root. A closure "
+        "with a CPython (python3.X-minimal) is left as Debian's maintainer scripts would leave it: its "
+        "standard library and dist-packages byte-compiled by its own interpreter (hash-based .pyc) and "
+        "/usr/bin/python3.",
 )
 def _deb_packages(ctx: RuleContext) -> list[Provider]:
     request = Request(
@@ -147,11 +171,17 @@ def _deb_packages(ctx: RuleContext) -> list[Provider]:
         debs.append(output)
     blob = ctx.declare_file(f"{name}/layer.tar" + {"gzip": ".gz", "zstd": ".zst", "none": ""}[ctx.attr.compression])
     meta = ctx.declare_file(f"{name}/layer.json")
+    runtime = python_runtime(locked.packages)
+    if runtime is not None:
+        # Wheel and app layers above are byte-compiled on this layer's tree, by this interpreter.
+        runtime = replace(runtime, toolchain=layer_toolchain(ctx, blob, meta, runtime))
     ctx.actions.call(
         write_deb_layer,
-        version="1",
+        version="3",
         params={
             "debs": [d.path for d in debs],
+            # The closure's CPython byte-compiles its own modules (rules/debian/python.py).
+            "python": {"interpreter": runtime.interpreter, "version": runtime.version} if runtime else None,
             "codename": locked.os_release.get("codename", request.suites[0]),
             "release": locked.os_release.get("version", ""),
             "exclude": list(ctx.attr.exclude),
@@ -169,7 +199,6 @@ def _deb_packages(ctx: RuleContext) -> list[Provider]:
         DefaultInfo(files=(blob, meta)),
         LayerInfo((Layer(blob, meta, f"pbuild deb_packages {ctx.label}: {', '.join(sorted(request.packages))}"),)),
     ]
-    runtime = python_runtime(locked.packages)
     if runtime is not None:
         providers.append(runtime)
     return providers

@@ -69,7 +69,7 @@ def _write_wheel_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
     for wheel in params["wheels"]:
         entries += wheels.wheel_entries(io.input_path(wheel), site_packages=params["site_packages"],
                                         interpreter=params["interpreter"], python_version=params["python_version"],
-                                        jobs=io.jobs, bytecode=params["bytecode_mode"])
+                                        jobs=io.jobs, bytecode=params["bytecode_mode"], io=io)
     _write(io, params, entries)
 
 
@@ -81,8 +81,9 @@ def write_app_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
                    origin=item["input"])
         for item in params["sources"]
     ]
-    _write(io, params, pyc.add_pyc(entries, python_version=params["python_version"], jobs=io.jobs,
-                                      mode=params["bytecode_mode"]))
+    _write(io, params, pyc.add_pyc(entries, io=io, python=params["interpreter"],
+                                   python_version=params["python_version"], jobs=io.jobs,
+                                   mode=params["bytecode_mode"]))
 
 
 def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:

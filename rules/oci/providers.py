@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pbuild.engine.api import File, Provider
+from pbuild.engine.api import File, Provider, Toolchain
 
 
 @dataclass(frozen=True, order=True)
@@ -30,6 +30,9 @@ class PythonRuntimeInfo(Provider):
     interpreter: str  # absolute in-image path, e.g. /usr/bin/python3.11
     version: str  # "3.11"
     site_packages: str  # where wheels go, e.g. /usr/local/lib/python3.11/dist-packages
+    # The tree this interpreter runs on (deb_packages: its own layer), on which the image's
+    # bytecode is compiled; None when pbuild did not build it (``interpreter =``, a pulled base).
+    toolchain: Toolchain | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pbuild.rules.python.providers import PyBinaryInfo, PyInfo, Wheel
 COMPRESSIONS = ("gzip", "none", "zstd")
 _SUFFIX = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
 #: Bumped whenever an action function's output changes for the same inputs and params.
-LAYER_VERSION = "4"
+LAYER_VERSION = "6"
 IMAGE_VERSION = "1"
 
 #: gzip level for the large generated layers (wheels, Debian packages): level 1 is about 3.5x as
@@ -169,7 +169,8 @@ def _check_wheel_python(ctx: RuleContext, wheel: Wheel, version: str) -> None:
                                    "or the base provides."),
         "app_root": attr.string("Where a py_binary's first-party sources go (on PYTHONPATH).", default="/app"),
         "max_layers": attr.integer("Layer budget: wheels beyond it share one layer.", default=100),
-        "bytecode": attr.string("Hash-based .pyc for py_binary layers: skip-tests (every module but those in "
+        "bytecode": attr.string("Hash-based .pyc for py_binary layers, compiled by the image's own Python "
+                                "(its deb_packages tree): skip-tests (every module but those in "
                                 "tests/ or test/ packages), all, or none.", default="skip-tests",
                                 values=pyc.BYTECODE_MODES),
         **compression_attrs(FAST_GZIP_LEVEL),
@@ -324,8 +325,9 @@ def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinf
     suffix = _SUFFIX[compression]
     common = {"site_packages": runtime.site_packages, "interpreter": runtime.interpreter,
               "python_version": runtime.version, "compression": compression, "level": level, "epoch": epoch,
-              # Bytecode depends on the compiling interpreter: its magic number is part of the key.
-              "bytecode": pyc.can_compile_for(runtime.version) and pyc.bytecode_tag(),
+              # The bytecode is compiled by the runtime's toolchain, whose digests join the key;
+              # without one, by the host's interpreter, whose identity must be in the key.
+              "bytecode": "toolchain" if runtime.toolchain else pyc.host_bytecode_key(runtime.version),
               "bytecode_mode": ctx.attr.bytecode}
     layers: list[Layer] = []
     for group in groups:
@@ -339,6 +341,7 @@ def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinf
             inputs=[w.file for w in group],
             outputs=(blob, meta),
             mnemonic="WheelLayer",
+            toolchain=runtime.toolchain,
             progress=f"installing {', '.join(w.filename for w in group)}",
         )
         layers.append(Layer(blob, meta, "pbuild wheel " + " ".join(f"{w.name}=={w.version}" for w in group)))
@@ -354,6 +357,7 @@ def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinf
         inputs=[s.file for s in sources],
         outputs=(blob, meta),
         mnemonic="AppLayer",
+        toolchain=runtime.toolchain,
     )
     layers.append(Layer(blob, meta, f"pbuild py_binary {target.label}"))
     return layers

@@ -21,6 +21,7 @@ from installer.records import Hash, RecordEntry
 from installer.scripts import Script
 from installer.sources import WheelFile
 from installer.utils import Scheme, construct_record_file, fix_shebang
+from pbuild.engine.api import ActionIO
 from pbuild.rules.oci import determinism
 from pbuild.rules.oci.layerwriter import LayerEntry
 from pbuild.rules.oci.pyc import add_pyc
@@ -82,11 +83,13 @@ def image_schemes(site_packages: str, prefix: str = "/usr/local", python_version
 
 
 def wheel_entries(wheel_path: str, *, site_packages: str, interpreter: str, python_version: str,
-                  origin: str = "", jobs: int = 1, bytecode: str = "all") -> list[LayerEntry]:
-    """The files of ``wheel_path`` installed for the image, with bytecode."""
+                  origin: str = "", jobs: int = 1, bytecode: str = "all",
+                  io: ActionIO | None = None) -> list[LayerEntry]:
+    """The files of ``wheel_path`` installed for the image, with bytecode by ``interpreter`` (see ``pyc``)."""
     destination = LayerDestination(image_schemes(site_packages, python_version=python_version), interpreter,
                                    origin or posixpath.basename(wheel_path))
     with WheelFile.open(Path(wheel_path)) as source:
         # INSTALLER names the tool; REQUESTED is left out: which wheels were asked for is the lock's business.
         install(source, destination, {"INSTALLER": b"pbuild\n"})
-    return add_pyc(destination.entries, python_version=python_version, jobs=jobs, mode=bytecode)
+    return add_pyc(destination.entries, io=io, python=interpreter, python_version=python_version, jobs=jobs,
+                   mode=bytecode)
