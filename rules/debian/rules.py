@@ -9,7 +9,17 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pbuild.engine.api import ActionIO, DefaultInfo, Provider, RuleContext, attr, rule
+from pbuild.engine.api import (
+    ActionIO,
+    DefaultInfo,
+    Provider,
+    RuleContext,
+    Toolchain,
+    ToolchainInfo,
+    ToolchainLayer,
+    attr,
+    rule,
+)
 from pbuild.engine.errors import HashMismatch
 from pbuild.rules.debian import deb, sources
 from pbuild.rules.debian.lock import (
@@ -172,4 +182,7 @@ def _deb_packages(ctx: RuleContext) -> list[Provider]:
     runtime = python_runtime(locked.packages)
     if runtime is not None:
         providers.append(runtime)
+    providers.append(ToolchainInfo(Toolchain(ctx.label, (ToolchainLayer(blob, meta),),
+                                             python=runtime.interpreter if runtime else "",
+                                             python_version=runtime.version if runtime else "")))
     return providers
