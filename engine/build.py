@@ -24,6 +24,7 @@ from pbuild.engine.loading import Loader, ParseCache
 from pbuild.engine.registry import RuleRegistry
 from pbuild.engine.scheduler import BuildResult, ExecOptions, Executor
 from pbuild.engine.store import LocalStore
+from pbuild.engine.toolchains import needed_files
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.engine.workspace import (
     WORKSPACE_FILE,
@@ -209,7 +210,7 @@ def _actions_subset(analyzed: Analyzed, files: Sequence[File]) -> list[Action]:
         if id(action) in needed:
             continue
         needed.add(id(action))
-        stack.extend(producers[f.path] for f in action.inputs if f.path in producers)
+        stack.extend(producers[f.path] for f in needed_files(action) if f.path in producers)
     return [a for a in analyzed.actions if id(a) in needed]
 
 
@@ -279,6 +280,7 @@ def test_actions(graph: ActionGraph, labels: Sequence[Label]) -> list[tuple[Labe
             progress=f"Testing {label}",
             stdout_to=log.path,
             timeout_s=info.timeout_s,
+            toolchain=info.toolchain,
         )
         tests.append((label, action))
     return tests

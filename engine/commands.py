@@ -21,6 +21,7 @@ from pbuild.engine.build import (
 from pbuild.engine.errors import EXIT_BUILD_FAILED, PbuildError
 from pbuild.engine.events import Reporter
 from pbuild.engine.store import LocalStore
+from pbuild.engine.toolchains import needed_files
 from pbuild.engine.workspace import find_workspace
 from pbuild.tools.fstree import remove_tree
 
@@ -104,7 +105,7 @@ def run_tests(request: BuildRequest, *, no_cache: bool) -> int:
             raise PbuildError(f"no test targets in {' '.join(request.patterns)}",
                               hint="test targets use rules such as py_test")
         needed = [a for _, a in tests]
-        build_actions: list[Action] = graph.actions_for([f for a in needed for f in a.inputs])
+        build_actions: list[Action] = graph.actions_for([f for a in needed for f in needed_files(a)])
         result, _ = execute(session, [*build_actions, *needed], request, reporter=reporter,
                             no_cache_mnemonics=frozenset({"TestRunner"}) if no_cache else frozenset(),
                             keep_going=True)
