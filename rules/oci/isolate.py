@@ -33,6 +33,7 @@ def run_isolated(function: Callable[[ActionIO, Mapping[str, Any]], None], io: Ac
         "tmpdir": io.tmpdir,
         "label": str(io.label),
         "jobs": io.jobs,
+        "toolchain_root": io.toolchain_root,
         "params": dict(params),
     }
     proc = subprocess.run([sys.executable, "-c", "from pbuild.rules.oci.isolate import main; main()"],
@@ -62,7 +63,7 @@ def main() -> None:
     module, _, name = payload["function"].partition(":")
     function = getattr(importlib.import_module(module), name)
     io = ActionIO(payload["inputs"], payload["outputs"], payload["tmpdir"], Label.parse(payload["label"]),
-                  jobs=payload["jobs"])
+                  jobs=payload["jobs"], toolchain_root=payload.get("toolchain_root"))
     try:
         function(io, payload["params"])
     except PbuildError as exc:
