@@ -215,9 +215,12 @@ def _actions_subset(analyzed: Analyzed, files: Sequence[File]) -> list[Action]:
 
 
 def build(request: BuildRequest, *, reporter: Reporter | None = None,
-          only_files: Callable[[Analyzed], Sequence[File]] | None = None) -> tuple[Session, Analyzed, BuildResult]:
+          only_files: Callable[[Analyzed], Sequence[File]] | None = None,
+          after: Callable[[Analyzed, Executor], None] | None = None) -> tuple[Session, Analyzed, BuildResult]:
     """Build the targets ``request.patterns`` name (or, with ``only_files``, just what produces
-    the files it picks). Raises BuildFailed when an action failed."""
+    the files it picks); ``after`` is called with the executor once the build succeeded (to
+    prepare what a command needs of it, such as a toolchain tree). Raises BuildFailed when an
+    action failed."""
     reporter = reporter or Reporter(event_file=request.event_file, quiet=request.quiet, interactive=request.interactive)
     session = open_session(request, warn=reporter.message)
     executing = False
@@ -225,7 +228,9 @@ def build(request: BuildRequest, *, reporter: Reporter | None = None,
         analyzed = analyze_for_build(session, request)
         executing = True
         actions = analyzed.actions if only_files is None else _actions_subset(analyzed, only_files(analyzed))
-        result, _ = execute(session, actions, request, reporter=reporter)
+        result, executor = execute(session, actions, request, reporter=reporter)
+        if after is not None and result.ok:
+            after(analyzed, executor)
     except BaseException as exc:
         reporter.finish(print_summary=executing and not isinstance(exc, KeyboardInterrupt))
         session.close()

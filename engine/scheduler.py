@@ -24,7 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbuild.engine.api import Action, ActionIO, InProcessAction, ProcessAction
+from pbuild.engine.api import Action, ActionIO, InProcessAction, ProcessAction, Toolchain
 from pbuild.engine.errors import BuildFailed, PbuildError
 from pbuild.engine.events import Reporter
 from pbuild.engine.execroot import (
@@ -268,9 +268,10 @@ class Executor:
 
     def _toolchain_root(self, action: Action) -> str | None:
         """The unpacked tree of the action's toolchain (made on first need), or None."""
-        toolchain = action.toolchain
-        if toolchain is None:
-            return None
+        return None if action.toolchain is None else self.toolchain_tree(action.toolchain)
+
+    def toolchain_tree(self, toolchain: Toolchain) -> str:
+        """The unpacked tree of ``toolchain``, whose layer files this build has built."""
         layers = []
         for layer in toolchain.layers:
             paths = []
@@ -284,8 +285,8 @@ class Executor:
                                       hint="this is a bug in a rule")
                 paths.append(self._checked_blob(records[0]))
             layers.append(LayerFiles(*paths))
-        return self.toolchain_trees.tree(tree_digest(self._toolchain_digests(action)), layers,
-                                         label=toolchain.label)
+        digests = [self._input_digest(f.path, f.is_source) for f in toolchain.files]
+        return self.toolchain_trees.tree(tree_digest(digests), layers, label=toolchain.label)
 
     def _lookup(self, action: Action, key: str, material: bytes) -> tuple[str, ActionResult] | None:
         if not self.options.cache_results or action.mnemonic in self.options.no_cache_mnemonics:
