@@ -16,14 +16,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
+from conftest import REPO, Runner, WorkspaceFactory, assert_user_error
 from pbuild.engine.api import File, Label, ProcessAction, Toolchain, ToolchainLayer
 from pbuild.engine.errors import BuildFailed
 from pbuild.engine.hashing import host_fingerprint
 from pbuild.engine.keys import key_material
 from pbuild.engine.toolchains import LayerFiles, ToolchainTrees
-
-from conftest import REPO, Runner, WorkspaceFactory, assert_user_error
 
 SHELL_BUILD = """
 [shell]
