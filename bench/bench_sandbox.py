@@ -2,7 +2,9 @@
 ``subprocess.run(["/bin/true"])`` (and ``bwrap`` with comparable isolation when installed).
 
 Usage: ``python bench/bench_sandbox.py [--runs N] [--threads T]``. Prints the median of N runs
-of each and the overhead (sandbox median minus plain median); the goal is <= 15 ms.
+of each and the overhead (sandbox median minus plain median); the goal is <= 15 ms. In the same
+run, each backend runs the action on a toolchain root (a small merged-/usr tree of host programs,
+``tests/hosttree.py``) against the host root; the goal is toolchain <= host + 2 ms.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from hosttree import build_tree  # noqa: E402 - after the path above
 from pbuild.tools.sandbox import SandboxRequest, run_sandboxed
 
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": "UTC", "HOME": "/tmp", "PYTHONHASHSEED": "0"}
@@ -68,14 +75,17 @@ def main() -> None:
             stderr_path=os.path.join(tmp, "stderr"),
         )
 
-        def sandboxed(backend: str = "auto") -> None:
-            result = run_sandboxed(dataclasses.replace(request, backend=backend))
+        tree = str(build_tree(Path(tmp) / "toolchain"))
+
+        def sandboxed(backend: str = "auto", root: str | None = None) -> None:
+            result = run_sandboxed(dataclasses.replace(request, backend=backend, root=root))
             assert result.exit_code == 0 and result.error is None, result
 
         contenders: dict[str, Callable[[], object]] = {
             "plain subprocess.run(/bin/true)": lambda: subprocess.run(["/bin/true"], check=True),
             "run_sandboxed(/bin/true)": sandboxed,
             "  backend=fork": lambda: sandboxed("fork"),
+            "  backend=fork, toolchain root": lambda: sandboxed("fork", tree),
         }
         bwrap = shutil.which("bwrap")
         if bwrap:
@@ -84,19 +94,26 @@ def main() -> None:
                     "--proc", "/proc", "--dev", "/dev", "--bind", exec_root, "/tmp/execroot",
                     "--chdir", "/tmp/execroot", "--clearenv", "/bin/true"]  # fmt: skip
             contenders["  backend=bwrap"] = lambda: sandboxed("bwrap")
+            contenders["  backend=bwrap, toolchain root"] = lambda: sandboxed("bwrap", tree)
             contenders["bare bwrap, similar isolation"] = lambda: subprocess.run(argv, check=True)
         result = medians_ms(contenders, args.runs)
         cpu = {name: cpu_ms(fn, max(10, args.runs // 5)) for name, fn in contenders.items()}
         plain = result["plain subprocess.run(/bin/true)"]
         for name, value in result.items():
             print(
-                f"{name:34} median {value:6.2f} ms over {args.runs} runs (overhead {value - plain:6.2f} ms), "
+                f"{name:36} median {value:6.2f} ms over {args.runs} runs (overhead {value - plain:6.2f} ms), "
                 f"CPU {cpu[name]:5.2f} ms per run"
             )
         sandbox = result["run_sandboxed(/bin/true)"]
         print(
             f"sandbox overhead: {sandbox - plain:.2f} ms (goal <= 15 ms); ratio to plain {sandbox / plain:.1f}x"
         )
+        for backend in ("fork", "bwrap") if bwrap else ("fork",):
+            host, on_tree = result[f"  backend={backend}"], result[f"  backend={backend}, toolchain root"]
+            print(
+                f"{backend}: toolchain root {on_tree:.2f} ms vs host root {host:.2f} ms: "
+                f"{on_tree - host:+.2f} ms (goal <= +2 ms)"
+            )
         # Throughput from a thread pool, as the engine runs --jobs N actions.
         n = args.runs
         with ThreadPoolExecutor(args.threads) as pool:

@@ -14,12 +14,22 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hosttree import build_tree
 from pbuild.tools import nsops
-from pbuild.tools.sandbox import EXEC_ROOT, SandboxRequest, SandboxResult, plan, run_sandboxed
+from pbuild.tools.sandbox import (
+    EXEC_ROOT,
+    NOT_IN_TOOLCHAIN,
+    SandboxRequest,
+    SandboxResult,
+    missing_from_toolchain,
+    plan,
+    run_sandboxed,
+)
 
 ENV = {
     "PATH": "/usr/bin:/bin",
@@ -295,13 +305,13 @@ UNPRIVILEGED_PROBE = """
 import json, os, sys
 from pathlib import Path
 from pbuild.tools.sandbox import SandboxRequest, run_sandboxed
-tmp = Path(sys.argv[1])
+tmp, root, last = Path(sys.argv[1]), sys.argv[2] or None, sys.argv[3]
 (tmp / "execroot/out").mkdir(parents=True)
 (tmp / "execroot/in.txt").write_text("input")
 req = SandboxRequest(
-    argv=("/bin/sh", "-c", "id -u; cat in.txt; echo; echo $$; echo w > out/f; echo x > bad; cat /etc/shadow"),
+    argv=("/bin/sh", "-c", f"id -u; cat in.txt; echo; echo $$; echo w > out/f; echo x > bad; {last}"),
     env={"PATH": "/usr/bin:/bin"}, exec_root=str(tmp / "execroot"), writable_dirs=("out",), workdir="",
-    hide_paths=(), stdout_path=str(tmp / "o"), stderr_path=str(tmp / "e"))
+    hide_paths=(), stdout_path=str(tmp / "o"), stderr_path=str(tmp / "e"), root=root)
 r = run_sandboxed(req)
 print(json.dumps({"code": r.exit_code, "error": r.error, "out": (tmp / "o").read_text(),
                   "err": (tmp / "e").read_text(), "written": (tmp / "execroot/out/f").read_text(),
@@ -316,10 +326,18 @@ def test_unprivileged_user(tmp_path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="pbuild-sandbox-") as base:
         work = Path(base)
         os.chown(work, 65534, 65534)
-        _unprivileged_probe(work)
+        report = _unprivileged_probe(work, "", "cat /etc/shadow")
+    assert report["error"] is None
+    assert report["out"].splitlines()[:3] == ["0", "input", "2"]  # uid 0 inside; PID 2 under the init
+    assert report["written"] == "w\n"
+    assert report["owner"] == 65534
+    assert "Read-only file system" in report["err"]
+    assert "Permission denied" in report["err"]  # /etc/shadow is still protected
+    assert report["code"] != 0
 
 
-def _unprivileged_probe(work: Path) -> None:
+def _unprivileged_probe(work: Path, root: str, last: str = "cat /etc/hostname") -> dict[str, object]:
+    """Run UNPRIVILEGED_PROBE as uid 65534 (on ``root``, or the host's with ""); its report."""
     env = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
@@ -335,6 +353,8 @@ def _unprivileged_probe(work: Path) -> None:
             "-c",
             UNPRIVILEGED_PROBE,
             str(work),
+            root,
+            last,
         ],
         capture_output=True,
         text=True,
@@ -342,11 +362,109 @@ def _unprivileged_probe(work: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["error"] is None
-    assert report["out"].splitlines()[:3] == ["0", "input", "2"]  # uid 0 inside; PID 2 under the init
+    report: dict[str, object] = json.loads(proc.stdout)
+    return report
+
+
+# --- actions on a toolchain root --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toolchain() -> Iterator[tuple[Path, Path]]:
+    """(base, tree): a merged-/usr tree of host programs at ``base/tree``, below /tmp (which the
+    fork backend shadows with the new root's tmpfs), and host-only files at ``base/host``: a
+    secret, and a program the tree's escaping link points to."""
+    base = Path(tempfile.mkdtemp(prefix="pbuild-toolchain-"))
+    base.chmod(0o755)  # uid 65534 reads the tree too
+    try:
+        tree = build_tree(base / "tree")
+        (tree / "opt/tc").mkdir(parents=True)
+        (tree / "opt/tc/hello").write_text("#!/bin/bash\necho in-tree $0\n")
+        (tree / "opt/tc/hello").chmod(0o755)
+        (tree / "usr/bin/hello-abs").symlink_to("/opt/tc/hello")  # absent on the host
+        (tree / "usr/bin/hello-rel").symlink_to("../../opt/tc/hello")
+        (tree / "usr/bin/evil").symlink_to("../../../host/tool")  # base/host/tool, on the host
+        (tree / "usr/bin/hostpy").symlink_to(os.path.realpath(shutil.which("python3") or "/usr/bin/python3"))
+        (base / "host").mkdir()
+        (base / "host/secret.txt").write_text("host secret\n")
+        (base / "host/tool").write_text("#!/bin/sh\necho HOST\n")
+        (base / "host/tool").chmod(0o755)
+        yield base, tree
+    finally:
+        shutil.rmtree(base)
+
+
+def test_action_on_a_toolchain_root_sees_the_tree_not_the_host(
+    tmp_path: Path, toolchain: tuple[Path, Path]
+) -> None:
+    base, tree = toolchain
+    script = (
+        f"cat /etc/hostname; cat pkg/in.txt; ls /; cat {base}/host/secret.txt; echo rc=$?; "
+        f"ls {REPO} >/dev/null 2>&1; echo repo=$?; "
+        "echo made > pkg/out/result.txt; touch /probe /usr/probe /etc/probe 2>&1 | grep -c Read-only"
+    )
+    result, out, err = run(tmp_path, script, root=str(tree))
+    assert (result.exit_code, result.error) == (0, None), err
+    lines = out.splitlines()
+    assert lines[:2] == ["toolchain-tree", "declared input"]
+    assert lines[2:14] == sorted(
+        ["bin", "dev", "etc", "execroot", "lib", "lib64", "opt", "proc", "run", "sbin", "tmp", "usr"]
+    )
+    assert lines[14:] == ["rc=1", "repo=2", "3"]
+    assert "No such file" in err
+    assert (tmp_path / "execroot/pkg/out/result.txt").read_text() == "made\n"
+    assert not (tree / "probe").exists() and not (tree / "usr/probe").exists()
+
+
+def test_toolchain_root_resolves_links_inside_the_tree(tmp_path: Path, toolchain: tuple[Path, Path]) -> None:
+    _, tree = toolchain
+    for name in ("hello-abs", "hello-rel"):
+        result = run_sandboxed(make_request(tmp_path, name, root=str(tree)))
+        assert (result.exit_code, result.error) == (0, None), (tmp_path / "stderr").read_text()
+        assert (tmp_path / "stdout").read_text() == f"in-tree /usr/bin/{name}\n"
+    result = run_sandboxed(make_request(tmp_path, "cat", "pkg/in.txt", root=str(tree)))
+    assert (tmp_path / "stdout").read_text() == "declared input\n"
+
+
+@pytest.mark.parametrize("name", ["evil", "hostpy", "jq"])
+def test_a_program_the_toolchain_lacks_is_not_taken_from_the_host(
+    tmp_path: Path, toolchain: tuple[Path, Path], name: str
+) -> None:
+    """``evil`` escapes the tree with ``../../..`` and ``hostpy`` is an absolute link to the
+    host's python3: on the root both lead nowhere, as ``jq``, which is nowhere at all."""
+    _, tree = toolchain
+    result = run_sandboxed(make_request(tmp_path, name, root=str(tree)))
+    err = (tmp_path / "stderr").read_text()
+    assert (result.exit_code, result.error) == (127, None), err
+    assert (tmp_path / "stdout").read_text() == ""
+    assert err == f"pbuild-sandbox: {name}: {NOT_IN_TOOLCHAIN}\n"
+    assert missing_from_toolchain(err, result.exit_code) == name
+    # The same program run from the action's own shell script.
+    result, out, err = run(tmp_path, f"{name} --version; cat /usr/bin/{name}", root=str(tree))
+    assert result.exit_code == 1 and "HOST" not in out and out == ""
+    result, out, err = run(tmp_path, f"{name} --version", root=str(tree))
+    assert result.exit_code == 127
+    assert missing_from_toolchain(err, result.exit_code) == name
+
+
+def test_missing_command_on_the_host_root_keeps_its_message(tmp_path: Path) -> None:
+    result = run_sandboxed(make_request(tmp_path, "no-such-command-pbuild"))
+    err = (tmp_path / "stderr").read_text()
+    assert (result.exit_code, err) == (127, "pbuild-sandbox: no-such-command-pbuild: command not found\n")
+    assert missing_from_toolchain("sh: 1: jq: not found\n", 127) == "jq"
+    assert missing_from_toolchain("sh: 1: jq: not found\n", 1) is None
+
+
+def test_unprivileged_user_on_a_toolchain_root(toolchain: tuple[Path, Path]) -> None:
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is not installed")
+    _, tree = toolchain
+    with tempfile.TemporaryDirectory(prefix="pbuild-sandbox-") as base:
+        work = Path(base)
+        os.chown(work, 65534, 65534)
+        report = _unprivileged_probe(work, str(tree))
+    assert report["code"] == 0, report
+    assert report["out"].splitlines() == ["0", "input", "2", "toolchain-tree"]
     assert report["written"] == "w\n"
     assert report["owner"] == 65534
     assert "Read-only file system" in report["err"]
-    assert "Permission denied" in report["err"]  # /etc/shadow is still protected
-    assert report["code"] != 0

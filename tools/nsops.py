@@ -26,9 +26,11 @@ from pbuild.tools import linux
 
 
 class Slot(NamedTuple):
-    """A directory opened earlier by :class:`OpenPath`, used as a bind source."""
+    """A directory opened earlier by :class:`OpenPath`, used as a bind source; ``below`` is a
+    relative path under it (reached through the opened directory, not by name from ``/``)."""
 
     name: str
+    below: str = ""
 
 
 class OpenPath(NamedTuple):
@@ -198,7 +200,8 @@ def apply(ops: Iterable[Op], trace: Callable[[Op, float], None] | None = None) -
         if isinstance(op, Mount):
             source = op.source
             if isinstance(source, Slot):
-                source = f"/proc/self/fd/{slots[source.name]}"
+                fd_path = f"/proc/self/fd/{slots[source.name]}"
+                source = f"{fd_path}/{source.below}" if source.below else fd_path
             target = _in_root(op.root, op.target, op.create) if op.root else op.target
             linux.mount(source, target, op.fstype, op.flags, op.data)
         elif isinstance(op, MakeDir):

@@ -1,10 +1,15 @@
 """Run one process action in fresh Linux namespaces (the engine's action sandbox).
 
-Inside, the action sees the host root read-only (so the host's ``/usr/bin/bash`` and
-``python3`` work), the ``hide_paths`` masked by empty read-only tmpfs mounts, its exec root at
-the fixed path ``/execroot`` (so outputs never contain host build paths), writable only its
-declared output directories, a private ``/tmp`` and ``/run``, a fresh ``/proc``, a minimal
-``/dev``, and without network (a new network namespace with only ``lo``, up).
+Inside, the action sees one of two roots, read-only: the host's (so the host's ``/usr/bin/bash``
+and ``python3`` work; the ``hide_paths`` are masked by empty read-only tmpfs mounts), or, with
+``SandboxRequest.root``, a toolchain tree (an unpacked ``deb_packages`` or image root) as its
+``/``, with nothing of the host's filesystem visible and argv[0] looked up on the PATH inside the
+tree, its links followed as if it were ``/``. Either way it has its exec root at the fixed path
+``/execroot`` (so outputs never contain host build paths), writable only its declared output
+directories, a private ``/tmp`` and ``/run``, a fresh ``/proc``, a minimal ``/dev``, and no
+network (a new network namespace with only ``lo``, up). Both roots are laid out the same way:
+each top-level entry bound (or linked) on a fresh read-only tmpfs beside those own mounts, so a
+read-only tree need not contain their mount points.
 
 Two backends, one contract (``tests/test_sandbox.py`` runs every test against both):
 
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import signal
 import stat
@@ -51,6 +57,10 @@ EXEC_ROOT = "/execroot"
 """Where the exec root appears inside the sandbox; fixed so outputs carry no host paths."""
 
 HOSTNAME = "pbuild"
+NOT_IN_TOOLCHAIN = "command not found in the toolchain"
+"""What the sandbox writes to an action's stderr, after ``pbuild-sandbox: NAME: ``, when argv[0]
+is not on the PATH of its toolchain root (:func:`missing_from_toolchain` recognizes it)."""
+_DEFAULT_PATH = "/usr/bin:/bin"
 _NEW_ROOT = "/tmp"  # an existing host directory that receives the new root's tmpfs (see plan)
 _OWN_MOUNTS = ("proc", "dev", "tmp", "run", EXEC_ROOT.lstrip("/"))
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -99,6 +109,7 @@ class _Plan:
     workdir: str
     namespaces: int
     argv: tuple[str, ...] = field(default_factory=tuple)
+    on_toolchain: bool = False
 
 
 class SandboxRequestError(ValueError):
@@ -126,46 +137,83 @@ def _inside(relative: str, what: str) -> str:
     return "" if norm == "." else norm
 
 
-_root_cache: dict[tuple[object, ...], tuple[nsops.Op, ...]] = {}
+@dataclass(frozen=True)
+class _RootEntry:
+    """One top-level entry of a root the action sees as ``/``: a symlink (``target``), a
+    directory to bind, or an empty directory (made, not bound)."""
+
+    name: str
+    kind: str  # "link", "dir" or "empty"
+    target: str = ""
 
 
-def _host_root_ops(new: str) -> tuple[nsops.Op, ...]:
-    """Bind the host root one top-level entry at a time, so that /execroot can be added beside
-    them without creating anything on the host. An empty directory (``/srv``, ``/media``,
-    ``lost+found`` to us) becomes just an empty directory: each bind costs bwrap a parse of the
-    mount table. Cached while ``/`` and its directories are unchanged (a stat each, against
-    ~0.3 ms for listing them; a mount on one of them changes its inode)."""
-    top = sorted(os.listdir("/"))
+_root_cache: dict[str, tuple[tuple[object, ...], tuple[_RootEntry, ...]]] = {}
+
+
+def _root_entries(source: str) -> tuple[_RootEntry, ...]:
+    """The top-level entries of ``source`` (the host's ``/`` or a toolchain tree), bound one at
+    a time so that our own mounts (/proc, /dev, /tmp, /run, /execroot) can be made beside them
+    on a fresh tmpfs: nothing is created on the host, and a read-only tree need not contain
+    their mount points. Entries of those names in ``source`` are left out, as are regular files
+    at its top (a root filesystem keeps nothing there that a program needs). An empty directory
+    (``/srv``, ``/media``, ``lost+found`` to us) becomes just an empty directory: each bind costs
+    bwrap a parse of the mount table. Cached per source while it and its directories are
+    unchanged (a stat each, against ~0.3 ms for listing them; a mount on one changes its inode)."""
     stats = []
-    for name in top:
+    for name in sorted(os.listdir(source)):
         try:
-            st = os.lstat(f"/{name}")
+            st = os.lstat(os.path.join(source, name))
             stats.append((name, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_mode))
         except OSError:
             continue
-    key = (new, os.stat("/").st_mtime_ns, tuple(stats))
-    cached = _root_cache.get(key)
-    if cached is not None:
-        return cached
-    ops: list[nsops.Op] = []
+    stamp = (os.stat(source).st_mtime_ns, tuple(stats))
+    cached = _root_cache.get(source)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    entries: list[_RootEntry] = []
     for name, *_, mode in stats:
         if name in _OWN_MOUNTS:
             continue
-        path = f"/{name}"
+        path = os.path.join(source, name)
         if stat.S_ISLNK(mode):
-            ops.append(nsops.Symlink(os.readlink(path), f"{new}{path}"))
+            entries.append(_RootEntry(name, "link", os.readlink(path)))
         elif stat.S_ISDIR(mode):
-            ops.append(nsops.MakeDir(f"{new}{path}"))
             try:
-                with os.scandir(path) as entries:
-                    empty = next(entries, None) is None
+                with os.scandir(path) as listing:
+                    empty = next(listing, None) is None
             except OSError:
                 empty = True  # unreadable to us: the action could not read it either
-            if not empty:
-                ops.append(nsops.Mount(path, f"{new}{path}", None, linux.MS_BIND | linux.MS_REC))
-    _root_cache.clear()
-    _root_cache[key] = result = tuple(ops)
-    return result
+            entries.append(_RootEntry(name, "empty" if empty else "dir"))
+    if len(_root_cache) >= 8:  # a few toolchains and the host; old trees are not kept forever
+        _root_cache.clear()
+    _root_cache[source] = (stamp, tuple(entries))
+    return tuple(entries)
+
+
+def _root_ops(new: str, source: str) -> list[nsops.Op]:
+    """The fork backend's view of ``source`` as ``/`` below ``new`` (see :func:`_root_entries`).
+    Sources are reached through the directory opened before the new root's tmpfs shadowed it
+    (a toolchain tree may lie below ``/tmp``)."""
+    ops: list[nsops.Op] = []
+    for entry in _root_entries(source):
+        path = f"{new}/{entry.name}"
+        if entry.kind == "link":
+            ops.append(nsops.Symlink(entry.target, path))
+            continue
+        ops.append(nsops.MakeDir(path))
+        if entry.kind == "dir":
+            ops.append(nsops.Mount(nsops.Slot("root", entry.name), path, None, linux.MS_BIND | linux.MS_REC))
+    return ops
+
+
+def _root_of(request: SandboxRequest) -> str:
+    """The directory the action sees as ``/``: the host's, or the request's toolchain tree."""
+    if request.root is None:
+        return "/"
+    root = os.path.realpath(request.root)
+    if not os.path.isdir(root):
+        raise SandboxRequestError(f"root {request.root} is not a directory")
+    return root
 
 
 def plan(request: SandboxRequest) -> _Plan:
@@ -176,10 +224,13 @@ def plan(request: SandboxRequest) -> _Plan:
     exec_root = os.path.realpath(request.exec_root)
     if not os.path.isdir(exec_root):
         raise SandboxRequestError(f"exec root {request.exec_root} is not a directory")
+    root = _root_of(request)
     new = _NEW_ROOT
     ops: list[nsops.Op] = [
-        # The exec root may lie below _NEW_ROOT, which the next mount shadows: open it first.
+        # The exec root and the root may lie below _NEW_ROOT, which the next mount shadows: open
+        # them first.
         nsops.OpenPath(exec_root, nsops.Slot("exec")),
+        nsops.OpenPath(root, nsops.Slot("root")),
         nsops.Mount("tmpfs", new, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755"),
         # Nothing below the new root may propagate back to the host. A mount namespace created
         # with a new user namespace already turns the host's shared mounts into slaves (they
@@ -189,8 +240,8 @@ def plan(request: SandboxRequest) -> _Plan:
     ]
     for name in _OWN_MOUNTS:
         ops.append(nsops.MakeDir(f"{new}/{name}"))
-    ops += _host_root_ops(new)
-    for hidden in sorted(set(request.hide_paths)):
+    ops += _root_ops(new, root)
+    for hidden in _hidden(request):
         real = os.path.realpath(hidden)
         top = real.strip("/").split("/", 1)[0]
         if real == "/" or top in _OWN_MOUNTS:
@@ -257,13 +308,45 @@ def plan(request: SandboxRequest) -> _Plan:
         workdir=f"{EXEC_ROOT}/{workdir}" if workdir else EXEC_ROOT,
         namespaces=namespaces,
         argv=tuple(request.argv),
+        on_toolchain=request.root is not None,
     )
+
+
+def _not_found_message(name: str, *, on_toolchain: bool) -> str:
+    return f"pbuild-sandbox: {name}: {NOT_IN_TOOLCHAIN if on_toolchain else 'command not found'}\n"
+
+
+_MISSING_LINES = (
+    re.compile(rf"^pbuild-sandbox: (.+): {NOT_IN_TOOLCHAIN}$"),  # argv[0] itself
+    re.compile(r"^\S+: (?:line \d+: )?([^\s:/]+): command not found$"),  # bash, in the action's script
+    re.compile(r"^\S+: \d+: ([^\s:/]+): not found$"),  # dash
+)
+
+
+def missing_from_toolchain(stderr: str, exit_code: int) -> str | None:
+    """The program an action on a toolchain root failed to find, or None: argv[0] (the
+    sandbox's ``NOT_IN_TOOLCHAIN`` line) or a command its shell script ran (bash's and dash's
+    "command not found"), recognized only with the exit code 127 they imply. Lets the engine
+    name the toolchain and the Debian package hint."""
+    if exit_code != 127:
+        return None
+    for line in reversed(stderr.splitlines()):
+        for pattern in _MISSING_LINES:
+            match = pattern.match(line)
+            if match:
+                return match.group(1)
+    return None
+
+
+def _hidden(request: SandboxRequest) -> list[str]:
+    """The host paths to mask; none on a toolchain root, where nothing of the host is visible."""
+    return [] if request.root is not None else sorted(set(request.hide_paths))
 
 
 def _find_executable(name: str, env: Mapping[str, str]) -> str | None:
     if "/" in name:
         return name
-    for directory in env.get("PATH", "/usr/bin:/bin").split(":"):
+    for directory in env.get("PATH", _DEFAULT_PATH).split(":"):
         candidate = os.path.join(directory or ".", name)
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
@@ -365,7 +448,7 @@ def _exec_action(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int]) ->
     linux.close_range(3, cloexec=True)
     path = _find_executable(p.argv[0], env)
     if path is None:
-        os.write(2, f"pbuild-sandbox: {p.argv[0]}: command not found\n".encode())
+        os.write(2, _not_found_message(p.argv[0], on_toolchain=p.on_toolchain).encode())
         return 127
     try:
         os.execve(path, list(p.argv), {**env, "PWD": env.get("PWD", p.workdir)})
@@ -488,20 +571,19 @@ def _bwrap() -> str | None:
     return _bwrap_path[0]
 
 
-def _host_root_args(hidden: set[str]) -> list[str]:
-    """``--ro-bind``/``--dir``/``--symlink`` for each top-level entry of the host root (as
-    :func:`_host_root_ops`), so that /execroot can be added beside them. A hidden top-level
+def _root_args(source: str, hidden: set[str]) -> list[str]:
+    """``--ro-bind``/``--dir``/``--symlink`` for each top-level entry of ``source`` (as the fork
+    backend's :func:`_root_ops`), so that /execroot can be added beside them. A hidden top-level
     directory is not bound at all (its tmpfs comes later)."""
     args: list[str] = []
-    ops = _host_root_ops("")
-    for i, op in enumerate(ops):
-        if isinstance(op, nsops.Symlink):
-            args += ["--symlink", op.target, op.path]
-        elif isinstance(op, nsops.MakeDir):
-            bound = i + 1 < len(ops) and isinstance(ops[i + 1], nsops.Mount)
-            if op.path in hidden:
-                continue
-            args += ["--ro-bind", op.path, op.path] if bound else ["--dir", op.path]
+    for entry in _root_entries(source):
+        path = f"/{entry.name}"
+        if entry.kind == "link":
+            args += ["--symlink", entry.target, path]
+        elif entry.kind == "empty" or path in hidden:
+            args += ["--dir", path]
+        else:
+            args += ["--ro-bind", os.path.join(source, entry.name), path]
     return args
 
 
@@ -510,10 +592,11 @@ def bwrap_argv(request: SandboxRequest, binary: str, command: str) -> list[str]:
     exec_root = os.path.realpath(request.exec_root)
     argv = [binary, "--unshare-all", *(["--share-net"] if request.network else []), "--die-with-parent",
             "--new-session", "--uid", "0", "--gid", "0", "--hostname", request.hostname]  # fmt: skip
-    argv += _host_root_args({os.path.realpath(h) for h in request.hide_paths})
+    hidden = _hidden(request)
+    argv += _root_args(_root_of(request), {os.path.realpath(h) for h in hidden})
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
-    for hidden in sorted(set(request.hide_paths)):
-        real = os.path.realpath(hidden)
+    for path in hidden:
+        real = os.path.realpath(path)
         top = real.strip("/").split("/", 1)[0]
         if real == "/" or top in _OWN_MOUNTS:
             continue
@@ -526,12 +609,16 @@ def bwrap_argv(request: SandboxRequest, binary: str, command: str) -> list[str]:
         rel = _writable_dir(exec_root, writable)
         argv += ["--bind", os.path.join(exec_root, rel), f"{EXEC_ROOT}/{rel}" if rel else EXEC_ROOT]
     workdir = _inside(request.workdir, "workdir")
+    # The tmpfs that holds the new root is read-only, as the fork backend's (only that mount:
+    # /tmp, /run and the writable dirs stay writable).
+    argv += ["--remount-ro", "/"]
     argv += ["--chdir", f"{EXEC_ROOT}/{workdir}" if workdir else EXEC_ROOT, "--"]
     return [*argv, command, *request.argv[1:]]
 
 
-def _host_view(path: str, exec_root: str, workdir: str, hidden: list[str]) -> str | None:
-    """Where the file the action would see at ``path`` lies on the host (None: not visible)."""
+def _host_view(path: str, exec_root: str, workdir: str, hidden: list[str], root: str | None) -> str | None:
+    """Where the file the action would see at ``path`` lies on the host (None: not visible).
+    On a toolchain ``root``, links are followed as if it were ``/``, so never to the host."""
     if not path.startswith("/"):
         path = os.path.join(EXEC_ROOT, workdir, path)
     path = os.path.normpath(path)
@@ -540,7 +627,15 @@ def _host_view(path: str, exec_root: str, workdir: str, hidden: list[str]) -> st
     top = path.strip("/").split("/", 1)[0]
     if top in _OWN_MOUNTS or any(path == h or path.startswith(h + "/") for h in hidden):
         return None
-    return path
+    if root is None:
+        return path
+    try:
+        resolved = nsops.resolve_in_root(root, path)
+    except OSError:
+        return None
+    inside = os.path.relpath(resolved, root).split("/", 1)[0]
+    # A link into /tmp, /proc... of the tree: those are the sandbox's own, empty at the start.
+    return None if inside in _OWN_MOUNTS else resolved
 
 
 def _resolve_command(request: SandboxRequest) -> tuple[str | None, int]:
@@ -549,14 +644,15 @@ def _resolve_command(request: SandboxRequest) -> tuple[str | None, int]:
     Resolved here because bwrap reports a missing command as exit code 1, like any failure."""
     exec_root = os.path.realpath(request.exec_root)
     workdir = _inside(request.workdir, "workdir")
-    hidden = [os.path.realpath(h) for h in request.hide_paths]
+    hidden = [os.path.realpath(h) for h in _hidden(request)]
+    root = None if request.root is None else _root_of(request)
     name = request.argv[0]
     candidates = [name] if "/" in name else [
-        os.path.join(d or ".", name) for d in request.env.get("PATH", "/usr/bin:/bin").split(":")
+        os.path.join(d or ".", name) for d in request.env.get("PATH", _DEFAULT_PATH).split(":")
     ]  # fmt: skip
     found_but_not_executable = False
     for candidate in candidates:
-        host = _host_view(candidate, exec_root, workdir, hidden)
+        host = _host_view(candidate, exec_root, workdir, hidden, root)
         if host is None or not os.path.isfile(host):
             continue
         if os.access(host, os.X_OK):
@@ -571,7 +667,9 @@ def _run_bwrap(request: SandboxRequest, binary: str) -> SandboxResult:
     result = _run_bwrap_once(request, binary)
     if result.error and result.error.startswith("sandbox setup failed") and "mount" in result.error:
         retry = _run_bwrap_once(request, binary)
-        return SandboxResult(retry.exit_code, result.duration_s + retry.duration_s, retry.error, retry.timed_out)
+        return SandboxResult(
+            retry.exit_code, result.duration_s + retry.duration_s, retry.error, retry.timed_out
+        )
     return result
 
 
@@ -597,8 +695,11 @@ def _run_bwrap_once(request: SandboxRequest, binary: str) -> SandboxResult:
         return SandboxResult(_SETUP_FAILED, time.perf_counter() - start, error=f"sandbox: {e}")
     try:
         if command is None:
-            verb = "command not found" if missing == 127 else "permission denied (not executable)"
-            stderr.write(f"pbuild-sandbox: {request.argv[0]}: {verb}\n".encode())
+            if missing == 127:
+                message = _not_found_message(request.argv[0], on_toolchain=request.root is not None)
+            else:
+                message = f"pbuild-sandbox: {request.argv[0]}: permission denied (not executable)\n"
+            stderr.write(message.encode())
             return SandboxResult(missing, time.perf_counter() - start)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         try:
