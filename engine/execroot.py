@@ -129,19 +129,15 @@ _NETWORK_SIGNS = re.compile(
     re.IGNORECASE,
 )
 _PATHISH = re.compile(r"[\w./@+-]+")
-# The sandbox's "pbuild-sandbox: NAME: command not found" (argv[0]) and bash's
-# "bash: line 1: NAME: command not found" (a command of a genrule's script).
-_NOT_FOUND = re.compile(r"^(?:pbuild-sandbox|\S*bash|sh)(?:: line \d+)?: (\S+): command not found$", re.MULTILINE)
-
-
 def missing_program(stderr: str, exit_code: int, action: ProcessAction) -> str | None:
     """For an action on a toolchain that failed for want of a program: which, and how to add it."""
-    if action.toolchain is None or exit_code != 127:
+    from pbuild.tools.sandbox import missing_from_toolchain
+
+    if action.toolchain is None:
         return None
-    found = _NOT_FOUND.findall(stderr)
-    if not found:
+    name = missing_from_toolchain(stderr, exit_code)
+    if name is None:
         return None
-    name = found[-1]
     label = action.toolchain.label
     return (f"the toolchain {label} has no program {name!r}: add the Debian package that provides it "
             f"to the packages of {label} (e.g. `apt-file search bin/{name.rsplit('/', 1)[-1]}` names it), "
