@@ -15,7 +15,7 @@ from typing import Any
 
 from pbuild.engine import uptodate
 from pbuild.engine.analysis import ActionGraph, Analyzer
-from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, Target, TestInfo
+from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, RunInfo, Target, TestInfo
 from pbuild.engine.errors import BuildFailed
 from pbuild.engine.events import Reporter
 from pbuild.engine.hashing import StatIndex
@@ -103,12 +103,18 @@ def analyze(session: Session, patterns: Sequence[str], cwd: str) -> tuple[list[L
 
 
 def requested_files(graph: ActionGraph, labels: Sequence[Label]) -> list[File]:
+    """What building ``labels`` produces: their files and runfiles, and the toolchain an
+    executable runs on (``pbuild run`` starts it there)."""
     files: list[File] = []
     for label in labels:
-        info = graph.targets[label].as_target().get(DefaultInfo)
+        target = graph.targets[label].as_target()
+        info = target.get(DefaultInfo)
         if info is not None:
             files.extend(info.files)
             files.extend(info.runfiles)
+        run_info = target.get(RunInfo)
+        if run_info is not None and run_info.toolchain is not None:
+            files.extend(run_info.toolchain.files)
     return files
 
 
