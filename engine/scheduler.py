@@ -272,19 +272,23 @@ class Executor:
 
     def toolchain_tree(self, toolchain: Toolchain) -> str:
         """The unpacked tree of ``toolchain``, whose layer files this build has built."""
-        layers = []
-        for layer in toolchain.layers:
-            paths = []
-            for f in (layer.blob, layer.meta):
-                if f.is_source:
-                    paths.append(os.path.join(self.root, f.path))
-                    continue
-                records = self.files_of(f.path)
-                if len(records) != 1:
-                    raise PbuildError(f"toolchain {toolchain.label}: layer file {f.path} was not built",
-                                      hint="this is a bug in a rule")
-                paths.append(self._checked_blob(records[0]))
-            layers.append(LayerFiles(*paths))
+
+        def layers() -> list[LayerFiles]:
+            found = []
+            for layer in toolchain.layers:
+                paths = []
+                for f in (layer.blob, layer.meta):
+                    if f.is_source:
+                        paths.append(os.path.join(self.root, f.path))
+                        continue
+                    records = self.files_of(f.path)
+                    if len(records) != 1:
+                        raise PbuildError(f"toolchain {toolchain.label}: layer file {f.path} was not built",
+                                          hint="this is a bug in a rule")
+                    paths.append(self._checked_blob(records[0]))
+                found.append(LayerFiles(*paths))
+            return found
+
         digests = [self._input_digest(f.path, f.is_source) for f in toolchain.files]
         return self.toolchain_trees.tree(tree_digest(digests), layers, label=toolchain.label)
 

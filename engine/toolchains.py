@@ -25,7 +25,7 @@ import itertools
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -68,10 +68,16 @@ class ToolchainTrees:
         self._guard = threading.Lock()
         self._cleaned = False
 
-    def tree(self, digest: str, layers: Sequence[LayerFiles], *, label: object) -> str:
-        """The unpacked tree of ``layers`` (bottom first) named ``digest``, made on first need."""
+    def tree(self, digest: str, layers: Sequence[LayerFiles] | Callable[[], Sequence[LayerFiles]], *,
+             label: object) -> str:
+        """The unpacked tree of ``layers`` (bottom first) named ``digest``, made on first need.
+
+        ``layers`` may be a function, called only when the tree must be made (finding the
+        verified blobs costs a hash of each when nothing vouches for them)."""
         path = os.path.join(self.top, digest)
-        if digest in self._ready:
+        if digest in self._ready or os.path.isdir(path):
+            with self._guard:
+                self._ready.add(digest)
             return path
         os.makedirs(self.top, exist_ok=True)
         self._clean_stale_once()
@@ -81,7 +87,7 @@ class ToolchainTrees:
                 tmp = os.path.join(self.top, f"{digest}{_TMP_MARK}{os.getpid()}-{next(_counter)}")
                 os.mkdir(tmp, 0o700)
                 try:
-                    root = _unpack(layers, tmp, label)
+                    root = _unpack(layers() if callable(layers) else layers, tmp, label)
                     os.chmod(root, 0o755)
                     os.rename(root, path)
                 finally:
