@@ -31,6 +31,7 @@ from pbuild.engine.errors import AnalysisError, LoadError, Location, PbuildError
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader, TargetDecl
 from pbuild.engine.toolchainconf import ATTR as TOOLCHAIN_ATTR
+from pbuild.engine.toolchainconf import SECTION as TOOLCHAINS_SECTION
 from pbuild.engine.toolchainconf import ToolchainDefault, read_defaults, rule_schema
 from pbuild.engine.toolchains import needed_files
 
@@ -428,6 +429,8 @@ class Analyzer:
         return info.toolchain
 
     def _defaults(self) -> dict[str, ToolchainDefault]:
+        if self._toolchain_defaults is None and TOOLCHAINS_SECTION not in self.config:
+            self._toolchain_defaults = {}  # and no rule family is imported just to list the kinds
         if self._toolchain_defaults is None:
             kinds = {d.toolchain for d in self.loader.registry.all().values()
                      if isinstance(d, RuleDef) and d.toolchain}
