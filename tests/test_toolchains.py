@@ -33,7 +33,8 @@ suites = ["bookworm", "bookworm-updates"]
 MARKED_OS_RELEASE = 'PRETTY_NAME="pbuild toolchain fixture"\nID=toolchain-fixture\n'
 
 
-def _shell_workspace(workspace: WorkspaceFactory, secret: Path, *, name: str = "ws") -> Path:
+def _shell_workspace(workspace: WorkspaceFactory, secret: Path, *, name: str = "ws",
+                     files: dict[str, str] | None = None, plugins: str = "") -> Path:
     """A workspace whose genrules default to the shell toolchain, and one on an image toolchain."""
     lock = (REPO / "third_party/debian/debian.lock.json").read_text()
     return workspace({
@@ -84,7 +85,8 @@ rule = "genrule"
 outs = ["many{i}.txt"]
 cmd = "echo {i} | tr 0-9 a-j > $@"
 """ for i in range(6)),
-    }, name=name, workspace_toml='[workspace]\nname = "fixture"\n\n[toolchains]\nshell = "//third_party/debian:shell"\n')
+        **(files or {}),
+    }, name=name, workspace_toml=f'[workspace]\nname = "fixture"\n{plugins}\n[toolchains]\nshell = "//third_party/debian:shell"\n')
 
 
 def _trees(cache: Path) -> list[str]:
@@ -268,3 +270,44 @@ def test_host_toolchain_default_keeps_fixture_workspaces_working(workspace: Work
     result = pbuild("build", "//p:gen", cwd=ws)
     assert result.code == 0, result
     assert _trees(pbuild.cache) == []
+
+
+PLUGIN = """
+import os
+
+from pbuild.engine.api import DefaultInfo, rule
+
+
+def read_release(io, params):
+    exec_root = os.path.join(io.tmpdir, "execroot")
+    os.makedirs(exec_root)
+    err = os.path.join(io.tmpdir, "stderr")
+    code = io.run_sandboxed(["/bin/cat", "/etc/os-release"], exec_root=exec_root,
+                            stdout_path=io.output_path(params["out"]), stderr_path=err)
+    if code:
+        raise RuntimeError(open(err).read())
+
+
+@rule("release", attrs={}, doc="Writes the toolchain's /etc/os-release.", toolchain="shell")
+def release(ctx):
+    out = ctx.declare_file(ctx.label.name + ".txt")
+    ctx.actions.call(read_release, version="1", params={"out": out.path}, inputs=(), outputs=(out,),
+                     mnemonic="Release", toolchain=ctx.toolchain)
+    return [DefaultInfo(files=(out,))]
+
+
+RULES = [release]
+"""
+
+
+def test_in_process_action_runs_programs_of_its_toolchain(workspace: WorkspaceFactory, pbuild: Runner,
+                                                          secret: Path) -> None:
+    ws = _shell_workspace(workspace, secret, files={
+        "rules.py": PLUGIN,
+        "r/BUILD.toml": '[marked]\nrule = "release"\ntoolchain = "//tc:marked"\n\n[plain]\nrule = "release"\n',
+    }, plugins='plugins = ["rules.py"]\n')
+    result = pbuild("build", "//r:marked", "//r:plain", cwd=ws, timeout=600)
+    assert result.code == 0, result
+    assert (ws / "pbuild-out/r/marked.txt").read_text() == MARKED_OS_RELEASE
+    assert "Debian GNU/Linux" in (ws / "pbuild-out/r/plain.txt").read_text()
+    assert len(_trees(pbuild.cache)) == 2  # the image's tree and the shell's
