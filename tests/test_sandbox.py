@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import pty
 import shutil
 import signal
 import socket
@@ -384,6 +386,9 @@ def toolchain() -> Iterator[tuple[Path, Path]]:
         (tree / "usr/bin/hello-abs").symlink_to("/opt/tc/hello")  # absent on the host
         (tree / "usr/bin/hello-rel").symlink_to("../../opt/tc/hello")
         (tree / "usr/bin/evil").symlink_to("../../../host/tool")  # base/host/tool, on the host
+        (tree / "mnt").symlink_to("opt")  # where the host has a directory
+        (tree / "var/lib/dpkg").mkdir(parents=True)  # a /var to open up for a bind below it
+        (tree / "var/lib/dpkg/status").write_text("Package: toolchain\n")
         (tree / "usr/bin/hostpy").symlink_to(os.path.realpath(shutil.which("python3") or "/usr/bin/python3"))
         (base / "host").mkdir()
         (base / "host/secret.txt").write_text("host secret\n")
@@ -407,10 +412,25 @@ def test_action_on_a_toolchain_root_sees_the_tree_not_the_host(
     assert (result.exit_code, result.error) == (0, None), err
     lines = out.splitlines()
     assert lines[:2] == ["toolchain-tree", "declared input"]
-    assert lines[2:14] == sorted(
-        ["bin", "dev", "etc", "execroot", "lib", "lib64", "opt", "proc", "run", "sbin", "tmp", "usr"]
+    assert lines[2:16] == sorted(
+        [
+            "bin",
+            "dev",
+            "etc",
+            "execroot",
+            "lib",
+            "lib64",
+            "mnt",
+            "opt",
+            "proc",
+            "run",
+            "sbin",
+            "tmp",
+            "usr",
+            "var",
+        ]
     )
-    assert lines[14:] == ["rc=1", "repo=2", "3"]
+    assert lines[16:] == ["rc=1", "repo=2", "3"]
     assert "No such file" in err
     assert (tmp_path / "execroot/pkg/out/result.txt").read_text() == "made\n"
     assert not (tree / "probe").exists() and not (tree / "usr/probe").exists()
@@ -468,3 +488,120 @@ def test_unprivileged_user_on_a_toolchain_root(toolchain: tuple[Path, Path]) -> 
     assert report["written"] == "w\n"
     assert report["owner"] == 65534
     assert "Read-only file system" in report["err"]
+
+
+# --- exec_on_root: a program on a toolchain root, as `pbuild run` starts it ---------------------
+
+RUN_PROBE = """
+import os, sys
+from pbuild.tools.sandbox import exec_on_root
+root, work, *argv = sys.argv[1:]
+exec_on_root(root, argv, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, binds=[work], cwd=os.path.join(work, "sub"))
+"""
+
+RUN_SCRIPT = (
+    "pwd; cat data.txt; echo written > ../result.txt; id -u; id -g; cat /etc/hostname; "
+    "cat /var/lib/dpkg/status; ls {secret} 2>/dev/null; echo secret=$?; "
+    "touch /usr/probe 2>/dev/null; echo ro=$?; echo scratch > /tmp/x && cat /tmp/x; exit 7"
+)
+
+
+def _exec_on_root(
+    tree: Path, work: Path, *argv: str, user: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    prefix = [] if user is None else ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "PBUILD_SANDBOX_BACKEND": os.environ["PBUILD_SANDBOX_BACKEND"],
+    }
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", RUN_PROBE, str(tree), str(work), *argv],
+        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("user", [None, 65534])
+def test_exec_on_root_runs_a_program_of_the_tree(toolchain: tuple[Path, Path], user: int | None) -> None:
+    """The program sees the tree as /, its working directory in the bound workspace (below
+    /var/tmp, a directory the tree has too: /var is laid out entry by entry around the bind), its
+    caller's uid and gid, and passes its exit code through."""
+    if user is not None and not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is not installed")
+    base, tree = toolchain
+    work = Path(tempfile.mkdtemp(prefix="pbuild-run-", dir="/var/tmp"))
+    try:
+        (work / "sub").mkdir()
+        (work / "sub/data.txt").write_text("from the workspace\n")
+        uid = os.getuid() if user is None else user
+        os.chown(work, uid, uid)
+        os.chown(work / "sub", uid, uid)
+        proc = _exec_on_root(tree, work, "bash", "-c", RUN_SCRIPT.format(secret=base / "host"), user=user)
+        assert proc.returncode == 7, proc.stderr
+        assert proc.stdout.splitlines() == [
+            f"{work}/sub",
+            "from the workspace",
+            str(uid),
+            str(uid),
+            "toolchain-tree",
+            "Package: toolchain",
+            "secret=2",
+            "ro=1",
+            "scratch",
+        ]
+        assert (work / "result.txt").read_text() == "written\n"
+        assert (work / "result.txt").stat().st_uid == uid
+        assert not (tree / "usr/probe").exists()
+        proc = _exec_on_root(tree, work, "evil", user=user)
+        assert (proc.returncode, proc.stdout) == (127, "")
+        assert proc.stderr == f"pbuild-sandbox: evil: {NOT_IN_TOOLCHAIN}\n"
+        proc = _exec_on_root(tree, work, "hello-abs", user=user)
+        assert (proc.returncode, proc.stdout) == (0, "in-tree /usr/bin/hello-abs\n"), proc.stderr
+    finally:
+        shutil.rmtree(work)
+
+
+def test_exec_on_root_refuses_a_bind_through_a_link_of_the_tree(toolchain: tuple[Path, Path]) -> None:
+    """The host's /mnt is a directory, the tree's a link: binding there would follow the link.
+    Run in a child: were it not refused, exec_on_root would replace the test process."""
+    _, tree = toolchain
+    probe = (
+        "import sys\n"
+        "from pbuild.tools.sandbox import SandboxRequestError, exec_on_root\n"
+        "try:\n"
+        "    exec_on_root(sys.argv[1], ['true'], {}, binds=['/mnt'], cwd='/')\n"
+        "except SandboxRequestError as e:\n"
+        "    print(e)\n"
+        "    sys.exit(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, "-c", probe, str(tree)], capture_output=True, text=True, env=env)
+    assert (proc.returncode, proc.stdout) == (3, "cannot bind /mnt: /mnt is a link in the root\n"), (
+        proc.stderr
+    )
+
+
+def test_exec_on_root_shares_the_terminal(toolchain: tuple[Path, Path]) -> None:
+    """A run is interactive: on a pseudo-terminal, the program's stdin is that terminal and
+    /dev/tty opens (the host's /dev, not the actions' minimal one)."""
+    _, tree = toolchain
+    with tempfile.TemporaryDirectory(prefix="pbuild-run-") as work:
+        (Path(work) / "sub").mkdir()
+        script = "[ -t 0 ] && echo stdin-is-tty; echo via-dev-tty > /dev/tty; exit 4"
+        env = {
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "PBUILD_SANDBOX_BACKEND": os.environ["PBUILD_SANDBOX_BACKEND"],
+        }
+        pid, terminal = pty.fork()
+        if pid == 0:  # pragma: no cover - the child execs at once
+            os.execve(
+                sys.executable, [sys.executable, "-c", RUN_PROBE, str(tree), work, "bash", "-c", script], env
+            )
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the program closed the terminal
+            while chunk := os.read(terminal, 4096):
+                output += chunk
+        os.close(terminal)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 4, output
+    assert output.replace(b"\r\n", b"\n") == b"stdin-is-tty\nvia-dev-tty\n"

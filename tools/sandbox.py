@@ -37,6 +37,10 @@ init (signals, orphans, exit status). Both die with their parent (``PR_SET_PDEAT
 when B dies the kernel kills everything else in the namespace, so killing A, by a timeout or a
 Ctrl-C of the engine, takes the whole action tree down. With bwrap the same holds through
 ``--die-with-parent`` and bwrap's own PID 1.
+
+:func:`exec_on_root` starts a program the same way for ``pbuild run`` (a toolchain tree as ``/``,
+but interactive: the caller's uid, the network, the terminal and the host's ``/dev`` shared, and
+chosen host directories bound writable at their own paths).
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ import select
 import signal
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from pbuild.tools import linux, nsops
 
@@ -110,6 +115,11 @@ class _Plan:
     namespaces: int
     argv: tuple[str, ...] = field(default_factory=tuple)
     on_toolchain: bool = False
+    id_maps: tuple[str, str] | None = None
+    """uid_map and gid_map lines; None maps the caller to root, as an action's sandbox does."""
+    interactive: bool = False
+    """A ``pbuild run``: the terminal's SIGINT/SIGQUIT reach the program alone (the sandbox's
+    own processes ignore them), and the caller's umask is kept."""
 
 
 class SandboxRequestError(ValueError):
@@ -139,23 +149,23 @@ def _inside(relative: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class _RootEntry:
-    """One top-level entry of a root the action sees as ``/``: a symlink (``target``), a
-    directory to bind, or an empty directory (made, not bound)."""
+    """One entry of a root the action sees as ``/``, by its path relative to the root: a
+    symlink (``target``), a directory or file to bind, or an empty directory (made, not bound)."""
 
     name: str
-    kind: str  # "link", "dir" or "empty"
+    kind: str  # "link", "dir", "file" or "empty"
     target: str = ""
 
 
-_root_cache: dict[str, tuple[tuple[object, ...], tuple[_RootEntry, ...]]] = {}
+_root_cache: dict[tuple[str, bool], tuple[tuple[object, ...], tuple[_RootEntry, ...]]] = {}
 
 
-def _root_entries(source: str) -> tuple[_RootEntry, ...]:
-    """The top-level entries of ``source`` (the host's ``/`` or a toolchain tree), bound one at
-    a time so that our own mounts (/proc, /dev, /tmp, /run, /execroot) can be made beside them
-    on a fresh tmpfs: nothing is created on the host, and a read-only tree need not contain
-    their mount points. Entries of those names in ``source`` are left out, as are regular files
-    at its top (a root filesystem keeps nothing there that a program needs). An empty directory
+def _root_entries(source: str, top: bool = True) -> tuple[_RootEntry, ...]:
+    """The entries of ``source`` (the host's ``/`` or a toolchain tree, or a directory in one),
+    bound one at a time so that our own mounts (/proc, /dev, /tmp, /run, /execroot) can be made
+    beside them on a fresh tmpfs: nothing is created on the host, and a read-only tree need not
+    contain their mount points. At the ``top``, entries of those names are left out, as are
+    regular files (a root filesystem keeps nothing there that a program needs). An empty directory
     (``/srv``, ``/media``, ``lost+found`` to us) becomes just an empty directory: each bind costs
     bwrap a parse of the mount table. Cached per source while it and its directories are
     unchanged (a stat each, against ~0.3 ms for listing them; a mount on one changes its inode)."""
@@ -167,12 +177,12 @@ def _root_entries(source: str) -> tuple[_RootEntry, ...]:
         except OSError:
             continue
     stamp = (os.stat(source).st_mtime_ns, tuple(stats))
-    cached = _root_cache.get(source)
+    cached = _root_cache.get((source, top))
     if cached is not None and cached[0] == stamp:
         return cached[1]
     entries: list[_RootEntry] = []
     for name, *_, mode in stats:
-        if name in _OWN_MOUNTS:
+        if top and name in _OWN_MOUNTS:
             continue
         path = os.path.join(source, name)
         if stat.S_ISLNK(mode):
@@ -184,25 +194,57 @@ def _root_entries(source: str) -> tuple[_RootEntry, ...]:
             except OSError:
                 empty = True  # unreadable to us: the action could not read it either
             entries.append(_RootEntry(name, "empty" if empty else "dir"))
-    if len(_root_cache) >= 8:  # a few toolchains and the host; old trees are not kept forever
+        elif stat.S_ISREG(mode) and not top:
+            entries.append(_RootEntry(name, "file"))
+    if len(_root_cache) >= 16:  # a few toolchains and the host; old trees are not kept forever
         _root_cache.clear()
-    _root_cache[source] = (stamp, tuple(entries))
+    _root_cache[(source, top)] = (stamp, tuple(entries))
     return tuple(entries)
 
 
-def _root_ops(new: str, source: str) -> list[nsops.Op]:
-    """The fork backend's view of ``source`` as ``/`` below ``new`` (see :func:`_root_entries`).
+def _root_layout(source: str, opened: Sequence[str] = ()) -> list[_RootEntry]:
+    """The entries that make ``source`` the ``/`` (see :func:`_root_entries`). ``opened`` are
+    absolute paths inside where host directories will be bound (``exec_on_root``): each directory
+    of the tree on the way there is made on the tmpfs and laid out entry by entry instead of being
+    bound whole, so that the mount point can be made without writing to the tree."""
+    wanted = [path.strip("/") for path in opened]
+    layout: list[_RootEntry] = []
+
+    def lay_out(prefix: str) -> None:
+        for entry in _root_entries(os.path.join(source, prefix), top=not prefix):
+            rel = f"{prefix}/{entry.name}" if prefix else entry.name
+            below = [w for w in wanted if w == rel or w.startswith(rel + "/")]
+            if not below or entry.kind == "empty":
+                layout.append(_RootEntry(rel, entry.kind, entry.target))
+            elif entry.kind == "dir":
+                layout.append(_RootEntry(rel, "empty"))
+                if rel not in wanted:  # a bind on rel itself covers all of it
+                    lay_out(rel)
+            else:
+                raise SandboxRequestError(f"cannot bind /{below[0]}: /{rel} is a {entry.kind} in the root")
+
+    lay_out("")
+    return layout
+
+
+def _root_ops(new: str, source: str, opened: Sequence[str] = ()) -> list[nsops.Op]:
+    """The fork backend's view of ``source`` as ``/`` below ``new`` (see :func:`_root_layout`).
     Sources are reached through the directory opened before the new root's tmpfs shadowed it
     (a toolchain tree may lie below ``/tmp``)."""
     ops: list[nsops.Op] = []
-    for entry in _root_entries(source):
+    for entry in _root_layout(source, opened):
         path = f"{new}/{entry.name}"
         if entry.kind == "link":
             ops.append(nsops.Symlink(entry.target, path))
-            continue
-        ops.append(nsops.MakeDir(path))
-        if entry.kind == "dir":
-            ops.append(nsops.Mount(nsops.Slot("root", entry.name), path, None, linux.MS_BIND | linux.MS_REC))
+        elif entry.kind == "file":
+            ops.append(nsops.MakeFile(path))
+            ops.append(nsops.Mount(nsops.Slot("root", entry.name), path, None, linux.MS_BIND))
+        else:
+            ops.append(nsops.MakeDir(path))
+            if entry.kind == "dir":
+                ops.append(
+                    nsops.Mount(nsops.Slot("root", entry.name), path, None, linux.MS_BIND | linux.MS_REC)
+                )
     return ops
 
 
@@ -374,8 +416,9 @@ def _child_a(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int], errpip
     """First child: new namespaces and id maps, then fork the action (PID 1 of the new pid ns)."""
     uid, gid = os.geteuid(), os.getegid()
     _keep_only_fds([*fds, errpipe])
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        interrupt = sig in (signal.SIGINT, signal.SIGQUIT)
+        signal.signal(sig, signal.SIG_IGN if p.interactive and interrupt else signal.SIG_DFL)
     try:
         linux.unshare(p.namespaces)
         # Credentials changed with the new user namespace, which clears the death signal: set
@@ -383,7 +426,8 @@ def _child_a(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int], errpip
         linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             return _SETUP_FAILED
-        linux.write_id_maps("self", f"0 {uid} 1\n", f"0 {gid} 1\n")
+        uid_map, gid_map = p.id_maps or (f"0 {uid} 1\n", f"0 {gid} 1\n")
+        linux.write_id_maps("self", uid_map, gid_map)
         child = os.fork()
     except OSError as e:
         _report(errpipe, f"sandbox setup failed: {e}")
@@ -426,7 +470,9 @@ def _child_b(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int], errpip
         os._exit(_exec_action(p, env, fds))
     for fd in {errpipe, *fds}:
         os.close(fd)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (
+        (signal.SIGTERM, signal.SIGHUP) if p.interactive else (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    ):
         signal.signal(sig, lambda signum, _frame: os.kill(action, signum))
     while True:
         try:
@@ -441,10 +487,11 @@ def _child_b(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int], errpip
 def _exec_action(p: _Plan, env: Mapping[str, str], fds: tuple[int, int, int]) -> int:
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)  # ignored signals would survive exec
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    os.umask(0o022)  # the caller's umask must not reach output modes
+    if not p.interactive:
+        os.umask(0o022)  # the caller's umask must not reach output modes
     linux.close_range(3, cloexec=True)
     path = _find_executable(p.argv[0], env)
     if path is None:
@@ -571,12 +618,12 @@ def _bwrap() -> str | None:
     return _bwrap_path[0]
 
 
-def _root_args(source: str, hidden: set[str]) -> list[str]:
-    """``--ro-bind``/``--dir``/``--symlink`` for each top-level entry of ``source`` (as the fork
+def _root_args(source: str, hidden: set[str], opened: Sequence[str] = ()) -> list[str]:
+    """``--ro-bind``/``--dir``/``--symlink`` for each entry of :func:`_root_layout` (as the fork
     backend's :func:`_root_ops`), so that /execroot can be added beside them. A hidden top-level
     directory is not bound at all (its tmpfs comes later)."""
     args: list[str] = []
-    for entry in _root_entries(source):
+    for entry in _root_layout(source, opened):
         path = f"/{entry.name}"
         if entry.kind == "link":
             args += ["--symlink", entry.target, path]
@@ -757,3 +804,167 @@ def _run_bwrap_once(request: SandboxRequest, binary: str) -> SandboxResult:
         stdout.close()
         if stderr is not stdout:
             stderr.close()
+
+
+# --- a program on a toolchain root, interactively (pbuild run) -----------------------------------
+
+_RUN_OWN_MOUNTS = ("proc", "dev", "tmp", "run")
+
+
+def _run_binds(binds: Sequence[str]) -> list[str]:
+    """The host directories to bind at their own paths, checked, without those inside another
+    (the outer bind already shows them, at the same place)."""
+    real: list[str] = []
+    for bind in sorted({os.path.realpath(b) for b in binds}):
+        if not os.path.isdir(bind):
+            raise SandboxRequestError(f"bind {bind} is not a directory")
+        top = bind.strip("/").split("/", 1)[0]
+        if bind == "/" or top in ("proc", "dev"):
+            raise SandboxRequestError(f"bind {bind}: / and the sandbox's own /proc and /dev cannot be bound")
+        if not any(bind.startswith(outer + "/") for outer in real):
+            real.append(bind)
+    return real
+
+
+def _run_command(root: str, name: str, env: Mapping[str, str], binds: list[str], cwd: str) -> str | None:
+    """argv[0] as the program on ``root`` would find it through its PATH (None: not there)."""
+    candidates = [name] if "/" in name else [
+        os.path.join(d or ".", name) for d in env.get("PATH", _DEFAULT_PATH).split(":")
+    ]  # fmt: skip
+    for candidate in candidates:
+        path = os.path.normpath(os.path.join(cwd, candidate))
+        bound = [b for b in binds if path == b or path.startswith(b + "/")]
+        if bound:
+            host: str | None = path
+        elif path.strip("/").split("/", 1)[0] in _RUN_OWN_MOUNTS:
+            host = None
+        else:
+            try:
+                host = nsops.resolve_in_root(root, path)
+            except OSError:
+                host = None
+        if host is not None and os.path.isfile(host) and os.access(host, os.X_OK):
+            return candidate
+    return None
+
+
+def _run_plan(root: str, argv: Sequence[str], binds: list[str], cwd: str) -> _Plan:
+    """The fork backend's setup for :func:`exec_on_root` (see :func:`plan` for the pattern)."""
+    new = _NEW_ROOT
+    ops: list[nsops.Op] = [nsops.OpenPath(root, nsops.Slot("root"))]
+    ops += [nsops.OpenPath(b, nsops.Slot(f"bind{i}")) for i, b in enumerate(binds)]
+    ops += [
+        nsops.Mount("tmpfs", new, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755"),
+        nsops.Mount(None, new, None, linux.MS_PRIVATE),
+    ]
+    ops += [nsops.MakeDir(f"{new}/{name}") for name in _RUN_OWN_MOUNTS]
+    ops += _root_ops(new, root, binds)
+
+    def mount_points(under_own: bool) -> list[nsops.Op]:
+        made: list[nsops.Op] = []
+        for bind in binds:
+            parts = bind.strip("/").split("/")
+            if (parts[0] in _RUN_OWN_MOUNTS) == under_own:
+                made += [nsops.MakeDir(new + "/" + "/".join(parts[:n])) for n in range(1, len(parts) + 1)]
+        return made
+
+    ops += mount_points(under_own=False)
+    ops.append(nsops.SetAttr(new, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV))
+    ops += [
+        nsops.Mount("/dev", f"{new}/dev", None, linux.MS_BIND | linux.MS_REC),  # a terminal works
+        nsops.Mount("proc", f"{new}/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC),
+        nsops.Mount("tmpfs", f"{new}/tmp", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=1777"),
+        nsops.Mount("tmpfs", f"{new}/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755"),
+    ]
+    ops += mount_points(under_own=True)
+    for i, bind in enumerate(binds):
+        ops.append(nsops.Mount(nsops.Slot(f"bind{i}"), new + bind, None, linux.MS_BIND | linux.MS_REC))
+    ops.append(nsops.PivotRoot(new))
+    uid, gid = os.geteuid(), os.getegid()
+    return _Plan(
+        ops=tuple(ops),
+        workdir=cwd,
+        namespaces=linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC,
+        argv=tuple(argv),
+        on_toolchain=True,
+        id_maps=(f"{uid} {uid} 1\n", f"{gid} {gid} 1\n"),
+        interactive=True,
+    )
+
+
+def exec_on_root(
+    root: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    binds: Sequence[str],
+    cwd: str,
+    backend: str = "auto",
+) -> NoReturn:
+    """Become ``argv`` running on the tree ``root`` as its read-only ``/`` (``pbuild run`` of a
+    program on its toolchain): the host directories ``binds`` writable at their own paths (the
+    workspace, the working directory, the output tree), the working directory ``cwd``, the
+    network, stdin/stdout/stderr and the terminal shared, the caller's own uid and gid (not
+    root), the host's ``/dev``, a fresh ``/proc``, a private ``/tmp`` and ``/run``; nothing else
+    of the host is visible. The exit status is the program's (128+N for signal N).
+
+    Call it from a single-threaded process. With bwrap (``backend`` as for
+    :class:`SandboxRequest`) the process execs bwrap; with the fork backend it stays as a thin
+    waiter around the same namespace setup as an action's. Raises :class:`SandboxRequestError`,
+    before anything irreversible, for a bad root, bind or working directory; a program the
+    root lacks exits 127 with the :data:`NOT_IN_TOOLCHAIN` message, a failed setup 125.
+    """
+    if not argv:
+        raise SandboxRequestError("argv is empty")
+    real_root = os.path.realpath(root)
+    if not os.path.isdir(real_root):
+        raise SandboxRequestError(f"root {root} is not a directory")
+    if not os.path.isabs(cwd):
+        raise SandboxRequestError(f"working directory {cwd!r} must be an absolute path")
+    real_binds = _run_binds(binds)
+    cwd = os.path.normpath(cwd)
+    env = {**env, "PWD": cwd}
+    if backend == "auto":
+        backend = os.environ.get("PBUILD_SANDBOX_BACKEND") or ("bwrap" if _bwrap() else "fork")
+    binary = _bwrap() if backend == "bwrap" else None
+    if backend not in ("bwrap", "fork") or (backend == "bwrap" and binary is None):
+        raise SandboxRequestError(
+            f"sandbox backend {backend!r} is unknown or not installed (bwrap, fork or auto)"
+        )
+    if binary is not None:
+        args = _root_args(real_root, set(), real_binds)  # may refuse a bind through a link of the tree
+        command = _run_command(real_root, argv[0], env, real_binds, cwd)
+        if command is None:
+            os.write(2, _not_found_message(argv[0], on_toolchain=True).encode())
+            os._exit(127)
+        uid, gid = os.geteuid(), os.getegid()
+        bwrap = [binary, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-cgroup-try",
+                 "--uid", str(uid), "--gid", str(gid), *args, "--dev-bind", "/dev", "/dev",
+                 "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"]  # fmt: skip
+        for bind in real_binds:
+            bwrap += ["--bind", bind, bind]
+        bwrap += ["--remount-ro", "/", "--chdir", cwd, "--", command, *argv[1:]]
+        os.execve(binary, bwrap, env)
+    p = _run_plan(real_root, argv, real_binds, cwd)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)  # the terminal's go to the program; we wait for it
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = _SETUP_FAILED
+        try:
+            code = _child_a(p, env, (0, 1, 2), write_end, parent)
+        except BaseException as e:  # noqa: BLE001 - anything here must end in _exit
+            _report(write_end, f"sandbox setup failed: {type(e).__name__}: {e}")
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as errors:
+        message = errors.read().decode(errors="replace")  # EOF once the program exec'd
+    _, status = os.waitpid(pid, 0)
+    if message:
+        os.write(2, f"pbuild: cannot run {argv[0]} on {root}: {message}\n".encode())
+        os._exit(_SETUP_FAILED)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)
