@@ -14,6 +14,7 @@ from typing import Any, TypeGuard
 
 from pbuild.engine.api import (
     COMMON_ATTRS,
+    HOST_TOOLCHAIN,
     OUT_DIR,
     Action,
     Attr,
@@ -23,10 +24,16 @@ from pbuild.engine.api import (
     RuleContext,
     RuleDef,
     Target,
+    Toolchain,
+    ToolchainInfo,
 )
-from pbuild.engine.errors import AnalysisError, LoadError, PbuildError
+from pbuild.engine.errors import AnalysisError, LoadError, Location, PbuildError
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader, TargetDecl
+from pbuild.engine.toolchainconf import ATTR as TOOLCHAIN_ATTR
+from pbuild.engine.toolchainconf import SECTION as TOOLCHAINS_SECTION
+from pbuild.engine.toolchainconf import ToolchainDefault, read_defaults, rule_schema
+from pbuild.engine.toolchains import needed_files
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -123,7 +130,7 @@ class ActionGraph:
             if ident in seen:
                 continue
             stack.append((action, True))
-            for f in reversed(action.inputs):
+            for f in reversed(needed_files(action)):
                 producer = self.producers.get(f.path)
                 if producer is not None and id(producer) not in seen:
                     stack.append((producer, False))
@@ -231,6 +238,7 @@ class Analyzer:
         self.graph = ActionGraph()
         self._in_progress: list[Label] = []
         self._attr_outputs: dict[str, dict[str, list[TargetDecl]]] = {}
+        self._toolchain_defaults: dict[str, ToolchainDefault] | None = None
 
     def analyze(self, labels: Sequence[Label]) -> ActionGraph:
         for label in labels:
@@ -302,7 +310,7 @@ class Analyzer:
         if not isinstance(definition, RuleDef):
             raise LoadError(f"{decl.rule} is a target generator, not a rule", label=decl.label)
         self._check_unique_outputs(decl, definition)
-        problems = _unknown_and_missing(definition.attrs, decl)
+        problems = _unknown_and_missing(rule_schema(definition), decl)
         if problems:
             if len(problems) > 1:
                 raise LoadError(
@@ -314,6 +322,7 @@ class Analyzer:
         values: dict[str, Any] = {}
         files: dict[str, tuple[File, ...]] = {}
         deps: list[Label] = []
+        toolchain = self._toolchain_of(decl, definition, deps) if definition.toolchain else None
         for name, spec in definition.attrs.items():
             raw = decl.attrs.get(name, spec.default)
             if name in decl.attrs:
@@ -367,6 +376,7 @@ class Analyzer:
             target_location=decl.location,
             workspace_root=self.loader.workspace.root,
             on_read=self.loader.recorder.file,
+            toolchain=toolchain,
         )
         try:
             providers = tuple(definition.implementation(ctx))
@@ -379,6 +389,53 @@ class Analyzer:
         if not any(isinstance(p, DefaultInfo) for p in providers):
             providers = (DefaultInfo(),) + providers
         return ConfiguredTarget(decl.label, decl, definition, providers, ctx.actions.declared, tuple(deps))
+
+    def _toolchain_of(self, decl: TargetDecl, definition: RuleDef, deps: list[Label]) -> Toolchain | None:
+        """The toolchain ``decl`` runs on (analyzed first, as an implicit dependency); None: the host."""
+        where: Location
+        if TOOLCHAIN_ATTR in decl.attrs:
+            raw = _check_type(TOOLCHAIN_ATTR, rule_schema(definition)[TOOLCHAIN_ATTR], decl.attrs[TOOLCHAIN_ATTR], decl)
+            where = decl.attr_locations.get(TOOLCHAIN_ATTR, decl.location)
+            if raw == HOST_TOOLCHAIN:
+                return None
+            try:
+                label = Label.parse(raw, current_package=decl.label.package)
+            except LoadError as exc:
+                exc.location, exc.label = where, decl.label
+                raise
+            written = f"toolchain = {raw!r}"
+        else:
+            default = self._defaults().get(definition.toolchain)
+            if default is None or default.label is None:
+                return None
+            label, where = default.label, default.location
+            written = f"[toolchains] {definition.toolchain} (the default of {definition.name})"
+        try:
+            dep = self._analyze(label, decl, TOOLCHAIN_ATTR)
+        except LoadError as exc:
+            if TOOLCHAIN_ATTR not in decl.attrs and exc.label == decl.label:
+                exc.location = where  # a missing default names the line of WORKSPACE.toml
+            raise
+        info = next((p for p in dep.providers if isinstance(p, ToolchainInfo)), None)
+        if info is None:
+            raise AnalysisError(
+                f"{written}: {label} (a {dep.rule.name}) is not a toolchain",
+                location=where,
+                label=decl.label,
+                hint='a toolchain is a deb_packages or image target; or write toolchain = "host" '
+                     "to run on the host's root (not hermetic)",
+            )
+        deps.append(label)
+        return info.toolchain
+
+    def _defaults(self) -> dict[str, ToolchainDefault]:
+        if self._toolchain_defaults is None and TOOLCHAINS_SECTION not in self.config:
+            self._toolchain_defaults = {}  # and no rule family is imported just to list the kinds
+        if self._toolchain_defaults is None:
+            kinds = {d.toolchain for d in self.loader.registry.all().values()
+                     if isinstance(d, RuleDef) and d.toolchain}
+            self._toolchain_defaults = read_defaults(self.config, self.loader.workspace.root, kinds)
+        return self._toolchain_defaults
 
     def _label_items(self, name: str, spec: Attr, raw: Any, decl: TargetDecl) -> list[Label | File]:
         package = decl.label.package

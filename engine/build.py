@@ -15,7 +15,7 @@ from typing import Any
 
 from pbuild.engine import uptodate
 from pbuild.engine.analysis import ActionGraph, Analyzer
-from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, Target, TestInfo
+from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, RunInfo, Target, TestInfo
 from pbuild.engine.errors import BuildFailed
 from pbuild.engine.events import Reporter
 from pbuild.engine.hashing import StatIndex
@@ -24,6 +24,7 @@ from pbuild.engine.loading import Loader, ParseCache
 from pbuild.engine.registry import RuleRegistry
 from pbuild.engine.scheduler import BuildResult, ExecOptions, Executor
 from pbuild.engine.store import LocalStore
+from pbuild.engine.toolchains import needed_files
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.engine.workspace import (
     WORKSPACE_FILE,
@@ -102,12 +103,18 @@ def analyze(session: Session, patterns: Sequence[str], cwd: str) -> tuple[list[L
 
 
 def requested_files(graph: ActionGraph, labels: Sequence[Label]) -> list[File]:
+    """What building ``labels`` produces: their files and runfiles, and the toolchain an
+    executable runs on (``pbuild run`` starts it there)."""
     files: list[File] = []
     for label in labels:
-        info = graph.targets[label].as_target().get(DefaultInfo)
+        target = graph.targets[label].as_target()
+        info = target.get(DefaultInfo)
         if info is not None:
             files.extend(info.files)
             files.extend(info.runfiles)
+        run_info = target.get(RunInfo)
+        if run_info is not None and run_info.toolchain is not None:
+            files.extend(run_info.toolchain.files)
     return files
 
 
@@ -209,14 +216,17 @@ def _actions_subset(analyzed: Analyzed, files: Sequence[File]) -> list[Action]:
         if id(action) in needed:
             continue
         needed.add(id(action))
-        stack.extend(producers[f.path] for f in action.inputs if f.path in producers)
+        stack.extend(producers[f.path] for f in needed_files(action) if f.path in producers)
     return [a for a in analyzed.actions if id(a) in needed]
 
 
 def build(request: BuildRequest, *, reporter: Reporter | None = None,
-          only_files: Callable[[Analyzed], Sequence[File]] | None = None) -> tuple[Session, Analyzed, BuildResult]:
+          only_files: Callable[[Analyzed], Sequence[File]] | None = None,
+          after: Callable[[Analyzed, Executor], None] | None = None) -> tuple[Session, Analyzed, BuildResult]:
     """Build the targets ``request.patterns`` name (or, with ``only_files``, just what produces
-    the files it picks). Raises BuildFailed when an action failed."""
+    the files it picks); ``after`` is called with the executor once the build succeeded (to
+    prepare what a command needs of it, such as a toolchain tree). Raises BuildFailed when an
+    action failed."""
     reporter = reporter or Reporter(event_file=request.event_file, quiet=request.quiet, interactive=request.interactive)
     session = open_session(request, warn=reporter.message)
     executing = False
@@ -224,7 +234,9 @@ def build(request: BuildRequest, *, reporter: Reporter | None = None,
         analyzed = analyze_for_build(session, request)
         executing = True
         actions = analyzed.actions if only_files is None else _actions_subset(analyzed, only_files(analyzed))
-        result, _ = execute(session, actions, request, reporter=reporter)
+        result, executor = execute(session, actions, request, reporter=reporter)
+        if after is not None and result.ok:
+            after(analyzed, executor)
     except BaseException as exc:
         reporter.finish(print_summary=executing and not isinstance(exc, KeyboardInterrupt))
         session.close()
@@ -279,6 +291,7 @@ def test_actions(graph: ActionGraph, labels: Sequence[Label]) -> list[tuple[Labe
             progress=f"Testing {label}",
             stdout_to=log.path,
             timeout_s=info.timeout_s,
+            toolchain=info.toolchain,
         )
         tests.append((label, action))
     return tests

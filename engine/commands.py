@@ -21,6 +21,7 @@ from pbuild.engine.build import (
 from pbuild.engine.errors import EXIT_BUILD_FAILED, PbuildError
 from pbuild.engine.events import Reporter
 from pbuild.engine.store import LocalStore
+from pbuild.engine.toolchains import needed_files
 from pbuild.engine.workspace import find_workspace
 from pbuild.tools.fstree import remove_tree
 
@@ -43,6 +44,7 @@ def _run_files(analyzed: Any) -> list[File]:
             info = target.get(DefaultInfo)
             files.extend(a for a in run_info.argv if isinstance(a, File))
             files.extend(info.runfiles if info else ())
+            files.extend(run_info.toolchain.files if run_info.toolchain else ())
         else:
             files.extend(target.files)
     return files
@@ -60,8 +62,9 @@ def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any, str, Any]:
     return session, label, analyzed.rule_names[label], analyzed.targets[label]
 
 
-def run_plan(root: str, label: Any, rule_name: str, providers: Any) -> tuple[Any, ...]:
-    """What ``pbuild run`` starts for a built target (see engine/launch.py)."""
+def run_plan(root: str, label: Any, rule_name: str, providers: Any, tree: str | None = None) -> tuple[Any, ...]:
+    """What ``pbuild run`` starts for a built target (see engine/launch.py); ``tree`` is the
+    unpacked root of its toolchain, if it has one."""
     image_type = _image_info_type()
     if image_type is not None and image_type in providers:
         return ("image", os.path.join(root, providers[image_type].layout.path))
@@ -70,6 +73,10 @@ def run_plan(root: str, label: Any, rule_name: str, providers: Any) -> tuple[Any
         raise PbuildError(f"{label} (a {rule_name}) cannot be run",
                           label=label, hint="pbuild run takes a py_binary, an image, or oci:PATH")
     argv = [os.path.join(root, a.path) if isinstance(a, File) else a for a in run_info.argv]
+    if run_info.toolchain is not None:
+        assert tree is not None
+        return ("toolchain", argv, dict(run_info.env), run_info.keep_dashdash, root, tree,
+                str(run_info.toolchain.label))
     return ("exec", argv, dict(run_info.env), run_info.keep_dashdash, root)
 
 
@@ -80,12 +87,24 @@ def run_target(request: BuildRequest, target: str, extra: Sequence[str], stamp: 
     from pbuild.engine.launch import execute_plan
 
     request.quiet = True if request.quiet is False and not sys.stderr.isatty() else request.quiet
-    session, analyzed, result = build(request, only_files=_run_files)
+    trees: list[str] = []
+
+    def unpack_toolchain(analyzed: Any, executor: Any) -> None:
+        # A program on a toolchain starts on its tree: made now, and recorded in the stamp, so a
+        # no-op run never starts on a tree that was removed since.
+        for providers in analyzed.targets.values():
+            run_info = providers.get(RunInfo)
+            if run_info is not None and run_info.toolchain is not None:
+                trees.append(executor.toolchain_tree(run_info.toolchain))
+                executor.recorder.directory(trees[-1])
+
+    session, analyzed, result = build(request, only_files=_run_files, after=unpack_toolchain)
     if len(analyzed.labels) != 1:
         raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
                           hint="use a label, not a pattern")
     label = analyzed.labels[0]
-    plan = run_plan(session.workspace.root, label, analyzed.rule_names[label], analyzed.targets[label])
+    plan = run_plan(session.workspace.root, label, analyzed.rule_names[label], analyzed.targets[label],
+                    trees[-1] if trees else None)
     if stamp is not None:
         outputs = [os.path.join(session.workspace.root, o.path) for res in result.results.values() for o in res.outputs]
         uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events, extra=plan)
@@ -104,7 +123,7 @@ def run_tests(request: BuildRequest, *, no_cache: bool) -> int:
             raise PbuildError(f"no test targets in {' '.join(request.patterns)}",
                               hint="test targets use rules such as py_test")
         needed = [a for _, a in tests]
-        build_actions: list[Action] = graph.actions_for([f for a in needed for f in a.inputs])
+        build_actions: list[Action] = graph.actions_for([f for a in needed for f in needed_files(a)])
         result, _ = execute(session, [*build_actions, *needed], request, reporter=reporter,
                             no_cache_mnemonics=frozenset({"TestRunner"}) if no_cache else frozenset(),
                             keep_going=True)

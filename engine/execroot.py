@@ -97,8 +97,11 @@ def run_process(
     env: Mapping[str, str],
     hide_paths: Sequence[str],
     log_dir: str,
+    *,
+    root: str | None = None,
 ) -> ProcessOutcome:
-    """Run the action sandboxed; stdout/stderr land in ``log_dir``."""
+    """Run the action sandboxed (on ``root``, its toolchain's tree, else the host's root);
+    stdout/stderr land in ``log_dir``."""
     from pbuild.tools.sandbox import SandboxRequest, run_sandboxed
 
     stdout_path = os.path.join(log_dir, "stdout")
@@ -109,11 +112,12 @@ def run_process(
         exec_root=exec_root,
         writable_dirs=tuple(writable),
         workdir=action.workdir,
-        hide_paths=tuple(hide_paths),
+        hide_paths=() if root is not None else tuple(hide_paths),
         stdout_path=stdout_path,
         stderr_path=stderr_path,
         timeout_s=action.timeout_s,
         network=False,
+        root=root,
     )
     result = run_sandboxed(request)
     return ProcessOutcome(result.exit_code, stdout_path, stderr_path, result.duration_s, result.error)
@@ -125,6 +129,19 @@ _NETWORK_SIGNS = re.compile(
     re.IGNORECASE,
 )
 _PATHISH = re.compile(r"[\w./@+-]+")
+def missing_program(stderr: str, exit_code: int, action: ProcessAction) -> str | None:
+    """For an action on a toolchain that failed for want of a program: which, and how to add it."""
+    from pbuild.tools.sandbox import missing_from_toolchain
+
+    if action.toolchain is None:
+        return None
+    name = missing_from_toolchain(stderr, exit_code)
+    if name is None:
+        return None
+    label = action.toolchain.label
+    return (f"the toolchain {label} has no program {name!r}: add the Debian package that provides it "
+            f"to the packages of {label} (e.g. `apt-file search bin/{name.rsplit('/', 1)[-1]}` names it), "
+            "then run `./pbuild lock --debian`")
 
 
 def explain_failure(stderr: str, action: ProcessAction, workspace_root: str) -> str | None:

@@ -20,6 +20,7 @@ from pbuild.engine.api import RuleDef
 from pbuild.engine.errors import LoadError
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader
+from pbuild.engine.toolchainconf import rule_schema
 
 _TOKEN = re.compile(r"\s*(?:(?P<op>[()+^,-])|(?P<word>[^\s()+^,]+))")
 
@@ -39,7 +40,7 @@ class TargetGraph:
         found: list[Label] = []
         if isinstance(definition, RuleDef):
             package = self.loader.package(label.package)
-            for name, spec in definition.attrs.items():
+            for name, spec in rule_schema(definition).items():
                 if not spec.is_label or name not in decl.attrs:
                     continue
                 raw = decl.attrs[name]

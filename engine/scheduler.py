@@ -24,10 +24,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbuild.engine.api import Action, ActionIO, InProcessAction, ProcessAction
+from pbuild.engine.api import Action, ActionIO, InProcessAction, ProcessAction, Toolchain
 from pbuild.engine.errors import BuildFailed, PbuildError
 from pbuild.engine.events import Reporter
-from pbuild.engine.execroot import base_env, explain_failure, prepare_exec_root, run_process
+from pbuild.engine.execroot import (
+    base_env,
+    explain_failure,
+    missing_program,
+    prepare_exec_root,
+    run_process,
+)
 from pbuild.engine.hashing import StatIndex, digest_bytes
 from pbuild.engine.keys import action_key, key_material, remote_key
 from pbuild.engine.oserrors import from_os_error, full_filesystem
@@ -38,6 +44,7 @@ from pbuild.engine.store import (
     materialize,
     undeclared_outputs,
 )
+from pbuild.engine.toolchains import LayerFiles, ToolchainTrees, needed_files, tree_digest
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.tools.fstree import remove_tree
 
@@ -103,6 +110,7 @@ class Executor:
         # (digest, executable) of blobs written or verified by this build: intact without a check
         self._intact: set[tuple[str, bool]] = set()
         self._env = base_env(options.source_date_epoch)
+        self.toolchain_trees = ToolchainTrees(os.path.dirname(store.tmp_dir))
 
     # -- public ----------------------------------------------------------------------------
 
@@ -113,7 +121,7 @@ class Executor:
         waiting_on: dict[int, int] = {}
         dependents: dict[int, list[Action]] = {}
         for action in actions:
-            deps = {id(producers[f.path]) for f in action.inputs if f.path in producers}
+            deps = {id(producers[f.path]) for f in needed_files(action) if f.path in producers}
             waiting_on[id(action)] = len(deps)
             for dep in deps:
                 dependents.setdefault(dep, []).append(action)
@@ -249,7 +257,40 @@ class Executor:
     def _key_material(self, action: Action) -> tuple[bytes, dict[str, str]]:
         digests = {f.path: self._input_digest(f.path, f.is_source) for f in action.inputs}
         env = dict(action.env) if isinstance(action, ProcessAction) else {}
-        return key_material(action, digests, env, self._env), digests
+        toolchain = self._toolchain_digests(action)
+        return key_material(action, digests, env, self._env, toolchain), digests
+
+    def _toolchain_digests(self, action: Action) -> list[str]:
+        """The digests of the action's toolchain layer files (blob, sidecar, ... bottom first)."""
+        if action.toolchain is None:
+            return []
+        return [self._input_digest(f.path, f.is_source) for f in action.toolchain.files]
+
+    def _toolchain_root(self, action: Action) -> str | None:
+        """The unpacked tree of the action's toolchain (made on first need), or None."""
+        return None if action.toolchain is None else self.toolchain_tree(action.toolchain)
+
+    def toolchain_tree(self, toolchain: Toolchain) -> str:
+        """The unpacked tree of ``toolchain``, whose layer files this build has built."""
+
+        def layers() -> list[LayerFiles]:
+            found = []
+            for layer in toolchain.layers:
+                paths = []
+                for f in (layer.blob, layer.meta):
+                    if f.is_source:
+                        paths.append(os.path.join(self.root, f.path))
+                        continue
+                    records = self.files_of(f.path)
+                    if len(records) != 1:
+                        raise PbuildError(f"toolchain {toolchain.label}: layer file {f.path} was not built",
+                                          hint="this is a bug in a rule")
+                    paths.append(self._checked_blob(records[0]))
+                found.append(LayerFiles(*paths))
+            return found
+
+        digests = [self._input_digest(f.path, f.is_source) for f in toolchain.files]
+        return self.toolchain_trees.tree(tree_digest(digests), layers, label=toolchain.label)
 
     def _lookup(self, action: Action, key: str, material: bytes) -> tuple[str, ActionResult] | None:
         if not self.options.cache_results or action.mnemonic in self.options.no_cache_mnemonics:
@@ -488,7 +529,8 @@ class Executor:
         writable = prepare_exec_root(exec_root, action, self._input_sources(action), sources)
         env = dict(self._env)
         env.update(dict(action.env))
-        outcome = run_process(action, exec_root, writable, env, self.hide_paths, logs)
+        root = self._toolchain_root(action)
+        outcome = run_process(action, exec_root, writable, env, self.hide_paths, logs, root=root)
         if outcome.setup_error:
             raise BuildFailed(f"{action.mnemonic} could not start its sandbox: {outcome.setup_error}",
                               label=action.owner)
@@ -516,7 +558,7 @@ class Executor:
                 handle.write(stdout + stderr)
             os.replace(tmp, log)
         text = "\n".join((stdout + stderr).rstrip().splitlines()[-_TAIL:])
-        why = explain_failure(stderr + stdout, action, self.root)
+        why = missing_program(stderr, outcome.exit_code, action) or explain_failure(stderr + stdout, action, self.root)
         full = full_filesystem((outcome.stderr_path,))
         if full is not None:  # its own complaint may not even have fit in its log
             why = f"no space left on {full}; free some space there, or use --cache-dir DIR on a larger filesystem"
@@ -585,7 +627,8 @@ class Executor:
             inputs[f.path] = os.path.join(self.root, f.path)
         tmp = os.path.join(work, "tmp")
         os.makedirs(tmp)
-        io = ActionIO(inputs, outputs, tmp, action.owner, jobs=self.options.jobs)
+        io = ActionIO(inputs, outputs, tmp, action.owner, jobs=self.options.jobs,
+                      toolchain_root=self._toolchain_root(action))
         try:
             action.function(io, action.params)
         except PbuildError as exc:

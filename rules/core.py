@@ -69,7 +69,9 @@ def _expand(ctx: RuleContext, cmd: str, srcs: tuple[File, ...], outs: tuple[File
 
 @rule(
     "genrule",
-    doc="Runs a shell command (bash) in the package's folder inside the sandbox to produce `outs`.",
+    toolchain="shell",
+    doc="Runs a shell command (bash) in the package's folder inside the sandbox to produce `outs`, on "
+        "the `shell` toolchain (bash, coreutils and the tools its Debian packages hold) or the host.",
     attrs={
         "srcs": attr.label_list("Inputs the command reads.", allow_files=True),
         "outs": attr.output_list("Files the command writes, relative to the package's output folder.", required=True),

@@ -88,7 +88,7 @@ srcs = ["//p:a:b"]
 # (target, exit code, fragments of stderr). Line numbers point at the attribute, else the table.
 CASES = [
     ("unknown", ["p/BUILD.toml:5", "target //p:unknown", "unknown attribute 'srcz'", "did you mean 'srcs'?",
-                 "genrule accepts: cmd, env, message, outs, srcs, tools"]),
+                 "genrule accepts: cmd, env, message, outs, srcs, toolchain, tools"]),
     ("mistyped", ["p/BUILD.toml:9", "target //p:mistyped", "attribute 'outs' must be a list of file names",
                   "got str 'm.txt'", "hint: Files the command writes"]),
     ("missing", ["p/BUILD.toml:12", "target //p:missing", "missing required attribute 'cmd'", "add cmd = ..."]),

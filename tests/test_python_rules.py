@@ -386,3 +386,52 @@ def test_pex_is_reproducible_and_runs(tmp_path: Path, locked_template: Path, run
     assert "hello world x2" in proc.stdout
     assert "args: --baked extra" in proc.stdout
     assert "env: from-env" in proc.stdout
+
+
+REPO = Path(__file__).resolve().parent.parent
+_WHERE = '''"""Reports what the program sees of the machine it runs on."""
+import os
+import sys
+
+print("python:", sys.executable, sys.version_info[:2])
+print("host secret visible:", os.path.exists(os.environ["HOST_SECRET"]))
+print("cwd:", os.getcwd())
+'''
+
+
+def _on_python_toolchain(ws: Path, secret: Path) -> None:
+    """Make ``ws`` run its Python targets on the repository's own interpreter packages."""
+    (ws / "third_party/debian").mkdir()
+    shutil.copy(REPO / "third_party/debian/debian.lock.json", ws / "third_party/debian/")
+    (ws / "third_party/debian/BUILD.toml").write_text(
+        '[python3]\nrule = "deb_packages"\n'
+        'packages = ["python3.11-minimal", "libpython3.11-stdlib", "ca-certificates", "libstdc++6"]\n'
+        'suites = ["bookworm", "bookworm-updates"]\n')
+    with open(ws / "WORKSPACE.toml", "a") as handle:
+        handle.write('\n[toolchains]\npython = "//third_party/debian:python3"\n')
+    write_tree(ws, {"bin/where.py": _WHERE, "bin/BUILD.toml": (ws / "bin/BUILD.toml").read_text()
+                    + f'\n[where]\nrule = "py_binary"\nsrcs = ["where.py"]\nenv = {{ HOST_SECRET = "{secret}" }}\n'})
+    secret.write_text("the host's\n")
+
+
+def test_py_test_on_the_python_toolchain(ws: Path, run, tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret"
+    _on_python_toolchain(ws, secret)
+    with open(ws / "lib/test_greet.py", "a") as handle:
+        handle.write(f"\n\ndef test_runs_on_the_toolchain():\n    import os\n\n"
+                     f"    assert not os.path.exists({str(secret)!r})\n")
+    result = run(ws, "test", "//lib:test_greet", timeout=600)
+    assert result.code == 0, str(result)
+    assert "//lib:test_greet  PASSED" in result.out
+
+
+def test_run_on_the_python_toolchain(ws: Path, run, tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret"
+    _on_python_toolchain(ws, secret)
+    result = run(ws, "run", "//bin:where", cwd=ws / "lib", timeout=600)
+    assert result.code == 0, str(result)
+    assert "python: /usr/bin/python3.11 (3, 11)" in result.out
+    assert "host secret visible: False" in result.out  # the toolchain's root, not the host's
+    assert f"cwd: {ws / 'lib'}" in result.out
+    again = run(ws, "run", "//bin:where", cwd=ws / "lib")  # the no-op path replays the same plan
+    assert again.out == result.out, str(again)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pbuild.engine.api import COMMON_ATTRS, Attr, GeneratorDef, RuleDef
 from pbuild.engine.registry import BUILTIN_FAMILIES
+from pbuild.engine.toolchainconf import rule_schema
 
 # The worked example of the guide. tests/test_plugins.py builds a workspace with exactly this file
 # as its plugin, so the example in the docs is known to work.
@@ -388,8 +389,9 @@ def _rule_section(definition: RuleDef | GeneratorDef) -> list[str]:
     if kinds:
         lines += ["", "*" + "; ".join(kinds) + ".*"]
     lines.append("")
-    if definition.attrs:
-        lines += _attr_table(sorted(definition.attrs.items()))
+    schema = rule_schema(definition) if isinstance(definition, RuleDef) else definition.attrs
+    if schema:
+        lines += _attr_table(sorted(schema.items()))
     else:
         lines.append("No attributes besides `rule`, `tags` and `visibility`.")
     lines.append("")

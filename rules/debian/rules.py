@@ -17,6 +17,7 @@ from pbuild.engine.api import (
     Provider,
     RuleContext,
     Toolchain,
+    ToolchainInfo,
     ToolchainLayer,
     attr,
     rule,
@@ -201,4 +202,5 @@ def _deb_packages(ctx: RuleContext) -> list[Provider]:
     ]
     if runtime is not None:
         providers.append(runtime)
+    providers.append(ToolchainInfo(layer_toolchain(ctx, blob, meta, runtime)))
     return providers

@@ -6,7 +6,19 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pbuild.engine.api import Attr, DefaultInfo, File, Provider, RuleContext, Target, attr, rule
+from pbuild.engine.api import (
+    Attr,
+    DefaultInfo,
+    File,
+    Provider,
+    RuleContext,
+    Target,
+    Toolchain,
+    ToolchainInfo,
+    ToolchainLayer,
+    attr,
+    rule,
+)
 from pbuild.engine.errors import PbuildError
 from pbuild.rules.oci import actions, determinism, pyc
 from pbuild.rules.oci.layerwriter import clean_path
@@ -267,10 +279,16 @@ def _image(ctx: RuleContext) -> list[Provider]:
         mnemonic="Image",
     )
     base_layers = base_target[ImageInfo].layers if base_target is not None and ImageInfo in base_target else ()
-    return [
+    providers: list[Provider] = [
         DefaultInfo(files=(out_layout, out_tar, out_digest)),
         ImageInfo(out_layout, out_digest, out_tar, tuple(tags), tuple(base_layers) + tuple(layers), runtime),
     ]
+    # An image is a toolchain when pbuild knows all its layers (not over a bare OCI layout or a pull).
+    if base_target is None or ToolchainInfo in base_target:
+        providers.append(ToolchainInfo(Toolchain(
+            ctx.label, tuple(ToolchainLayer(layer.blob, layer.meta) for layer in (*base_layers, *layers)),
+            python=runtime.interpreter if runtime else "", python_version=runtime.version if runtime else "")))
+    return providers
 
 
 def _python_entrypoint(ctx: RuleContext, interpreter: str, binary: PyBinaryInfo) -> list[str]:

@@ -83,16 +83,31 @@ def _runfiles(info: PyInfo, tree: File, launcher: File) -> tuple[File, ...]:
     return (launcher, tree, *(w.site for w in info.wheels if w.site is not None))
 
 
-def _interpreter_argv(target: PythonTarget) -> tuple[str, ...]:
+def _interpreter_argv(ctx: RuleContext, target: PythonTarget) -> tuple[str, ...]:
+    """The interpreter command: the toolchain's Python (the bytes the image runs), else the host's
+    ``[python] interpreter``."""
+    toolchain = ctx.toolchain
+    interpreter = target.interpreter
+    if toolchain is not None:
+        if not toolchain.python:
+            ctx.fail(f"toolchain {toolchain.label} holds no Python interpreter", attr="toolchain",
+                     hint="use a deb_packages target with a python3.X package (e.g. python3-minimal), "
+                          "or an image with one")
+        if toolchain.python_version and toolchain.python_version != target.version:
+            ctx.fail(f"toolchain {toolchain.label} has Python {toolchain.python_version}, but the workspace's "
+                     f"locks are for Python {target.version} ([python] version in WORKSPACE.toml)",
+                     attr="toolchain", hint="use a toolchain of the locked Python, or lock for its version")
+        interpreter = toolchain.python
     # -s -S: neither the user's nor the system's site-packages; the launcher sets sys.path.
     # A bare command name is looked up on PATH when the program starts.
-    return (target.interpreter, "-s", "-S")
+    return (interpreter, "-s", "-S")
 
 
 @rule(
     "py_binary",
     attrs=BINARY_ATTRS,
     executable=True,
+    toolchain="python",
     doc="A Python program: `<name>.pex` (a reproducible PEX of its sources and locked wheels) and "
         "`pbuild run` support (started from installed trees, no unzipping).",
 )
@@ -134,7 +149,7 @@ def py_binary(ctx: RuleContext) -> Sequence[Provider]:
     args = tuple(ctx.attr.args)
     pex = ctx.declare_file(f"{ctx.label.name}.pex")
     _declare_pex(ctx, target, info, tree, pex, main_module=main_module, entry_point=entry_point, env=env, args=args)
-    run = RunInfo(argv=(*_interpreter_argv(target), launcher, *args), env=env)
+    run = RunInfo(argv=(*_interpreter_argv(ctx, target), launcher, *args), env=env, toolchain=ctx.toolchain)
     return [
         info,
         PyBinaryInfo(pex=pex, main_module=main_module, entry_point=entry_point, env=env, args=args,
@@ -172,6 +187,7 @@ def _declare_pex(ctx: RuleContext, target: PythonTarget, info: PyInfo, tree: Fil
     "py_test",
     attrs=TEST_ATTRS,
     test=True,
+    toolchain="python",
     doc="pytest over `srcs`, run by `pbuild test` in the sandbox against the locked wheels. pytest "
         "is a tool, not your dependency: it comes from pbuild's built-in lock (`//@pbuild/python:pytest`), "
         "which `[python.tools.pytest]` in WORKSPACE.toml or the `pytest` attribute override.",
@@ -186,9 +202,10 @@ def py_test(ctx: RuleContext) -> Sequence[Provider]:
     runfiles = _runfiles(info, tree, launcher)
     env = {"PYTHONDONTWRITEBYTECODE": "1", **dict(sorted(ctx.attr.env.items()))}
     test = TestInfo(
-        argv=(*_interpreter_argv(target), launcher.path, *ctx.attr.args),
+        argv=(*_interpreter_argv(ctx, target), launcher.path, *ctx.attr.args),
         inputs=runfiles,
         env=env,
         timeout_s=float(ctx.attr.timeout or 300),
+        toolchain=ctx.toolchain,
     )
     return [info, DefaultInfo(files=(), runfiles=runfiles), test]
