@@ -232,7 +232,10 @@ class Executor:
     def _input_digest(self, path: str, is_source: bool) -> str:
         if not is_source:
             if path in self._dir_files:
-                listing = "\n".join(f"{o.path} {o.digest} {int(o.executable)}" for o in self._dir_files[path])
+                # Sorted: a result from a remote cache lists a tree's files in its own order, and the
+                # digest must be the same as for the tree built here (os.walk order).
+                files = sorted(self._dir_files[path], key=lambda o: o.path)
+                listing = "\n".join(f"{o.path} {o.digest} {int(o.executable)}" for o in files)
                 return digest_bytes(listing.encode())
             record = self._records.get(path)
             if record is None:
