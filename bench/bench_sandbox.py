@@ -4,7 +4,8 @@
 Usage: ``python bench/bench_sandbox.py [--runs N] [--threads T]``. Prints the median of N runs
 of each and the overhead (sandbox median minus plain median); the goal is <= 15 ms. In the same
 run, each backend runs the action on a toolchain root (a small merged-/usr tree of host programs,
-``tests/hosttree.py``) against the host root; the goal is toolchain <= host + 2 ms.
+``tests/hosttree.py``, or with ``--tree DIR`` a real unpacked toolchain such as
+``<cache>/toolchains/<digest>``) against the host root; the goal is toolchain <= host + 2 ms.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--tree", help="a toolchain tree to use instead of the small one built here "
+                                       "(e.g. the shell toolchain unpacked in the cache's toolchains/)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         exec_root = os.path.join(tmp, "execroot")
@@ -75,7 +78,7 @@ def main() -> None:
             stderr_path=os.path.join(tmp, "stderr"),
         )
 
-        tree = str(build_tree(Path(tmp) / "toolchain"))
+        tree = args.tree or str(build_tree(Path(tmp) / "toolchain"))
 
         def sandboxed(backend: str = "auto", root: str | None = None) -> None:
             result = run_sandboxed(dataclasses.replace(request, backend=backend, root=root))

@@ -21,7 +21,9 @@ PROGRAM_BUILD = '[program]\nrule = "py_binary"\nsrcs = ["program.py"]\nmain = "p
 def _copy_repo(root: Path, *, pbuild_sources: bool = False) -> Path:
     root.mkdir(parents=True)
     shutil.copy(REPO / "WORKSPACE.toml", root / "WORKSPACE.toml")
-    shutil.copytree(REPO / "third_party" / "python", root / "third_party" / "python")
+    for part in ("python", "debian"):  # the locks, and the toolchains WORKSPACE.toml names
+        shutil.copytree(REPO / "third_party" / part, root / "third_party" / part,
+                        ignore=shutil.ignore_patterns("pbuild-out"))
     (root / "app").mkdir()
     shutil.copy(REPO / "app" / "program.py", root / "app" / "program.py")
     (root / "app" / "BUILD.toml").write_text(PROGRAM_BUILD)

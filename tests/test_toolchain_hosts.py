@@ -3,7 +3,7 @@
 - The same ``//app:image`` digest whether pbuild runs on this Python or on another minor version.
 - A remote cache filled on one host serves a second host with another ``/etc/os-release``, no
   ``/usr/bin/python3.11`` and pbuild on another Python: nothing executes there, neither the
-  image's actions nor ``//app:program_test``.
+  image's actions nor ``//app:program_test``; and that host runs the test and the program itself.
 """
 
 from __future__ import annotations
@@ -99,3 +99,12 @@ def test_a_remote_cache_filled_on_one_host_serves_another(tmp_path: Path, pbuild
     assert u.code == 0, u
     assert "PASSED" in u.out
     assert _executed(events) == [], u
+
+    # And the second host runs them itself, without a Python of its own: the lecture's "No Python
+    # interpreter installed" is gone from pbuild's own test and run paths.
+    v = other_pbuild("test", "--no-cache-test-results", "//app:program_test", cwd=second,
+                     cache=tmp_path / "cache-two", prefix=prefix, env=env, timeout=_BUILD_TIMEOUT)
+    assert v.code == 0 and "PASSED" in v.out and "(cached)" not in v.out, v
+    w = other_pbuild("run", "//app:program", cwd=second, cache=tmp_path / "cache-two", prefix=prefix, env=env,
+                     timeout=_BUILD_TIMEOUT)
+    assert w.code == 0 and w.out == "18\n", w

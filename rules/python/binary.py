@@ -22,6 +22,7 @@ from pbuild.rules.python.library import (
     collect_py_info,
     declare_staged_tree,
     import_paths,
+    toolchain_python,
     with_tool,
 )
 from pbuild.rules.python.pex import BUILD_PEX_VERSION, build_pex, pex_version
@@ -86,18 +87,7 @@ def _runfiles(info: PyInfo, tree: File, launcher: File) -> tuple[File, ...]:
 def _interpreter_argv(ctx: RuleContext, target: PythonTarget) -> tuple[str, ...]:
     """The interpreter command: the toolchain's Python (the bytes the image runs), else the host's
     ``[python] interpreter``."""
-    toolchain = ctx.toolchain
-    interpreter = target.interpreter
-    if toolchain is not None:
-        if not toolchain.python:
-            ctx.fail(f"toolchain {toolchain.label} holds no Python interpreter", attr="toolchain",
-                     hint="use a deb_packages target with a python3.X package (e.g. python3-minimal), "
-                          "or an image with one")
-        if toolchain.python_version and toolchain.python_version != target.version:
-            ctx.fail(f"toolchain {toolchain.label} has Python {toolchain.python_version}, but the workspace's "
-                     f"locks are for Python {target.version} ([python] version in WORKSPACE.toml)",
-                     attr="toolchain", hint="use a toolchain of the locked Python, or lock for its version")
-        interpreter = toolchain.python
+    interpreter = toolchain_python(ctx, target) or target.interpreter
     # -s -S: neither the user's nor the system's site-packages; the launcher sets sys.path.
     # A bare command name is looked up on PATH when the program starts.
     return (interpreter, "-s", "-S")
@@ -140,7 +130,7 @@ def py_binary(ctx: RuleContext) -> Sequence[Provider]:
             ctx.fail(f"main {main_file.path} imports as {main_module!r}, which is not a module name",
                      attr="main", hint="name the file and its folders like Python modules (letters, digits, _)")
     info = collect_py_info(ctx)
-    tree = declare_staged_tree(ctx, f"{ctx.label.name}.runfiles", info, target.version)
+    tree = declare_staged_tree(ctx, f"{ctx.label.name}.runfiles", info, target)
     if main_module is not None:
         launcher = _launcher(ctx, info, tree, "module", main_module)
     else:
@@ -196,7 +186,7 @@ def py_test(ctx: RuleContext) -> Sequence[Provider]:
     check_srcs_are_python(ctx, ctx.files.srcs)
     target = _python_target(ctx)
     info = with_tool(collect_py_info(ctx), ctx.attr.pytest[PyInfo])
-    tree = declare_staged_tree(ctx, f"{ctx.label.name}.runfiles", info, target.version)
+    tree = declare_staged_tree(ctx, f"{ctx.label.name}.runfiles", info, target)
     test_files = sorted(import_paths(ctx, f)[0] for f in ctx.files.srcs if f.extension == "py")
     launcher = _launcher(ctx, info, tree, "pytest", test_files)
     runfiles = _runfiles(info, tree, launcher)

@@ -21,10 +21,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pbuild.engine.api import OUT_DIR, ActionIO, DefaultInfo, File, Provider, RuleContext, attr, rule
+from pbuild.rules.python.config import PythonTarget
 from pbuild.rules.python.providers import PyInfo, PySource, Wheel
-from pbuild.rules.python.wheels import compile_tree, host_python_for
+from pbuild.rules.python.wheels import compile_output
 
-STAGE_VERSION = "2"
+STAGE_VERSION = "3"  # 3: compiled by the toolchain's Python
 
 COMMON_ATTRS = {
     "srcs": attr.label_list("Python source files (`.py`, `.pyi`).", allow_files=("py", "pyi")),
@@ -103,18 +104,38 @@ def with_tool(info: PyInfo, tool: PyInfo) -> PyInfo:
     return PyInfo(sources=tuple(sorted(sources)), wheels=tuple(sorted(wheels)))
 
 
-def declare_staged_tree(ctx: RuleContext, name: str, info: PyInfo, python_version: str) -> File:
-    """Declare the action that copies ``info.sources`` to their import paths and compiles them."""
+def toolchain_python(ctx: RuleContext, target: PythonTarget) -> str:
+    """The interpreter of the target's Python toolchain (a path inside its tree), "" on the host
+    toolchain; a toolchain without a Python, or of another version than the locks', is an error."""
+    toolchain = ctx.toolchain
+    if toolchain is None:
+        return ""
+    if not toolchain.python:
+        ctx.fail(f"toolchain {toolchain.label} holds no Python interpreter", attr="toolchain",
+                 hint="use a deb_packages target with a python3.X package (e.g. python3-minimal), "
+                      "or an image with one")
+    if toolchain.python_version and toolchain.python_version != target.version:
+        ctx.fail(f"toolchain {toolchain.label} has Python {toolchain.python_version}, but the workspace's "
+                 f"locks are for Python {target.version} ([python] version in WORKSPACE.toml)",
+                 attr="toolchain", hint="use a toolchain of the locked Python, or lock for its version")
+    return toolchain.python
+
+
+def declare_staged_tree(ctx: RuleContext, name: str, info: PyInfo, target: PythonTarget) -> File:
+    """Declare the action that copies ``info.sources`` to their import paths and compiles them
+    (with the target's Python toolchain)."""
     tree = ctx.declare_directory(name)
     files = sorted({(s.import_path, s.file.path) for s in info.sources})
     ctx.actions.call(
         stage_tree,
         version=STAGE_VERSION,
-        params={"files": [list(pair) for pair in files], "output": tree.path, "python_version": python_version},
+        params={"files": [list(pair) for pair in files], "output": tree.path, "python_version": target.version,
+                "interpreter": toolchain_python(ctx, target)},
         inputs=tuple(s.file for s in info.sources),
         outputs=(tree,),
         mnemonic="PyStage",
         progress=f"staging sources of {ctx.label}",
+        toolchain=ctx.toolchain,
     )
     return tree
 
@@ -132,9 +153,9 @@ def stage_tree(io: ActionIO, params: Mapping[str, Any]) -> None:
         shutil.copyfile(io.input_path(source), destination)
         mode = os.stat(io.input_path(source)).st_mode
         os.chmod(destination, 0o755 if mode & 0o111 else 0o644)
-    python = host_python_for(params["python_version"])
-    if python and any(path.endswith(".py") for path, _ in params["files"]):
-        compile_tree(out, python, checked=True)
+    if any(path.endswith(".py") for path, _ in params["files"]):
+        compile_output(io, out, interpreter=params.get("interpreter", ""),
+                       python_version=params["python_version"], checked=True)
 
 
 def check_srcs_are_python(ctx: RuleContext, files: Sequence[File]) -> None:

@@ -103,6 +103,7 @@ def lock_fits(lock: Lock, target: PythonTarget) -> bool:
     attrs={
         "tool": attr.string(f"The tool to lock and install: one of {', '.join(TOOLS)}.", required=True),
     },
+    toolchain="python",
     doc="A Python tool pbuild runs (pytest for py_test), from its tool lock: the workspace's "
         "`[python.tools.<tool>] lock` if WORKSPACE.toml sets one, else the lock pbuild ships for the "
         "workspace's interpreter. Its wheels are fetched and verified like any locked wheel. "

@@ -22,7 +22,7 @@ from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import BuildFailed, HashMismatch
 
 FETCH_VERSION = "1"
-INSTALL_VERSION = "2"
+INSTALL_VERSION = "3"  # 3: compiled by the toolchain's Python
 
 # Compiles every .py below a folder into hash-based .pyc files that record folder-relative paths.
 # It runs in a child with PYTHONHASHSEED=0: marshal writes frozensets in hash order, so a random
@@ -144,9 +144,28 @@ def install_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
     )
     with WheelFile.open(Path(io.input_path(params["wheel"]))) as source:
         install(source, destination, additional_metadata={})
-    python = host_python_for(params["python_version"])
+    compile_output(io, out, interpreter=params.get("interpreter", ""), python_version=params["python_version"],
+                   checked=False)
+
+
+def compile_output(io: ActionIO, out: str, *, interpreter: str, python_version: str, checked: bool) -> None:
+    """Compile the output folder ``out`` with the action's toolchain Python (``interpreter``, a path
+    inside its tree), the bytes that will import it; only an action on the host toolchain falls back
+    to a host interpreter of ``python_version``, and without one the tree keeps no bytecode."""
+    if interpreter and io.toolchain_root:
+        parent, name = os.path.split(out)
+        log = os.path.join(io.tmpdir, f"compile-{name}.log")
+        code = io.run_sandboxed([interpreter, "-s", "-S", "-c", _COMPILE_SCRIPT, f"/execroot/{name}",
+                                 "CHECKED_HASH" if checked else "UNCHECKED_HASH"],
+                                exec_root=parent, writable_dirs=(name,), stdout_path=log, stderr_path=log)
+        if code != 0:
+            with open(log, encoding="utf-8", errors="replace") as handle:
+                raise BuildFailed(f"compiling {name} with the toolchain's {interpreter} failed (exit {code}):\n"
+                                  f"{handle.read()[-2000:]}", label=io.label)
+        return
+    python = host_python_for(python_version)
     if python:
-        compile_tree(out, python, checked=False)
+        compile_tree(out, python, checked=checked)
 
 
 def host_python_for(version: str) -> str:
