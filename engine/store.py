@@ -349,3 +349,7 @@ def _temp_beside(dest: str) -> Iterator[str]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    # Renaming a hard link onto another link of the same file does nothing and succeeds (POSIX),
+    # leaving the temp name: two builds materializing one blob at once hit exactly that.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)

@@ -38,6 +38,19 @@ def test_put_file_stores_read_only_blobs_by_digest(tmp_path: Path) -> None:
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
+def test_materializing_a_blob_twice_leaves_no_temp_file(tmp_path: Path) -> None:
+    # The second link is to the same inode as the first: rename() then does nothing.
+    store = LocalStore(str(tmp_path / "cache"))
+    src = tmp_path / "f"
+    src.write_bytes(b"content")
+    digest, size = store.put_file(str(src), executable=False, move=False)
+    out = tmp_path / "out"
+    for _ in range(2):
+        materialize(store, OutputRecord("pbuild-out/f", digest, size, False), str(out / "f"))
+    assert sorted(p.name for p in out.iterdir()) == ["f"]
+    assert (out / "f").read_bytes() == b"content"
+
+
 def test_storing_existing_content_again_keeps_the_blob(tmp_path: Path) -> None:
     store = LocalStore(str(tmp_path / "cache"))
     for i in range(3):
