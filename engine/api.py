@@ -319,14 +319,15 @@ class ActionIO:
         ``writable_dirs`` (relative to it); no network. For functions that must run the
         toolchain's own programs, such as its Python compiling bytecode.
         """
+        from pbuild.engine.execroot import base_env
         from pbuild.tools.sandbox import SandboxRequest
         from pbuild.tools.sandbox import run_sandboxed as run
 
         tree = root or self.toolchain_root
         if tree is None:
             raise PbuildError(f"an action of {self.label} runs a program but declared no toolchain")
-        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0",
-                "HOME": "/tmp"}
+        # The environment every process action starts from, as the scheduler builds it.
+        base = base_env(os.environ.get("SOURCE_DATE_EPOCH", "0"))
         result = run(SandboxRequest(argv=tuple(argv), env={**base, **(env or {})}, exec_root=exec_root,
                                     writable_dirs=tuple(writable_dirs), workdir="", hide_paths=(),
                                     stdout_path=stdout_path, stderr_path=stderr_path, root=tree))

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -387,55 +388,56 @@ def test_unusable_cache_dir_is_a_user_error(tmp_path: Path, pbuild: Runner) -> N
     assert str(not_a_dir) in result.err and "hint:" in result.err, str(result)
 
 
-def test_a_cache_on_another_filesystem_gives_read_only_copies(tmp_path: Path, pbuild: Runner) -> None:
+@pytest.fixture
+def other_fs_cache(tmp_path: Path) -> Iterator[Path]:
+    """A cache dir on another filesystem than the workspace's (/dev/shm), where outputs are copies."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
         pytest.skip("needs /dev/shm on a filesystem other than the workspace's")
     cache = Path(tempfile.mkdtemp(prefix="pbuild-test-cache-", dir=shm))
-    try:
-        root = tmp_path / "ws"
-        write_tree(root, CHAIN)
-        result = pbuild("build", "//p:all", cwd=root, cache=cache)
-        assert result.code == 0, str(result)
-        assert outputs(root) == expected_for("hello\n")
-        for name, mode in (("a.txt", 0o444), ("c.sh", 0o555)):
-            out = root / "pbuild-out" / "p" / name
-            assert stat.S_IMODE(out.stat().st_mode) == mode  # a copy, but never a writable one
-            assert out.stat().st_nlink == 1
-        assert cache_is_consistent(cache) == []
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
 
 
-def test_a_damaged_blob_behind_a_copy_never_reaches_an_action(tmp_path: Path, pbuild: Runner) -> None:
+def test_a_cache_on_another_filesystem_gives_read_only_copies(tmp_path: Path, pbuild: Runner,
+                                                              other_fs_cache: Path) -> None:
+    cache = other_fs_cache
+    root = tmp_path / "ws"
+    write_tree(root, CHAIN)
+    result = pbuild("build", "//p:all", cwd=root, cache=cache)
+    assert result.code == 0, str(result)
+    assert outputs(root) == expected_for("hello\n")
+    for name, mode in (("a.txt", 0o444), ("c.sh", 0o555)):
+        out = root / "pbuild-out" / "p" / name
+        assert stat.S_IMODE(out.stat().st_mode) == mode  # a copy, but never a writable one
+        assert out.stat().st_nlink == 1
+    assert cache_is_consistent(cache) == []
+
+
+def test_a_damaged_blob_behind_a_copy_never_reaches_an_action(tmp_path: Path, pbuild: Runner,
+                                                               other_fs_cache: Path) -> None:
     """Issue 9, item 4: with the cache on another filesystem, pbuild-out holds copies, so damage to
     a blob leaves the output intact and the cache hit looks fine; the next action that reads the
     blob must still get the right bytes (and must not cache a wrong output)."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("needs /dev/shm on a filesystem other than the workspace's")
-    cache = Path(tempfile.mkdtemp(prefix="pbuild-test-cache-", dir=shm))
-    try:
-        root = tmp_path / "ws"
-        write_tree(root, CHAIN)
-        assert root.stat().st_dev != cache.stat().st_dev
-        assert pbuild("build", "//p:b", cwd=root, cache=cache).code == 0
-        assert (root / "pbuild-out" / "p" / "a.txt").stat().st_nlink == 1  # a copy
-        blob = blob_of(cache, EXPECTED["a.txt"])
-        blob.chmod(0o644)
-        blob.write_bytes(b"EVIL!\n")  # same size: only the digest can tell
-        build = root / "p" / "BUILD.toml"
-        build.write_text(build.read_text().replace("cat $< $< > $@", "cat $< $< $< > $@"))
-        events = tmp_path / "events.json"
-        result = pbuild("build", "//p:b", "--build-event-json", str(events), cwd=root, cache=cache)
-        assert result.code == 0, str(result)
-        status = {e["label"]: e["status"] for e in events_of(events) if e["type"] == "action"}
-        assert status == {"//p:a": "cached", "//p:b": "executed"}
-        assert outputs(root)["b.txt"] == b"HELLO\n" * 3
-        assert blob.read_bytes() == EXPECTED["a.txt"]  # put back from the verified copy
-        assert cache_is_consistent(cache) == []
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    cache = other_fs_cache
+    root = tmp_path / "ws"
+    write_tree(root, CHAIN)
+    assert root.stat().st_dev != cache.stat().st_dev
+    assert pbuild("build", "//p:b", cwd=root, cache=cache).code == 0
+    assert (root / "pbuild-out" / "p" / "a.txt").stat().st_nlink == 1  # a copy
+    blob = blob_of(cache, EXPECTED["a.txt"])
+    blob.chmod(0o644)
+    blob.write_bytes(b"EVIL!\n")  # same size: only the digest can tell
+    build = root / "p" / "BUILD.toml"
+    build.write_text(build.read_text().replace("cat $< $< > $@", "cat $< $< $< > $@"))
+    events = tmp_path / "events.json"
+    result = pbuild("build", "//p:b", "--build-event-json", str(events), cwd=root, cache=cache)
+    assert result.code == 0, str(result)
+    status = {e["label"]: e["status"] for e in events_of(events) if e["type"] == "action"}
+    assert status == {"//p:a": "cached", "//p:b": "executed"}
+    assert outputs(root)["b.txt"] == b"HELLO\n" * 3
+    assert blob.read_bytes() == EXPECTED["a.txt"]  # put back from the verified copy
+    assert cache_is_consistent(cache) == []
 
 
 def test_chmod_of_an_output_changes_neither_the_cache_nor_later_builds(tmp_path: Path, pbuild: Runner) -> None:
