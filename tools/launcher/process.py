@@ -234,10 +234,19 @@ def exit_code_of(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def reap_as_init(child: int) -> int:
-    """``--init``: forward signals to ``child``, reap every orphan, exit with ``child``'s code."""
+def forward_signals_to(child: int) -> None:
+    """``--init``: pass the forwarded signals B receives on to ``child``."""
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
     for sig in _FORWARDED:
-        signal.signal(sig, lambda signum, _frame: os.kill(child, signum))
+        signal.signal(sig, forward)
+
+
+def reap_as_init(child: int) -> int:
+    """``--init``: reap every orphan, exit with ``child``'s code (signals forwarded already)."""
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
@@ -351,9 +360,14 @@ def _container_init(launch: Launch, stdio: Stdio, errpipe: int, timing_fd: int) 
         return EXIT_LAUNCHER
     if not launch.init:
         return become_and_exec(launch.setup, stdio, errpipe, timing_fd)
+    # B inherited SIG_IGN for the forwarded signals, and the kernel drops a signal ignored by a
+    # namespace's PID 1: blocked until the handlers know the child's pid, they stay pending instead.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     child = os.fork()
     if child == 0:
         os._exit(become_and_exec(launch.setup, stdio, errpipe, timing_fd))
+    forward_signals_to(child)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     try:  # the init is part of the container: the same filter (it needs no more than wait and kill)
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         seccomp.install(launch.setup.seccomp)
