@@ -34,6 +34,7 @@ from pbuild.engine.toolchainconf import ATTR as TOOLCHAIN_ATTR
 from pbuild.engine.toolchainconf import SECTION as TOOLCHAINS_SECTION
 from pbuild.engine.toolchainconf import ToolchainDefault, read_defaults, rule_schema
 from pbuild.engine.toolchains import needed_files
+from pbuild.lib.errors import UserError
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -386,6 +387,8 @@ class Analyzer:
             if exc.location is None:
                 exc.location = decl.location
             raise
+        except UserError as exc:  # a shared library's error: said with the target it struck
+            raise PbuildError.of(exc, label=decl.label, location=decl.location) from None
         if not any(isinstance(p, DefaultInfo) for p in providers):
             providers = (DefaultInfo(),) + providers
         return ConfiguredTarget(decl.label, decl, definition, providers, ctx.actions.declared, tuple(deps))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pbuild.engine.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, PbuildError
+from pbuild.lib.errors import UserError
 
 VERSION = "0.1.0"
 USER_UMASK = 0o022
@@ -161,7 +162,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return 0 if args.command == "help" else EXIT_BAD_INPUT
     try:
         return _dispatch(args)
-    except PbuildError as exc:
+    except UserError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
     except OSError as exc:

@@ -7,9 +7,10 @@ is not a ``PbuildError`` is a bug in pbuild and is allowed to show a traceback.
 
 from __future__ import annotations
 
+from pbuild.lib.errors import EXIT_BAD_INPUT, UserError
+
 EXIT_OK = 0
 EXIT_BUILD_FAILED = 1
-EXIT_BAD_INPUT = 2
 
 
 class Location:
@@ -44,7 +45,7 @@ class Location:
         return text
 
 
-class PbuildError(Exception):
+class PbuildError(UserError):
     """Base of all user-facing errors.
 
     ``where`` is a location and/or a label, ``hint`` says how to fix it. ``exit_code`` is 2 for
@@ -61,11 +62,16 @@ class PbuildError(Exception):
         label: object | None = None,
         hint: str | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, hint=hint)
         self.location = location
         self.label = label
-        self.hint = hint
+
+    @classmethod
+    def of(cls, error: UserError, *, label: object | None = None, location: Location | None = None) -> PbuildError:
+        """``error`` (from a shared library) said with where it struck; its exit code is kept."""
+        wrapped = cls(error.message, hint=error.hint, label=label, location=location)
+        wrapped.exit_code = error.exit_code
+        return wrapped
 
     def render(self) -> str:
         where = []

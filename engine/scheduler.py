@@ -46,6 +46,7 @@ from pbuild.engine.store import (
 )
 from pbuild.engine.toolchains import LayerFiles, ToolchainTrees, needed_files, tree_digest
 from pbuild.engine.uptodate import DependencyRecorder
+from pbuild.lib.errors import UserError
 from pbuild.tools.fstree import remove_tree
 
 _TAIL = 60  # lines of a failing action's stderr shown to the user
@@ -152,8 +153,9 @@ class Executor:
                 if waiting_on[id(dependent)] == 0 and status != "failed":
                     ready.append(dependent)
 
-        def fail(action: Action, error: PbuildError, key: str, started: float) -> None:
+        def fail(action: Action, cause: UserError, key: str, started: float) -> None:
             nonlocal stop
+            error = cause if isinstance(cause, PbuildError) else PbuildError.of(cause)
             if error.label is None:
                 error.label = action.owner
             result.failures.append(ActionFailure(action, error))
@@ -169,7 +171,7 @@ class Executor:
                     started = time.monotonic()
                     try:
                         material, digests = self._key_material(action)
-                    except PbuildError as exc:
+                    except UserError as exc:
                         fail(action, exc, "", started)
                         continue
                     key = action_key(material)
@@ -191,7 +193,7 @@ class Executor:
                     action, key, material, started = running.pop(future)
                     try:
                         status, res = future.result()
-                    except PbuildError as exc:
+                    except UserError as exc:
                         fail(action, exc, key, started)
                         continue
                     except OSError as exc:  # a full disk or a read-only cache while storing outputs
@@ -638,6 +640,8 @@ class Executor:
             if exc.label is None:
                 exc.label = action.owner
             raise
+        except UserError as exc:  # a shared library's error: said with the target it struck
+            raise PbuildError.of(exc, label=action.owner) from None
         except Exception as exc:  # a crashing rule function is reported, with its traceback, as a failed action
             error = from_os_error(exc, near=(work,), cache_dir=self.store.root, label=action.owner)
             if error is not None:  # the machine's fault (a full disk), not the rule's

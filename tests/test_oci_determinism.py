@@ -6,15 +6,15 @@ import io
 import tarfile
 
 import pytest
-from pbuild.engine.errors import PbuildError
-from pbuild.rules.oci import determinism
+from pbuild.lib import determinism
+from pbuild.lib.errors import UserError
 
 
 def test_source_date_epoch() -> None:
     assert determinism.source_date_epoch({}) == 0
     assert determinism.source_date_epoch({"SOURCE_DATE_EPOCH": " 1700000000 "}) == 1700000000
     for bad in ("yesterday", "-5", "1.5"):
-        with pytest.raises(PbuildError, match="SOURCE_DATE_EPOCH"):
+        with pytest.raises(UserError, match="SOURCE_DATE_EPOCH"):
             determinism.source_date_epoch({"SOURCE_DATE_EPOCH": bad})
 
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.errors import Location, PbuildError
 from pbuild.engine.tomlpos import load_toml
+from pbuild.lib.determinism import pretty_json
 from pbuild.rules.debian import sources
-from pbuild.rules.oci.determinism import pretty_json
 
 if TYPE_CHECKING:
     from pbuild.rules.debian import archive, resolve

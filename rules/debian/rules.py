@@ -23,6 +23,7 @@ from pbuild.engine.api import (
     rule,
 )
 from pbuild.engine.errors import HashMismatch
+from pbuild.lib import determinism
 from pbuild.rules.debian import deb, sources
 from pbuild.rules.debian.lock import (
     DEFAULT_ARCH,
@@ -33,7 +34,6 @@ from pbuild.rules.debian.lock import (
     read_locked_target,
 )
 from pbuild.rules.debian.python import TreePython, configure_python
-from pbuild.rules.oci import determinism
 from pbuild.rules.oci.isolate import run_isolated
 from pbuild.rules.oci.layerwriter import write_layer
 from pbuild.rules.oci.providers import Layer, LayerInfo, PythonRuntimeInfo

@@ -14,7 +14,8 @@ from typing import Any
 
 from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import PbuildError
-from pbuild.rules.oci import determinism, layout, pyc
+from pbuild.lib import determinism
+from pbuild.rules.oci import layout, pyc
 from pbuild.rules.oci.isolate import run_isolated
 from pbuild.rules.oci.layerwriter import LayerDigests, LayerEntry, LayerError, entries_from_tree, write_layer
 

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pbuild.engine.errors import PbuildError
-from pbuild.rules.oci import determinism
+from pbuild.lib import determinism
 
 #: Bytes of uncompressed tar per compression task.
 CHUNK = 1 << 20

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pbuild.engine.errors import PbuildError
-from pbuild.rules.oci import determinism
+from pbuild.lib import determinism
 from pbuild.rules.oci.layerwriter import LayerDigests
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"

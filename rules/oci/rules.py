@@ -20,7 +20,8 @@ from pbuild.engine.api import (
     rule,
 )
 from pbuild.engine.errors import PbuildError
-from pbuild.rules.oci import actions, determinism, pyc
+from pbuild.lib import determinism
+from pbuild.rules.oci import actions, pyc
 from pbuild.rules.oci.layerwriter import clean_path
 from pbuild.rules.oci.providers import ImageInfo, Layer, LayerInfo, PythonRuntimeInfo
 from pbuild.rules.python.providers import PyBinaryInfo, PyInfo, Wheel

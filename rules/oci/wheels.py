@@ -22,7 +22,7 @@ from installer.scripts import Script
 from installer.sources import WheelFile
 from installer.utils import Scheme, construct_record_file, fix_shebang
 from pbuild.engine.api import ActionIO
-from pbuild.rules.oci import determinism
+from pbuild.lib import determinism
 from pbuild.rules.oci.layerwriter import LayerEntry
 from pbuild.rules.oci.pyc import add_pyc
 

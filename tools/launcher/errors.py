@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pbuild.lib.errors import UserError
+
 EXIT_FAILED = 1
 """Docker's code for a ps/logs/exec/stop/rm that could not do its job (no such container)."""
 EXIT_LAUNCHER = 125
@@ -10,20 +12,13 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 
-class LauncherError(Exception):
+class LauncherError(UserError):
     """A user-facing launcher failure: ``what`` went wrong and ``hint`` how to fix it."""
 
-    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = EXIT_LAUNCHER) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        self.exit_code = exit_code
+    exit_code = EXIT_LAUNCHER
 
     def render(self) -> str:
-        text = f"pbuild: error: {self.message}"
-        if self.hint:
-            text += f"\n  hint: {self.hint}"
-        return text
+        return "pbuild: " + super().render()
 
 
 class LayerError(LauncherError):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pbuild.engine.errors import PbuildError
+from pbuild.lib.errors import UserError
 
 #: Size of one tar block; headers and data are padded to it.
 BLOCK = 512
@@ -39,7 +39,7 @@ def source_date_epoch(environ: Mapping[str, str] | None = None) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise PbuildError(
+        raise UserError(
             f"SOURCE_DATE_EPOCH={text!r} is not a non-negative integer",
             hint="set SOURCE_DATE_EPOCH to seconds since 1970-01-01 (for example `git log -1 --format=%ct`)",
         )
