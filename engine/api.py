@@ -20,11 +20,14 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pbuild.engine.errors import AnalysisError, Location, PbuildError
 from pbuild.engine.labels import Label
 from pbuild.engine.workspace import package_dir
+
+if TYPE_CHECKING:
+    from pbuild.lib.oci.blobstore import BlobStore
 
 OUT_DIR = "pbuild-out"
 
@@ -274,6 +277,7 @@ class ActionIO:
         label: Label,
         jobs: int = 1,
         toolchain_root: str | None = None,
+        oci_blobs: BlobStore | None = None,
     ) -> None:
         self._inputs = dict(inputs)
         self._outputs = dict(outputs)
@@ -282,6 +286,8 @@ class ActionIO:
         self.jobs = jobs
         # The unpacked tree of the action's toolchain (None: the action declared none).
         self.toolchain_root = toolchain_root
+        # Where a fetch keeps pulled OCI blobs: the engine's CAS (None: no store, fetch afresh).
+        self.oci_blobs = oci_blobs
 
     def input_path(self, file: File | str) -> str:
         key = file.path if isinstance(file, File) else file

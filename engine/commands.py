@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -216,7 +215,7 @@ def push(request: BuildRequest, reference: str, *, plain_http: bool) -> int:
     if image_type is None or image_type not in providers:
         raise PbuildError(f"{label} is not an image", label=label,
                           hint="pbuild push takes an image target")
-    from pbuild.rules.oci.registry import push_main
+    from pbuild.rules.oci.push import push_main
 
     layout = os.path.join(session.workspace.root, providers[image_type].layout.path)
     return int(push_main(layout, reference, plain_http=plain_http, out=print))
@@ -243,14 +242,16 @@ def list_images(*, workspace: str | None) -> int:
 
 
 def _layout_size_and_tags(layout: str, digest: str) -> tuple[int, list[str]]:
+    from pbuild.lib.errors import UserError
+    from pbuild.lib.oci import layout as oci_layout
+
     try:
-        algo, hexd = digest.split(":", 1)
-        with open(os.path.join(layout, "blobs", algo, hexd), encoding="utf-8") as handle:
-            manifest = json.load(handle)
+        entries = oci_layout.read_index(layout)
+        named = [e for e in entries if e.blob.digest == digest]
+        if not named:
+            return 0, []
+        manifest = oci_layout.read_document(named[0].blob)
         size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
-        with open(os.path.join(layout, "index.json"), encoding="utf-8") as handle:
-            index = json.load(handle)
-        tags = [m.get("annotations", {}).get("org.opencontainers.image.ref.name", "") for m in index.get("manifests", [])]
-        return size, [t for t in tags if t]
-    except (OSError, ValueError, KeyError):
+        return size, [e.ref_name for e in entries if e.ref_name]
+    except (UserError, ValueError, TypeError, AttributeError):
         return 0, []

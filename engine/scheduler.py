@@ -40,6 +40,7 @@ from pbuild.engine.oserrors import from_os_error, full_filesystem
 from pbuild.engine.store import (
     ActionResult,
     LocalStore,
+    OciBlobs,
     OutputRecord,
     materialize,
     undeclared_outputs,
@@ -633,7 +634,7 @@ class Executor:
         tmp = os.path.join(work, "tmp")
         os.makedirs(tmp)
         io = ActionIO(inputs, outputs, tmp, action.owner, jobs=self.options.jobs,
-                      toolchain_root=self._toolchain_root(action))
+                      toolchain_root=self._toolchain_root(action), oci_blobs=OciBlobs(self.store))
         try:
             action.function(io, action.params)
         except PbuildError as exc:

@@ -34,6 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbuild.engine.hashing import digest_file
+from pbuild.lib import atomicio
+from pbuild.lib.digest import OciDigest, oci_hex
+from pbuild.lib.oci.blobstore import Fill, receive, sha256_of_file
 from pbuild.tools.fstree import remove_tree
 
 
@@ -273,8 +276,59 @@ class LocalStore:
 
     def expunge(self) -> None:
         """Remove everything (``pbuild clean --expunge``); an ``OSError`` names what could not go."""
-        for sub in ("cas", "ac", "tmp", "index"):
+        for sub in ("cas", "ac", "tmp", "index", OCI_INDEX_DIR):
             remove_tree(os.path.join(self.root, sub))
+
+
+#: Below the cache dir: ``oci/sha256/<hex>`` holds the CAS digest of the blob with that OCI digest.
+OCI_INDEX_DIR = "oci"
+
+
+class OciBlobs:
+    """Pulled OCI blobs kept in the CAS (a :class:`pbuild.lib.oci.blobstore.BlobStore`).
+
+    The CAS names blobs by xxh3; a registry by sha256. ``oci/sha256/<hex>`` maps one to the
+    other, and the bytes live once, in the CAS, under ``--cache-dir``. Each blob is re-hashed
+    (sha256) whenever it is served: the map and the blob are data a crash or a user may damage.
+    """
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        self.dir = os.path.join(store.root, OCI_INDEX_DIR, "sha256")
+
+    def _entry(self, digest: OciDigest) -> str:
+        return os.path.join(self.dir, oci_hex(digest))
+
+    def get(self, digest: OciDigest, size: int | None) -> str | None:
+        entry = self._entry(digest)
+        try:
+            with open(entry, encoding="ascii") as handle:
+                cas_digest = handle.read().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        path = self.store.blob_path(cas_digest)
+        try:
+            good = sha256_of_file(path) == digest and (size is None or os.path.getsize(path) == size)
+        except OSError:
+            good = False
+        if good:
+            return path
+        self.store.verify_blob(cas_digest)  # drops the CAS blob if its own digest is wrong too
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry)
+        return None
+
+    def put(self, digest: OciDigest, size: int | None, fill: Fill) -> str:
+        scratch = self.store.new_tmp_dir("oci")
+        try:
+            received = os.path.join(scratch, "blob")
+            receive(received, digest, size, fill)
+            cas_digest, _ = self.store.put_file(received, executable=False, move=True)
+        finally:
+            remove_tree(scratch, ignore_errors=True)
+        os.makedirs(self.dir, exist_ok=True)
+        atomicio.write_text(self._entry(digest), cas_digest + "\n")
+        return self.store.blob_path(cas_digest)
 
 
 def blob_mode(executable: bool) -> int:

@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from pbuild.lib.oci.errors import LayoutError
 from pbuild.rules.oci import layout
 from pbuild.rules.oci.layerwriter import LayerEntry, write_layer
 
@@ -84,14 +85,14 @@ def test_base_roundtrip_and_config_inheritance(tmp_path: Path) -> None:
 def test_invalid_layouts(tmp_path: Path, damage, message: str) -> None:  # type: ignore[no-untyped-def]
     out, _, _ = _image(tmp_path, content=b"x" * 5000)
     damage(out)
-    with pytest.raises(layout.LayoutError, match=message) as info:
+    with pytest.raises(LayoutError, match=message) as info:
         layout.read_layout(str(out))
     assert "not a valid OCI layout" in info.value.message or "damaged" in (info.value.hint or "")
 
 
 def test_not_a_layout_at_all(tmp_path: Path) -> None:
     (tmp_path / "README").write_text("hi")
-    with pytest.raises(layout.LayoutError, match="not a valid OCI layout: oci-layout is missing"):
+    with pytest.raises(LayoutError, match="not a valid OCI layout: oci-layout is missing"):
         layout.read_layout(str(tmp_path))
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from pbuild.rules.oci.registry import push_layout
+from pbuild.lib.oci.registry.push import push_layout
 from peers import docker_registry, make_oci_layout
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pbuild.rules.oci import registry as reg
-from pbuild.rules.oci.registry import Reference, RegistryError, pull_image, push_layout, push_main
+from pbuild.lib.oci import mediatypes
+from pbuild.lib.oci.errors import InvalidReference, RegistryError
+from pbuild.lib.oci.reference import Reference
+from pbuild.lib.oci.registry.pull import pull_image
+from pbuild.lib.oci.registry.push import push_layout
+from pbuild.rules.oci.push import push_main
 from peers import (
     Layout,
     Registry,
@@ -126,7 +130,7 @@ def test_pull_by_digest_is_verified_cached_and_works_offline(layout: Layout, tmp
 
 
 def test_pull_requires_a_digest_and_reports_unknown_ones(registry: Registry, tmp_path: Path) -> None:
-    with pytest.raises(reg.ReferenceError_, match="not pinned by digest") as info:
+    with pytest.raises(InvalidReference, match="not pinned by digest") as info:
         pull_image(f"{registry.host}/py:latest", str(tmp_path / "x"), plain_http=True)
     assert info.value.exit_code == 2
     with pytest.raises(RegistryError, match="HTTP 404") as missing:
@@ -218,7 +222,7 @@ def test_reference_parsing(text: str, expected: tuple[str, str, str | None, str 
 
 @pytest.mark.parametrize("text", ["host:5000/app@sha256:short", "host:5000/app:bad tag", "host:5000/App"])
 def test_bad_references_are_input_errors(text: str) -> None:
-    with pytest.raises(reg.ReferenceError_) as info:
+    with pytest.raises(InvalidReference) as info:
         Reference.parse(text)
     assert info.value.exit_code == 2 and info.value.hint
 
@@ -250,7 +254,7 @@ def test_image_index_push_and_platform_pull(registry: Registry, tmp_path: Path) 
     assert report.digest == multi.manifest_digest and report.manifests_pushed == 2
     raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/multi:1"],
                          capture_output=True, text=True, check=True).stdout
-    assert json.loads(raw)["mediaType"] == reg.OCI_INDEX
+    assert json.loads(raw)["mediaType"] == mediatypes.OCI_INDEX
 
     pulled = pull_image(f"{registry.host}/multi@{multi.manifest_digest}", str(tmp_path / "amd64"),
                         plain_http=True, cache_dir=str(tmp_path / "cache"))

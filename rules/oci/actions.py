@@ -15,6 +15,7 @@ from typing import Any
 from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import PbuildError
 from pbuild.lib import determinism
+from pbuild.lib.oci.errors import LayoutError
 from pbuild.rules.oci import layout, pyc
 from pbuild.rules.oci.isolate import run_isolated
 from pbuild.rules.oci.layerwriter import LayerDigests, LayerEntry, LayerError, entries_from_tree, write_layer
@@ -96,10 +97,10 @@ def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
             base_dir = os.path.dirname(base_dir)  # the base was given as the layout's index.json
         try:
             base = layout.read_layout(base_dir, linkable=not params.get("base_is_source", False))
-        except layout.LayoutError as exc:
+        except LayoutError as exc:
             # Name the base as the user wrote it, not by this machine's absolute path.
             shown = params["base"] if os.path.isdir(io.input_path(params["base"])) else os.path.dirname(params["base"])
-            raise layout.LayoutError(exc.message.replace(base_dir, shown), label=io.label, hint=exc.hint) from None
+            raise PbuildError(exc.message.replace(base_dir, shown), label=io.label, hint=exc.hint) from None
     layers = []
     for item in params["layers"]:
         with open(io.input_path(item["meta"]), "rb") as handle:

@@ -1,4 +1,7 @@
-"""OCI image layouts and docker-archives: read a base, assemble config and manifest, write both forms.
+"""Image assembly: read a base, assemble config and manifest, write an OCI layout and a docker-archive.
+
+Layouts are read and written by :mod:`pbuild.lib.oci.layout`; this module adds what the image
+rules need on top: the base's layers as :class:`BlobRef`, config inheritance, the documents.
 
 Every JSON document is canonical (``determinism.canonical_json``) so its digest is stable; the
 docker-archive holds the very same blobs (it is also an OCI layout, as Docker 25 writes them)
@@ -7,38 +10,28 @@ plus the ``manifest.json`` that ``docker load`` and ``podman load`` read.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbuild.engine.errors import PbuildError
 from pbuild.lib import determinism
+from pbuild.lib.digest import OciDigest, oci_digest_of
+from pbuild.lib.oci import layout as oci_layout
+from pbuild.lib.oci import mediatypes
+from pbuild.lib.oci.descriptor import Descriptor
 from pbuild.rules.oci.layerwriter import LayerDigests
 
-MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
-INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
-CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
-DOCKER_MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
-REF_NAME = "org.opencontainers.image.ref.name"
+MANIFEST_TYPE = mediatypes.OCI_MANIFEST
+INDEX_TYPE = mediatypes.OCI_INDEX
+CONFIG_TYPE = mediatypes.OCI_CONFIG
+REF_NAME = mediatypes.REF_NAME
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class LayoutError(PbuildError):
-    """A base that is not a valid OCI layout."""
-
-
 def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def blob_path(layout: str, digest: str) -> str:
-    algorithm, _, hexpart = digest.partition(":")
-    return os.path.join(layout, "blobs", algorithm, hexpart)
+    return oci_digest_of(data)
 
 
 @dataclass(frozen=True)
@@ -64,74 +57,23 @@ class BaseImage:
     os: str = "linux"
 
 
-def _load_json(path: str, what: str, layout: str) -> Any:
-    try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read())
-    except FileNotFoundError:
-        raise LayoutError(f"{layout} is not a valid OCI layout: {what} is missing",
-                          hint="a base must be an OCI image layout (oci-layout, index.json, blobs/sha256/...)") from None
-    except (OSError, ValueError) as exc:
-        raise LayoutError(f"{layout} is not a valid OCI layout: {what} is not JSON ({exc})",
-                          hint="a base must be an OCI image layout (oci-layout, index.json, blobs/sha256/...)") from None
-
-
 def read_layout(layout: str, *, ref: str | None = None, linkable: bool = True) -> BaseImage:
-    """Read the single image of an OCI layout (or the one whose ref name is ``ref``), checking digests."""
-    problems: list[str] = []
-    marker = _load_json(os.path.join(layout, "oci-layout"), "oci-layout", layout)
-    if not isinstance(marker, dict) or "imageLayoutVersion" not in marker:
-        problems.append("oci-layout has no imageLayoutVersion")
-    index = _load_json(os.path.join(layout, "index.json"), "index.json", layout)
-    manifests = index.get("manifests") if isinstance(index, dict) else None
-    if not isinstance(manifests, list) or not manifests:
-        problems.append("index.json lists no manifests")
-        manifests = []
-    if ref is not None:
-        manifests = [m for m in manifests if m.get("annotations", {}).get(REF_NAME) == ref]
-    digests = {m.get("digest") for m in manifests if isinstance(m, dict)}
-    if len(digests) > 1:
-        problems.append(f"index.json names {len(digests)} different manifests; expected one image")
-    if problems:
-        raise LayoutError(f"{layout} is not a valid OCI layout: " + "; ".join(problems),
-                          hint="build the base with pbuild, or export one with `skopeo copy ... oci:DIR`")
-    manifest = _read_verified_json(layout, manifests[0], "manifest")
-    if manifest.get("mediaType", MANIFEST_TYPE) not in (MANIFEST_TYPE, DOCKER_MANIFEST_TYPE):
-        raise LayoutError(f"{layout}: the index points at a {manifest.get('mediaType')}, not an image manifest",
-                          hint="multi-platform bases are not supported: copy one platform with skopeo --override-arch")
-    config = _read_verified_json(layout, manifest.get("config", {}), "config")
-    diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-    layers_desc = manifest.get("layers", [])
-    if len(diff_ids) != len(layers_desc):
-        raise LayoutError(f"{layout}: the manifest has {len(layers_desc)} layers but the config {len(diff_ids)} diff_ids",
-                          hint="the base image is damaged; export it again")
-    layers = []
-    history = [h for h in config.get("history", [])]
+    """Read the single image of an OCI layout (or the one whose ref name is ``ref``), checking digests.
+
+    The layout is read by :func:`pbuild.lib.oci.layout.read_image`, the reader every caller shares.
+    """
+    image = oci_layout.read_image(layout, ref_name=ref)
+    config = image.config
+    history = [h for h in config.get("history", []) if isinstance(h, dict)]
     real_history = [h for h in history if not h.get("empty_layer")]
-    for i, (desc, diff_id) in enumerate(zip(layers_desc, diff_ids, strict=True)):
-        path = blob_path(layout, desc["digest"])
-        if not os.path.isfile(path) or os.path.getsize(path) != desc.get("size"):
-            raise LayoutError(f"{layout}: layer blob {desc['digest']} is missing or has the wrong size",
-                              hint="the base image is damaged; export it again")
+    layers = []
+    for i, layer in enumerate(image.layers):
         created_by = real_history[i].get("created_by", "") if i < len(real_history) else ""
-        layers.append(BlobRef(LayerDigests(diff_id, desc["digest"], int(desc["size"]), desc["mediaType"]), path,
+        desc = layer.blob.descriptor
+        layers.append(BlobRef(LayerDigests(layer.diff_id, desc.digest, desc.size, desc.media_type), layer.path,
                               created_by, linkable))
     return BaseImage(tuple(layers), config.get("config", {}) or {}, tuple(history),
                      config.get("architecture", "amd64"), config.get("os", "linux"))
-
-
-def _read_verified_json(layout: str, descriptor: Mapping[str, Any], what: str) -> Any:
-    digest = descriptor.get("digest", "")
-    path = blob_path(layout, digest) if ":" in digest else ""
-    if not path or not os.path.isfile(path):
-        raise LayoutError(f"{layout} is not a valid OCI layout: the {what} blob {digest or '(no digest)'} is missing",
-                          hint="a base must be a complete OCI image layout")
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if sha256_digest(data) != digest:
-        raise LayoutError(f"{layout}: the {what} blob does not match its digest {digest}",
-                          hint="the base image is damaged; export it again")
-    return json.loads(data)
 
 
 @dataclass(frozen=True)
@@ -227,40 +169,22 @@ def build_image(
     return WrittenImage(sha256_digest(manifest), manifest, sha256_digest(config), config), all_layers
 
 
-def _place_blob(source: str, dest: str, linkable: bool) -> None:
-    """Put ``source`` at ``dest``: a hard link when allowed and possible, else a copy."""
-    if os.path.exists(dest):
-        return
-    if linkable:
-        try:
-            os.link(source, dest)
-            return
-        except OSError:
-            pass
-    shutil.copyfile(source, dest)
-    os.chmod(dest, 0o644)
-
-
 def write_layout(out_dir: str, image: WrittenImage, layers: Sequence[BlobRef], tags: Sequence[str]) -> None:
     """Write the OCI image layout (``oci-layout``, ``index.json``, ``blobs/sha256/...``) into ``out_dir``."""
-    blobs = os.path.join(out_dir, "blobs", "sha256")
-    os.makedirs(blobs, exist_ok=True)
-    for layer in layers:
-        _place_blob(layer.path, blob_path(out_dir, layer.digests.digest), layer.linkable)
-    for digest, data in ((image.config_digest, image.config), (image.manifest_digest, image.manifest)):
-        with open(blob_path(out_dir, digest), "wb") as handle:
-            handle.write(data)
-    with open(os.path.join(out_dir, "oci-layout"), "wb") as handle:
-        handle.write(determinism.canonical_json({"imageLayoutVersion": "1.0.0"}))
-    with open(os.path.join(out_dir, "index.json"), "wb") as handle:
-        handle.write(index_json(image, tags))
+    oci_layout.write_layout(
+        out_dir, _manifest_descriptor(image),
+        documents={OciDigest(image.config_digest): image.config, OciDigest(image.manifest_digest): image.manifest},
+        files={OciDigest(layer.digests.digest): oci_layout.BlobFile(layer.path, layer.linkable) for layer in layers},
+        tags=tags)
+
+
+def _manifest_descriptor(image: WrittenImage) -> Descriptor:
+    return Descriptor(MANIFEST_TYPE, OciDigest(image.manifest_digest), len(image.manifest))
 
 
 def index_json(image: WrittenImage, tags: Sequence[str]) -> bytes:
     """``index.json`` with one descriptor per tag (``ref.name`` = the tag), or one untagged descriptor."""
-    descriptor = {"mediaType": MANIFEST_TYPE, "digest": image.manifest_digest, "size": len(image.manifest)}
-    manifests = [{**descriptor, "annotations": {REF_NAME: tag}} for tag in tags] or [descriptor]
-    return determinism.canonical_json({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": manifests})
+    return oci_layout.index_json([_manifest_descriptor(image)], tags)
 
 
 def write_docker_archive(out_path: str, image: WrittenImage, layers: Sequence[BlobRef], tags: Sequence[str],
@@ -277,7 +201,7 @@ def write_docker_archive(out_path: str, image: WrittenImage, layers: Sequence[Bl
     }]
     documents = {
         "manifest.json": determinism.canonical_json(manifest_json),
-        "oci-layout": determinism.canonical_json({"imageLayoutVersion": "1.0.0"}),
+        "oci-layout": oci_layout.layout_marker(),
         "index.json": index_json(image, tags),
         blob_name(image.config_digest): image.config,
         blob_name(image.manifest_digest): image.manifest,

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pbuild.engine.api import ActionIO, DefaultInfo, Provider, RuleContext, attr, rule
+from pbuild.lib import atomicio
 from pbuild.rules.oci.providers import ImageInfo
 
 PULL_VERSION = "1"
@@ -20,14 +21,15 @@ _PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
 def pull_action(io: ActionIO, params: Mapping[str, Any]) -> None:
     """Pull ``params['image']`` into the declared layout directory; write its digest file."""
-    from pbuild.rules.oci.registry import pull_image
+    from pbuild.lib.oci.registry.pull import pull_image
 
     layout_dir = io.output_path(params["layout"])
     os.rmdir(layout_dir)  # the puller writes a complete layout beside and renames it into place
+    # Pulled blobs are kept in the engine's CAS (under --cache-dir), so a pull of a digest seen
+    # before needs no network.
     report = pull_image(params["image"], layout_dir, plain_http=params["plain_http"],
-                        platform=params["platform"])
-    with open(io.output_path(params["digest"]), "w", encoding="utf-8") as handle:
-        handle.write(report.digest + "\n")
+                        platform=params["platform"], blobs=io.oci_blobs)
+    atomicio.write_text(io.output_path(params["digest"]), report.digest + "\n")
 
 
 @rule(

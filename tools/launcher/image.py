@@ -5,8 +5,9 @@ layer is not yet in the layer store), decompressed as a stream, and checked agai
 diff_id while they are extracted.
 
 Every blob of an OCI layout is checked against the descriptor that names it, digest and size,
-from ``index.json`` down: the manifest (and a nested index) against the index, the config and
-each layer blob against the manifest. So an edited config cannot run another entrypoint under
+from ``index.json`` down, by the reader the engine shares (:mod:`pbuild.lib.oci.layout`): the
+manifest (and a nested index) against the index, the config and each layer blob against the
+manifest (a layer's digest while it is streamed). So an edited config cannot run another entrypoint under
 the manifest digest that ``ps`` shows. A docker archive names its config by digest: checked too.
 """
 
@@ -19,16 +20,10 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from pbuild.lib.errors import UserError
+from pbuild.lib.oci import layout as oci_layout
+from pbuild.lib.oci.errors import AmbiguousLayout
 from pbuild.tools.launcher.errors import LauncherError
-
-_MANIFEST_TYPES = {
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-}
-_INDEX_TYPES = {
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-}
 
 
 class Layer(NamedTuple):
@@ -73,155 +68,25 @@ def load_image(reference: str) -> Image:
     )
 
 
-def _read_json(path: str, what: str) -> Any:
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise LauncherError(f"{what} {path} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise LauncherError(f"cannot read {what} {path}: {e}") from None
-
-
-def _blob_path(layout: str, digest: str) -> str:
-    algorithm, _, hexdigest = digest.partition(":")
-    if not hexdigest or "/" in digest or algorithm not in ("sha256", "sha512"):
-        raise LauncherError(f"malformed digest {digest!r} in the OCI layout {layout}")
-    return os.path.join(layout, "blobs", algorithm, hexdigest)
-
-
-class Descriptor(NamedTuple):
-    """What an OCI descriptor promises of a blob: its digest and size, and who said so."""
-
-    digest: str
-    size: int
-    what: str
-    """e.g. "image config" (for messages)."""
-    layout: str
-    parent: str
-    """e.g. "the image manifest sha256:..." or "index.json"."""
-
-    @classmethod
-    def parse(cls, data: Any, what: str, layout: str, parent: str) -> Descriptor:
-        digest = data.get("digest") if isinstance(data, dict) else None
-        size = data.get("size") if isinstance(data, dict) else None
-        if not isinstance(digest, str) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise LauncherError(
-                f"OCI layout {layout}: {parent} has no valid descriptor (digest and size) for its {what}",
-                hint="the layout is malformed; rebuild it",
-            )
-        _blob_path(layout, digest)  # refuses a malformed digest
-        return cls(digest, size, what, layout, parent)
-
-    def fail(self, problem: str) -> LauncherError:
-        return LauncherError(
-            f"OCI layout {self.layout}: the {self.what} blob {self.digest} {problem}, "
-            f"but {self.parent} says {self.digest} of {self.size} bytes",
-            hint="the layout was changed or damaged after it was written; rebuild or copy it again",
-        )
-
-    def check(self, hasher: Any, size: int) -> None:
-        if size != self.size:
-            raise self.fail(f"has {size} bytes")
-        actual = f"{self.digest.partition(':')[0]}:{hasher.hexdigest()}"
-        if actual != self.digest:
-            raise self.fail(f"has digest {actual}")
-
-
-def _read_blob_json(descriptor: Descriptor) -> Any:
-    """The JSON blob ``descriptor`` names, checked against it before it is parsed."""
-    path = _blob_path(descriptor.layout, descriptor.digest)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            data = f.read(descriptor.size) if size == descriptor.size else b""
-    except FileNotFoundError:
-        raise LauncherError(
-            f"OCI layout {descriptor.layout} lacks the {descriptor.what} blob {descriptor.digest}",
-            hint="the layout is incomplete; rebuild or copy it again",
-        ) from None
-    except OSError as e:
-        raise LauncherError(f"cannot read the {descriptor.what} {path}: {e}") from None
-    descriptor.check(hashlib.new(descriptor.digest.partition(":")[0], data), size)
-    try:
-        document = json.loads(data)
-    except ValueError as e:
-        raise LauncherError(f"the {descriptor.what} {path} is not valid JSON: {e}") from None
-    if not isinstance(document, dict):
-        raise LauncherError(f"the {descriptor.what} {path} is not a JSON object")
-    return document
-
-
 def _load_oci(reference: str, rest: str) -> Image:
     layout, ref_name = rest, None
     if not os.path.isdir(layout) and ":" in rest:
         layout, _, ref_name = rest.rpartition(":")
-    if not os.path.isdir(layout):
-        raise LauncherError(
-            f"OCI layout {layout} is not a directory", hint="build the image first, or check the path"
-        )
-    index = _read_json(os.path.join(layout, "index.json"), "OCI index")
-    if not isinstance(index, dict):
-        raise LauncherError(f"OCI index {os.path.join(layout, 'index.json')} is not a JSON object")
-    descriptor = _pick_manifest(layout, index, ref_name)
-    manifest = _read_blob_json(descriptor)
-    parent = f"the image manifest {descriptor.digest}"
-    config = _read_blob_json(Descriptor.parse(manifest.get("config"), "image config", layout, parent))
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-    layer_descriptors = manifest.get("layers") or []
-    if len(diff_ids) != len(layer_descriptors):
-        raise LauncherError(
-            f"image {reference}: the manifest lists {len(layer_descriptors)} layers but the config "
-            f"{len(diff_ids)} diff_ids"
-        )
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    try:
+        image = oci_layout.read_image(layout, ref_name=ref_name, platform=f"linux/{arch}")
+    except AmbiguousLayout as e:
+        raise LauncherError(e.message, hint=f"pick one with oci:{layout}:NAME ({e.names})") from None
+    except UserError as e:  # the shared reader's message, with the launcher's exit code
+        raise LauncherError(e.message, hint=e.hint) from None
     layers = []
-    for i, (diff_id, layer) in enumerate(zip(diff_ids, layer_descriptors, strict=True)):
-        blob = Descriptor.parse(layer, f"layer {i + 1}", layout, parent)
+    for layer in image.layers:
 
-        def opener(blob: Descriptor = blob) -> BlobReader:
-            return BlobReader(_blob_path(layout, blob.digest), size=blob.size, descriptor=blob)
+        def opener(blob: oci_layout.Blob = layer.blob, path: str = layer.path) -> BlobReader:
+            return BlobReader(path, size=blob.size, descriptor=blob)
 
-        layers.append(Layer(diff_id, layer.get("mediaType", ""), opener))
-    return Image(reference, descriptor.digest, config, tuple(layers))
-
-
-def _pick_manifest(layout: str, index: dict[str, Any], ref_name: str | None) -> Descriptor:
-    manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
-    if ref_name is not None:
-        named = [
-            m
-            for m in manifests
-            if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == ref_name
-        ]
-        if not named:
-            raise LauncherError(f"OCI layout {layout} has no image named {ref_name!r}")
-        manifests = named
-    if not manifests:
-        raise LauncherError(f"OCI layout {layout} lists no manifests in index.json")
-    if len(manifests) > 1:
-        names = sorted(
-            (m.get("annotations") or {}).get("org.opencontainers.image.ref.name", str(m.get("digest")))
-            for m in manifests
-        )
-        raise LauncherError(
-            f"OCI layout {layout} holds {len(manifests)} images",
-            hint=f"pick one with oci:{layout}:NAME ({names})",
-        )
-    chosen = manifests[0]
-    if chosen.get("mediaType") in _INDEX_TYPES:  # a nested index: take this machine's platform
-        nested_descriptor = Descriptor.parse(chosen, "image index", layout, "index.json")
-        nested = _read_blob_json(nested_descriptor)
-        arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-        for m in nested.get("manifests") or []:
-            platform = (m.get("platform") if isinstance(m, dict) else None) or {}
-            if platform.get("os", "linux") == "linux" and platform.get("architecture", arch) == arch:
-                return Descriptor.parse(
-                    m, "image manifest", layout, f"the image index {nested_descriptor.digest}"
-                )
-        raise LauncherError(f"OCI layout {layout} has no image for linux/{arch}")
-    if chosen.get("mediaType", next(iter(_MANIFEST_TYPES))) not in _MANIFEST_TYPES:
-        raise LauncherError(f"OCI layout {layout}: unsupported manifest type {chosen.get('mediaType')}")
-    return Descriptor.parse(chosen, "image manifest", layout, "index.json")
+        layers.append(Layer(layer.diff_id, layer.blob.descriptor.media_type, opener))
+    return Image(reference, image.digest, image.config, tuple(layers))
 
 
 def _load_docker_archive(reference: str, path: str) -> Image:
@@ -288,7 +153,7 @@ class BlobReader(io.RawIOBase):
     way, checked against its ``descriptor`` by :meth:`finish`) or a layer in a docker archive."""
 
     def __init__(
-        self, path: str, *, offset: int = 0, size: int, descriptor: Descriptor | None = None
+        self, path: str, *, offset: int = 0, size: int, descriptor: oci_layout.Blob | None = None
     ) -> None:
         super().__init__()
         try:
@@ -297,13 +162,14 @@ class BlobReader(io.RawIOBase):
             if descriptor is None:
                 raise
             raise LauncherError(
-                f"OCI layout {descriptor.layout} lacks the {descriptor.what} blob {descriptor.digest}",
+                f"{descriptor.layout} is not a valid OCI layout: the {descriptor.what} blob "
+                f"{descriptor.digest} is missing",
                 hint="the layout is incomplete; rebuild or copy it again",
             ) from None
         self._file.seek(offset)
         self._left = size
         self._descriptor = descriptor
-        self._hash = hashlib.new(descriptor.digest.partition(":")[0]) if descriptor else None
+        self._hash = hashlib.sha256() if descriptor else None
 
     def readable(self) -> bool:
         return True
@@ -323,7 +189,10 @@ class BlobReader(io.RawIOBase):
             pass
         if self._descriptor is None or self._hash is None:
             return
-        self._descriptor.check(self._hash, os.fstat(self._file.fileno()).st_size)
+        try:
+            self._descriptor.check(self._hash.hexdigest(), os.fstat(self._file.fileno()).st_size)
+        except UserError as e:
+            raise LauncherError(e.message, hint=e.hint) from None
 
     def close(self) -> None:
         self._file.close()
