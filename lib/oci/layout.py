@@ -168,7 +168,8 @@ def descriptor(doc: Any, what: str, layout: str, parent: str) -> Blob:
     try:
         return Blob(layout, Descriptor.from_json(doc, parent), what, parent)
     except LayoutError:
-        problem = "a malformed digest" if isinstance(digest, str) and isinstance(size, int) else \
+        good_size = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+        problem = "a malformed digest" if isinstance(digest, str) and good_size else \
             "no valid descriptor (digest and size)"
         raise LayoutError(f"OCI layout {layout}: {parent} has {problem} for its {what}"
                           f"{f' ({str(digest)[:80]!r})' if problem == 'a malformed digest' else ''}",
