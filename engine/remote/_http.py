@@ -7,8 +7,6 @@ S3-like gateways. Connections are kept alive in a small pool shared by the build
 
 from __future__ import annotations
 
-import http.client
-import threading
 import urllib.parse
 from collections.abc import Callable
 
@@ -24,45 +22,10 @@ from pbuild.engine.remote._base import (
     UploadRefused,
     auth_headers,
 )
+from pbuild.lib import http
 
-_POOL_SIZE = 16
-_READ_CHUNK = 1 << 20
-_SEND_BLOCK = 1 << 18
 # Below this size a PUT costs no more than asking first with HEAD.
 HEAD_THRESHOLD = 64 * 1024
-
-
-class _Pool:
-    """Idle keep-alive connections to one server."""
-
-    def __init__(self, scheme: str, host: str, port: int | None, timeout: float) -> None:
-        self._factory: Callable[[], http.client.HTTPConnection]
-        if scheme == "https":
-            self._factory = lambda: http.client.HTTPSConnection(host, port, timeout=timeout, blocksize=_SEND_BLOCK)
-        else:
-            self._factory = lambda: http.client.HTTPConnection(host, port, timeout=timeout, blocksize=_SEND_BLOCK)
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-
-    def get(self) -> tuple[http.client.HTTPConnection, bool]:
-        """A connection and whether it was used before (and so may have been closed by the server)."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        return self._factory(), False
-
-    def put(self, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            if len(self._idle) < _POOL_SIZE:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
 
 
 def _status_failure(method: str, what: str, status: int, reason: str) -> RemoteFailure:
@@ -86,63 +49,33 @@ class HttpRemoteCache(RemoteBase):
         parts = urllib.parse.urlsplit(settings.url or "")
         self._prefix = parts.path.rstrip("/")
         self._headers = dict(auth_headers(settings))
-        self._pool = _Pool(parts.scheme, parts.hostname or "localhost", parts.port, settings.timeout_s)
+        host = parts.hostname or "localhost"
+        netloc = f"[{host}]" if ":" in host else host  # the URL's user:password@ never reaches the socket
+        self._pool = http.ConnectionPool(parts.scheme, f"{netloc}:{parts.port}" if parts.port else netloc,
+                                         settings.timeout_s)
 
     # --- one exchange ------------------------------------------------------------------------
 
     def _exchange(self, method: str, path: str, *, body_path: str | None = None, body: bytes | None = None,
                   length: int = 0, sink: Callable[[bytes], None] | None = None) -> tuple[int, str, bytes]:
-        """Send one request; return status, reason and body (streamed to ``sink`` on a 200).
-
-        A kept-alive connection the server closed in the meantime is replaced once without
-        counting as a failure: that is normal keep-alive behaviour, not trouble.
-        """
+        """Send one request (:func:`pbuild.lib.http.exchange`); return status, reason and body
+        (streamed to ``sink`` on a 200). Failures become the remote cache's own kinds."""
         headers = dict(self._headers)
         if method == "PUT":
             headers["Content-Length"] = str(length)
             headers["Content-Type"] = "application/octet-stream"
-        for fresh_retry in (False, True):
-            conn, reused = self._pool.get()
-            try:
-                if body_path is not None:
-                    with open(body_path, "rb") as f:
-                        conn.request(method, path, body=f, headers=headers)
-                else:
-                    conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                if reused and not fresh_retry:
-                    continue
-                raise Transient(f"connection lost: {exc}") from None
-            except TimeoutError:
-                conn.close()
-                raise TimedOut(f"no answer within {self.settings.timeout_s:g}s") from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise Transient(f"{type(exc).__name__}: {exc}") from None
-            try:
-                if resp.status == 200 and sink is not None:
-                    while chunk := resp.read(_READ_CHUNK):
-                        sink(chunk)
-                    data = b""
-                else:
-                    data = resp.read()
-            except TimeoutError:
-                conn.close()
-                raise TimedOut(f"body not received within {self.settings.timeout_s:g}s") from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise Transient(f"download interrupted: {type(exc).__name__}: {exc}") from None
-            except BaseException:
-                conn.close()  # the sink refused the bytes; the rest of the body is unread
-                raise
-            if resp.will_close:
-                conn.close()
-            else:
-                self._pool.put(conn)
-            return resp.status, resp.reason, data
-        raise AssertionError("unreachable")
+        try:
+            resp = http.exchange(self._pool, method, path, headers=headers, body=body, body_path=body_path, sink=sink)
+        except http.TimedOut as exc:
+            what = "no answer" if exc.phase == "request" else "body not received"
+            raise TimedOut(f"{what} within {self.settings.timeout_s:g}s") from None
+        except http.ConnectionLost as exc:
+            if exc.phase == "body":
+                raise Transient(f"download interrupted: {exc}") from None
+            raise Transient(f"connection lost: {exc.cause}") from None
+        except http.ExchangeError as exc:
+            raise Transient(f"download interrupted: {exc}" if exc.phase == "body" else str(exc)) from None
+        return resp.status, resp.reason, resp.body
 
     def _url(self, kind: str, sha256: str) -> str:
         return f"{self._prefix}/{kind}/{sha256}"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pbuild.lib.digest import OciDigest
+from pbuild.lib.http import Response
 from pbuild.lib.oci import layout as oci_layout
 from pbuild.lib.oci import mediatypes
 from pbuild.lib.oci.blobstore import BlobStore, DirectoryBlobStore
@@ -23,7 +24,7 @@ from pbuild.lib.oci.descriptor import Descriptor
 from pbuild.lib.oci.errors import RegistryError
 from pbuild.lib.oci.reference import Reference
 from pbuild.lib.oci.registry.push import children_of, media_type_of
-from pbuild.lib.oci.registry.transport import Client, Credentials, Response, refused
+from pbuild.lib.oci.registry.transport import Client, Credentials, refused
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ any) for the scopes the request needs. Credentials come from ``PBUILD_REGISTRY_U
 auth file podman and skopeo write (``$REGISTRY_AUTH_FILE`` or
 ``$XDG_RUNTIME_DIR/containers/auth.json``).
 
-Written on :mod:`http.client` rather than a client library: the client needs streamed bodies
-from files, a sink for downloads, keep-alive per host, and redirects that drop the token when
-they leave the registry, which is little code here and no dependency.
+The exchange itself (keep-alive, streamed bodies, a sink for downloads) is
+:mod:`pbuild.lib.http`, shared with the engine's HTTP remote cache; this module adds the auth
+rounds, redirects that drop the token when they leave the registry, and the messages.
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ import http.client
 import json
 import os
 import re
-import ssl
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from pbuild.lib import http as lib_http
 from pbuild.lib.oci.errors import RegistryError
 from pbuild.lib.oci.reference import DOCKER_HUB, Reference
-
-READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -87,21 +84,6 @@ def find_credentials(registry: str) -> Credentials | None:
 # HTTP with registry auth
 
 
-@dataclass
-class Response:
-    """A registry's answer: status, headers and the body (empty when it went to a sink)."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers.items():
-            if key.lower() == name.lower():
-                return value
-        return None
-
-
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, params = header.strip().partition(" ")
     values = dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', params))
@@ -129,80 +111,46 @@ class Client:
         self.credentials = credentials if credentials is not None else find_credentials(ref.registry)
         self.timeout_s = timeout_s
         self._auth: dict[str, str] = {}  # scope key -> Authorization value
-        self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
-        self._lock = threading.Lock()
+        self._pools: dict[tuple[str, str], lib_http.ConnectionPool] = {}
 
     def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
-
-    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
-        key = (scheme, netloc)
-        conn = self._conns.get(key)
-        if conn is None:
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout_s, blocksize=1 << 18)
-            else:
-                conn = http.client.HTTPConnection(netloc, timeout=self.timeout_s, blocksize=1 << 18)
-            self._conns[key] = conn
-        return conn
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | str | None,
-              sink: Callable[[bytes], None] | None) -> Response:
+              sink: Callable[[bytes], None] | None) -> lib_http.Response:
         parts = urllib.parse.urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
-        for attempt in (0, 1):
-            conn = self._connection(parts.scheme, parts.netloc)
-            try:
-                if isinstance(body, str):  # a file to stream
-                    with open(body, "rb") as f:
-                        conn.request(method, path, body=f, headers=headers)
-                else:
-                    conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                if resp.status == 200 and sink is not None:
-                    while chunk := resp.read(READ_CHUNK):
-                        sink(chunk)
-                    data = b""
-                else:
-                    data = resp.read()
-                if resp.will_close:
-                    conn.close()
-                    self._conns.pop((parts.scheme, parts.netloc), None)
-                return Response(resp.status, dict(resp.getheaders()), data)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                self._conns.pop((parts.scheme, parts.netloc), None)
-                if attempt == 0 and sink is None:
-                    continue  # a kept-alive connection the server closed meanwhile
-                raise RegistryError(f"connection to {parts.netloc} lost during {method} {parts.path}: {exc}") from None
-            except ssl.SSLError as exc:
-                conn.close()
-                self._conns.pop((parts.scheme, parts.netloc), None)
-                raise RegistryError(f"TLS handshake with {parts.netloc} failed: {exc}",
-                                    hint="for a local registry that speaks plain HTTP, pass --plain-http") from None
-            except TimeoutError:
-                conn.close()
-                self._conns.pop((parts.scheme, parts.netloc), None)
-                raise RegistryError(f"registry {parts.netloc} did not answer {method} {parts.path} within "
-                                    f"{self.timeout_s:g}s") from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                self._conns.pop((parts.scheme, parts.netloc), None)
-                hint = "is the registry running and the address right?"
-                if self.scheme == "https" and isinstance(exc, http.client.BadStatusLine | ConnectionError):
-                    hint += " For a registry over plain HTTP, pass --plain-http."
-                raise RegistryError(f"cannot reach registry {parts.netloc} ({type(exc).__name__}: {exc})",
-                                    hint=hint) from None
-        raise AssertionError("unreachable")
+        pool = self._pools.get((parts.scheme, parts.netloc))
+        if pool is None:  # the registry, its token realm, storage it redirects to: one pool each
+            pool = self._pools[(parts.scheme, parts.netloc)] = lib_http.ConnectionPool(
+                parts.scheme, parts.netloc, self.timeout_s, size=1)
+        try:
+            if isinstance(body, str):  # a file to stream
+                return lib_http.exchange(pool, method, path, headers=headers, body_path=body, sink=sink)
+            return lib_http.exchange(pool, method, path, headers=headers, body=body, sink=sink)
+        except lib_http.ConnectionLost as exc:
+            raise RegistryError(f"connection to {parts.netloc} lost during {method} {parts.path}: "
+                                f"{exc.cause}") from None
+        except lib_http.TlsFailed as exc:
+            raise RegistryError(f"TLS handshake with {parts.netloc} failed: {exc.cause}",
+                                hint="for a local registry that speaks plain HTTP, pass --plain-http") from None
+        except lib_http.TimedOut:
+            raise RegistryError(f"registry {parts.netloc} did not answer {method} {parts.path} within "
+                                f"{self.timeout_s:g}s") from None
+        except lib_http.ExchangeError as exc:
+            hint = "is the registry running and the address right?"
+            if self.scheme == "https" and isinstance(exc.cause, http.client.BadStatusLine | ConnectionError):
+                hint += " For a registry over plain HTTP, pass --plain-http."
+            raise RegistryError(f"cannot reach registry {parts.netloc} ({exc})", hint=hint) from None
 
     def url(self, path: str) -> str:
         return f"{self.scheme}://{self.host}{path}"
 
     def request(self, method: str, url: str, *, scopes: tuple[str, ...], headers: Mapping[str, str] | None = None,
                 body: bytes | str | None = None, sink: Callable[[bytes], None] | None = None,
-                follow: bool = True) -> Response:
+                follow: bool = True) -> lib_http.Response:
         """Send a request, answering one auth challenge, following redirects for downloads."""
         scope_key = " ".join(scopes)
         all_headers = dict(headers or {})
@@ -235,7 +183,7 @@ class Client:
             return resp
         raise RegistryError(f"registry {self.ref.registry}: too many redirects or auth rounds for {url}")
 
-    def _authenticate(self, resp: Response, scopes: tuple[str, ...]) -> None:
+    def _authenticate(self, resp: lib_http.Response, scopes: tuple[str, ...]) -> None:
         challenge = resp.header("WWW-Authenticate") or ""
         scheme, params = _parse_challenge(challenge)
         key = " ".join(scopes)
@@ -271,7 +219,7 @@ class Client:
         self._auth[key] = f"Bearer {token}"
 
 
-def refused(ref: Reference, what: str, resp: Response, hint: str | None = None) -> RegistryError:
+def refused(ref: Reference, what: str, resp: lib_http.Response, hint: str | None = None) -> RegistryError:
     """The error for a request the registry answered with a failure status, in its own words."""
     detail = registry_errors(resp.body)
     if resp.status == 413 and hint is None:
