@@ -4,7 +4,7 @@ Run ``python -m pbuild.tools.gen_rule_docs > docs/rules.md``. The first part of 
 write a rule) is the prose below; the reference is built from every rule family the registry
 knows (``pbuild.engine.registry.BUILTIN_FAMILIES``): each rule's doc string and, for each
 attribute, its type, default, whether it is required, and its doc string.
-``tests/test_gen_rule_docs.py`` fails when the committed page differs from this output.
+``tests/unit/test_gen_rule_docs.py`` fails when the committed page differs from this output.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pbuild.engine.api import COMMON_ATTRS, Attr, GeneratorDef, RuleDef
 from pbuild.engine.registry import BUILTIN_FAMILIES
 from pbuild.engine.toolchainconf import rule_schema
 
-# The worked example of the guide. tests/test_plugins.py builds a workspace with exactly this file
+# The worked example of the guide. tests/cli/test_plugins.py builds a workspace with exactly this file
 # as its plugin, so the example in the docs is known to work.
 EXAMPLE_PLUGIN = '''\
 """Workspace rules: stamp text files with a version, and list the versions of stamped targets."""
