@@ -1,4 +1,4 @@
-"""Analysis: attribute checks against rule schemas, cycles, output clashes (issue 2, parts 2-3)."""
+"""Analysis: attribute checks against rule schemas, cycles, output clashes."""
 
 from __future__ import annotations
 

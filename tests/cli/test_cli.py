@@ -1,4 +1,4 @@
-"""The command line (issue 2, parts 8-9): shorthand, version, --help, build events, the closing line,
+"""The command line: shorthand, version, --help, build events, the closing line,
 and outputs as read-only hard links into the CAS."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_help_on_every_command(command: str, capsys: pytest.CaptureFixture[str])
 @pytest.mark.parametrize("command", LAUNCHER_COMMANDS)
 def test_help_on_launcher_commands(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     if importlib.util.find_spec("pbuild.tools.launcher") is None:
-        pytest.skip("the launcher (issue 5) is not installed yet")
+        pytest.skip("the launcher (pbuild.tools.launcher) is not installed")
     try:
         code = cli.main([command, "--help"])
     except SystemExit as exc:  # the launcher's own parser exits; the process exit code is the same
@@ -121,7 +121,8 @@ def read_events(path: Path) -> list[dict[str, object]]:
 
 
 def check_events(path: Path, expected: dict[str, str]) -> dict[str, str]:
-    """Exactly the fields issue 2 names; returns label -> key."""
+    """Each action event and the closing summary hold exactly their documented fields, with counts
+    that add up; returns label -> key."""
     lines = read_events(path)
     actions, summary = lines[:-1], lines[-1]
     keys = {}
@@ -237,7 +238,7 @@ def test_a_reader_that_leaves_early_is_not_a_traceback(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("command", "jobs"), [("build", "0"), ("build", "-3"), ("test", "0"), ("run", "-1")])
 def test_jobs_must_be_at_least_one(command: str, jobs: str, ws: Path, pbuild: Runner) -> None:
-    """--jobs 0 and -3 used to be taken: as 1 by the scheduler, as is by the rules it hands them to."""
+    """--jobs below 1 is refused as bad input by every command, before the scheduler or a rule sees it."""
     result = pbuild(command, "--jobs", jobs, "//p", cwd=ws)  # before the target: run passes what follows on
     assert result.code == 2, str(result)
     assert f"argument -j/--jobs: must be 1 or more, got {jobs}" in result.err, str(result)

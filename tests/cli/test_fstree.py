@@ -1,4 +1,4 @@
-"""Removing trees without following links (issue 9, item 3): ``pbuild.tools.fstree.remove_tree``
+"""Removing trees without following links: ``pbuild.tools.fstree.remove_tree``
 on its own, and through the CLI where pbuild removes trees others wrote: an action's work folder,
 stale temp folders in the cache, ``clean --expunge``; as root and as uid 65534."""
 

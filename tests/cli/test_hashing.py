@@ -1,4 +1,4 @@
-"""Digests, the stat index, action keys and the host fingerprint (issue 2, part 4)."""
+"""Digests, the stat index, action keys and the host fingerprint."""
 
 from __future__ import annotations
 

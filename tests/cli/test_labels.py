@@ -1,4 +1,4 @@
-"""Labels and target patterns (issue 2, part 2)."""
+"""Labels and target patterns: parsing, printing, matching, and malformed ones as messages."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_labels_order_and_hash_by_package_then_name() -> None:
     assert len({Label("a", "x"), Label.parse("//a:x"), Label.parse(":x", current_package="a")}) == 1
 
 
-# -- malformed labels through the CLI (issue 9, item 10b) ------------------------------------------
+# -- malformed labels through the CLI ---------------------------------------------------------------
 
 LABEL_WS = {
     "app/BUILD.toml": '[image]\nrule = "genrule"\nouts = ["image.txt"]\ncmd = "echo > $@"\n',

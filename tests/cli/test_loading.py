@@ -1,4 +1,4 @@
-"""Workspace discovery and loading (issue 2, part 2) and its bad inputs."""
+"""Workspace discovery and loading, and its bad inputs as messages."""
 
 from __future__ import annotations
 

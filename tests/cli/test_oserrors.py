@@ -1,4 +1,4 @@
-"""The machine's errors as messages (issue 9, item 8): a full disk wherever it strikes (an
+"""The machine's errors as messages: a full disk wherever it strikes (an
 in-process action, a sandboxed one, materializing into pbuild-out), a read-only cache, an
 unreadable user config. Real small filesystems: a size-limited tmpfs mounted in a user+mount
 namespace, so the tests need no root and leave no mount behind."""
@@ -57,8 +57,9 @@ def _leftovers(cache: Path, report: Path) -> str:
 @pytest.mark.parametrize("target", ["layer", "gen"])
 def test_a_full_cache_disk_is_a_clear_failure(target: str, workspace: WorkspaceFactory, pbuild: Runner,
                                               tmp_path: Path) -> None:
-    """The Layer action (in-process) used to "crash" as "a bug in pbuild"; a sandboxed action's
-    own complaint did not even fit in its log on the full disk. Either way: exit 1, what is full."""
+    """A full cache disk under an in-process action (Layer) or a sandboxed one (whose own complaint
+    cannot fit in its log there) is a build failure, exit 1, that names what is full; not "a bug in
+    pbuild"."""
     _needs_unshare()
     root = workspace(FULL_WS)
     (root / "p" / "big.bin").write_bytes(os.urandom(BIG))

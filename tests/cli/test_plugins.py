@@ -1,4 +1,4 @@
-"""Workspace rule plugins (issue 2, part 3): the documented `stamp` example, written as a user would
+"""Workspace rule plugins: the documented `stamp` example, written as a user would
 (only pbuild.engine.api), built end to end; and what happens when a plugin is wrong."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``pbuild query`` (issue 2, part 8): deps, rdeps, somepath, set operations and output formats."""
+"""``pbuild query``: deps, rdeps, somepath, set operations and output formats."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Executing actions: failures, --jobs, --keep-going, Ctrl-C, and the sandbox as a genrule sees it
-(issue 2, parts 6-7, and the bad inputs "unwritten output" and "failing command")."""
+"""Executing actions: failures (a failing command, an unwritten declared output), --jobs, --keep-going,
+Ctrl-C, and the sandbox as a genrule sees it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The local store: CAS, action cache, atomic writes, damage detection, clean (issue 2, part 5)."""
+"""The local store: CAS, action cache, atomic writes, damage detection, clean."""
 
 from __future__ import annotations
 
@@ -417,7 +417,7 @@ def test_a_cache_on_another_filesystem_gives_read_only_copies(tmp_path: Path, pb
 
 def test_a_damaged_blob_behind_a_copy_never_reaches_an_action(tmp_path: Path, pbuild: Runner,
                                                                other_fs_cache: Path) -> None:
-    """Issue 9, item 4: with the cache on another filesystem, pbuild-out holds copies, so damage to
+    """With the cache on another filesystem, pbuild-out holds copies, so damage to
     a blob leaves the output intact and the cache hit looks fine; the next action that reads the
     blob must still get the right bytes (and must not cache a wrong output)."""
     cache = other_fs_cache
@@ -442,7 +442,7 @@ def test_a_damaged_blob_behind_a_copy_never_reaches_an_action(tmp_path: Path, pb
 
 
 def test_chmod_of_an_output_changes_neither_the_cache_nor_later_builds(tmp_path: Path, pbuild: Runner) -> None:
-    """Issue 9, item 9c: outputs are hard links to CAS blobs, so `chmod` reaches the blob; the CAS
+    """Outputs are hard links to CAS blobs, so `chmod` reaches the blob; the CAS
     restores the mode it set, for this workspace and every other one sharing the cache."""
     root = tmp_path / "ws"
     write_tree(root, CHAIN)

@@ -42,7 +42,8 @@ def documents(layout: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, A
 
 
 def edit_config(layout: Path) -> str:
-    """Give the image another entrypoint in place, the manifest untouched (what issue 9 did)."""
+    """Give the image another entrypoint in place, the manifest untouched: a config blob whose
+    bytes no longer match its digest."""
     _, manifest, config = documents(layout)
     config["config"]["Cmd"] = ["/bin/sh", "-c", "echo edited"]
     blob(layout, manifest["config"]["digest"]).write_text(json.dumps(config))

@@ -1,4 +1,4 @@
-"""A cached action result writes exactly its action's declared outputs, nothing else (issue 9, item 1).
+"""A cached action result writes exactly its action's declared outputs, nothing else.
 
 A poisoned entry, in the local action cache or on a remote (the Bazel HTTP cache on a real nginx),
 that adds a source file and a git hook to a genrule's outputs, or has a file where the action

@@ -142,7 +142,7 @@ def test_grpc_round_trip_through_buildgrid(workspace: WorkspaceFactory, pbuild: 
 
 def test_a_damaged_remote_blob_is_replaced_so_the_next_machine_gets_a_hit(
         workspace: WorkspaceFactory, pbuild: Runner, nginx: Nginx, tmp_path: Path) -> None:
-    """Issue 9, item 9b: the machine that caught the damage uploads the bytes it rebuilt over it."""
+    """The machine that caught a damaged remote blob uploads the bytes it rebuilt over it."""
     ws = workspace({"big/BUILD.toml": """
         [big]
         rule = "genrule"

@@ -173,7 +173,7 @@ def test_server_that_dies_mid_build_is_skipped(tmp_path: Path) -> None:
 
 
 def test_a_damaged_blob_is_written_again_though_find_missing_blobs_lists_it(tmp_path: Path) -> None:
-    """Issue 9, item 9b over REAPI: FindMissingBlobs reports a damaged blob as present, so after a
+    """Over REAPI, FindMissingBlobs reports a damaged blob as present, so after a
     download failed verification the next upload writes the verified bytes without asking.
 
     (BuildGrid's disk storage keeps the first copy of a blob it already holds, so this server

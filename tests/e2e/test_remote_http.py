@@ -335,7 +335,7 @@ def test_many_missing_blobs_do_not_disable_the_remote_or_flood_warnings(nginx: N
 
 @pytest.mark.parametrize("who", ["another-client", "the-uploader"])
 def test_a_damaged_blob_is_written_over_by_the_next_upload(nginx: Nginx, tmp_path: Path, who: str) -> None:
-    """Issue 9, item 9b: HEAD says a damaged blob exists, and the uploader remembers it as present;
+    """HEAD says a damaged blob exists, and the uploader remembers it as present;
     after a download failed verification, the next upload naming it sends the good bytes anyway."""
     big = os.urandom(HEAD_THRESHOLD + 1000)  # large enough that uploads ask HEAD first
     key, result, blobs = action_result(tmp_path / "out", "heal", {"pbuild-out/big": big, "pbuild-out/small": b"small"})

@@ -1,4 +1,4 @@
-"""Toolchains make outputs and keys independent of the host (issue 10, items 3 and 6).
+"""Toolchains make outputs and keys independent of the host.
 
 - The same ``//app:image`` digest whether pbuild runs on this Python or on another minor version.
 - A remote cache filled on one host serves a second host with another ``/etc/os-release``, no
