@@ -24,11 +24,12 @@ from typing import Any, TypeVar
 
 from pbuild.engine.errors import AnalysisError, Location, PbuildError
 from pbuild.engine.labels import Label
-from pbuild.engine.workspace import package_dir
+from pbuild.engine.workspace import BUILTIN_PACKAGE_PREFIX, package_dir
 
 OUT_DIR = "pbuild-out"
 
 __all__ = [
+    "BUILTIN_PACKAGE_PREFIX",
     "OUT_DIR",
     "Action",
     "ActionIO",
@@ -53,6 +54,7 @@ __all__ = [
     "GeneratorContext",
     "GeneratorDef",
     "attr",
+    "package_dir",
     "rule",
     "target_generator",
 ]

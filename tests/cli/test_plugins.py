@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from pbuild.tools.gen_rule_docs import EXAMPLE_BUILD, EXAMPLE_PLUGIN, EXAMPLE_WORKSPACE
+from pbuild.engine.gen_rule_docs import EXAMPLE_BUILD, EXAMPLE_PLUGIN, EXAMPLE_WORKSPACE
 
 from tests.support.runner import Runner, WorkspaceFactory, assert_user_error
 

@@ -1,13 +1,13 @@
-"""docs/rules.md is generated from the rule schemas (tools/gen_rule_docs.py) and cannot drift."""
+"""docs/rules.md is generated from the rule schemas (engine/gen_rule_docs.py) and cannot drift."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+from pbuild.engine import gen_rule_docs
 from pbuild.engine.api import COMMON_ATTRS
 from pbuild.engine.registry import RuleRegistry
-from pbuild.tools import gen_rule_docs
 
 from tests.support.paths import REPO
 
@@ -17,12 +17,12 @@ DOCS = REPO / "docs" / "rules.md"
 def test_committed_docs_equal_the_generator_output() -> None:
     expected = gen_rule_docs.render()
     assert DOCS.read_text(encoding="utf-8") == expected, (
-        "docs/rules.md is out of date: run `python -m pbuild.tools.gen_rule_docs > docs/rules.md`"
+        "docs/rules.md is out of date: run `python -m pbuild.engine.gen_rule_docs > docs/rules.md`"
     )
 
 
 def test_the_command_writes_the_same_text() -> None:
-    proc = subprocess.run([sys.executable, "-m", "pbuild.tools.gen_rule_docs"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "pbuild.engine.gen_rule_docs"], capture_output=True, text=True,
                           check=True)
     assert proc.stdout == gen_rule_docs.render()
     assert proc.stderr == ""

@@ -14,7 +14,7 @@ import re
 import tomllib
 from typing import Any
 
-from pbuild.engine.errors import Location
+from pbuild.lib.errors import Location
 
 MAX_NESTING = 100  # levels of tables and arrays; real files use a handful
 

@@ -1,6 +1,6 @@
 """Generate ``docs/rules.md`` from the rule schemas, so the rule reference cannot drift.
 
-Run ``python -m pbuild.tools.gen_rule_docs > docs/rules.md``. The first part of the page (how to
+Run ``python -m pbuild.engine.gen_rule_docs > docs/rules.md``. The first part of the page (how to
 write a rule) is the prose below; the reference is built from every rule family the registry
 knows (``pbuild.engine.registry.BUILTIN_FAMILIES``): each rule's doc string and, for each
 attribute, its type, default, whether it is required, and its doc string.
@@ -128,7 +128,7 @@ GUIDE = """\
 
 pbuild's rules turn the targets of `BUILD.toml` files into actions. This page has two parts: how to
 write a rule (the public rule API, `pbuild.engine.api`), and the reference of every built-in rule,
-generated from the rule schemas by `python -m pbuild.tools.gen_rule_docs > docs/rules.md`.
+generated from the rule schemas by `python -m pbuild.engine.gen_rule_docs > docs/rules.md`.
 Do not edit the reference by hand: change the rule's schema and regenerate; a test fails when
 this page and the schemas disagree.
 
