@@ -26,7 +26,7 @@ from pbuild.tools.sandbox import SandboxRequest, run_sandboxed
 
 from tests.support.debfixtures import DebSpec, make_keyring, serve, write_archive
 from tests.support.imageclone import clone_app_workspace
-from tests.support.paths import REPO
+from tests.support.paths import REPO, pbuild_folders
 from tests.support.runner import Runner, WorkspaceFactory
 
 PYTHON = "/usr/bin/python3.11"
@@ -203,7 +203,7 @@ def test_bytecode_is_the_toolchains_whatever_python_runs_pbuild(python_layer: Bu
     assert others, "needs a second CPython (pyenv's 3.12 or 3.13)"
     src = tmp_path / "src/pbuild"  # pbuild's packages, as ./pbuild lays them out for its venv
     src.mkdir(parents=True)
-    for part in ("engine", "rules", "tools"):
+    for part in pbuild_folders():
         (src / part).symlink_to(REPO / part)
     results = {}
     for python in [sys.executable, *others]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import REPO
+from tests.support.paths import REPO, pbuild_folders
 from tests.support.runner import Runner
 
 PROGRAM_BUILD = '[program]\nrule = "py_binary"\nsrcs = ["program.py"]\nmain = "program.py"\n' \
@@ -33,7 +33,7 @@ def _copy_repo(root: Path, *, pbuild_sources: bool = False) -> Path:
         shutil.copy(REPO / "BUILD.toml", root / "BUILD.toml")
         shutil.copy(REPO / ".pbuildignore", root / ".pbuildignore")  # rules/builtin holds no packages of it
         ignore = shutil.ignore_patterns("__pycache__")
-        for folder in ("engine", "rules", "tools"):
+        for folder in pbuild_folders():
             shutil.copytree(REPO / folder, root / folder, ignore=ignore)
     return root
 

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.support.paths import REPO
+from tests.support.paths import REPO, pbuild_folders
 from tests.support.runner import Runner
 
 _PREFERRED = ("3.12", "3.13", "3.10")
@@ -49,7 +49,7 @@ def make_venv(python: str, dest: Path) -> tuple[Path, Path]:
                         *requirements], check=True, capture_output=True, timeout=600)
     source = dest / "src/pbuild"
     source.mkdir(parents=True, exist_ok=True)
-    for part in ("engine", "rules", "tools"):
+    for part in pbuild_folders():
         link = source / part
         if not link.is_symlink():
             link.symlink_to(REPO / part)

@@ -94,11 +94,13 @@ def test_host_tools_work_and_host_root_is_read_only(tmp_path: Path) -> None:
 
 
 def test_hidden_paths_are_invisible(tmp_path: Path) -> None:
-    secret_dir = REPO / "tests"
+    secret = Path(__file__).resolve()  # this file: it exists outside the sandbox, not inside
+    secret_dir = secret.parent
     hidden_file = REPO / "pyproject.toml"
+    assert secret.is_file() and hidden_file.stat().st_size > 0
     result, out, err = run(
         tmp_path,
-        f"ls -A {secret_dir} | wc -l; cat {secret_dir / 'test_sandbox.py'}; echo rc=$?; cat {hidden_file} | wc -c",
+        f"ls -A {secret_dir} | wc -l; cat {secret}; echo rc=$?; cat {hidden_file} | wc -c",
         hide_paths=(str(secret_dir), str(hidden_file)),
     )
     assert result.exit_code == 0
