@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
 PODMAN_TAG = "localhost/pbuild-bench-launcher:latest"
 
@@ -88,7 +88,7 @@ def main() -> None:
         os.environ["PBUILD_RUNTIME_DIR"] = os.path.join(tmp, "run")
         image = args.image
         if image is None:
-            from test_launcher_images import make_busybox_image
+            from tests.support.testimages import make_busybox_image
 
             image = f"oci:{make_busybox_image(Path(tmp) / 'image')}"
         median, steps = in_process(image, args.command, args.runs, Path(tmp) / "timing")

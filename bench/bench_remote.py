@@ -13,7 +13,7 @@ repository, so the working tree is never touched), each run:
 
 Then, against a fresh docker-registry: push //app:image, append a comment to app/program.py,
 rebuild and push again; the second push must upload only the layer holding program.py (plus the
-image config). Figures are medians over the runs. The servers come from tests/peers.py, the same
+image config). Figures are medians over the runs. The servers come from tests/support/peers.py, the same
 helpers the tests use (nginx, bgd and docker-registry must be installed; see .ci/run).
 """
 
@@ -37,10 +37,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PBUILD = str(REPO / "pbuild")
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the tests package: its support helpers start the peers
 
 from gen_workspace import generate  # noqa: E402
-from peers import buildgrid_server, docker_registry, nginx_cache  # noqa: E402
+
+from tests.support.peers import buildgrid_server, docker_registry, nginx_cache  # noqa: E402
 
 _COPY_IGNORE = shutil.ignore_patterns(
     ".git",

@@ -4,7 +4,7 @@
 Usage: ``python bench/bench_sandbox.py [--runs N] [--threads T]``. Prints the median of N runs
 of each and the overhead (sandbox median minus plain median); the goal is <= 15 ms. In the same
 run, each backend runs the action on a toolchain root (a small merged-/usr tree of host programs,
-``tests/hosttree.py``, or with ``--tree DIR`` a real unpacked toolchain such as
+``tests/support/hosttree.py``, or with ``--tree DIR`` a real unpacked toolchain such as
 ``<cache>/toolchains/<digest>``) against the host root; the goal is toolchain <= host + 2 ms.
 """
 
@@ -24,10 +24,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 
-from hosttree import build_tree  # noqa: E402 - after the path above
 from pbuild.tools.sandbox import SandboxRequest, run_sandboxed
+
+from tests.support.hosttree import build_tree  # noqa: E402 - after the path above
 
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": "UTC", "HOME": "/tmp", "PYTHONHASHSEED": "0"}
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pbuild.engine.errors import AnalysisError, Location, PbuildError
 from pbuild.engine.labels import Label
-from pbuild.engine.workspace import package_dir
+from pbuild.engine.workspace import BUILTIN_PACKAGE_PREFIX, package_dir
 
 if TYPE_CHECKING:
     from pbuild.lib.oci.blobstore import BlobStore
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 OUT_DIR = "pbuild-out"
 
 __all__ = [
+    "BUILTIN_PACKAGE_PREFIX",
     "OUT_DIR",
     "Action",
     "ActionIO",
@@ -56,6 +57,7 @@ __all__ = [
     "GeneratorContext",
     "GeneratorDef",
     "attr",
+    "package_dir",
     "rule",
     "target_generator",
 ]

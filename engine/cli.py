@@ -212,7 +212,7 @@ def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:
 def _user_config() -> dict[str, Any]:
     import tomllib
 
-    from pbuild.engine.tomlpos import load_toml
+    from pbuild.lib.tomlpos import load_toml
 
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     path = os.path.join(base, "pbuild", "config.toml")

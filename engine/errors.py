@@ -7,42 +7,10 @@ is not a ``PbuildError`` is a bug in pbuild and is allowed to show a traceback.
 
 from __future__ import annotations
 
-from pbuild.lib.errors import EXIT_BAD_INPUT, UserError
+from pbuild.lib.errors import EXIT_BAD_INPUT, Location, UserError
 
 EXIT_OK = 0
 EXIT_BUILD_FAILED = 1
-
-
-class Location:
-    """A place in a user's file: ``path:line[:column]``.
-
-    A plain class rather than a dataclass: this module is on the no-op fast path, and importing
-    dataclasses costs more than the whole up-to-date check.
-    """
-
-    __slots__ = ("path", "line", "column")
-
-    def __init__(self, path: str, line: int | None = None, column: int | None = None) -> None:
-        self.path = path
-        self.line = line
-        self.column = column
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Location) and (self.path, self.line, self.column) == (other.path, other.line, other.column)
-
-    def __hash__(self) -> int:
-        return hash((self.path, self.line, self.column))
-
-    def __repr__(self) -> str:
-        return f"Location({self.path!r}, {self.line!r}, {self.column!r})"
-
-    def __str__(self) -> str:
-        text = self.path
-        if self.line is not None:
-            text += f":{self.line}"
-            if self.column is not None:
-                text += f":{self.column}"
-        return text
 
 
 class PbuildError(UserError):

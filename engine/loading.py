@@ -19,9 +19,9 @@ from pbuild.engine.api import GeneratorContext, GeneratorDef, RuleDef
 from pbuild.engine.errors import LoadError, Location
 from pbuild.engine.labels import Label, Pattern, target_name_problem
 from pbuild.engine.registry import RuleRegistry
-from pbuild.engine.tomlpos import load_toml, table_positions, toml_error_location, toml_error_message
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.engine.workspace import ALWAYS_IGNORED, BUILD_FILE, IGNORE_FILE, Workspace, is_builtin_package
+from pbuild.lib.tomlpos import load_toml, table_positions, toml_error_location, toml_error_message
 
 if TYPE_CHECKING:
     import pathspec

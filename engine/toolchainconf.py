@@ -16,8 +16,8 @@ from typing import Any
 from pbuild.engine.api import HOST_TOOLCHAIN, Attr, RuleDef
 from pbuild.engine.errors import LoadError, Location, WorkspaceError
 from pbuild.engine.labels import Label
-from pbuild.engine.tomlpos import table_positions
 from pbuild.engine.workspace import WORKSPACE_FILE
+from pbuild.lib.tomlpos import table_positions
 
 SECTION = "toolchains"
 ATTR = "toolchain"

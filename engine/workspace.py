@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pbuild.engine.errors import Location, WorkspaceError
-from pbuild.engine.tomlpos import load_toml, toml_error_location, toml_error_message
+from pbuild.lib.tomlpos import load_toml, toml_error_location, toml_error_message
 
 WORKSPACE_FILE = "WORKSPACE.toml"
 BUILD_FILE = "BUILD.toml"

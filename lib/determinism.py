@@ -109,7 +109,7 @@ def _ustar_header(name: bytes, kind: bytes, mode: int, size: int, linkname: byte
 
     :mod:`tarfile` builds every header through a ``TarInfo`` and dictionaries; layers have
     thousands of members, so the common case (short ASCII names) skips that. The bytes are the
-    same (``tests/test_oci_determinism.py`` compares them).
+    same (``tests/unit/test_oci_determinism.py`` compares them).
     """
     header = bytearray(
         name.ljust(100, b"\0")

@@ -11,7 +11,7 @@ network (a new network namespace with only ``lo``, up). Both roots are laid out 
 each top-level entry bound (or linked) on a fresh read-only tmpfs beside those own mounts, so a
 read-only tree need not contain their mount points.
 
-Two backends, one contract (``tests/test_sandbox.py`` runs every test against both):
+Two backends, one contract (``tests/unit/test_sandbox.py`` runs every test against both):
 
 - ``bwrap`` (bubblewrap, Debian ``bubblewrap``; the default when installed). Measured with
   ``bench/bench_sandbox.py`` on the 2-core CI machine: about 4-5 ms of CPU per action against

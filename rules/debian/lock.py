@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.errors import Location, PbuildError
-from pbuild.engine.tomlpos import load_toml
 from pbuild.lib.determinism import pretty_json
+from pbuild.lib.tomlpos import load_toml
 from pbuild.rules.debian import sources
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ from typing import Any
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from pbuild.engine.errors import Location, WorkspaceError
-from pbuild.engine.tomlpos import load_toml
+from pbuild.lib.tomlpos import load_toml
 from pbuild.rules.python.config import PythonTarget, read_python_target
 from pbuild.rules.python.lockfile import (
     Lock,

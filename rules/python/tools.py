@@ -26,9 +26,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pbuild.engine.api import DefaultInfo, Provider, RuleContext, attr, rule
+from pbuild.engine.api import (
+    BUILTIN_PACKAGE_PREFIX,
+    DefaultInfo,
+    Provider,
+    RuleContext,
+    attr,
+    package_dir,
+    rule,
+)
 from pbuild.engine.errors import Location, WorkspaceError
-from pbuild.engine.workspace import BUILTIN_PACKAGE_PREFIX, builtin_root
 from pbuild.rules.python.config import PythonTarget
 from pbuild.rules.python.lockfile import Lock, LockError, inputs_digest, parse_lock
 from pbuild.rules.python.providers import PyInfo
@@ -181,7 +188,7 @@ def lock_tools(workspace_root: str) -> None:
     where = os.path.join(workspace_root, "WORKSPACE.toml")
     target = read_python_target(config, where=where)
     python = config.get("python", {})
-    builtin_dir = os.path.join(builtin_root(), BUILTIN_PACKAGE[len(BUILTIN_PACKAGE_PREFIX) + 1:])
+    builtin_dir = package_dir(workspace_root, BUILTIN_PACKAGE)  # pbuild's installation, not the workspace
     for tool in TOOLS:
         source = read_tool_source(python, tool, where=where)
         in_path = (os.path.join(workspace_root, source.requirements) if source.requirements

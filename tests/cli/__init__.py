@@ -1,0 +1,1 @@
+"""CLI tests: the real ``pbuild`` command on small fixture workspaces."""

@@ -1,0 +1,2 @@
+"""End-to-end tests: real peers (registry, nginx, BuildGrid, podman, skopeo, umoci), full image
+builds and launcher runs."""

@@ -1,0 +1,1 @@
+"""Helpers the test layers share: the CLI runner, real peers, fixture archives and images."""

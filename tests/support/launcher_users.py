@@ -1,0 +1,98 @@
+"""Run the launcher CLI as root or as an unprivileged user (uid 65534), in a folder of its own.
+
+A test module defines its ``launcher_user`` fixture over :func:`user_folder`, parametrized with
+:data:`USERS`, so each test runs once as root and once as nobody (skipped without ``setpriv``).
+The user's folder is outside pytest's ``tmp_path`` (0700 root), owned by that user, with its own
+layer store and runtime dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.launcher import LAUNCHER, kill_leftovers
+
+NOBODY = 65534
+
+
+@dataclass
+class LauncherUser:
+    """One user's view: ``base`` (theirs), ``env`` (its store and runtime dir under ``base``)."""
+
+    uid: int
+    base: Path
+    env: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return "root" if self.uid == 0 else "nobody"
+
+    @property
+    def store(self) -> Path:
+        return Path(self.env["PBUILD_LAYER_STORE"])
+
+    def give(self, *paths: Path) -> None:
+        """Make ``paths`` (and everything below) this user's."""
+        for top in paths:
+            for path in [top, *top.rglob("*")] if top.is_dir() and not top.is_symlink() else [top]:
+                os.chown(path, self.uid, self.uid, follow_symlinks=False)
+
+    def launch(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.prefix(), *LAUNCHER, *args], env={**self.env, **(env or {})}, cwd=self.base,
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*self.prefix(), *LAUNCHER, *args], env={**self.env, **(env or {})}, cwd=self.base,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def prefix(self) -> list[str]:
+        if self.uid == 0:
+            return []
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"]
+
+
+USERS = ["root", "nobody"]
+
+
+@contextlib.contextmanager
+def user_folder(name: str) -> Iterator[LauncherUser]:
+    """A fresh folder for ``name`` ("root" or "nobody"), removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("the launcher tests run as root (and switch to uid 65534 themselves)")
+    uid = 0 if name == "root" else NOBODY
+    if uid and not shutil.which("setpriv"):
+        pytest.skip("setpriv is not installed")
+    base = Path(tempfile.mkdtemp(prefix="pbuild-launcher-"))
+    os.chmod(base, 0o755)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(base),
+        "PBUILD_LAYER_STORE": str(base / "layers"),
+        "PBUILD_RUNTIME_DIR": str(base / "run"),
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+    }
+    user = LauncherUser(uid, base, env)
+    user.give(base)
+    try:
+        yield user
+    finally:
+        kill_leftovers(base / "run")
+        from pbuild.tools.fstree import remove_tree
+
+        remove_tree(str(base))

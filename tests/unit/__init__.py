@@ -1,0 +1,1 @@
+"""Unit tests: one module or a few, in process; no pbuild subprocess, no peers."""

@@ -1,0 +1,40 @@
+"""Heavy layer actions run in their own interpreter; results and user errors come back intact."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from pbuild.engine.api import ActionIO, Label
+from pbuild.rules.debian.deb import DebError
+from pbuild.rules.debian.rules import write_deb_layer
+
+from tests.support.debfixtures import DebSpec, make_deb
+
+
+def _io(tmp_path: Path, deb: bytes) -> tuple[ActionIO, dict[str, object]]:
+    (tmp_path / "in.deb").write_bytes(deb)
+    io = ActionIO({"in.deb": str(tmp_path / "in.deb")},
+                  {"l.tar.gz": str(tmp_path / "l.tar.gz"), "l.json": str(tmp_path / "l.json")},
+                  str(tmp_path), Label("third_party/debian", "t"), jobs=2)
+    params = {"debs": ["in.deb"], "codename": "bookworm", "release": "12.1", "exclude": [], "compression": "gzip",
+              "level": 1, "epoch": 0, "blob": "l.tar.gz", "meta": "l.json"}
+    return io, params
+
+
+def test_layer_written_by_a_worker(tmp_path: Path) -> None:
+    io, params = _io(tmp_path, make_deb(DebSpec("tool", files={"usr/bin/tool": b"#!/bin/sh\n"})))
+    write_deb_layer(io, params)
+    meta = json.loads((tmp_path / "l.json").read_text())
+    assert meta["digest"].startswith("sha256:")
+    with tarfile.open(tmp_path / "l.tar.gz") as tar:
+        assert "usr/bin/tool" in tar.getnames()
+
+
+def test_user_error_crosses_the_process_boundary(tmp_path: Path) -> None:
+    io, params = _io(tmp_path, b"not an ar archive")
+    with pytest.raises(DebError, match="in.deb is not a Debian package") as info:
+        write_deb_layer(io, params)
+    assert info.value.label == Label("third_party/debian", "t")
