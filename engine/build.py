@@ -21,7 +21,7 @@ from pbuild.engine.events import Reporter
 from pbuild.engine.hashing import StatIndex
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader, ParseCache
-from pbuild.engine.registry import RuleRegistry
+from pbuild.engine.ruleset import RuleSet
 from pbuild.engine.scheduler import BuildResult, ExecOptions, Executor
 from pbuild.engine.store import LocalStore
 from pbuild.engine.toolchains import needed_files
@@ -76,13 +76,13 @@ class Session:
 def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
     workspace = find_workspace(request.cwd, request.workspace)
     cache_dir = os.path.abspath(request.cache_dir) if request.cache_dir else default_cache_dir()
-    registry = RuleRegistry(workspace)
+    ruleset = RuleSet(workspace)
     index_base = uptodate.index_base(workspace.root, cache_dir)
     recorder = DependencyRecorder()
     recorder.file(workspace.path(WORKSPACE_FILE))
     for plugin in workspace.plugins:
         recorder.file(workspace.path(plugin))
-    loader = Loader(workspace, registry, ParseCache(index_base + ".parse"), recorder)
+    loader = Loader(workspace, ruleset, ParseCache(index_base + ".parse"), recorder)
     analyzer = Analyzer(loader, workspace.config)
     store = LocalStore(cache_dir, memo_path=index_base + ".acmemo")
     store.remove_stale_tmp()

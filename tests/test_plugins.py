@@ -262,3 +262,34 @@ def test_a_directory_output_loses_files_it_no_longer_has(workspace: WorkspaceFac
     assert (root / "pbuild-out" / "p" / "u.txt").read_text().split() == [".", "./a.txt"]  # the exec root is right
     assert (root / "pbuild-out" / "p" / "lt.txt").read_text() == "a.txt\n"
     assert sorted(p.name for p in (root / "pbuild-out" / "p" / "t").iterdir()) == ["a.txt"]
+
+
+def test_a_plugin_workspace_reuses_its_analysis(stamp_ws: Path, pbuild: Runner, tmp_path: Path) -> None:
+    """A second build that changed only a source's content reuses the saved analysis, also when
+    the plugin's rules return the plugin's own providers and in-process functions (both pickled
+    by module name): the rule implementation is not called again."""
+    calls = tmp_path / "calls"
+    plugin = stamp_ws / "build_rules" / "stamp.py"
+    plugin.write_text(plugin.read_text().replace(
+        "    version = ctx.attr.version\n",
+        "    version = ctx.attr.version\n"
+        "    import os\n"
+        "    with open(os.environ['STAMP_CALLS'], 'a') as log:\n"
+        "        log.write(str(ctx.label) + '\\n')\n", 1))
+    events = tmp_path / "events.json"
+    build = ("build", "//:readme", "//:notes", "--build-event-json", str(events))
+    env = {"STAMP_CALLS": str(calls)}
+    assert pbuild(*build, cwd=stamp_ws, env=env).code == 0
+    assert sorted(calls.read_text().split()) == ["//:changes", "//:readme"]
+    assert analysis_events(events) == [{"type": "analysis", "cached": False, "reason": "no saved analysis"}]
+
+    (stamp_ws / "README.txt").write_text("new readme\n")  # content only: analysis stays valid
+    result = pbuild(*build, cwd=stamp_ws, env=env)
+    assert result.code == 0, str(result)
+    assert statuses(events)[("//:readme", "Stamp")] == "executed"
+    assert sorted(calls.read_text().split()) == ["//:changes", "//:readme"], "the rule was analyzed again"
+    assert analysis_events(events) == [{"type": "analysis", "cached": True}]
+
+
+def analysis_events(path: Path) -> list[dict[str, object]]:
+    return [e for e in map(json.loads, path.read_text().splitlines()) if e["type"] == "analysis"]

@@ -1,8 +1,8 @@
 """Generate ``docs/rules.md`` from the rule schemas, so the rule reference cannot drift.
 
 Run ``python -m pbuild.tools.gen_rule_docs > docs/rules.md``. The first part of the page (how to
-write a rule) is the prose below; the reference is built from every rule family the registry
-knows (``pbuild.engine.registry.BUILTIN_FAMILIES``): each rule's doc string and, for each
+write a rule) is the prose below; the reference is built from every rule family the rule set
+knows (``pbuild.engine.ruleset.BUILTIN_FAMILIES``): each rule's doc string and, for each
 attribute, its type, default, whether it is required, and its doc string.
 ``tests/test_gen_rule_docs.py`` fails when the committed page differs from this output.
 """
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pbuild.engine.api import COMMON_ATTRS, Attr, GeneratorDef, RuleDef
-from pbuild.engine.registry import BUILTIN_FAMILIES
+from pbuild.engine.ruleset import BUILTIN_FAMILIES
 from pbuild.engine.toolchainconf import rule_schema
 
 # The worked example of the guide. tests/test_plugins.py builds a workspace with exactly this file

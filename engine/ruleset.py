@@ -26,7 +26,7 @@ BUILTIN_FAMILIES = (
 Definition = RuleDef | GeneratorDef
 
 
-class RuleRegistry:
+class RuleSet:
     """Maps rule names to definitions, importing rule families on first need."""
 
     def __init__(self, workspace: Workspace | None = None) -> None:
