@@ -166,24 +166,25 @@ class Analyzed:
     rule_names: dict[Label, str]
 
 
-def analyze_for_build(session: Session, request: BuildRequest) -> Analyzed:
+def analyze_for_build(session: Session, request: BuildRequest, reporter: Reporter | None = None) -> Analyzed:
     """Analysis of the requested targets, reused from the last identical command when nothing
     analysis read (BUILD files, listed folders, files read by rules, pbuild's code) has changed.
 
     A source file's content never changes analysis, so editing a source skips straight to
-    execution; that keeps the one-file-changed rebuild of a large workspace fast.
+    execution; that keeps the one-file-changed rebuild of a large workspace fast. ``reporter``
+    gets an ``analysis`` event: reused or not, and why not.
     """
     cache_path = uptodate.stamp_path(session.index_base, uptodate.request_text(
         request.patterns, current_package(session.workspace, request.cwd))) + ".analysis"
     recorder = session.loader.recorder
-    payload = uptodate.load_analysis(cache_path, recorder)
+    payload, reason = uptodate.load_analysis(cache_path, recorder)
     if payload is not None:
-        try:
-            analyzed = pickle.loads(payload)
-            if isinstance(analyzed, Analyzed):
-                return analyzed
-        except Exception:  # a cache from another pbuild version: analyze afresh
-            pass
+        analyzed, reason = _unpickle_analysis(session, payload)
+        if analyzed is not None:
+            if reporter is not None:
+                reporter.analysis(cached=True)
+            return analyzed
+        uptodate.discard_stamp(cache_path)
     labels, graph = analyze(session, request.patterns, request.cwd)
     analyzed = Analyzed(
         labels=labels,
@@ -193,10 +194,31 @@ def analyze_for_build(session: Session, request: BuildRequest) -> Analyzed:
     )
     try:
         data = pickle.dumps(analyzed, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # a rule returned something unpicklable: just do not cache its analysis
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        # A rule returned something unpicklable (a lambda, an open file): analyze it every time.
+        if reporter is not None:
+            reporter.analysis(cached=False, reason=reason, not_saved=f"{type(exc).__name__}: {exc}")
         return analyzed
     uptodate.save_analysis(cache_path, recorder, data)
+    if reporter is not None:
+        reporter.analysis(cached=False, reason=reason)
     return analyzed
+
+
+def _unpickle_analysis(session: Session, payload: bytes) -> tuple[Analyzed | None, str]:
+    """The saved analysis, or None and why it cannot be used.
+
+    Plugins are loaded first: the analysis holds their providers and in-process functions,
+    which unpickle by module name, and plugin modules exist only once loaded.
+    """
+    session.loader.ruleset.load_plugins()
+    try:
+        analyzed = pickle.loads(payload)
+    except (pickle.UnpicklingError, ImportError, AttributeError, EOFError, TypeError, ValueError) as exc:
+        return None, f"saved analysis discarded ({type(exc).__name__}: {exc})"
+    if not isinstance(analyzed, Analyzed):
+        return None, f"saved analysis discarded (it holds a {type(analyzed).__name__})"
+    return analyzed, ""
 
 
 def build_and_stamp(request: BuildRequest, stamp: str, reporter: Reporter) -> None:
@@ -231,7 +253,7 @@ def build(request: BuildRequest, *, reporter: Reporter | None = None,
     session = open_session(request, warn=reporter.message)
     executing = False
     try:
-        analyzed = analyze_for_build(session, request)
+        analyzed = analyze_for_build(session, request, reporter)
         executing = True
         actions = analyzed.actions if only_files is None else _actions_subset(analyzed, only_files(analyzed))
         result, executor = execute(session, actions, request, reporter=reporter)

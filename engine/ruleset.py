@@ -33,14 +33,17 @@ class RuleSet:
         self._rules: dict[str, Definition] = {}
         self._pending = list(BUILTIN_FAMILIES)
         self._workspace = workspace
-        self._plugins_loaded = workspace is None
+        # Each plugin's RULES and where they come from, once imported; added after the
+        # built-in families, so a clash is always blamed on the plugin.
+        self._plugins: list[tuple[object, str]] | None = None if workspace is not None else []
+        self._plugins_added = workspace is None
 
     def lookup(self, name: str) -> Definition | None:
-        while name not in self._rules and (self._pending or not self._plugins_loaded):
+        while name not in self._rules and (self._pending or not self._plugins_added):
             if self._pending:
                 self._import_family(self._pending.pop(0))
             else:
-                self._load_plugins()
+                self._add_plugins()
         return self._rules.get(name)
 
     def names(self) -> list[str]:
@@ -60,9 +63,13 @@ class RuleSet:
             raise
         self._add(getattr(module, "RULES", ()), module_name)
 
-    def _load_plugins(self) -> None:
-        self._plugins_loaded = True
+    def load_plugins(self) -> None:
+        """Import the workspace's plugins now (once): what they define is then importable by
+        its module name, as unpickling a saved analysis needs."""
+        if self._plugins is not None:
+            return
         assert self._workspace is not None
+        self._plugins = []
         for rel in self._workspace.plugins:
             path = self._workspace.path(rel)
             if not os.path.isfile(path):
@@ -90,7 +97,14 @@ class RuleSet:
                     location=Location(rel),
                     hint="end the module with RULES = [my_rule, ...]",
                 )
-            self._add(module.RULES, rel)
+            self._plugins.append((module.RULES, rel))
+
+    def _add_plugins(self) -> None:
+        self.load_plugins()
+        assert self._plugins is not None
+        self._plugins_added = True
+        for rules, rel in self._plugins:
+            self._add(rules, rel)
 
     def _add(self, rules: object, origin: str) -> None:
         for definition in rules:  # type: ignore[attr-defined]

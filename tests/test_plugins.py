@@ -293,3 +293,24 @@ def test_a_plugin_workspace_reuses_its_analysis(stamp_ws: Path, pbuild: Runner, 
 
 def analysis_events(path: Path) -> list[dict[str, object]]:
     return [e for e in map(json.loads, path.read_text().splitlines()) if e["type"] == "analysis"]
+
+
+def test_a_broken_saved_analysis_is_discarded_with_a_reason(stamp_ws: Path, pbuild: Runner, tmp_path: Path) -> None:
+    """A saved analysis whose inputs are unchanged but whose payload does not unpickle is analyzed
+    afresh, and the event file says why (no silent fallback)."""
+    import marshal
+
+    events = tmp_path / "events.json"
+    build = ("build", "//:readme", "--build-event-json", str(events))
+    assert pbuild(*build, cwd=stamp_ws).code == 0
+    [saved] = (pbuild.cache / "index").glob("*.analysis")
+    version, entries, _ = marshal.loads(saved.read_bytes())
+    saved.write_bytes(marshal.dumps((version, entries, b"not a pickle")))
+    (stamp_ws / "README.txt").write_text("new readme\n")  # past the no-op stamp, not the analysis
+    result = pbuild(*build, cwd=stamp_ws)
+    assert result.code == 0, str(result)
+    [event] = analysis_events(events)
+    assert event["cached"] is False and "saved analysis discarded (UnpicklingError" in str(event["reason"]), event
+    (stamp_ws / "README.txt").write_text("newer readme\n")
+    assert pbuild(*build, cwd=stamp_ws).code == 0
+    assert analysis_events(events) == [{"type": "analysis", "cached": True}]
