@@ -171,20 +171,22 @@ def analyze_for_build(session: Session, request: BuildRequest, reporter: Reporte
     analysis read (BUILD files, listed folders, files read by rules, pbuild's code) has changed.
 
     A source file's content never changes analysis, so editing a source skips straight to
-    execution; that keeps the one-file-changed rebuild of a large workspace fast. ``reporter``
-    gets an ``analysis`` event: reused or not, and why not.
+    execution; that keeps the one-file-changed rebuild of a large workspace fast. A saved
+    analysis that cannot be read is discarded, with a message to ``reporter``.
     """
     cache_path = uptodate.stamp_path(session.index_base, uptodate.request_text(
         request.patterns, current_package(session.workspace, request.cwd))) + ".analysis"
     recorder = session.loader.recorder
-    payload, reason = uptodate.load_analysis(cache_path, recorder)
+    payload = uptodate.load_analysis(cache_path, recorder)
     if payload is not None:
         analyzed, reason = _unpickle_analysis(session, payload)
         if analyzed is not None:
-            if reporter is not None:
-                reporter.analysis(cached=True)
             return analyzed
+        # Its inputs are unchanged, yet it cannot be read: say so (a silent re-analysis on every
+        # build is how plugin workspaces lost their analysis cache unnoticed), then replace it.
         uptodate.discard_stamp(cache_path)
+        if reporter is not None:
+            reporter.message(f"pbuild: {reason}; analyzing afresh")
     labels, graph = analyze(session, request.patterns, request.cwd)
     analyzed = Analyzed(
         labels=labels,
@@ -194,14 +196,11 @@ def analyze_for_build(session: Session, request: BuildRequest, reporter: Reporte
     )
     try:
         data = pickle.dumps(analyzed, protocol=pickle.HIGHEST_PROTOCOL)
-    except (pickle.PicklingError, TypeError, AttributeError) as exc:
-        # A rule returned something unpicklable (a lambda, an open file): analyze it every time.
-        if reporter is not None:
-            reporter.analysis(cached=False, reason=reason, not_saved=f"{type(exc).__name__}: {exc}")
+    except (pickle.PicklingError, TypeError, AttributeError):
+        # A rule returned something unpicklable (a lambda, an open file): by design its analysis
+        # is not saved, and runs again on each build that gets past the no-op check.
         return analyzed
     uptodate.save_analysis(cache_path, recorder, data)
-    if reporter is not None:
-        reporter.analysis(cached=False, reason=reason)
     return analyzed
 
 

@@ -91,19 +91,6 @@ class Reporter:
             if status == "executed" and not self.interactive and not self.quiet:
                 self.stream.write(f"[{self._done}/{self._total}] {description or mnemonic + ' ' + label}\n")
 
-    def analysis(self, *, cached: bool, reason: str = "", not_saved: str = "") -> None:
-        """Whether analysis was reused from the last identical command and, if not, why (an
-        event in the event file: the trace of a build, not a line on the terminal)."""
-        if self._events is None:
-            return
-        event: dict[str, Any] = {"type": "analysis", "cached": cached}
-        if reason:
-            event["reason"] = reason
-        if not_saved:
-            event["not_saved"] = not_saved
-        with self._lock:
-            self._events.write(json.dumps(event) + "\n")
-
     def message(self, text: str) -> None:
         with self._lock:
             if self._live is not None:

@@ -129,22 +129,17 @@ def save_analysis(path: str, recorder: DependencyRecorder, payload: bytes) -> No
     os.replace(tmp, path)
 
 
-def load_analysis(path: str, recorder: DependencyRecorder) -> tuple[bytes | None, str]:
-    """A saved analysis if nothing it read changed (its dependencies join ``recorder``), else
-    None and why not."""
+def load_analysis(path: str, recorder: DependencyRecorder) -> bytes | None:
+    """A saved analysis if nothing it read changed; its dependencies join ``recorder``."""
     try:
         with open(path, "rb") as handle:
             version, entries, payload = marshal.load(handle)
-    except FileNotFoundError:
-        return None, "no saved analysis"
-    except (OSError, ValueError, EOFError, TypeError) as exc:
-        return None, f"saved analysis unreadable ({type(exc).__name__}: {exc})"
-    if version != _VERSION:
-        return None, f"saved analysis has format {version}, not {_VERSION}"
-    if not _unchanged(entries):
-        return None, "something analysis read has changed"
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if version != _VERSION or not _unchanged(entries):
+        return None
     recorder.extend(entries)
-    return payload, ""
+    return payload
 
 
 def check_stamp(path: str) -> list[Event] | None:
