@@ -73,8 +73,9 @@ class Session:
             self.remote.close()
 
 
-def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
-    workspace = find_workspace(request.cwd, request.workspace)
+def open_session(request: BuildRequest, *, warn: Any = None, workspace: Workspace | None = None) -> Session:
+    """Open the request's workspace (``workspace``, when the command found it already)."""
+    workspace = workspace or find_workspace(request.cwd, request.workspace)
     cache_dir = os.path.abspath(request.cache_dir) if request.cache_dir else default_cache_dir()
     ruleset = RuleSet(workspace)
     index_base = uptodate.index_base(workspace.root, cache_dir)
@@ -220,9 +221,10 @@ def _unpickle_analysis(session: Session, payload: bytes) -> tuple[Analyzed | Non
     return analyzed, ""
 
 
-def build_and_stamp(request: BuildRequest, stamp: str, reporter: Reporter) -> None:
+def build_and_stamp(request: BuildRequest, stamp: str, reporter: Reporter, *,
+                    workspace: Workspace | None = None) -> None:
     """``pbuild build`` after the up-to-date check failed: build, then write a new stamp."""
-    session, _, result = build(request, reporter=reporter)
+    session, _, result = build(request, reporter=reporter, workspace=workspace)
     outputs = [os.path.join(session.workspace.root, o.path) for res in result.results.values() for o in res.outputs]
     uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events)
 
@@ -243,13 +245,14 @@ def _actions_subset(analyzed: Analyzed, files: Sequence[File]) -> list[Action]:
 
 def build(request: BuildRequest, *, reporter: Reporter | None = None,
           only_files: Callable[[Analyzed], Sequence[File]] | None = None,
-          after: Callable[[Analyzed, Executor], None] | None = None) -> tuple[Session, Analyzed, BuildResult]:
+          after: Callable[[Analyzed, Executor], None] | None = None,
+          workspace: Workspace | None = None) -> tuple[Session, Analyzed, BuildResult]:
     """Build the targets ``request.patterns`` name (or, with ``only_files``, just what produces
     the files it picks); ``after`` is called with the executor once the build succeeded (to
     prepare what a command needs of it, such as a toolchain tree). Raises BuildFailed when an
-    action failed."""
+    action failed. ``workspace`` is the request's, when the command found it already."""
     reporter = reporter or Reporter(event_file=request.event_file, quiet=request.quiet, interactive=request.interactive)
-    session = open_session(request, warn=reporter.message)
+    session = open_session(request, warn=reporter.message, workspace=workspace)
     executing = False
     try:
         analyzed = analyze_for_build(session, request, reporter)

@@ -6,13 +6,16 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, PbuildError
 from pbuild.lib.errors import UserError
 
+if TYPE_CHECKING:
+    from pbuild.engine.build import BuildRequest
+    from pbuild.engine.workspace import Workspace
+
 VERSION = "0.1.0"
-USER_UMASK = 0o022
 
 _DESCRIPTION = "pbuild: hermetic, content-hashed builds of Python programs and reproducible OCI images."
 _COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock", "push",
@@ -133,24 +136,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None = None) -> int:
     # Actions must not depend on the user's umask: the same key must give the same file modes.
     # (`pbuild run` gives the user's umask back to the program it starts.)
-    global USER_UMASK
-    USER_UMASK = os.umask(0o022)
+    user_umask = os.umask(0o022)
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0].startswith(("//", ":")):
         args_list.insert(0, "build")
     parser = make_parser()
     if args_list and args_list[0] in _LAUNCHER_COMMANDS:
         return _launcher(args_list)
-    if args_list and args_list[0] == "run" and len(args_list) > 1 and args_list[1].startswith(("oci:", "docker-archive:")):
-        return _launcher(args_list)
     passthrough: list[str] = []
     if args_list and args_list[0] == "run":
-        # Everything after the target belongs to the program (or the image launcher), verbatim:
-        # `pbuild run //app:image -- --help` must pass `--help` on, not print pbuild's help.
-        for i, arg in enumerate(args_list[1:], start=1):
-            if arg.startswith(("//", ":")):
-                args_list, passthrough = args_list[: i + 1], args_list[i + 1:]
-                break
+        from pbuild.engine.run import runs_image_from_disk, split_passthrough
+
+        if runs_image_from_disk(args_list):
+            return _launcher(args_list)
+        args_list, passthrough = split_passthrough(args_list)
     try:
         args = parser.parse_args(args_list)
         if passthrough:
@@ -161,7 +160,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command == "help" else EXIT_BAD_INPUT
     try:
-        return _dispatch(args)
+        return _dispatch(args, user_umask)
     except UserError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
@@ -187,7 +186,8 @@ def _machine_error(exc: OSError, args: argparse.Namespace) -> PbuildError | None
     return from_os_error(exc, near=(cache_dir, os.getcwd()), cache_dir=cache_dir)
 
 
-def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:
+def _request(args: argparse.Namespace, patterns: Sequence[str], workspace: Workspace | None = None) -> BuildRequest:
+    """The build request of a command's flags; ``workspace`` when the command found it already."""
     from pbuild.engine.build import BuildRequest
 
     settings = None
@@ -195,7 +195,7 @@ def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:
         from pbuild.engine.remote import resolve_remote_settings
         from pbuild.engine.workspace import find_workspace
 
-        workspace = find_workspace(os.getcwd(), args.workspace)
+        workspace = workspace or find_workspace(os.getcwd(), args.workspace)
         settings = resolve_remote_settings(args, workspace.config, _user_config())
     return BuildRequest(
         patterns=patterns,
@@ -225,7 +225,7 @@ def _user_config() -> dict[str, Any]:
         raise PbuildError(f"invalid TOML in {path}: {exc}", hint="fix or remove the user config file") from None
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, user_umask: int) -> int:
     command = args.command
     if command == "version":
         print(f"pbuild {VERSION}")
@@ -235,14 +235,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         build_command(args.patterns, cwd=os.getcwd(), workspace_dir=args.workspace, cache_dir=args.cache_dir,
                       event_file=args.build_event_json, quiet=args.quiet,
-                      make_request=lambda: _request(args, args.patterns))
+                      make_request=lambda workspace: _request(args, args.patterns, workspace))
         return 0
     if command == "run":
-        from pbuild.engine.uptodate import run_command
+        from pbuild.engine.run import RunRequest, run_command
 
-        return run_command(args.target, args.args, cwd=os.getcwd(), workspace_dir=args.workspace,
-                           cache_dir=args.cache_dir, user_umask=USER_UMASK,
-                           make_request=lambda: _request(args, [args.target]))
+        return run_command(RunRequest(
+            target=args.target, args=tuple(args.args), cwd=os.getcwd(), workspace_dir=args.workspace,
+            cache_dir=args.cache_dir, user_umask=user_umask,
+            make_build_request=lambda workspace: _request(args, [args.target], workspace)))
     if command == "test":
         from pbuild.engine.commands import run_tests
 

@@ -1,14 +1,13 @@
-"""The commands beyond ``build``: run, test, query, clean, lock, push, images."""
+"""The commands beyond ``build`` and ``run`` (engine/run.py): test, query, clean, lock, push, images."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, RunInfo
+from pbuild.engine.api import OUT_DIR, Action
 from pbuild.engine.build import (
     OUT_MARKER,
     BuildRequest,
@@ -34,22 +33,6 @@ def _image_info_type() -> Any:
     return ImageInfo
 
 
-def _run_files(analyzed: Any) -> list[File]:
-    """What running needs: RunInfo's files and the runfiles; an image's outputs; else all files."""
-    files: list[File] = []
-    image_type = _image_info_type()
-    for target in analyzed.targets.values():
-        run_info = target.get(RunInfo)
-        if run_info is not None and (image_type is None or image_type not in target):
-            info = target.get(DefaultInfo)
-            files.extend(a for a in run_info.argv if isinstance(a, File))
-            files.extend(info.runfiles if info else ())
-            files.extend(run_info.toolchain.files if run_info.toolchain else ())
-        else:
-            files.extend(target.files)
-    return files
-
-
 def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any, str, Any]:
     """Build one target; returns (session, its label, its rule's name, its providers as a Target)."""
     from pbuild.engine.build import build
@@ -60,55 +43,6 @@ def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any, str, Any]:
                           hint="use a label, not a pattern")
     label = analyzed.labels[0]
     return session, label, analyzed.rule_names[label], analyzed.targets[label]
-
-
-def run_plan(root: str, label: Any, rule_name: str, providers: Any, tree: str | None = None) -> tuple[Any, ...]:
-    """What ``pbuild run`` starts for a built target (see engine/launch.py); ``tree`` is the
-    unpacked root of its toolchain, if it has one."""
-    image_type = _image_info_type()
-    if image_type is not None and image_type in providers:
-        return ("image", os.path.join(root, providers[image_type].layout.path))
-    run_info = providers.get(RunInfo)
-    if run_info is None:
-        raise PbuildError(f"{label} (a {rule_name}) cannot be run",
-                          label=label, hint="pbuild run takes a py_binary, an image, or oci:PATH")
-    argv = [os.path.join(root, a.path) if isinstance(a, File) else a for a in run_info.argv]
-    if run_info.toolchain is not None:
-        assert tree is not None
-        return ("toolchain", argv, dict(run_info.env), run_info.keep_dashdash, root, tree,
-                str(run_info.toolchain.label))
-    return ("exec", argv, dict(run_info.env), run_info.keep_dashdash, root)
-
-
-def run_target(request: BuildRequest, target: str, extra: Sequence[str], stamp: str | None = None) -> int:
-    """``pbuild run TARGET ARGS``: build what running needs, then start it (engine/launch.py)."""
-    from pbuild.engine import cli, uptodate
-    from pbuild.engine.build import build
-    from pbuild.engine.launch import execute_plan
-
-    request.quiet = True if request.quiet is False and not sys.stderr.isatty() else request.quiet
-    trees: list[str] = []
-
-    def unpack_toolchain(analyzed: Any, executor: Any) -> None:
-        # A program on a toolchain starts on its tree: made now, and recorded in the stamp, so a
-        # no-op run never starts on a tree that was removed since.
-        for providers in analyzed.targets.values():
-            run_info = providers.get(RunInfo)
-            if run_info is not None and run_info.toolchain is not None:
-                trees.append(executor.toolchain_tree(run_info.toolchain))
-                executor.recorder.directory(trees[-1])
-
-    session, analyzed, result = build(request, only_files=_run_files, after=unpack_toolchain)
-    if len(analyzed.labels) != 1:
-        raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
-                          hint="use a label, not a pattern")
-    label = analyzed.labels[0]
-    plan = run_plan(session.workspace.root, label, analyzed.rule_names[label], analyzed.targets[label],
-                    trees[-1] if trees else None)
-    if stamp is not None:
-        outputs = [os.path.join(session.workspace.root, o.path) for res in result.results.values() for o in res.outputs]
-        uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events, extra=plan)
-    return execute_plan(plan, extra, user_umask=cli.USER_UMASK)
 
 
 def run_tests(request: BuildRequest, *, no_cache: bool) -> int:
