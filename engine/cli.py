@@ -12,14 +12,15 @@ from pbuild.engine.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, PbuildError
 from pbuild.lib.errors import UserError
 
 if TYPE_CHECKING:
+    from pbuild.engine.api import Command
     from pbuild.engine.build import BuildRequest
     from pbuild.engine.workspace import Workspace
 
 VERSION = "0.1.0"
 
 _DESCRIPTION = "pbuild: hermetic, content-hashed builds of Python programs and reproducible OCI images."
-_COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock", "push",
-             "images", "ps", "logs", "exec", "stop", "rm", "help")
+# The engine's own commands: a command line starting with one never imports the families' commands.
+_ENGINE_COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock")
 _LAUNCHER_COMMANDS = ("ps", "logs", "exec", "stop", "rm")
 
 
@@ -56,7 +57,13 @@ def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
     add_remote_flags(parser)
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(family_commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
+    """The ``pbuild`` parser: the engine's commands, the rule families' ``COMMANDS`` (all built-in
+    families' when ``family_commands`` is None), the launcher's, and ``help``."""
+    if family_commands is None:
+        from pbuild.engine.ruleset import family_commands as builtin_family_commands
+
+        family_commands = builtin_family_commands()
     parser = argparse.ArgumentParser(prog="pbuild", description=_DESCRIPTION,
                                      epilog="`pbuild PATTERN...` is short for `pbuild build PATTERN...`.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -104,14 +111,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", metavar="URL", help="Debian mirror (default: $PBUILD_DEBIAN_MIRROR, else the host's apt sources)")
     _add_common(p)
 
-    p = sub.add_parser("push", help="push an image to a registry", description="Build an image target and push it to REF.")
-    p.add_argument("target", metavar="TARGET")
-    p.add_argument("reference", metavar="REF", help="e.g. 127.0.0.1:5000/app:1.0")
-    p.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
-    _add_build_flags(p)
-
-    p = sub.add_parser("images", help="list built images", description="List images built in this workspace.")
-    _add_common(p)
+    for command in family_commands:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.configure(p)
+        if command.build_flags:
+            _add_build_flags(p)
+        else:
+            _add_common(p)
+        p.set_defaults(family_command=command)
 
     for name, text in (("ps", "list containers"), ("logs", "show a container's output"),
                        ("exec", "run a command in a running container"), ("stop", "stop a container"),
@@ -140,7 +147,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0].startswith(("//", ":")):
         args_list.insert(0, "build")
-    parser = make_parser()
     if args_list and args_list[0] in _LAUNCHER_COMMANDS:
         return _launcher(args_list)
     passthrough: list[str] = []
@@ -150,6 +156,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if runs_image_from_disk(args_list):
             return _launcher(args_list)
         args_list, passthrough = split_passthrough(args_list)
+    parser = make_parser(() if args_list and args_list[0] in _ENGINE_COMMANDS else None)
     try:
         args = parser.parse_args(args_list)
         if passthrough:
@@ -227,6 +234,12 @@ def _user_config() -> dict[str, Any]:
 
 def _dispatch(args: argparse.Namespace, user_umask: int) -> int:
     command = args.command
+    family_command: Command | None = getattr(args, "family_command", None)
+    if family_command is not None:
+        from pbuild.engine.commands import EngineCommandContext
+
+        return family_command.run(EngineCommandContext(
+            args, os.getcwd(), make_request=lambda patterns, workspace: _request(args, patterns, workspace)))
     if command == "version":
         print(f"pbuild {VERSION}")
         return 0
@@ -261,14 +274,6 @@ def _dispatch(args: argparse.Namespace, user_umask: int) -> int:
 
         return lock(workspace=args.workspace, python=args.python, tools=args.tools, debian=args.debian,
                     mirror=args.mirror)
-    if command == "push":
-        from pbuild.engine.commands import push
-
-        return push(_request(args, [args.target]), args.reference, plain_http=args.plain_http)
-    if command == "images":
-        from pbuild.engine.commands import list_images
-
-        return list_images(workspace=args.workspace)
     raise AssertionError(command)
 
 

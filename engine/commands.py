@@ -1,13 +1,15 @@
-"""The commands beyond ``build`` and ``run`` (engine/run.py): test, query, clean, lock, push, images."""
+"""The engine's commands beyond ``build`` and ``run`` (engine/run.py): test, query, clean, lock;
+and the context the rule families' commands (``COMMANDS``) run in."""
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import sys
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from pbuild.engine.api import OUT_DIR, Action
+from pbuild.engine.api import OUT_DIR, Action, BuiltTarget
 from pbuild.engine.build import (
     OUT_MARKER,
     BuildRequest,
@@ -21,28 +23,8 @@ from pbuild.engine.errors import EXIT_BUILD_FAILED, PbuildError
 from pbuild.engine.events import Reporter
 from pbuild.engine.store import LocalStore
 from pbuild.engine.toolchains import needed_files
-from pbuild.engine.workspace import find_workspace
+from pbuild.engine.workspace import Workspace, find_workspace
 from pbuild.tools.fstree import remove_tree
-
-
-def _image_info_type() -> Any:
-    try:
-        from pbuild.rules.oci.providers import ImageInfo
-    except ImportError:
-        return None
-    return ImageInfo
-
-
-def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any, str, Any]:
-    """Build one target; returns (session, its label, its rule's name, its providers as a Target)."""
-    from pbuild.engine.build import build
-
-    session, analyzed, _ = build(request)
-    if len(analyzed.labels) != 1:
-        raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
-                          hint="use a label, not a pattern")
-    label = analyzed.labels[0]
-    return session, label, analyzed.rule_names[label], analyzed.targets[label]
 
 
 def run_tests(request: BuildRequest, *, no_cache: bool) -> int:
@@ -144,47 +126,34 @@ def lock(*, workspace: str | None, python: bool, debian: bool, mirror: str | Non
     return 0
 
 
-def push(request: BuildRequest, reference: str, *, plain_http: bool) -> int:
-    session, label, _, providers = _build_one(request, request.patterns[0])
-    image_type = _image_info_type()
-    if image_type is None or image_type not in providers:
-        raise PbuildError(f"{label} is not an image", label=label,
-                          hint="pbuild push takes an image target")
-    from pbuild.rules.oci.registry import push_main
+@dataclass
+class EngineCommandContext:
+    """The engine's side of a family's command (:class:`pbuild.engine.api.CommandContext`)."""
 
-    layout = os.path.join(session.workspace.root, providers[image_type].layout.path)
-    return int(push_main(layout, reference, plain_http=plain_http, out=print))
+    args: argparse.Namespace
+    cwd: str
+    # The build request of the command's flags, for the workspace found already.
+    make_request: Callable[[Sequence[str], Workspace], BuildRequest]
+    _workspace: Workspace | None = None
 
+    def workspace(self) -> Workspace:
+        if self._workspace is None:
+            self._workspace = find_workspace(self.cwd, self.args.workspace)
+        return self._workspace
 
-def list_images(*, workspace: str | None) -> int:
-    """Images built in this workspace: every ``pbuild-out/**/digest`` beside an ``oci/`` layout."""
-    ws = find_workspace(os.getcwd(), workspace)
-    top = os.path.join(ws.root, OUT_DIR)
-    rows = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        if "digest" in filenames and os.path.isdir(os.path.join(dirpath, "oci")):
-            rel = os.path.relpath(dirpath, top)
-            package, _, name = rel.rpartition("/")
-            with open(os.path.join(dirpath, "digest"), encoding="utf-8") as handle:
-                digest = handle.read().strip()
-            size, tags = _layout_size_and_tags(os.path.join(dirpath, "oci"), digest)
-            rows.append((f"//{package}:{name}", ",".join(tags) or "<none>", digest, size))
-    print(f"{'TARGET':30} {'TAGS':30} {'DIGEST':20} SIZE")
-    for label, tag_text, digest, size in rows:
-        print(f"{label:30} {tag_text:30} {digest[:19]:20} {size / 1e6:.1f} MB")
-    return 0
+    def workspace_root(self) -> str:
+        return self.workspace().root
 
+    def build_one(self, target: str) -> BuiltTarget:
+        from pbuild.engine.build import build
 
-def _layout_size_and_tags(layout: str, digest: str) -> tuple[int, list[str]]:
-    try:
-        algo, hexd = digest.split(":", 1)
-        with open(os.path.join(layout, "blobs", algo, hexd), encoding="utf-8") as handle:
-            manifest = json.load(handle)
-        size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
-        with open(os.path.join(layout, "index.json"), encoding="utf-8") as handle:
-            index = json.load(handle)
-        tags = [m.get("annotations", {}).get("org.opencontainers.image.ref.name", "") for m in index.get("manifests", [])]
-        return size, [t for t in tags if t]
-    except (OSError, ValueError, KeyError):
-        return 0, []
+        workspace = self.workspace()
+        _, analyzed, _ = build(self.make_request([target], workspace), workspace=workspace)
+        if len(analyzed.labels) != 1:
+            raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
+                              hint="use a label, not a pattern")
+        label = analyzed.labels[0]
+        return BuiltTarget(label, analyzed.rule_names[label], analyzed.targets[label], workspace.root)
+
+    def out(self, text: str) -> None:
+        print(text)

@@ -1,7 +1,9 @@
-"""Which rule names exist: the built-in families and the workspace's plugins.
+"""Which rule names exist: the built-in families and the workspace's plugins; and which
+commands the built-in families add to ``pbuild``.
 
 Families are imported lazily: a workspace of genrules never pays for importing the image
-rules. Each family module lists its rules in a module-level ``RULES``.
+rules. Each family module lists its rules in a module-level ``RULES`` and its commands, if any,
+in ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import importlib.util
 import os
 import sys
 
-from pbuild.engine.api import GeneratorDef, RuleDef
+from pbuild.engine.api import Command, GeneratorDef, RuleDef
 from pbuild.engine.errors import Location, WorkspaceError
 from pbuild.engine.workspace import WORKSPACE_FILE, Workspace
 
@@ -24,6 +26,27 @@ BUILTIN_FAMILIES = (
 )
 
 Definition = RuleDef | GeneratorDef
+
+
+def family_commands() -> list[Command]:
+    """The commands of the built-in families (their ``COMMANDS``), in family order.
+
+    The CLI asks only when the command line is not one of the engine's own commands, so a
+    build never imports a family's command code.
+    """
+    commands: list[Command] = []
+    for module_name in BUILTIN_FAMILIES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # a family that is not part of this installation
+            raise
+        for command in getattr(module, "COMMANDS", ()):
+            if not isinstance(command, Command):
+                raise WorkspaceError(f"{module_name}: COMMANDS holds {command!r}, not a command")
+            commands.append(command)
+    return commands
 
 
 class RuleSet:

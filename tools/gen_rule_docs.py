@@ -288,6 +288,11 @@ exist, fails to import, or has no `RULES` list is reported as an error that name
 Changing a plugin invalidates the analysis of every target, so new argv or params take effect at the
 next build; an in-process function whose body changed needs a new `version`.
 
+A built-in family registers its commands the same way, in a module-level `COMMANDS` list of
+`Command` records (name, help, description, an argparse `configure` function, and `run`, which gets
+a `CommandContext` and returns the exit code): `pbuild push` and `pbuild images` are the
+`pbuild.rules.oci` family's. Workspace plugins cannot add commands yet.
+
 ### Worked example: a `stamp` rule
 
 `build_rules/stamp.py` defines two rules: `stamp` (an in-process action, and optionally a process
