@@ -275,7 +275,7 @@ class Analyzer:
         known = {}
         loaded = self.loader.package(package)
         for decl in loaded.targets.values() if loaded else ():
-            definition = self.loader.registry.lookup(decl.rule)
+            definition = self.loader.ruleset.lookup(decl.rule)
             if not isinstance(definition, RuleDef):
                 continue
             for name, spec in definition.attrs.items():
@@ -307,7 +307,7 @@ class Analyzer:
                     )
 
     def _configure(self, decl: TargetDecl) -> ConfiguredTarget:
-        definition = self.loader.registry.lookup(decl.rule)
+        definition = self.loader.ruleset.lookup(decl.rule)
         if not isinstance(definition, RuleDef):
             raise LoadError(f"{decl.rule} is a target generator, not a rule", label=decl.label)
         self._check_unique_outputs(decl, definition)
@@ -435,7 +435,7 @@ class Analyzer:
         if self._toolchain_defaults is None and TOOLCHAINS_SECTION not in self.config:
             self._toolchain_defaults = {}  # and no rule family is imported just to list the kinds
         if self._toolchain_defaults is None:
-            kinds = {d.toolchain for d in self.loader.registry.all().values()
+            kinds = {d.toolchain for d in self.loader.ruleset.all().values()
                      if isinstance(d, RuleDef) and d.toolchain}
             self._toolchain_defaults = read_defaults(self.config, self.loader.workspace.root, kinds)
         return self._toolchain_defaults

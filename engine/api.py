@@ -2,7 +2,8 @@
 
 A rule module defines rules with :func:`rule` and lists them in a module-level ``RULES`` list;
 the engine collects ``RULES`` from the built-in families and from the plugins named in
-``WORKSPACE.toml``. There is no global registry.
+``WORKSPACE.toml``. There is no global registry. A family adds commands to ``pbuild`` the same
+way: :class:`Command` records in a module-level ``COMMANDS`` list (see the end of this module).
 
 A rule implementation receives a :class:`RuleContext`, declares actions through
 ``ctx.actions`` and returns a list of providers (frozen dataclasses deriving :class:`Provider`).
@@ -20,7 +21,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pbuild.engine.errors import AnalysisError, Location, PbuildError
 from pbuild.engine.labels import Label
@@ -28,6 +29,9 @@ from pbuild.engine.workspace import BUILTIN_PACKAGE_PREFIX, package_dir
 
 if TYPE_CHECKING:
     from pbuild.lib.oci.blobstore import BlobStore
+
+if TYPE_CHECKING:
+    import argparse
 
 OUT_DIR = "pbuild-out"
 
@@ -761,3 +765,71 @@ def target_generator(
         return GeneratorDef(name, impl, dict(attrs), doc)
 
     return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands: what a rule family adds to the ``pbuild`` command line (``COMMANDS``, beside ``RULES``)
+
+
+@dataclass(frozen=True)
+class BuiltTarget:
+    """One target a command had built (:meth:`CommandContext.build_one`)."""
+
+    label: Label
+    rule_name: str
+    providers: Target
+    workspace_root: str
+
+    def path(self, file: File) -> str:
+        """The absolute path of one of the target's materialized files."""
+        return os.path.join(self.workspace_root, file.path)
+
+
+class CommandContext(Protocol):
+    """What the engine gives a family's command when it runs."""
+
+    @property
+    def args(self) -> argparse.Namespace:
+        """The command's parsed flags (those :attr:`Command.configure` added, and the engine's)."""
+        ...
+
+    @property
+    def cwd(self) -> str:
+        """The folder ``pbuild`` was started in."""
+        ...
+
+    def workspace_root(self) -> str:
+        """The workspace (``--workspace``, else found upward from :attr:`cwd`); found once."""
+        ...
+
+    def build_one(self, target: str) -> BuiltTarget:
+        """Build exactly one target with the command's build flags (a user error for a pattern
+        naming several); raises the build's error when it fails."""
+        ...
+
+    def out(self, text: str) -> None:
+        """Print one line of the command's output (stdout)."""
+        ...
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    """The configurer of a command that takes no arguments of its own."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``pbuild NAME`` command of a rule family; list it in the family's ``COMMANDS``.
+
+    ``configure`` adds the command's own arguments to its argparse parser; the engine then adds
+    ``--workspace`` and ``--cache-dir``, and with ``build_flags`` the flags of ``pbuild build``
+    (``-j``, ``-k``, ``--build-event-json``, ``-q``, the remote cache). ``run`` returns the exit
+    code; a :class:`PbuildError` it raises becomes a message and an exit code, as for any command.
+    Keep the module that defines ``COMMANDS`` light: ``run`` should import what it needs itself.
+    """
+
+    name: str
+    help: str  # one line, in the list of ``pbuild help``
+    description: str  # the head of ``pbuild NAME --help``
+    run: Callable[[CommandContext], int]
+    configure: Callable[[argparse.ArgumentParser], None] = _no_arguments
+    build_flags: bool = False

@@ -21,7 +21,7 @@ from pbuild.engine.events import Reporter
 from pbuild.engine.hashing import StatIndex
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader, ParseCache
-from pbuild.engine.registry import RuleRegistry
+from pbuild.engine.ruleset import RuleSet
 from pbuild.engine.scheduler import BuildResult, ExecOptions, Executor
 from pbuild.engine.store import LocalStore
 from pbuild.engine.toolchains import needed_files
@@ -73,16 +73,17 @@ class Session:
             self.remote.close()
 
 
-def open_session(request: BuildRequest, *, warn: Any = None) -> Session:
-    workspace = find_workspace(request.cwd, request.workspace)
+def open_session(request: BuildRequest, *, warn: Any = None, workspace: Workspace | None = None) -> Session:
+    """Open the request's workspace (``workspace``, when the command found it already)."""
+    workspace = workspace or find_workspace(request.cwd, request.workspace)
     cache_dir = os.path.abspath(request.cache_dir) if request.cache_dir else default_cache_dir()
-    registry = RuleRegistry(workspace)
+    ruleset = RuleSet(workspace)
     index_base = uptodate.index_base(workspace.root, cache_dir)
     recorder = DependencyRecorder()
     recorder.file(workspace.path(WORKSPACE_FILE))
     for plugin in workspace.plugins:
         recorder.file(workspace.path(plugin))
-    loader = Loader(workspace, registry, ParseCache(index_base + ".parse"), recorder)
+    loader = Loader(workspace, ruleset, ParseCache(index_base + ".parse"), recorder)
     analyzer = Analyzer(loader, workspace.config)
     store = LocalStore(cache_dir, memo_path=index_base + ".acmemo")
     store.remove_stale_tmp()
@@ -166,24 +167,27 @@ class Analyzed:
     rule_names: dict[Label, str]
 
 
-def analyze_for_build(session: Session, request: BuildRequest) -> Analyzed:
+def analyze_for_build(session: Session, request: BuildRequest, reporter: Reporter | None = None) -> Analyzed:
     """Analysis of the requested targets, reused from the last identical command when nothing
     analysis read (BUILD files, listed folders, files read by rules, pbuild's code) has changed.
 
     A source file's content never changes analysis, so editing a source skips straight to
-    execution; that keeps the one-file-changed rebuild of a large workspace fast.
+    execution; that keeps the one-file-changed rebuild of a large workspace fast. A saved
+    analysis that cannot be read is discarded, with a message to ``reporter``.
     """
     cache_path = uptodate.stamp_path(session.index_base, uptodate.request_text(
         request.patterns, current_package(session.workspace, request.cwd))) + ".analysis"
     recorder = session.loader.recorder
     payload = uptodate.load_analysis(cache_path, recorder)
     if payload is not None:
-        try:
-            analyzed = pickle.loads(payload)
-            if isinstance(analyzed, Analyzed):
-                return analyzed
-        except Exception:  # a cache from another pbuild version: analyze afresh
-            pass
+        analyzed, reason = _unpickle_analysis(session, payload)
+        if analyzed is not None:
+            return analyzed
+        # Its inputs are unchanged, yet it cannot be read: say so (a silent re-analysis on every
+        # build is how plugin workspaces lost their analysis cache unnoticed), then replace it.
+        uptodate.discard_stamp(cache_path)
+        if reporter is not None:
+            reporter.message(f"pbuild: {reason}; analyzing afresh")
     labels, graph = analyze(session, request.patterns, request.cwd)
     analyzed = Analyzed(
         labels=labels,
@@ -193,15 +197,34 @@ def analyze_for_build(session: Session, request: BuildRequest) -> Analyzed:
     )
     try:
         data = pickle.dumps(analyzed, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # a rule returned something unpicklable: just do not cache its analysis
+    except (pickle.PicklingError, TypeError, AttributeError):
+        # A rule returned something unpicklable (a lambda, an open file): by design its analysis
+        # is not saved, and runs again on each build that gets past the no-op check.
         return analyzed
     uptodate.save_analysis(cache_path, recorder, data)
     return analyzed
 
 
-def build_and_stamp(request: BuildRequest, stamp: str, reporter: Reporter) -> None:
+def _unpickle_analysis(session: Session, payload: bytes) -> tuple[Analyzed | None, str]:
+    """The saved analysis, or None and why it cannot be used.
+
+    Plugins are loaded first: the analysis holds their providers and in-process functions,
+    which unpickle by module name, and plugin modules exist only once loaded.
+    """
+    session.loader.ruleset.load_plugins()
+    try:
+        analyzed = pickle.loads(payload)
+    except (pickle.UnpicklingError, ImportError, AttributeError, EOFError, TypeError, ValueError) as exc:
+        return None, f"saved analysis discarded ({type(exc).__name__}: {exc})"
+    if not isinstance(analyzed, Analyzed):
+        return None, f"saved analysis discarded (it holds a {type(analyzed).__name__})"
+    return analyzed, ""
+
+
+def build_and_stamp(request: BuildRequest, stamp: str, reporter: Reporter, *,
+                    workspace: Workspace | None = None) -> None:
     """``pbuild build`` after the up-to-date check failed: build, then write a new stamp."""
-    session, _, result = build(request, reporter=reporter)
+    session, _, result = build(request, reporter=reporter, workspace=workspace)
     outputs = [os.path.join(session.workspace.root, o.path) for res in result.results.values() for o in res.outputs]
     uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events)
 
@@ -222,16 +245,17 @@ def _actions_subset(analyzed: Analyzed, files: Sequence[File]) -> list[Action]:
 
 def build(request: BuildRequest, *, reporter: Reporter | None = None,
           only_files: Callable[[Analyzed], Sequence[File]] | None = None,
-          after: Callable[[Analyzed, Executor], None] | None = None) -> tuple[Session, Analyzed, BuildResult]:
+          after: Callable[[Analyzed, Executor], None] | None = None,
+          workspace: Workspace | None = None) -> tuple[Session, Analyzed, BuildResult]:
     """Build the targets ``request.patterns`` name (or, with ``only_files``, just what produces
     the files it picks); ``after`` is called with the executor once the build succeeded (to
     prepare what a command needs of it, such as a toolchain tree). Raises BuildFailed when an
-    action failed."""
+    action failed. ``workspace`` is the request's, when the command found it already."""
     reporter = reporter or Reporter(event_file=request.event_file, quiet=request.quiet, interactive=request.interactive)
-    session = open_session(request, warn=reporter.message)
+    session = open_session(request, warn=reporter.message, workspace=workspace)
     executing = False
     try:
-        analyzed = analyze_for_build(session, request)
+        analyzed = analyze_for_build(session, request, reporter)
         executing = True
         actions = analyzed.actions if only_files is None else _actions_subset(analyzed, only_files(analyzed))
         result, executor = execute(session, actions, request, reporter=reporter)

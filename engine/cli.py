@@ -6,17 +6,21 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, PbuildError
 from pbuild.lib.errors import UserError
 
+if TYPE_CHECKING:
+    from pbuild.engine.api import Command
+    from pbuild.engine.build import BuildRequest
+    from pbuild.engine.workspace import Workspace
+
 VERSION = "0.1.0"
-USER_UMASK = 0o022
 
 _DESCRIPTION = "pbuild: hermetic, content-hashed builds of Python programs and reproducible OCI images."
-_COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock", "push",
-             "images", "ps", "logs", "exec", "stop", "rm", "help")
+# The engine's own commands: a command line starting with one never imports the families' commands.
+_ENGINE_COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock")
 _LAUNCHER_COMMANDS = ("ps", "logs", "exec", "stop", "rm")
 
 
@@ -53,7 +57,13 @@ def _add_remote_flags(parser: argparse.ArgumentParser) -> None:
     add_remote_flags(parser)
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(family_commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
+    """The ``pbuild`` parser: the engine's commands, the rule families' ``COMMANDS`` (all built-in
+    families' when ``family_commands`` is None), the launcher's, and ``help``."""
+    if family_commands is None:
+        from pbuild.engine.ruleset import family_commands as builtin_family_commands
+
+        family_commands = builtin_family_commands()
     parser = argparse.ArgumentParser(prog="pbuild", description=_DESCRIPTION,
                                      epilog="`pbuild PATTERN...` is short for `pbuild build PATTERN...`.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -101,14 +111,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", metavar="URL", help="Debian mirror (default: $PBUILD_DEBIAN_MIRROR, else the host's apt sources)")
     _add_common(p)
 
-    p = sub.add_parser("push", help="push an image to a registry", description="Build an image target and push it to REF.")
-    p.add_argument("target", metavar="TARGET")
-    p.add_argument("reference", metavar="REF", help="e.g. 127.0.0.1:5000/app:1.0")
-    p.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
-    _add_build_flags(p)
-
-    p = sub.add_parser("images", help="list built images", description="List images built in this workspace.")
-    _add_common(p)
+    for command in family_commands:
+        p = sub.add_parser(command.name, help=command.help, description=command.description)
+        command.configure(p)
+        if command.build_flags:
+            _add_build_flags(p)
+        else:
+            _add_common(p)
+        p.set_defaults(family_command=command)
 
     for name, text in (("ps", "list containers"), ("logs", "show a container's output"),
                        ("exec", "run a command in a running container"), ("stop", "stop a container"),
@@ -133,24 +143,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None = None) -> int:
     # Actions must not depend on the user's umask: the same key must give the same file modes.
     # (`pbuild run` gives the user's umask back to the program it starts.)
-    global USER_UMASK
-    USER_UMASK = os.umask(0o022)
+    user_umask = os.umask(0o022)
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0].startswith(("//", ":")):
         args_list.insert(0, "build")
-    parser = make_parser()
     if args_list and args_list[0] in _LAUNCHER_COMMANDS:
-        return _launcher(args_list)
-    if args_list and args_list[0] == "run" and len(args_list) > 1 and args_list[1].startswith(("oci:", "docker-archive:")):
         return _launcher(args_list)
     passthrough: list[str] = []
     if args_list and args_list[0] == "run":
-        # Everything after the target belongs to the program (or the image launcher), verbatim:
-        # `pbuild run //app:image -- --help` must pass `--help` on, not print pbuild's help.
-        for i, arg in enumerate(args_list[1:], start=1):
-            if arg.startswith(("//", ":")):
-                args_list, passthrough = args_list[: i + 1], args_list[i + 1:]
-                break
+        from pbuild.engine.run import runs_image_from_disk, split_passthrough
+
+        if runs_image_from_disk(args_list):
+            return _launcher(args_list)
+        args_list, passthrough = split_passthrough(args_list)
+    parser = make_parser(() if args_list and args_list[0] in _ENGINE_COMMANDS else None)
     try:
         args = parser.parse_args(args_list)
         if passthrough:
@@ -161,7 +167,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command == "help" else EXIT_BAD_INPUT
     try:
-        return _dispatch(args)
+        return _dispatch(args, user_umask)
     except UserError as exc:
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
@@ -187,7 +193,8 @@ def _machine_error(exc: OSError, args: argparse.Namespace) -> PbuildError | None
     return from_os_error(exc, near=(cache_dir, os.getcwd()), cache_dir=cache_dir)
 
 
-def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:
+def _request(args: argparse.Namespace, patterns: Sequence[str], workspace: Workspace | None = None) -> BuildRequest:
+    """The build request of a command's flags; ``workspace`` when the command found it already."""
     from pbuild.engine.build import BuildRequest
 
     settings = None
@@ -195,7 +202,7 @@ def _request(args: argparse.Namespace, patterns: Sequence[str]) -> Any:
         from pbuild.engine.remote import resolve_remote_settings
         from pbuild.engine.workspace import find_workspace
 
-        workspace = find_workspace(os.getcwd(), args.workspace)
+        workspace = workspace or find_workspace(os.getcwd(), args.workspace)
         settings = resolve_remote_settings(args, workspace.config, _user_config())
     return BuildRequest(
         patterns=patterns,
@@ -225,8 +232,14 @@ def _user_config() -> dict[str, Any]:
         raise PbuildError(f"invalid TOML in {path}: {exc}", hint="fix or remove the user config file") from None
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, user_umask: int) -> int:
     command = args.command
+    family_command: Command | None = getattr(args, "family_command", None)
+    if family_command is not None:
+        from pbuild.engine.commands import EngineCommandContext
+
+        return family_command.run(EngineCommandContext(
+            args, os.getcwd(), make_request=lambda patterns, workspace: _request(args, patterns, workspace)))
     if command == "version":
         print(f"pbuild {VERSION}")
         return 0
@@ -235,14 +248,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         build_command(args.patterns, cwd=os.getcwd(), workspace_dir=args.workspace, cache_dir=args.cache_dir,
                       event_file=args.build_event_json, quiet=args.quiet,
-                      make_request=lambda: _request(args, args.patterns))
+                      make_request=lambda workspace: _request(args, args.patterns, workspace))
         return 0
     if command == "run":
-        from pbuild.engine.uptodate import run_command
+        from pbuild.engine.run import RunRequest, run_command
 
-        return run_command(args.target, args.args, cwd=os.getcwd(), workspace_dir=args.workspace,
-                           cache_dir=args.cache_dir, user_umask=USER_UMASK,
-                           make_request=lambda: _request(args, [args.target]))
+        return run_command(RunRequest(
+            target=args.target, args=tuple(args.args), cwd=os.getcwd(), workspace_dir=args.workspace,
+            cache_dir=args.cache_dir, user_umask=user_umask,
+            make_build_request=lambda workspace: _request(args, [args.target], workspace)))
     if command == "test":
         from pbuild.engine.commands import run_tests
 
@@ -260,14 +274,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return lock(workspace=args.workspace, python=args.python, tools=args.tools, debian=args.debian,
                     mirror=args.mirror)
-    if command == "push":
-        from pbuild.engine.commands import push
-
-        return push(_request(args, [args.target]), args.reference, plain_http=args.plain_http)
-    if command == "images":
-        from pbuild.engine.commands import list_images
-
-        return list_images(workspace=args.workspace)
     raise AssertionError(command)
 
 

@@ -1,13 +1,15 @@
-"""The commands beyond ``build``: run, test, query, clean, lock, push, images."""
+"""The engine's commands beyond ``build`` and ``run`` (engine/run.py): test, query, clean, lock;
+and the context the rule families' commands (``COMMANDS``) run in."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, RunInfo
+from pbuild.engine.api import OUT_DIR, Action, BuiltTarget
 from pbuild.engine.build import (
     OUT_MARKER,
     BuildRequest,
@@ -21,93 +23,8 @@ from pbuild.engine.errors import EXIT_BUILD_FAILED, PbuildError
 from pbuild.engine.events import Reporter
 from pbuild.engine.store import LocalStore
 from pbuild.engine.toolchains import needed_files
-from pbuild.engine.workspace import find_workspace
+from pbuild.engine.workspace import Workspace, find_workspace
 from pbuild.tools.fstree import remove_tree
-
-
-def _image_info_type() -> Any:
-    try:
-        from pbuild.rules.oci.providers import ImageInfo
-    except ImportError:
-        return None
-    return ImageInfo
-
-
-def _run_files(analyzed: Any) -> list[File]:
-    """What running needs: RunInfo's files and the runfiles; an image's outputs; else all files."""
-    files: list[File] = []
-    image_type = _image_info_type()
-    for target in analyzed.targets.values():
-        run_info = target.get(RunInfo)
-        if run_info is not None and (image_type is None or image_type not in target):
-            info = target.get(DefaultInfo)
-            files.extend(a for a in run_info.argv if isinstance(a, File))
-            files.extend(info.runfiles if info else ())
-            files.extend(run_info.toolchain.files if run_info.toolchain else ())
-        else:
-            files.extend(target.files)
-    return files
-
-
-def _build_one(request: BuildRequest, target: str) -> tuple[Any, Any, str, Any]:
-    """Build one target; returns (session, its label, its rule's name, its providers as a Target)."""
-    from pbuild.engine.build import build
-
-    session, analyzed, _ = build(request)
-    if len(analyzed.labels) != 1:
-        raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
-                          hint="use a label, not a pattern")
-    label = analyzed.labels[0]
-    return session, label, analyzed.rule_names[label], analyzed.targets[label]
-
-
-def run_plan(root: str, label: Any, rule_name: str, providers: Any, tree: str | None = None) -> tuple[Any, ...]:
-    """What ``pbuild run`` starts for a built target (see engine/launch.py); ``tree`` is the
-    unpacked root of its toolchain, if it has one."""
-    image_type = _image_info_type()
-    if image_type is not None and image_type in providers:
-        return ("image", os.path.join(root, providers[image_type].layout.path))
-    run_info = providers.get(RunInfo)
-    if run_info is None:
-        raise PbuildError(f"{label} (a {rule_name}) cannot be run",
-                          label=label, hint="pbuild run takes a py_binary, an image, or oci:PATH")
-    argv = [os.path.join(root, a.path) if isinstance(a, File) else a for a in run_info.argv]
-    if run_info.toolchain is not None:
-        assert tree is not None
-        return ("toolchain", argv, dict(run_info.env), run_info.keep_dashdash, root, tree,
-                str(run_info.toolchain.label))
-    return ("exec", argv, dict(run_info.env), run_info.keep_dashdash, root)
-
-
-def run_target(request: BuildRequest, target: str, extra: Sequence[str], stamp: str | None = None) -> int:
-    """``pbuild run TARGET ARGS``: build what running needs, then start it (engine/launch.py)."""
-    from pbuild.engine import cli, uptodate
-    from pbuild.engine.build import build
-    from pbuild.engine.launch import execute_plan
-
-    request.quiet = True if request.quiet is False and not sys.stderr.isatty() else request.quiet
-    trees: list[str] = []
-
-    def unpack_toolchain(analyzed: Any, executor: Any) -> None:
-        # A program on a toolchain starts on its tree: made now, and recorded in the stamp, so a
-        # no-op run never starts on a tree that was removed since.
-        for providers in analyzed.targets.values():
-            run_info = providers.get(RunInfo)
-            if run_info is not None and run_info.toolchain is not None:
-                trees.append(executor.toolchain_tree(run_info.toolchain))
-                executor.recorder.directory(trees[-1])
-
-    session, analyzed, result = build(request, only_files=_run_files, after=unpack_toolchain)
-    if len(analyzed.labels) != 1:
-        raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
-                          hint="use a label, not a pattern")
-    label = analyzed.labels[0]
-    plan = run_plan(session.workspace.root, label, analyzed.rule_names[label], analyzed.targets[label],
-                    trees[-1] if trees else None)
-    if stamp is not None:
-        outputs = [os.path.join(session.workspace.root, o.path) for res in result.results.values() for o in res.outputs]
-        uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events, extra=plan)
-    return execute_plan(plan, extra, user_umask=cli.USER_UMASK)
 
 
 def run_tests(request: BuildRequest, *, no_cache: bool) -> int:
@@ -209,49 +126,34 @@ def lock(*, workspace: str | None, python: bool, debian: bool, mirror: str | Non
     return 0
 
 
-def push(request: BuildRequest, reference: str, *, plain_http: bool) -> int:
-    session, label, _, providers = _build_one(request, request.patterns[0])
-    image_type = _image_info_type()
-    if image_type is None or image_type not in providers:
-        raise PbuildError(f"{label} is not an image", label=label,
-                          hint="pbuild push takes an image target")
-    from pbuild.rules.oci.push import push_main
+@dataclass
+class EngineCommandContext:
+    """The engine's side of a family's command (:class:`pbuild.engine.api.CommandContext`)."""
 
-    layout = os.path.join(session.workspace.root, providers[image_type].layout.path)
-    return int(push_main(layout, reference, plain_http=plain_http, out=print))
+    args: argparse.Namespace
+    cwd: str
+    # The build request of the command's flags, for the workspace found already.
+    make_request: Callable[[Sequence[str], Workspace], BuildRequest]
+    _workspace: Workspace | None = None
 
+    def workspace(self) -> Workspace:
+        if self._workspace is None:
+            self._workspace = find_workspace(self.cwd, self.args.workspace)
+        return self._workspace
 
-def list_images(*, workspace: str | None) -> int:
-    """Images built in this workspace: every ``pbuild-out/**/digest`` beside an ``oci/`` layout."""
-    ws = find_workspace(os.getcwd(), workspace)
-    top = os.path.join(ws.root, OUT_DIR)
-    rows = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        if "digest" in filenames and os.path.isdir(os.path.join(dirpath, "oci")):
-            rel = os.path.relpath(dirpath, top)
-            package, _, name = rel.rpartition("/")
-            with open(os.path.join(dirpath, "digest"), encoding="utf-8") as handle:
-                digest = handle.read().strip()
-            size, tags = _layout_size_and_tags(os.path.join(dirpath, "oci"), digest)
-            rows.append((f"//{package}:{name}", ",".join(tags) or "<none>", digest, size))
-    print(f"{'TARGET':30} {'TAGS':30} {'DIGEST':20} SIZE")
-    for label, tag_text, digest, size in rows:
-        print(f"{label:30} {tag_text:30} {digest[:19]:20} {size / 1e6:.1f} MB")
-    return 0
+    def workspace_root(self) -> str:
+        return self.workspace().root
 
+    def build_one(self, target: str) -> BuiltTarget:
+        from pbuild.engine.build import build
 
-def _layout_size_and_tags(layout: str, digest: str) -> tuple[int, list[str]]:
-    from pbuild.lib.errors import UserError
-    from pbuild.lib.oci import layout as oci_layout
+        workspace = self.workspace()
+        _, analyzed, _ = build(self.make_request([target], workspace), workspace=workspace)
+        if len(analyzed.labels) != 1:
+            raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
+                              hint="use a label, not a pattern")
+        label = analyzed.labels[0]
+        return BuiltTarget(label, analyzed.rule_names[label], analyzed.targets[label], workspace.root)
 
-    try:
-        entries = oci_layout.read_index(layout)
-        named = [e for e in entries if e.blob.digest == digest]
-        if not named:
-            return 0, []
-        manifest = oci_layout.read_document(named[0].blob)
-        size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
-        return size, [e.ref_name for e in entries if e.ref_name]
-    except (UserError, ValueError, TypeError, AttributeError):
-        return 0, []
+    def out(self, text: str) -> None:
+        print(text)

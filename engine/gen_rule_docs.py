@@ -1,8 +1,8 @@
 """Generate ``docs/rules.md`` from the rule schemas, so the rule reference cannot drift.
 
 Run ``python -m pbuild.engine.gen_rule_docs > docs/rules.md``. The first part of the page (how to
-write a rule) is the prose below; the reference is built from every rule family the registry
-knows (``pbuild.engine.registry.BUILTIN_FAMILIES``): each rule's doc string and, for each
+write a rule) is the prose below; the reference is built from every rule family the rule set
+knows (``pbuild.engine.ruleset.BUILTIN_FAMILIES``): each rule's doc string and, for each
 attribute, its type, default, whether it is required, and its doc string.
 ``tests/unit/test_gen_rule_docs.py`` fails when the committed page differs from this output.
 """
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pbuild.engine.api import COMMON_ATTRS, Attr, GeneratorDef, RuleDef
-from pbuild.engine.registry import BUILTIN_FAMILIES
+from pbuild.engine.ruleset import BUILTIN_FAMILIES
 from pbuild.engine.toolchainconf import rule_schema
 
 # The worked example of the guide. tests/cli/test_plugins.py builds a workspace with exactly this file
@@ -287,6 +287,11 @@ without notice. A plugin's rule names must not clash with built-in ones. A plugi
 exist, fails to import, or has no `RULES` list is reported as an error that names the plugin.
 Changing a plugin invalidates the analysis of every target, so new argv or params take effect at the
 next build; an in-process function whose body changed needs a new `version`.
+
+A built-in family registers its commands the same way, in a module-level `COMMANDS` list of
+`Command` records (name, help, description, an argparse `configure` function, and `run`, which gets
+a `CommandContext` and returns the exit code): `pbuild push` and `pbuild images` are the
+`pbuild.rules.oci` family's. Workspace plugins cannot add commands yet.
 
 ### Worked example: a `stamp` rule
 

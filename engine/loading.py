@@ -15,10 +15,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pbuild.engine.api import GeneratorContext, GeneratorDef, RuleDef
+from pbuild.engine.api import GeneratorContext, GeneratorDef
 from pbuild.engine.errors import LoadError, Location
 from pbuild.engine.labels import Label, Pattern, target_name_problem
-from pbuild.engine.registry import RuleRegistry
+from pbuild.engine.ruleset import RuleSet
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.engine.workspace import ALWAYS_IGNORED, BUILD_FILE, IGNORE_FILE, Workspace, is_builtin_package
 from pbuild.lib.tomlpos import load_toml, table_positions, toml_error_location, toml_error_message
@@ -97,10 +97,10 @@ class Package:
 class Loader:
     """Reads packages on demand and caches them for one command."""
 
-    def __init__(self, workspace: Workspace, registry: RuleRegistry, parse_cache: ParseCache | None = None,
+    def __init__(self, workspace: Workspace, ruleset: RuleSet, parse_cache: ParseCache | None = None,
                  recorder: DependencyRecorder | None = None) -> None:
         self.workspace = workspace
-        self.registry = registry
+        self.ruleset = ruleset
         self.parse_cache = parse_cache or ParseCache(None)
         self.recorder = recorder or DependencyRecorder()
         self._packages: dict[str, Package | None] = {}
@@ -167,9 +167,9 @@ class Loader:
                 )
             attrs = {k: v for k, v in body.items() if k != "rule"}
             decl = TargetDecl(label, rule_name, attrs, where, attr_locations)
-            definition = self.registry.lookup(rule_name)
+            definition = self.ruleset.lookup(rule_name)
             if definition is None:
-                known = self.registry.names()
+                known = self.ruleset.names()
                 near = difflib.get_close_matches(rule_name, known, n=3)
                 raise LoadError(
                     f"unknown rule {rule_name!r}",
@@ -414,12 +414,6 @@ def _parse_build_file(path: str, build_rel: str) -> tuple[dict[str, Any], dict[s
         raise LoadError(message, location=toml_error_location(build_rel, exc), hint=hint) from None
     tables, keys = table_positions(raw.decode("utf-8"))
     return data, tables, keys
-
-
-def rule_of(registry: RuleRegistry, decl: TargetDecl) -> RuleDef:
-    definition = registry.lookup(decl.rule)
-    assert isinstance(definition, RuleDef)
-    return definition
 
 
 def _label_text(label: Label, referenced_by: Label | None) -> str:

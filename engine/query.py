@@ -36,7 +36,7 @@ class TargetGraph:
         if label in self._deps:
             return self._deps[label]
         decl = self.loader.target(label)
-        definition = self.loader.registry.lookup(decl.rule)
+        definition = self.loader.ruleset.lookup(decl.rule)
         found: list[Label] = []
         if isinstance(definition, RuleDef):
             package = self.loader.package(label.package)

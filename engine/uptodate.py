@@ -16,10 +16,14 @@ import marshal
 import os
 import sys
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.hashing import digest_bytes
+
+if TYPE_CHECKING:
+    from pbuild.engine.build import BuildRequest
+    from pbuild.engine.workspace import Workspace
 
 _VERSION = 5
 _ABSENT = (-1, -1, -1, -1)
@@ -192,26 +196,28 @@ def index_base(workspace_root: str, cache_root: str) -> str:
     return os.path.join(cache_root, "index", digest_bytes(workspace_root.encode()))
 
 
-def _command_stamp(cwd: str, workspace_dir: str | None, cache_dir: str | None,
-                   patterns: Sequence[str], extra: Iterable[str] = ()) -> str:
-    from pbuild.engine.workspace import current_package, default_cache_dir, find_workspace
+def command_stamp(workspace: Workspace, cwd: str, cache_dir: str | None, patterns: Sequence[str],
+                  extra: Iterable[str] = ()) -> str:
+    """The stamp of one command: its patterns, the package it was given in, and ``extra``."""
+    from pbuild.engine.workspace import current_package, default_cache_dir
 
-    workspace = find_workspace(cwd, workspace_dir)
     cache_root = os.path.abspath(cache_dir) if cache_dir else default_cache_dir()
     return stamp_path(index_base(workspace.root, cache_root),
                       request_text(patterns, current_package(workspace, cwd), extra))
 
 
 def build_command(request_patterns: Sequence[str], *, cwd: str, workspace_dir: str | None, cache_dir: str | None,
-                  event_file: str | None, quiet: bool, make_request: Any) -> None:
+                  event_file: str | None, quiet: bool, make_request: Callable[[Workspace], BuildRequest]) -> None:
     """``pbuild build``: replay the last identical build if nothing it depended on changed, else build.
 
     Only light modules are imported until the check fails; ``make_request`` builds the full
-    request (remote settings and all) when a real build is needed.
+    request (remote settings and all) for the workspace, found once, when a real build is needed.
     """
     from pbuild.engine.events import Reporter
+    from pbuild.engine.workspace import find_workspace
 
-    stamp = _command_stamp(cwd, workspace_dir, cache_dir, request_patterns)
+    workspace = find_workspace(cwd, workspace_dir)
+    stamp = command_stamp(workspace, cwd, cache_dir, request_patterns)
     events = check_stamp(stamp)
     reporter = Reporter(event_file=event_file, quiet=quiet)
     if events is not None:
@@ -222,19 +228,4 @@ def build_command(request_patterns: Sequence[str], *, cwd: str, workspace_dir: s
     discard_stamp(stamp)
     from pbuild.engine.build import build_and_stamp
 
-    build_and_stamp(make_request(), stamp, reporter)
-
-
-def run_command(target: str, extra: Sequence[str], *, cwd: str, workspace_dir: str | None, cache_dir: str | None,
-                user_umask: int, make_request: Any) -> int:
-    """``pbuild run``: with nothing to rebuild, start the recorded run plan at once; else build."""
-    stamp = _command_stamp(cwd, workspace_dir, cache_dir, [target], ["run"])
-    found = check_stamp_with_extra(stamp)
-    if found is not None and found[1] is not None:
-        from pbuild.engine.launch import execute_plan
-
-        return execute_plan(found[1], extra, user_umask=user_umask)
-    discard_stamp(stamp)
-    from pbuild.engine.commands import run_target
-
-    return run_target(make_request(), target, extra, stamp=stamp)
+    build_and_stamp(make_request(workspace), stamp, reporter, workspace=workspace)

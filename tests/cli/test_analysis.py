@@ -11,7 +11,7 @@ from pbuild.engine.api import DefaultInfo, File, ProcessAction
 from pbuild.engine.errors import AnalysisError, LoadError, PbuildError
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader
-from pbuild.engine.registry import RuleRegistry
+from pbuild.engine.ruleset import RuleSet
 from pbuild.engine.workspace import find_workspace
 
 from tests.support.runner import GOOD_PACKAGE, Guard, Runner, assert_user_error, write_tree
@@ -195,7 +195,7 @@ RULES = [tool, typed]
 
 def analyzer_for(root: Path) -> Analyzer:
     workspace = find_workspace(str(root))
-    return Analyzer(Loader(workspace, RuleRegistry(workspace)), workspace.config)
+    return Analyzer(Loader(workspace, RuleSet(workspace)), workspace.config)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from pbuild.engine.errors import LoadError, WorkspaceError
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader
-from pbuild.engine.registry import RuleRegistry
+from pbuild.engine.ruleset import RuleSet
 from pbuild.engine.workspace import Workspace, find_workspace
 
 from tests.support.runner import GOOD_PACKAGE, GuardedBuild, Runner, WorkspaceFactory, assert_user_error
@@ -19,7 +19,7 @@ FILEGROUP = '[{name}]\nrule = "filegroup"\nsrcs = {srcs}\n'
 
 def loader_for(root: Path) -> Loader:
     workspace = find_workspace(str(root))
-    return Loader(workspace, RuleRegistry(workspace))
+    return Loader(workspace, RuleSet(workspace))
 
 
 # -- finding the workspace ----------------------------------------------------------------------

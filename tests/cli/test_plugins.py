@@ -263,3 +263,58 @@ def test_a_directory_output_loses_files_it_no_longer_has(workspace: WorkspaceFac
     assert (root / "pbuild-out" / "p" / "u.txt").read_text().split() == [".", "./a.txt"]  # the exec root is right
     assert (root / "pbuild-out" / "p" / "lt.txt").read_text() == "a.txt\n"
     assert sorted(p.name for p in (root / "pbuild-out" / "p" / "t").iterdir()) == ["a.txt"]
+
+
+
+def count_analyses(stamp_ws: Path, calls: Path) -> dict[str, str]:
+    """Make the stamp rule's implementation log each call to ``calls``; returns the env it needs."""
+    plugin = stamp_ws / "build_rules" / "stamp.py"
+    plugin.write_text(plugin.read_text().replace(
+        "    version = ctx.attr.version\n",
+        "    version = ctx.attr.version\n"
+        "    import os\n"
+        "    with open(os.environ['STAMP_CALLS'], 'a') as log:\n"
+        "        log.write(str(ctx.label) + '\\n')\n", 1))
+    return {"STAMP_CALLS": str(calls)}
+
+
+def test_a_plugin_workspace_reuses_its_analysis(stamp_ws: Path, pbuild: Runner, tmp_path: Path) -> None:
+    """A second build that changed only a source's content reuses the saved analysis, also when
+    the plugin's rules return the plugin's own providers and in-process functions (both pickled
+    by module name): the rule implementation is not called again."""
+    calls = tmp_path / "calls"
+    env = count_analyses(stamp_ws, calls)
+    events = tmp_path / "events.json"
+    build = ("build", "//:readme", "//:notes", "--build-event-json", str(events))
+    assert pbuild(*build, cwd=stamp_ws, env=env).code == 0
+    assert sorted(calls.read_text().split()) == ["//:changes", "//:readme"]
+
+    (stamp_ws / "README.txt").write_text("new readme\n")  # content only: analysis stays valid
+    result = pbuild(*build, cwd=stamp_ws, env=env)
+    assert result.code == 0 and result.err.count("\n") == 2, str(result)  # [1/1] Stamp and the summary
+    assert statuses(events)[("//:readme", "Stamp")] == "executed"
+    assert sorted(calls.read_text().split()) == ["//:changes", "//:readme"], "the rule was analyzed again"
+
+
+def test_a_broken_saved_analysis_is_discarded_with_a_reason(stamp_ws: Path, pbuild: Runner, tmp_path: Path) -> None:
+    """A saved analysis whose inputs are unchanged but whose payload does not unpickle is analyzed
+    afresh with a message that says why (no silent fallback), and replaced."""
+    import marshal
+
+    calls = tmp_path / "calls"
+    env = count_analyses(stamp_ws, calls)
+    build = ("build", "//:readme")
+    assert pbuild(*build, cwd=stamp_ws, env=env).code == 0
+    [saved] = (pbuild.cache / "index").glob("*.analysis")
+    version, entries, _ = marshal.loads(saved.read_bytes())
+    saved.write_bytes(marshal.dumps((version, entries, b"not a pickle")))
+    (stamp_ws / "README.txt").write_text("new readme\n")  # past the no-op stamp, not the analysis
+    result = pbuild(*build, cwd=stamp_ws, env=env)
+    assert result.code == 0, str(result)
+    assert "pbuild: saved analysis discarded (UnpicklingError" in result.err, str(result)
+    assert calls.read_text().split() == ["//:readme", "//:readme"]
+
+    (stamp_ws / "README.txt").write_text("newer readme\n")
+    result = pbuild(*build, cwd=stamp_ws, env=env)
+    assert result.code == 0 and "discarded" not in result.err, str(result)
+    assert calls.read_text().split() == ["//:readme", "//:readme"]  # the replacement was reused

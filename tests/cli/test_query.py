@@ -11,7 +11,7 @@ from pbuild.engine.errors import LoadError
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader
 from pbuild.engine.query import TargetGraph, evaluate, render
-from pbuild.engine.registry import RuleRegistry
+from pbuild.engine.ruleset import RuleSet
 from pbuild.engine.workspace import find_workspace
 
 from tests.support.runner import Runner, assert_user_error, write_tree
@@ -41,7 +41,7 @@ def graph_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def query(root: Path, expr: str, cwd: Path | None = None) -> list[str]:
     workspace = find_workspace(str(root))
-    loader = Loader(workspace, RuleRegistry(workspace))
+    loader = Loader(workspace, RuleSet(workspace))
     graph = TargetGraph(loader, Analyzer(loader, workspace.config))
     return sorted(str(label) for label in evaluate(expr, graph, str(cwd or root)))
 
@@ -93,7 +93,7 @@ def test_bad_queries_are_load_errors(graph_ws: Path, expr: str, fragment: str) -
 
 def test_render_formats(graph_ws: Path) -> None:
     workspace = find_workspace(str(graph_ws))
-    loader = Loader(workspace, RuleRegistry(workspace))
+    loader = Loader(workspace, RuleSet(workspace))
     graph = TargetGraph(loader, Analyzer(loader, workspace.config))
     labels = evaluate("deps(//b:mid)", graph, str(graph_ws))
     assert render(labels, graph, "label") == "//a:lib\n//b:mid\n"

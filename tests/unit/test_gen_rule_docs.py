@@ -7,7 +7,7 @@ import sys
 
 from pbuild.engine import gen_rule_docs
 from pbuild.engine.api import COMMON_ATTRS
-from pbuild.engine.registry import RuleRegistry
+from pbuild.engine.ruleset import RuleSet
 
 from tests.support.paths import REPO
 
@@ -30,8 +30,8 @@ def test_the_command_writes_the_same_text() -> None:
 
 def test_every_rule_and_attribute_is_documented() -> None:
     text = gen_rule_docs.render()
-    registry = RuleRegistry()
-    for name, definition in registry.all().items():
+    ruleset = RuleSet()
+    for name, definition in ruleset.all().items():
         assert f"### `{name}`" in text
         assert definition.doc.split()[0] in text
         for attr_name, spec in definition.attrs.items():

@@ -1,7 +1,9 @@
-"""Which rule names exist: the built-in families and the workspace's plugins.
+"""Which rule names exist: the built-in families and the workspace's plugins; and which
+commands the built-in families add to ``pbuild``.
 
 Families are imported lazily: a workspace of genrules never pays for importing the image
-rules. Each family module lists its rules in a module-level ``RULES``.
+rules. Each family module lists its rules in a module-level ``RULES`` and its commands, if any,
+in ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import importlib.util
 import os
 import sys
 
-from pbuild.engine.api import GeneratorDef, RuleDef
+from pbuild.engine.api import Command, GeneratorDef, RuleDef
 from pbuild.engine.errors import Location, WorkspaceError
 from pbuild.engine.workspace import WORKSPACE_FILE, Workspace
 
@@ -26,21 +28,45 @@ BUILTIN_FAMILIES = (
 Definition = RuleDef | GeneratorDef
 
 
-class RuleRegistry:
+def family_commands() -> list[Command]:
+    """The commands of the built-in families (their ``COMMANDS``), in family order.
+
+    The CLI asks only when the command line is not one of the engine's own commands, so a
+    build never imports a family's command code.
+    """
+    commands: list[Command] = []
+    for module_name in BUILTIN_FAMILIES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # a family that is not part of this installation
+            raise
+        for command in getattr(module, "COMMANDS", ()):
+            if not isinstance(command, Command):
+                raise WorkspaceError(f"{module_name}: COMMANDS holds {command!r}, not a command")
+            commands.append(command)
+    return commands
+
+
+class RuleSet:
     """Maps rule names to definitions, importing rule families on first need."""
 
     def __init__(self, workspace: Workspace | None = None) -> None:
         self._rules: dict[str, Definition] = {}
         self._pending = list(BUILTIN_FAMILIES)
         self._workspace = workspace
-        self._plugins_loaded = workspace is None
+        # Each plugin's RULES and where they come from, once imported; added after the
+        # built-in families, so a clash is always blamed on the plugin.
+        self._plugins: list[tuple[object, str]] | None = None if workspace is not None else []
+        self._plugins_added = workspace is None
 
     def lookup(self, name: str) -> Definition | None:
-        while name not in self._rules and (self._pending or not self._plugins_loaded):
+        while name not in self._rules and (self._pending or not self._plugins_added):
             if self._pending:
                 self._import_family(self._pending.pop(0))
             else:
-                self._load_plugins()
+                self._add_plugins()
         return self._rules.get(name)
 
     def names(self) -> list[str]:
@@ -60,9 +86,13 @@ class RuleRegistry:
             raise
         self._add(getattr(module, "RULES", ()), module_name)
 
-    def _load_plugins(self) -> None:
-        self._plugins_loaded = True
+    def load_plugins(self) -> None:
+        """Import the workspace's plugins now (once): what they define is then importable by
+        its module name, as unpickling a saved analysis needs."""
+        if self._plugins is not None:
+            return
         assert self._workspace is not None
+        self._plugins = []
         for rel in self._workspace.plugins:
             path = self._workspace.path(rel)
             if not os.path.isfile(path):
@@ -90,7 +120,14 @@ class RuleRegistry:
                     location=Location(rel),
                     hint="end the module with RULES = [my_rule, ...]",
                 )
-            self._add(module.RULES, rel)
+            self._plugins.append((module.RULES, rel))
+
+    def _add_plugins(self) -> None:
+        self.load_plugins()
+        assert self._plugins is not None
+        self._plugins_added = True
+        for rules, rel in self._plugins:
+            self._add(rules, rel)
 
     def _add(self, rules: object, origin: str) -> None:
         for definition in rules:  # type: ignore[attr-defined]

@@ -1,0 +1,281 @@
+"""``pbuild run``, from the command line to the started program.
+
+One module owns the whole command: the run request (the target and the user's arguments, split
+from pbuild's flags), finding the workspace (once), the up-to-date fast path, the build of what
+running needs, the typed :data:`RunPlan`, and starting it (exec a program, on the host or on its
+toolchain's root, or hand an image to the launcher).
+
+Import-light on purpose: a ``pbuild run`` with nothing to rebuild goes from the stamp check
+straight to the exec, without loading the build machinery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pbuild.engine.build import Analyzed, BuildRequest
+    from pbuild.engine.scheduler import Executor
+    from pbuild.engine.workspace import Workspace
+
+# `pbuild run oci:PATH` and `docker-archive:PATH` run an image from disk: the launcher's job alone.
+DISK_IMAGE_PREFIXES = ("oci:", "docker-archive:")
+
+
+def runs_image_from_disk(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` (the command line after ``pbuild``) is ``run oci:PATH ...`` or the like."""
+    return len(argv) > 1 and argv[0] == "run" and argv[1].startswith(DISK_IMAGE_PREFIXES)
+
+
+def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``run [FLAGS] TARGET ARGS...`` -> (``run [FLAGS] TARGET``, ``ARGS``).
+
+    Everything after the target belongs to the program (or the image launcher), verbatim:
+    ``pbuild run //app:image -- --help`` must pass ``--help`` on, not print pbuild's help.
+    """
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith(("//", ":")):
+            return list(argv[: i + 1]), list(argv[i + 1:])
+    return list(argv), []
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One ``pbuild run``: what to run, with which arguments, from where, and how to build it."""
+
+    target: str
+    args: tuple[str, ...]
+    cwd: str
+    workspace_dir: str | None
+    cache_dir: str | None
+    # The umask the user started pbuild with: pbuild builds under 022, the program gets this back.
+    user_umask: int
+    # The full build request (remote settings and all), made only when a build is needed.
+    make_build_request: Callable[[Workspace], BuildRequest]
+
+
+# -- the run plan: what a built target starts as -------------------------------------------------
+
+_PLAN_FORMAT = "run-plan/1"  # in the stamp: a plan of another format is not read, the target rebuilt
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """Run the OCI layout at ``layout`` with the image launcher."""
+
+    layout: str
+
+    def to_data(self) -> tuple[Any, ...]:
+        return (_PLAN_FORMAT, "image", self.layout)
+
+
+@dataclass(frozen=True)
+class ToolchainRoot:
+    """The unpacked tree of a program's toolchain, which it starts on as ``/``."""
+
+    tree: str
+    label: str
+
+
+@dataclass(frozen=True)
+class ProgramPlan:
+    """Exec ``argv`` plus the user's arguments with ``env`` added, on the host's root or on a
+    toolchain's tree (the workspace, the working directory and pbuild-out seen at their own paths)."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    keep_dashdash: bool
+    root: str  # the workspace root
+    toolchain: ToolchainRoot | None = None
+
+    def to_data(self) -> tuple[Any, ...]:
+        tc = (self.toolchain.tree, self.toolchain.label) if self.toolchain else None
+        return (_PLAN_FORMAT, "program", list(self.argv), dict(self.env), self.keep_dashdash, self.root, tc)
+
+
+RunPlan = ImagePlan | ProgramPlan
+
+
+def plan_from_data(data: Any) -> RunPlan | None:
+    """The plan a stamp stored (:meth:`to_data`), or None if it holds none of this format."""
+    if not isinstance(data, tuple) or not data or data[0] != _PLAN_FORMAT:
+        return None
+    if data[1] == "image":
+        return ImagePlan(data[2])
+    _, _, argv, env, keep_dashdash, root, tc = data
+    return ProgramPlan(tuple(argv), tuple(sorted(env.items())), keep_dashdash, root,
+                       ToolchainRoot(*tc) if tc is not None else None)
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+def run_command(request: RunRequest) -> int:
+    """``pbuild run``: with nothing to rebuild, start the recorded run plan at once; else build
+    what running needs, record the plan in a stamp, and start it."""
+    from pbuild.engine import uptodate
+    from pbuild.engine.workspace import find_workspace
+
+    workspace = find_workspace(request.cwd, request.workspace_dir)
+    stamp = uptodate.command_stamp(workspace, request.cwd, request.cache_dir, [request.target], ["run"])
+    found = uptodate.check_stamp_with_extra(stamp)
+    plan = plan_from_data(found[1]) if found is not None else None
+    if plan is None:
+        uptodate.discard_stamp(stamp)
+        plan = build_for_run(request.make_build_request(workspace), workspace, request.target, stamp)
+    return start(plan, request.args, user_umask=request.user_umask)
+
+
+def build_for_run(build_request: BuildRequest, workspace: Workspace, target: str, stamp: str | None = None) -> RunPlan:
+    """Build what running ``target`` needs (not all its outputs), and the plan that starts it;
+    with ``stamp``, record the plan there for the next identical run."""
+    from pbuild.engine import uptodate
+    from pbuild.engine.api import RunInfo
+    from pbuild.engine.build import build
+    from pbuild.engine.errors import PbuildError
+
+    if not build_request.quiet and not sys.stderr.isatty():
+        build_request = dataclasses.replace(build_request, quiet=True)
+    trees: list[str] = []
+
+    def unpack_toolchain(analyzed: Analyzed, executor: Executor) -> None:
+        # A program on a toolchain starts on its tree: made now, and recorded in the stamp, so a
+        # no-op run never starts on a tree that was removed since.
+        for providers in analyzed.targets.values():
+            run_info = providers.get(RunInfo)
+            if run_info is not None and run_info.toolchain is not None:
+                trees.append(executor.toolchain_tree(run_info.toolchain))
+                executor.recorder.directory(trees[-1])
+
+    session, analyzed, result = build(build_request, only_files=_run_files, after=unpack_toolchain,
+                                      workspace=workspace)
+    if len(analyzed.labels) != 1:
+        raise PbuildError(f"{target} names {len(analyzed.labels)} targets; name exactly one",
+                          hint="use a label, not a pattern")
+    label = analyzed.labels[0]
+    plan = plan_for(workspace.root, label, analyzed.rule_names[label], analyzed.targets[label],
+                    trees[-1] if trees else None)
+    if stamp is not None:
+        outputs = [os.path.join(workspace.root, o.path) for res in result.results.values() for o in res.outputs]
+        uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events, extra=plan.to_data())
+    return plan
+
+
+def _image_info_type() -> Any:
+    try:
+        from pbuild.rules.oci.providers import ImageInfo
+    except ImportError:
+        return None
+    return ImageInfo
+
+
+def _run_files(analyzed: Analyzed) -> list[Any]:
+    """What running needs: RunInfo's files and the runfiles; an image's outputs; else all files."""
+    from pbuild.engine.api import DefaultInfo, File, RunInfo
+
+    files: list[File] = []
+    image_type = _image_info_type()
+    for target in analyzed.targets.values():
+        run_info = target.get(RunInfo)
+        if run_info is not None and (image_type is None or image_type not in target):
+            info = target.get(DefaultInfo)
+            files.extend(a for a in run_info.argv if isinstance(a, File))
+            files.extend(info.runfiles if info else ())
+            files.extend(run_info.toolchain.files if run_info.toolchain else ())
+        else:
+            files.extend(target.files)
+    return files
+
+
+def plan_for(root: str, label: Any, rule_name: str, providers: Any, tree: str | None = None) -> RunPlan:
+    """What ``pbuild run`` starts for a built target; ``tree`` is the unpacked root of its
+    toolchain, if it has one."""
+    from pbuild.engine.api import File, RunInfo
+    from pbuild.engine.errors import PbuildError
+
+    image_type = _image_info_type()
+    if image_type is not None and image_type in providers:
+        return ImagePlan(os.path.join(root, providers[image_type].layout.path))
+    run_info = providers.get(RunInfo)
+    if run_info is None:
+        raise PbuildError(f"{label} (a {rule_name}) cannot be run",
+                          label=label, hint="pbuild run takes a py_binary, an image, or oci:PATH")
+    argv = tuple(os.path.join(root, a.path) if isinstance(a, File) else a for a in run_info.argv)
+    toolchain = None
+    if run_info.toolchain is not None:
+        assert tree is not None
+        toolchain = ToolchainRoot(tree, str(run_info.toolchain.label))
+    return ProgramPlan(argv, tuple(sorted(run_info.env.items())), run_info.keep_dashdash, root, toolchain)
+
+
+# -- starting the plan -----------------------------------------------------------------------------
+
+def start(plan: RunPlan, extra: Sequence[str], *, user_umask: int) -> int:
+    """Start the plan with the user's arguments; returns only for images (the launcher's code)."""
+    if isinstance(plan, ImagePlan):
+        from pbuild.tools.launcher import main as launcher_main
+
+        return int(launcher_main(["run", f"oci:{plan.layout}", *extra]))
+    if plan.toolchain is not None:
+        return _exec_on_toolchain(plan, plan.toolchain, extra, user_umask=user_umask)
+    argv = [*plan.argv, *_program_args(plan, extra)]
+    env = dict(os.environ)
+    env.update(plan.env)
+    env["BUILD_WORKSPACE_DIRECTORY"] = plan.root
+    env["BUILD_WORKING_DIRECTORY"] = os.getcwd()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.umask(user_umask)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        from pbuild.engine.errors import BuildFailed
+
+        raise BuildFailed(f"cannot start {argv[0]}: {exc.strerror}",
+                          hint="check the target's interpreter ([python] interpreter in WORKSPACE.toml)") from None
+    return 0  # not reached
+
+
+def _program_args(plan: ProgramPlan, extra: Sequence[str]) -> list[str]:
+    args = list(extra)
+    if args[:1] == ["--"] and not plan.keep_dashdash:
+        args = args[1:]
+    return args
+
+
+# What a program on a toolchain finds on its PATH (the toolchain's, never the host's).
+_TOOLCHAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _exec_on_toolchain(plan: ProgramPlan, toolchain: ToolchainRoot, extra: Sequence[str], *, user_umask: int) -> int:
+    """Start the program of a toolchain plan in its root (tools/sandbox.py ``exec_on_root``)."""
+    from pbuild.engine.errors import BuildFailed
+    from pbuild.tools.sandbox import SandboxRequestError, exec_on_root
+
+    program, tree, label = plan.argv[0], toolchain.tree, toolchain.label
+    if program.startswith("/") and not os.path.lexists(tree + program):
+        raise BuildFailed(f"cannot start {program}: toolchain {label} has no such program",
+                          hint=f"add the Debian package that provides it to the packages of {label}, "
+                               "then run `./pbuild lock --debian`")
+    cwd = os.getcwd()
+    env = dict(os.environ)
+    env.update(plan.env)
+    env["PATH"] = _TOOLCHAIN_PATH
+    env["BUILD_WORKSPACE_DIRECTORY"] = plan.root
+    env["BUILD_WORKING_DIRECTORY"] = cwd
+    out = os.path.join(plan.root, "pbuild-out")
+    # pbuild-out may be a link to scratch space: its target is bound too.
+    binds = sorted({plan.root, cwd, out, os.path.realpath(out)})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.umask(user_umask)
+    try:
+        exec_on_root(tree, [*plan.argv, *_program_args(plan, extra)], env, binds=binds, cwd=cwd)
+    except SandboxRequestError as exc:
+        raise BuildFailed(f"cannot start {program} on toolchain {label}: {exc}",
+                          hint="run pbuild from a folder of the workspace, or check the toolchain target") from None
+    return 0  # not reached
