@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pbuild.engine.hashing import digest_bytes
+from pbuild.lib import atomicio
+from pbuild.lib.determinism import source_date_epoch
 
 _VERSION = 5
 _ABSENT = (-1, -1, -1, -1)
@@ -98,9 +100,9 @@ def stamp_path(index_base: str, request_text: str) -> str:
     return f"{index_base}.{digest_bytes(request_text.encode())[:16]}.stamp"
 
 
-def request_text(patterns: Sequence[str], package: str, extra: Iterable[str] = ()) -> str:
-    env = os.environ.get("SOURCE_DATE_EPOCH", "0")
-    return "\0".join([*patterns, "@" + package, "sde=" + env, sys.executable, *extra])
+def request_text(patterns: Sequence[str], package: str, epoch: int, extra: Iterable[str] = ()) -> str:
+    """What identifies one command's request: its patterns, package, build epoch and interpreter."""
+    return "\0".join([*patterns, "@" + package, f"sde={epoch}", sys.executable, *extra])
 
 
 Event = tuple[str, str, str]  # label, mnemonic, key
@@ -112,10 +114,8 @@ def write_stamp(path: str, recorder: DependencyRecorder, outputs: Iterable[str],
     entries.extend((p, FILE, _stat_key(p)) for p in _code_paths())
     entries.extend((p, FILE, _stat_key(p)) for p in outputs)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as handle:
+    with atomicio.writing(path) as handle:
         marshal.dump((_VERSION, entries, list(events), extra), handle)
-    os.replace(tmp, path)
 
 
 def save_analysis(path: str, recorder: DependencyRecorder, payload: bytes) -> None:
@@ -123,10 +123,8 @@ def save_analysis(path: str, recorder: DependencyRecorder, payload: bytes) -> No
     entries = recorder.items()
     entries.extend((p, FILE, _stat_key(p)) for p in _code_paths())
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as handle:
+    with atomicio.writing(path) as handle:
         marshal.dump((_VERSION, entries, payload), handle)
-    os.replace(tmp, path)
 
 
 def load_analysis(path: str, recorder: DependencyRecorder) -> bytes | None:
@@ -199,7 +197,7 @@ def _command_stamp(cwd: str, workspace_dir: str | None, cache_dir: str | None,
     workspace = find_workspace(cwd, workspace_dir)
     cache_root = os.path.abspath(cache_dir) if cache_dir else default_cache_dir()
     return stamp_path(index_base(workspace.root, cache_root),
-                      request_text(patterns, current_package(workspace, cwd), extra))
+                      request_text(patterns, current_package(workspace, cwd), source_date_epoch(), extra))
 
 
 def build_command(request_patterns: Sequence[str], *, cwd: str, workspace_dir: str | None, cache_dir: str | None,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.errors import Location, PbuildError
 from pbuild.engine.tomlpos import load_toml
+from pbuild.lib import atomicio
 from pbuild.lib.determinism import pretty_json
 from pbuild.rules.debian import sources
 
@@ -281,10 +282,7 @@ def lock_debian(workspace_root: str, *, mirror: str | None = None, keyring: str 
             "targets": entries,
         }
         path = lock_path(workspace_root, package)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(pretty_json(document))
-        os.replace(tmp, path)
+        atomicio.write_text(path, pretty_json(document))
 
 
 def locked_basenames(packages: Sequence[LockedPackage]) -> list[str]:

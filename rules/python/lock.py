@@ -28,6 +28,7 @@ from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from pbuild.engine.errors import Location, WorkspaceError
 from pbuild.engine.tomlpos import load_toml
+from pbuild.lib import atomicio
 from pbuild.rules.python.config import PythonTarget, read_python_target
 from pbuild.rules.python.lockfile import (
     Lock,
@@ -63,7 +64,7 @@ def lock_python(workspace_root: str) -> None:
             hint="list your top-level requirements there, one per line (e.g. numpy), then run ./pbuild lock --python",
         ) from None
     lock = resolve(requirements_in, target, requirements_path=in_path)
-    write_atomically(os.path.join(workspace_root, REQUIREMENTS_LOCK), render_lock(lock))
+    atomicio.write_text(os.path.join(workspace_root, REQUIREMENTS_LOCK), render_lock(lock), parents=True)
     print(f"pbuild: locked {len(lock.projects)} projects for {target.describe()} into {REQUIREMENTS_LOCK}",
           file=sys.stderr)
 
@@ -180,19 +181,3 @@ def read_workspace(workspace_root: str) -> dict[str, Any]:
         raise WorkspaceError(f"no WORKSPACE.toml in {workspace_root}") from None
     except tomllib.TOMLDecodeError as exc:
         raise WorkspaceError(f"WORKSPACE.toml is not valid TOML: {exc}", location=Location(path)) from None
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write beside and rename, so a crash never leaves half a lock."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -173,8 +173,9 @@ def lock_tools(workspace_root: str) -> None:
     The lock goes to the workspace's ``[python.tools.<tool>] lock`` when set, else into pbuild's
     built-in package (``<tool>-<interpreter>.lock``), each written atomically.
     """
+    from pbuild.lib import atomicio
     from pbuild.rules.python.config import read_python_target
-    from pbuild.rules.python.lock import read_workspace, resolve, write_atomically
+    from pbuild.rules.python.lock import read_workspace, resolve
     from pbuild.rules.python.lockfile import render_lock
 
     config = read_workspace(workspace_root)
@@ -197,7 +198,7 @@ def lock_tools(workspace_root: str) -> None:
                     else os.path.join(builtin_dir, builtin_lock_name(tool, target)))
         text = render_lock(lock, command=RELOCK_TOOLS, source=os.path.basename(in_path),
                            lock_name=os.path.basename(out_path))
-        write_atomically(out_path, text)
+        atomicio.write_text(out_path, text, parents=True)
         shown = source.lock or f"pbuild's built-in {os.path.basename(out_path)}"
         print(f"pbuild: locked {tool} ({len(lock.projects)} projects) for {target.describe()} into {shown}",
               file=sys.stderr)

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from typing import IO, cast
 
+from pbuild.lib import atomicio
 from pbuild.tools.launcher import dirs
 from pbuild.tools.launcher.errors import LauncherError, LayerError
 from pbuild.tools.launcher.image import Image, Layer
@@ -99,11 +100,7 @@ def _unpack(
             os.chmod(tmp, 0o755)  # the layer's own root, as any other; the store's root is the fence
             if report.skipped and notify:
                 notify(f"layer {layer.diff_id[:19]}: skipped {', '.join(report.skipped)}")
-            try:
-                os.rename(tmp, path)
-            except OSError:
-                if not os.path.isdir(path):  # anything but "another launcher was faster"
-                    raise
+            atomicio.publish_dir(tmp, path)  # False: another launcher was faster, and its copy serves
     except OSError as e:
         raise LauncherError(f"cannot unpack layer {layer.diff_id} into {path}: {e}") from None
 
