@@ -201,7 +201,7 @@ def test_bytecode_is_the_toolchains_whatever_python_runs_pbuild(python_layer: Bu
     assert others, "needs a second CPython (pyenv's 3.12 or 3.13)"
     src = tmp_path / "src/pbuild"  # pbuild's packages, as ./pbuild lays them out for its venv
     src.mkdir(parents=True)
-    for part in ("engine", "rules", "tools"):
+    for part in ("engine", "rules", "tools", "lib"):
         (src / part).symlink_to(REPO / part)
     results = {}
     for python in [sys.executable, *others]:

@@ -33,7 +33,7 @@ from pbuild.rules.python.config import PythonTarget, read_python_target
 from pbuild.rules.python.lockfile import (
     Lock,
     LockedProject,
-    LockError,
+    PythonLockError,
     inputs_digest,
     normalize_name,
     render_lock,
@@ -45,7 +45,7 @@ REQUIREMENTS_LOCK = "third_party/python/requirements.lock"
 _NO_MATCH_RE = re.compile(r"No matching distribution found for ([^\s]+)")
 
 
-class NoWheelError(LockError):
+class NoWheelError(PythonLockError):
     """A requirement has no wheel for the target platform."""
 
 
@@ -58,7 +58,7 @@ def lock_python(workspace_root: str) -> None:
         with open(in_path, encoding="utf-8") as handle:
             requirements_in = handle.read()
     except FileNotFoundError:
-        raise LockError(
+        raise PythonLockError(
             f"{REQUIREMENTS_IN} does not exist",
             location=Location(in_path),
             hint="list your top-level requirements there, one per line (e.g. numpy), then run ./pbuild lock --python",
@@ -152,7 +152,7 @@ def _hash_url(url: str) -> str:
     return digest.hexdigest()
 
 
-def _resolution_error(output: str, target: PythonTarget, requirements_path: str) -> LockError:
+def _resolution_error(output: str, target: PythonTarget, requirements_path: str) -> PythonLockError:
     lines = [line for line in output.splitlines() if "is ignored: it is neither a file nor a directory" not in line]
     match = _NO_MATCH_RE.search(output)
     if match:
@@ -164,7 +164,7 @@ def _resolution_error(output: str, target: PythonTarget, requirements_path: str)
             hint=f"pick a version of {name} that publishes such a wheel, or change [python] in WORKSPACE.toml",
         )
     tail = "\n".join(lines[-15:])
-    return LockError(
+    return PythonLockError(
         f"pip could not resolve the requirements for {target.describe()}:\n{tail}",
         location=Location(requirements_path),
         hint="fix the requirement named above; pip's index comes from your pip configuration",

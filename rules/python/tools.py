@@ -30,7 +30,7 @@ from pbuild.engine.api import DefaultInfo, Provider, RuleContext, attr, rule
 from pbuild.engine.errors import Location, WorkspaceError
 from pbuild.engine.workspace import BUILTIN_PACKAGE_PREFIX, builtin_root
 from pbuild.rules.python.config import PythonTarget
-from pbuild.rules.python.lockfile import Lock, LockError, inputs_digest, parse_lock
+from pbuild.rules.python.lockfile import Lock, PythonLockError, inputs_digest, parse_lock
 from pbuild.rules.python.providers import PyInfo
 from pbuild.rules.python.requirements import declare_locked_wheel
 
@@ -155,7 +155,7 @@ def _load_tool_lock(ctx: RuleContext, source: ToolLockSource, target: PythonTarg
     assert text is not None and requirements is not None  # ctx.fail raised otherwise
     try:
         lock = parse_lock(text, path=lock_path, relock=RELOCK_TOOLS)
-    except LockError as exc:
+    except PythonLockError as exc:
         ctx.fail(f"{lock_path}: {exc.message}", hint=f"regenerate it with {RELOCK_TOOLS}")
         raise AssertionError("unreachable") from None
     if lock.inputs_sha256 != inputs_digest(requirements):
@@ -191,7 +191,7 @@ def lock_tools(workspace_root: str) -> None:
             with open(in_path, encoding="utf-8") as handle:
                 requirements = handle.read()
         except FileNotFoundError:
-            raise LockError(f"the {tool} requirements {in_path} do not exist", location=Location(in_path),
+            raise PythonLockError(f"the {tool} requirements {in_path} do not exist", location=Location(in_path),
                             hint=f"list the tool's requirements there (e.g. {tool})") from None
         lock = resolve(requirements, target, requirements_path=in_path)
         out_path = (os.path.join(workspace_root, source.lock) if source.lock

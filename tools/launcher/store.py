@@ -19,7 +19,7 @@ from typing import IO, cast
 
 from pbuild.lib import atomicio
 from pbuild.tools.launcher import dirs
-from pbuild.tools.launcher.errors import LauncherError, LayerError
+from pbuild.tools.launcher.errors import LauncherError, RefusedLayer
 from pbuild.tools.launcher.image import Image, Layer
 
 
@@ -35,7 +35,7 @@ def store_root() -> str:
 def layer_path(root: str, diff_id: str) -> str:
     algorithm, _, hexdigest = diff_id.partition(":")
     if not hexdigest.isalnum() or not algorithm.isalnum():
-        raise LayerError(f"malformed diff_id {diff_id!r} in the image config")
+        raise RefusedLayer(f"malformed diff_id {diff_id!r} in the image config")
     return os.path.join(root, algorithm, hexdigest)
 
 
