@@ -33,6 +33,7 @@ from pbuild.engine.workspace import (
     default_cache_dir,
     find_workspace,
 )
+from pbuild.lib import atomicio
 from pbuild.lib.determinism import source_date_epoch
 
 
@@ -157,8 +158,7 @@ def mark_output_folder(out: str) -> None:
     marker = os.path.join(out, OUT_MARKER)
     if not os.path.exists(marker):
         os.makedirs(out, exist_ok=True)
-        with open(marker, "w", encoding="utf-8") as handle:
-            handle.write("pbuild's output folder: `pbuild clean` empties it.\n")
+        atomicio.write_text(marker, "pbuild's output folder: `pbuild clean` empties it.\n")
 
 
 @dataclass
