@@ -332,14 +332,16 @@ class ActionIO:
         toolchain's own programs, such as its Python compiling bytecode.
         """
         from pbuild.engine.execroot import base_env
+        from pbuild.lib.determinism import source_date_epoch
         from pbuild.tools.sandbox import SandboxRequest
         from pbuild.tools.sandbox import run_sandboxed as run
 
         tree = root or self.toolchain_root
         if tree is None:
             raise PbuildError(f"an action of {self.label} runs a program but declared no toolchain")
-        # The environment every process action starts from, as the scheduler builds it.
-        base = base_env(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+        # The environment every process action starts from, as the scheduler builds it (the same
+        # validated epoch the session read: the environment of this process is the build's).
+        base = base_env(str(source_date_epoch()))
         result = run(SandboxRequest(argv=tuple(argv), env={**base, **(env or {})}, exec_root=exec_root,
                                     writable_dirs=tuple(writable_dirs), workdir="", hide_paths=(),
                                     stdout_path=stdout_path, stderr_path=stderr_path, root=tree))

@@ -33,6 +33,8 @@ from pbuild.engine.workspace import (
     default_cache_dir,
     find_workspace,
 )
+from pbuild.lib import atomicio
+from pbuild.lib.determinism import source_date_epoch
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Session:
     index_base: str
     remote: Any = None
     sha_index: Any = None
+    # The build timestamp, read from SOURCE_DATE_EPOCH and validated once, in open_session.
+    epoch: int = 0
 
     def close(self) -> None:
         self.index.save()
@@ -75,6 +79,7 @@ class Session:
 
 def open_session(request: BuildRequest, *, warn: Any = None, workspace: Workspace | None = None) -> Session:
     """Open the request's workspace (``workspace``, when the command found it already)."""
+    epoch = source_date_epoch()  # a bad value is refused before anything is opened
     workspace = workspace or find_workspace(request.cwd, request.workspace)
     cache_dir = os.path.abspath(request.cache_dir) if request.cache_dir else default_cache_dir()
     ruleset = RuleSet(workspace)
@@ -87,7 +92,8 @@ def open_session(request: BuildRequest, *, warn: Any = None, workspace: Workspac
     analyzer = Analyzer(loader, workspace.config)
     store = LocalStore(cache_dir, memo_path=index_base + ".acmemo")
     store.remove_stale_tmp()
-    session = Session(workspace, loader, analyzer, store, StatIndex(index_base + ".stat"), cache_dir, index_base)
+    session = Session(workspace, loader, analyzer, store, StatIndex(index_base + ".stat"), cache_dir, index_base,
+                      epoch=epoch)
     settings = request.remote_settings
     if settings is not None and getattr(settings, "url", None):
         from pbuild.engine.remote import Sha256Index, open_remote
@@ -125,7 +131,7 @@ def execute(session: Session, actions: Sequence[Action], request: BuildRequest, 
     options = ExecOptions(
         jobs=max(1, request.jobs),
         keep_going=request.keep_going if keep_going is None else keep_going,
-        source_date_epoch=os.environ.get("SOURCE_DATE_EPOCH", "0"),
+        source_date_epoch=str(session.epoch),
         cache_results=cache_results,
         no_cache_mnemonics=no_cache_mnemonics,
     )
@@ -153,8 +159,7 @@ def mark_output_folder(out: str) -> None:
     marker = os.path.join(out, OUT_MARKER)
     if not os.path.exists(marker):
         os.makedirs(out, exist_ok=True)
-        with open(marker, "w", encoding="utf-8") as handle:
-            handle.write("pbuild's output folder: `pbuild clean` empties it.\n")
+        atomicio.write_text(marker, "pbuild's output folder: `pbuild clean` empties it.\n")
 
 
 @dataclass
@@ -176,7 +181,7 @@ def analyze_for_build(session: Session, request: BuildRequest, reporter: Reporte
     analysis that cannot be read is discarded, with a message to ``reporter``.
     """
     cache_path = uptodate.stamp_path(session.index_base, uptodate.request_text(
-        request.patterns, current_package(session.workspace, request.cwd))) + ".analysis"
+        request.patterns, current_package(session.workspace, request.cwd), session.epoch)) + ".analysis"
     recorder = session.loader.recorder
     payload = uptodate.load_analysis(cache_path, recorder)
     if payload is not None:

@@ -21,7 +21,11 @@ SANDBOX_EXEC_ROOT = "/execroot"  # where tools/sandbox.py mounts the exec root
 
 
 def base_env(source_date_epoch: str) -> dict[str, str]:
-    """The fixed environment every process action starts from."""
+    """The fixed environment every process action starts from.
+
+    ``source_date_epoch`` is the validated epoch (:func:`pbuild.lib.determinism.source_date_epoch`)
+    in decimal, never the raw variable: it is part of every action key.
+    """
     return {
         "PATH": SANDBOX_PATH,
         "LANG": "C.UTF-8",

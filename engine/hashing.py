@@ -15,6 +15,7 @@ import threading
 import time
 
 import xxhash
+from pbuild.lib import atomicio
 
 _CHUNK = 1 << 20
 # A file written within the filesystem's timestamp granularity (a few ms) of being indexed could
@@ -139,10 +140,8 @@ class StatIndex:
             entries = {k: v for k, v in self._entries.items() if k not in self._volatile}
             self._dirty = False
         os.makedirs(os.path.dirname(self._path), exist_ok=True)
-        tmp = f"{self._path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as handle:
+        with atomicio.writing(self._path) as handle:
             marshal.dump((_INDEX_VERSION, entries), handle)
-        os.replace(tmp, self._path)
 
 
 _FINGERPRINT: str | None = None

@@ -10,11 +10,11 @@ host tools, the host fingerprint. The same material's sha256 names the action in
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 
 from pbuild.engine.api import Action, InProcessAction, ProcessAction
 from pbuild.engine.hashing import digest_bytes, host_fingerprint
+from pbuild.lib.determinism import canonical_json
 
 # Bump when the meaning of a key changes (sandbox layout, environment, ...).
 ENGINE_KEY_VERSION = "pbuild-action-v1"
@@ -54,7 +54,7 @@ def key_material(action: Action, input_digests: Mapping[str, str], env: Mapping[
     body["base_env"] = sorted((base_env or {}).items())
     body["inputs"] = inputs
     body["outputs"] = outputs
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return canonical_json(body, ascii_only=True)
 
 
 def action_key(material: bytes) -> str:

@@ -21,6 +21,7 @@ from pbuild.engine.labels import Label, Pattern, target_name_problem
 from pbuild.engine.ruleset import RuleSet
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.engine.workspace import ALWAYS_IGNORED, BUILD_FILE, IGNORE_FILE, Workspace, is_builtin_package
+from pbuild.lib import atomicio
 from pbuild.lib.tomlpos import load_toml, table_positions, toml_error_location, toml_error_message
 
 if TYPE_CHECKING:
@@ -67,10 +68,8 @@ class ParseCache:
         if not self._path or not self._dirty:
             return
         os.makedirs(os.path.dirname(self._path), exist_ok=True)
-        tmp = f"{self._path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as handle:
+        with atomicio.writing(self._path) as handle:
             marshal.dump((_PARSE_CACHE_VERSION, self._entries), handle)
-        os.replace(tmp, self._path)
         self._dirty = False
 
 

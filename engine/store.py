@@ -29,12 +29,13 @@ import shutil
 import stat
 import threading
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pbuild.engine.hashing import digest_file
 from pbuild.lib import atomicio
+from pbuild.lib.determinism import canonical_json
 from pbuild.lib.digest import OciDigest, oci_hex
 from pbuild.lib.oci.blobstore import Fill, receive, sha256_of_file
 from pbuild.tools.fstree import remove_tree
@@ -60,16 +61,15 @@ class ActionResult:
     stdout: str | None = None  # digest of captured stdout, if any
 
     def to_json(self) -> bytes:
-        return json.dumps(
+        return canonical_json(
             {
                 "outputs": [[o.path, o.digest, o.size, o.executable] for o in self.outputs],
                 "directories": list(self.directories),
                 "exit_code": self.exit_code,
                 "stdout": self.stdout,
             },
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
+            ascii_only=True,
+        )
 
     @classmethod
     def from_json(cls, data: bytes) -> ActionResult:
@@ -139,24 +139,20 @@ class LocalStore:
             size = os.path.getsize(source)
         dest = self.blob_path(digest, executable)
         self._ensure_dir(os.path.dirname(dest))
-        with _temp_beside(dest) as tmp:
+        with atomicio.temp_beside(dest) as tmp:
             if move:
-                os.replace(source, tmp)
+                os.rename(source, tmp)  # atomicio-exempt: a consumed source moves to the temp name
             else:
                 shutil.copyfile(source, tmp)
             os.chmod(tmp, blob_mode(executable))
-            os.replace(tmp, dest)
+            atomicio.publish_file(tmp, dest)
         return digest, size
 
     def put_bytes(self, data: bytes, digest: str) -> str:
         dest = self.blob_path(digest)
         if not os.path.exists(dest):
             self._ensure_dir(os.path.dirname(dest))
-            with _temp_beside(dest) as tmp:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                os.chmod(tmp, blob_mode(False))
-                os.replace(tmp, dest)
+            atomicio.write_bytes(dest, data, mode=blob_mode(False))
         return dest
 
     def verify_blob(self, digest: str, executable: bool = False) -> bool:
@@ -228,20 +224,15 @@ class LocalStore:
         if not self._memo_path or not self._memo_dirty or self._memo is None:
             return
         os.makedirs(os.path.dirname(self._memo_path), exist_ok=True)
-        with _temp_beside(self._memo_path) as tmp:
-            with open(tmp, "wb") as handle:
-                marshal.dump(self._memo, handle)
-            os.replace(tmp, self._memo_path)
+        with atomicio.writing(self._memo_path) as handle:
+            marshal.dump(self._memo, handle)
         self._memo_dirty = False
 
     def put_action(self, key: str, result: ActionResult) -> None:
         dest = self._ac_path(key)
         self._ensure_dir(os.path.dirname(dest))
         data = result.to_json()
-        with _temp_beside(dest) as tmp:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, dest)
+        atomicio.write_bytes(dest, data)
         if self._memo_path:
             memo = self._load_memo()
             with self._lock:
@@ -305,6 +296,10 @@ class OciBlobs:
             with open(entry, encoding="ascii") as handle:
                 cas_digest = handle.read().strip()
         except (OSError, UnicodeDecodeError):
+            return None
+        if not _is_content_digest(cas_digest):  # it becomes a path: a damaged map must not point out
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry)
             return None
         path = self.store.blob_path(cas_digest)
         try:
@@ -379,31 +374,19 @@ def materialize(store: LocalStore, record: OutputRecord, dest: str) -> None:
     blob = store.blob_path(record.digest, record.executable)
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
-    with _temp_beside(dest) as tmp:
+    with atomicio.temp_beside(dest) as tmp:
         try:
             os.link(blob, tmp)
         except OSError:
             shutil.copyfile(blob, tmp)
             os.chmod(tmp, 0o555 if record.executable else 0o444)
         try:
-            os.replace(tmp, dest)
+            atomicio.publish_file(tmp, dest)
         except IsADirectoryError:
             remove_tree(dest)
-            os.replace(tmp, dest)
+            atomicio.publish_file(tmp, dest)
 
 
-@contextlib.contextmanager
-def _temp_beside(dest: str) -> Iterator[str]:
-    """A temp name beside ``dest`` to write and rename into place; removed again if that fails
-    (a full disk, a crash of the writer), so no half-written file is left behind."""
-    tmp = f"{dest}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        yield tmp
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    # Renaming a hard link onto another link of the same file does nothing and succeeds (POSIX),
-    # leaving the temp name: two builds materializing one blob at once hit exactly that.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+def _is_content_digest(text: str) -> bool:
+    """``text`` is 32 lowercase hex characters (an xxh3-128 CAS name)."""
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)

@@ -7,7 +7,7 @@ values the action keys hold. A tree is made like a CAS entry:
 - concurrency-safe: one ``flock`` per digest (``<digest>.lock``) serializes pbuild processes and
   the threads of one process (each thread opens the lock file itself, and flock locks belong to
   the open file, so they exclude each other too); the winner unpacks, the others find it done;
-- crash- and ENOSPC-safe: unpacked into ``<digest>.tmp-<pid>-<n>/`` beside, renamed into place
+- crash- and ENOSPC-safe: unpacked into ``<digest>.<12 hex>.tmp/`` beside, renamed into place
   when complete. A tree name exists only for a complete tree; a temp dir is never used, and is
   removed by whoever next holds its digest's lock (or finds that lock free);
 - verified: the blobs given here are CAS blobs the scheduler checked against their digests, and
@@ -21,7 +21,6 @@ launcher would run it.
 from __future__ import annotations
 
 import fcntl
-import itertools
 import json
 import os
 import threading
@@ -32,11 +31,10 @@ from typing import IO, cast
 from pbuild.engine.api import Action, File
 from pbuild.engine.errors import BuildFailed
 from pbuild.engine.hashing import digest_bytes
+from pbuild.lib import atomicio
 from pbuild.tools.fstree import remove_tree
 
 TREES_DIR = "toolchains"
-_TMP_MARK = ".tmp-"
-_counter = itertools.count()
 
 
 def needed_files(action: Action) -> tuple[File, ...]:
@@ -84,12 +82,12 @@ class ToolchainTrees:
         with _locked(os.path.join(self.top, digest + ".lock")):
             if not os.path.isdir(path):
                 _remove_temps(self.top, digest)  # a crashed unpacker's leftovers: never reused
-                tmp = os.path.join(self.top, f"{digest}{_TMP_MARK}{os.getpid()}-{next(_counter)}")
+                tmp = atomicio.temp_name(path)
                 os.mkdir(tmp, 0o700)
                 try:
                     root = _unpack(layers() if callable(layers) else layers, tmp, label)
                     os.chmod(root, 0o755)
-                    os.rename(root, path)
+                    atomicio.publish_dir(root, path)  # always wins: the lock keeps out other unpackers
                 finally:
                     remove_tree(tmp, ignore_errors=True)
         with self._guard:
@@ -106,7 +104,7 @@ class ToolchainTrees:
             names = os.listdir(self.top)
         except OSError:
             return
-        for digest in {n.split(_TMP_MARK, 1)[0] for n in names if _TMP_MARK in n}:
+        for digest in {d for d in map(atomicio.temp_target, names) if d is not None}:
             lock = _try_lock(os.path.join(self.top, digest + ".lock"))
             if lock is None:
                 continue  # being unpacked right now
@@ -191,11 +189,10 @@ def _try_lock(path: str) -> int | None:
 
 def _remove_temps(top: str, digest: str) -> None:
     """Remove every temp tree of ``digest``; call only while holding its lock."""
-    prefix = digest + _TMP_MARK
     try:
         names = os.listdir(top)
     except OSError:
         return
     for name in names:
-        if name.startswith(prefix):
+        if atomicio.temp_target(name) == digest:
             remove_tree(os.path.join(top, name), ignore_errors=True)

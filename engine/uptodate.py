@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.hashing import digest_bytes
+from pbuild.lib import atomicio
+from pbuild.lib.determinism import source_date_epoch
 
 if TYPE_CHECKING:
     from pbuild.engine.build import BuildRequest
@@ -102,9 +104,9 @@ def stamp_path(index_base: str, request_text: str) -> str:
     return f"{index_base}.{digest_bytes(request_text.encode())[:16]}.stamp"
 
 
-def request_text(patterns: Sequence[str], package: str, extra: Iterable[str] = ()) -> str:
-    env = os.environ.get("SOURCE_DATE_EPOCH", "0")
-    return "\0".join([*patterns, "@" + package, "sde=" + env, sys.executable, *extra])
+def request_text(patterns: Sequence[str], package: str, epoch: int, extra: Iterable[str] = ()) -> str:
+    """What identifies one command's request: its patterns, package, build epoch and interpreter."""
+    return "\0".join([*patterns, "@" + package, f"sde={epoch}", sys.executable, *extra])
 
 
 Event = tuple[str, str, str]  # label, mnemonic, key
@@ -116,10 +118,8 @@ def write_stamp(path: str, recorder: DependencyRecorder, outputs: Iterable[str],
     entries.extend((p, FILE, _stat_key(p)) for p in _code_paths())
     entries.extend((p, FILE, _stat_key(p)) for p in outputs)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as handle:
+    with atomicio.writing(path) as handle:
         marshal.dump((_VERSION, entries, list(events), extra), handle)
-    os.replace(tmp, path)
 
 
 def save_analysis(path: str, recorder: DependencyRecorder, payload: bytes) -> None:
@@ -127,10 +127,8 @@ def save_analysis(path: str, recorder: DependencyRecorder, payload: bytes) -> No
     entries = recorder.items()
     entries.extend((p, FILE, _stat_key(p)) for p in _code_paths())
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as handle:
+    with atomicio.writing(path) as handle:
         marshal.dump((_VERSION, entries, payload), handle)
-    os.replace(tmp, path)
 
 
 def load_analysis(path: str, recorder: DependencyRecorder) -> bytes | None:
@@ -203,7 +201,7 @@ def command_stamp(workspace: Workspace, cwd: str, cache_dir: str | None, pattern
 
     cache_root = os.path.abspath(cache_dir) if cache_dir else default_cache_dir()
     return stamp_path(index_base(workspace.root, cache_root),
-                      request_text(patterns, current_package(workspace, cwd), extra))
+                      request_text(patterns, current_package(workspace, cwd), source_date_epoch(), extra))
 
 
 def build_command(request_patterns: Sequence[str], *, cwd: str, workspace_dir: str | None, cache_dir: str | None,

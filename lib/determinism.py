@@ -7,15 +7,19 @@ PAX atime/ctime; JSON is canonical; gzip headers carry mtime 0 and no file name.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-import tarfile
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from pbuild.lib.errors import UserError
+
+# json and tarfile are imported where used: the epoch is read on pbuild's start-up path (the
+# up-to-date check), where importing tarfile alone would cost more than that whole check.
+
+#: tarfile.REGTYPE, the type of a regular file's header.
+_REGTYPE = b"0"
 
 #: Size of one tar block; headers and data are padded to it.
 BLOCK = 512
@@ -46,6 +50,20 @@ def source_date_epoch(environ: Mapping[str, str] | None = None) -> int:
     return value
 
 
+#: 1980-01-01T00:00:00Z, the earliest time a zip entry can carry (its MS-DOS date field counts
+#: years from 1980; zipfile refuses earlier times).
+ZIP_EPOCH_FLOOR = 315532800
+
+
+def zip_epoch(epoch: int) -> int:
+    """The timestamp of a zip (a PEX, a wheel) built at ``epoch``: ``epoch``, but not before 1980.
+
+    The default epoch 0 cannot be written in a zip, so zips use 1980-01-01 instead, the time
+    pex and wheel themselves stamp reproducible archives with.
+    """
+    return max(epoch, ZIP_EPOCH_FLOOR)
+
+
 def rfc3339(epoch: int) -> str:
     """``epoch`` as the UTC RFC 3339 timestamp OCI configs use (``1970-01-01T00:00:00Z``)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
@@ -62,13 +80,22 @@ def normalize_mode(mode: int, *, is_dir: bool = False) -> int:
     return EXEC_MODE if mode & stat.S_IXUSR else FILE_MODE
 
 
-def canonical_json(value: Any) -> bytes:
-    """Canonical JSON bytes: sorted keys, no insignificant whitespace, UTF-8, no trailing newline."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def canonical_json(value: Any, *, ascii_only: bool = False) -> bytes:
+    """Canonical JSON bytes: sorted keys, no insignificant whitespace, UTF-8, no trailing newline.
+
+    ``ascii_only`` writes non-ASCII characters as ``\\uXXXX`` escapes. Action keys and action-cache
+    entries were defined that way before this module existed; writing their bytes otherwise would
+    change the key of every action with a non-ASCII path or argument, so they keep it.
+    """
+    import json
+
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only).encode("utf-8")
 
 
 def pretty_json(value: Any) -> str:
     """Stable human-readable JSON (sorted keys, 2-space indent, trailing newline) for lock files."""
+    import json
+
     return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -87,10 +114,12 @@ def tar_header(
     Only the fields below vary; owner is 0:0 with empty names and no atime/ctime is written.
     """
     name_bytes, link_bytes = name.encode("utf-8", "surrogateescape"), linkname.encode("utf-8", "surrogateescape")
-    size = size if kind == tarfile.REGTYPE else 0
+    size = size if kind == _REGTYPE else 0
     if (len(name_bytes) <= 100 and len(link_bytes) <= 100 and name_bytes.isascii() and link_bytes.isascii()
             and 0 <= mtime < 8**11 and size < 8**11):
         return _ustar_header(name_bytes, kind, mode, size, link_bytes, mtime)
+    import tarfile
+
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode

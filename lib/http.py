@@ -58,7 +58,7 @@ class ConnectionLost(ExchangeError):
     """The server closed or reset the connection."""
 
 
-class TimedOut(ExchangeError):
+class ExchangeTimedOut(ExchangeError):
     """The server did not answer within the timeout."""
 
 
@@ -79,7 +79,7 @@ def _classify(exc: BaseException, phase: str) -> ExchangeError | None:
     if isinstance(exc, ssl.SSLError):
         return TlsFailed(exc, phase=phase)
     if isinstance(exc, TimeoutError):
-        return TimedOut(exc, phase=phase)
+        return ExchangeTimedOut(exc, phase=phase)
     if isinstance(exc, OSError | http.client.HTTPException):
         return Unreachable(exc, phase=phase)
     return None

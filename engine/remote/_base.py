@@ -23,7 +23,6 @@ bytes without asking, overwriting the damaged copy on servers that replace on wr
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
 import posixpath
@@ -39,6 +38,7 @@ from typing import TypeVar
 from pbuild.engine.remote import RemoteActionResult, RemoteOutput, RemoteSettings, RemoteStats
 from pbuild.engine.remote._index import KnownPresent, sha256_file
 from pbuild.engine.remote._wire import ActionResult, Digest, OutputFile, WireError
+from pbuild.lib import atomicio
 
 MAX_CONSECUTIVE_FAILURES = 3
 MAX_DAMAGE_WARNINGS = 5
@@ -404,16 +404,9 @@ class RemoteBase:
         """Stream a blob into a temporary file beside ``dest_path``, check it, rename it.
 
         Downloads are many and small (one per output), so this avoids every avoidable system
-        call: the directory is created only when missing, the file is written unbuffered.
+        call: the directory is created only when missing.
         """
-        tmp = f"{dest_path}.part-{os.getpid()}-{threading.get_ident()}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(tmp, flags, 0o644)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(dest_path) or ".", exist_ok=True)
-            fd = os.open(tmp, flags, 0o644)
-        try:
+        with atomicio.writing(dest_path, parents=True) as handle:
             digest = hashlib.sha256()
             received = 0
 
@@ -423,23 +416,13 @@ class RemoteBase:
                 if received > size:
                     raise Corrupt(f"server sent more than the expected {size} bytes")
                 digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+                handle.write(chunk)
 
-            try:
-                produce(sink)
-            finally:
-                os.close(fd)
+            produce(sink)
             if received != size:
                 raise Corrupt(f"truncated download: {received} of {size} bytes")
             if digest.hexdigest() != sha256:
                 raise Corrupt(f"wrong content: the bytes received hash to {digest.hexdigest()[:12]}…")
-            os.replace(tmp, dest_path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
 
     @staticmethod
     def _chunks(path: str, chunk_size: int) -> Iterable[bytes]:

@@ -66,7 +66,7 @@ class HttpRemoteCache(RemoteBase):
             headers["Content-Type"] = "application/octet-stream"
         try:
             resp = http.exchange(self._pool, method, path, headers=headers, body=body, body_path=body_path, sink=sink)
-        except http.TimedOut as exc:
+        except http.ExchangeTimedOut as exc:
             what = "no answer" if exc.phase == "request" else "body not received"
             raise TimedOut(f"{what} within {self.settings.timeout_s:g}s") from None
         except http.ConnectionLost as exc:

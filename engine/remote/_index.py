@@ -15,6 +15,8 @@ import re
 import threading
 import time
 
+from pbuild.lib import atomicio
+
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _COMPACT_FACTOR = 4  # rewrite a log when it holds this many times more lines than live records
@@ -54,10 +56,7 @@ def _append(path: str, lines: list[str]) -> None:
 
 
 def _rewrite(path: str, lines: list[str]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write("".join(lines))
-    os.replace(tmp, path)
+    atomicio.write_bytes(path, "".join(lines).encode("ascii"))
 
 
 class Sha256Index:

@@ -93,5 +93,5 @@ class DirectoryBlobStore:
         with atomicio.temp_beside(dest) as tmp:
             receive(tmp, digest, size, fill)
             os.chmod(tmp, 0o444)
-            os.replace(tmp, dest)
+            atomicio.publish_file(tmp, dest)
         return dest

@@ -342,7 +342,7 @@ def _place(source: BlobFile, dest: str) -> None:
     with atomicio.temp_beside(dest) as tmp:
         shutil.copyfile(source.path, tmp)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
+        atomicio.publish_file(tmp, dest)
 
 
 def write_layout(out_dir: str, top: Descriptor, *, documents: Mapping[OciDigest, bytes] | None = None,
@@ -370,13 +370,9 @@ def publish_layout(dest: str, top: Descriptor, *, documents: Mapping[OciDigest, 
     tmp = atomicio.temp_name(os.path.abspath(dest))
     try:
         write_layout(tmp, top, documents=documents, files=files, tags=tags)
-        if os.path.lexists(dest):
-            old = atomicio.temp_name(os.path.abspath(dest))
-            os.rename(dest, old)
-            os.rename(tmp, dest)
+        old = atomicio.replace_dir(tmp, dest)
+        if old is not None:
             shutil.rmtree(old, ignore_errors=True)  # our own folders: plain rmtree suffices
-        else:
-            os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.errors import Location, PbuildError
+from pbuild.lib import atomicio
 from pbuild.lib.determinism import pretty_json
 from pbuild.lib.tomlpos import load_toml
 from pbuild.rules.debian import sources
@@ -35,7 +36,7 @@ KEYRING_ENV = "PBUILD_DEBIAN_KEYRING"
 _SKIP_DIRS = {".git", ".venv", "pbuild-out", "node_modules", "__pycache__"}
 
 
-class LockError(PbuildError):
+class DebianLockError(PbuildError):
     """A missing, unreadable or out-of-date Debian lock."""
 
 
@@ -107,7 +108,7 @@ def lock_path(workspace_root: str, package: str) -> str:
 
 def read_locked_target(workspace_root: str, package: str, name: str, request: Request,
                        *, location: Location | None = None, label: object = None) -> LockedTarget:
-    """The lock entry of target ``name``; a missing or stale lock is a :class:`LockError` naming the fix."""
+    """The lock entry of target ``name``; a missing or stale lock is a :class:`DebianLockError` naming the fix."""
     path = lock_path(workspace_root, package)
     rel = os.path.join(package, LOCK_NAME) if package else LOCK_NAME
     fix = "run `./pbuild lock --debian` and commit " + rel
@@ -115,19 +116,19 @@ def read_locked_target(workspace_root: str, package: str, name: str, request: Re
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
-        raise LockError(f"no Debian lock {rel}", location=location, label=label, hint=fix) from None
+        raise DebianLockError(f"no Debian lock {rel}", location=location, label=label, hint=fix) from None
     except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested absurdly deep
-        raise LockError(f"cannot read the Debian lock {rel}: {exc}", location=location, label=label, hint=fix) from None
+        raise DebianLockError(f"cannot read the Debian lock {rel}: {exc}", location=location, label=label, hint=fix) from None
     if not isinstance(data, dict):
-        raise LockError(f"{rel} is not a Debian lock (not a JSON object)", location=location, label=label, hint=fix)
+        raise DebianLockError(f"{rel} is not a Debian lock (not a JSON object)", location=location, label=label, hint=fix)
     if data.get("version") != LOCK_VERSION:
-        raise LockError(f"{rel} has lock format version {data.get('version')!r}, expected {LOCK_VERSION}",
+        raise DebianLockError(f"{rel} has lock format version {data.get('version')!r}, expected {LOCK_VERSION}",
                         location=location, label=label, hint=fix)
     entry = data.get("targets", {}).get(name)
     if entry is None:
-        raise LockError(f"{rel} has no entry for target {name!r}", location=location, label=label, hint=fix)
+        raise DebianLockError(f"{rel} has no entry for target {name!r}", location=location, label=label, hint=fix)
     if entry.get("request") != request.to_json():
-        raise LockError(
+        raise DebianLockError(
             f"{rel} is out of date with the package list of {name!r}: locked for "
             f"{json.dumps(entry.get('request'), sort_keys=True)}, the target asks for "
             f"{json.dumps(request.to_json(), sort_keys=True)}",
@@ -183,7 +184,7 @@ def find_targets(workspace_root: str) -> dict[str, dict[str, Request]]:
             with open(build, "rb") as handle:
                 tables = load_toml(handle.read())
         except tomllib.TOMLDecodeError as exc:
-            raise LockError(f"{build}: {exc}", hint="fix the TOML syntax") from None
+            raise DebianLockError(f"{build}: {exc}", hint="fix the TOML syntax") from None
         for name, table in tables.items():
             if isinstance(table, dict) and table.get("rule") == RULE_NAME:
                 found.setdefault(package, {})[name] = request_from_attrs(table)
@@ -265,13 +266,13 @@ def lock_debian(workspace_root: str, *, mirror: str | None = None, keyring: str 
     stream = out or sys.stderr
     targets = find_targets(workspace_root)
     if not targets:
-        raise LockError("no deb_packages targets in this workspace", hint="declare one in a BUILD.toml first")
+        raise DebianLockError("no deb_packages targets in this workspace", hint="declare one in a BUILD.toml first")
     cache = _IndexCache(mirror, keyring or os.environ.get(KEYRING_ENV) or None)
     for package, requests in sorted(targets.items()):
         entries = {}
         for name, request in sorted(requests.items()):
             if not request.packages:
-                raise LockError(f"//{package}:{name} lists no packages", hint="set packages = [...]")
+                raise DebianLockError(f"//{package}:{name} lists no packages", hint="set packages = [...]")
             entries[name] = lock_target(request, cache, context=f"//{package}:{name}")
             print(f"locked //{package}:{name}: {len(entries[name]['packages'])} packages", file=stream)
         document = {
@@ -281,10 +282,7 @@ def lock_debian(workspace_root: str, *, mirror: str | None = None, keyring: str 
             "targets": entries,
         }
         path = lock_path(workspace_root, package)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(pretty_json(document))
-        os.replace(tmp, path)
+        atomicio.write_text(path, pretty_json(document))
 
 
 def locked_basenames(packages: Sequence[LockedPackage]) -> list[str]:

@@ -18,7 +18,13 @@ from pbuild.lib import determinism
 from pbuild.lib.oci.errors import LayoutError
 from pbuild.rules.oci import layout, pyc
 from pbuild.rules.oci.isolate import run_isolated
-from pbuild.rules.oci.layerwriter import LayerDigests, LayerEntry, LayerError, entries_from_tree, write_layer
+from pbuild.rules.oci.layerwriter import (
+    LayerDigests,
+    LayerEntriesError,
+    LayerEntry,
+    entries_from_tree,
+    write_layer,
+)
 
 
 def _write(io: ActionIO, params: Mapping[str, Any], entries: list[LayerEntry]) -> None:
@@ -49,7 +55,7 @@ def write_file_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
     if modes:
         unknown = sorted(set(modes) - {e.path.strip("/") for e in entries})
         if unknown:
-            raise LayerError(f"modes names paths that are not in the layer: {', '.join('/' + u for u in unknown)}",
+            raise LayerEntriesError(f"modes names paths that are not in the layer: {', '.join('/' + u for u in unknown)}",
                              hint="keys of modes are destinations inside the image")
         entries = [LayerEntry(e.path, e.kind, modes.get(e.path.strip("/"), e.mode), e.source, e.data, e.target, e.origin)
                    for e in entries]

@@ -39,8 +39,12 @@ MEDIA_TYPES = {
 _KINDS = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}
 
 
-class LayerError(PbuildError):
-    """Layer entries that cannot form one tar (two entries at one path, a path escaping the root)."""
+class LayerEntriesError(PbuildError):
+    """Layer entries that cannot form one tar (two entries at one path, a path escaping the root).
+
+    A fault of the layer being built; a built layer the launcher will not unpack is its
+    :class:`~pbuild.tools.launcher.errors.RefusedLayer`.
+    """
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ def clean_path(path: str, *, origin: str = "") -> str:
     parts = [p for p in stripped.split("/") if p not in ("", ".")]
     if ".." in parts:
         where = f" (from {origin})" if origin else ""
-        raise LayerError(
+        raise LayerEntriesError(
             f"destination {path!r}{where} escapes the image root",
             hint="destinations are paths inside the image; remove '..' components",
         )
@@ -124,7 +128,7 @@ def merge_entries(entries: Iterable[LayerEntry], *, add_parents: bool = True) ->
             continue
         by_path[path] = entry
     if conflicts:
-        raise LayerError(
+        raise LayerEntriesError(
             "two layer entries at one path:\n    " + "\n    ".join(sorted(conflicts)),
             hint="give each file one destination (change a prefix, or drop one of the sources)",
         )
@@ -135,7 +139,7 @@ def merge_entries(entries: Iterable[LayerEntry], *, add_parents: bool = True) ->
                 by_path[parent] = LayerEntry(parent, "dir", determinism.DIR_MODE, origin="parent directory")
                 parent = posixpath.dirname(parent)
             if parent and by_path[parent].kind != "dir":
-                raise LayerError(
+                raise LayerEntriesError(
                     f"/{path} lies below /{parent}, which is a {by_path[parent].kind}, not a directory",
                     hint="a path cannot be both a file and a directory",
                 )
@@ -167,7 +171,7 @@ def entries_from_tree(root: str, *, prefix: str = "", origin: str = "") -> list[
                 mode = determinism.normalize_mode(st.st_mode)
                 out.append(LayerEntry(dest, "file", mode, source=host, origin=where))
             else:
-                raise LayerError(f"{host} is neither a file, a directory nor a symlink", hint="layers hold only those")
+                raise LayerEntriesError(f"{host} is neither a file, a directory nor a symlink", hint="layers hold only those")
         dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
     return out
 
@@ -257,7 +261,7 @@ def write_layer(
     caller did it. ``jobs`` is the number of compression threads; it never changes the bytes.
     """
     if compression not in MEDIA_TYPES:
-        raise LayerError(f"unknown compression {compression!r}", hint="use one of: none, gzip, zstd")
+        raise LayerEntriesError(f"unknown compression {compression!r}", hint="use one of: none, gzip, zstd")
     members = list(entries) if merged else merge_entries(entries)
     pieces = tar_stream(members, mtime=mtime)
     if compression == "gzip":

@@ -11,6 +11,12 @@ pulled base) bytecode is written as before pbuild had toolchains, by the running
 and only when it has the image interpreter's ``X.Y``; otherwise none is written and Python
 compiles in memory at import time. That output depends on the host: :func:`host_bytecode_key`
 puts the host interpreter's identity into the action key.
+
+This is the one compiler of layer entries: the image's own modules and wheels, and the Debian
+standard library (``rules/debian/python.py``). A folder an action writes on disk (a
+``py_library`` tree, an installed wheel) is compiled in place by
+:mod:`pbuild.rules.python.bytecode` instead; its ``.pyc`` files name modules relative to that
+folder, which goes onto ``sys.path`` wherever it is put.
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pbuild.engine.api import OUT_DIR, ActionIO, DefaultInfo, File, Provider, RuleContext, attr, rule
+from pbuild.rules.python.bytecode import compile_folder
 from pbuild.rules.python.config import PythonTarget
 from pbuild.rules.python.providers import PyInfo, PySource, Wheel
-from pbuild.rules.python.wheels import compile_output
 
 STAGE_VERSION = "3"  # 3: compiled by the toolchain's Python
 
@@ -154,7 +154,7 @@ def stage_tree(io: ActionIO, params: Mapping[str, Any]) -> None:
         mode = os.stat(io.input_path(source)).st_mode
         os.chmod(destination, 0o755 if mode & 0o111 else 0o644)
     if any(path.endswith(".py") for path, _ in params["files"]):
-        compile_output(io, out, interpreter=params.get("interpreter", ""),
+        compile_folder(io, out, interpreter=params.get("interpreter", ""),
                        python_version=params["python_version"], checked=True)
 
 

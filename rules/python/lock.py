@@ -27,12 +27,13 @@ from typing import Any
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from pbuild.engine.errors import Location, WorkspaceError
+from pbuild.lib import atomicio
 from pbuild.lib.tomlpos import load_toml
 from pbuild.rules.python.config import PythonTarget, read_python_target
 from pbuild.rules.python.lockfile import (
     Lock,
     LockedProject,
-    LockError,
+    PythonLockError,
     inputs_digest,
     normalize_name,
     render_lock,
@@ -44,7 +45,7 @@ REQUIREMENTS_LOCK = "third_party/python/requirements.lock"
 _NO_MATCH_RE = re.compile(r"No matching distribution found for ([^\s]+)")
 
 
-class NoWheelError(LockError):
+class NoWheelError(PythonLockError):
     """A requirement has no wheel for the target platform."""
 
 
@@ -57,13 +58,13 @@ def lock_python(workspace_root: str) -> None:
         with open(in_path, encoding="utf-8") as handle:
             requirements_in = handle.read()
     except FileNotFoundError:
-        raise LockError(
+        raise PythonLockError(
             f"{REQUIREMENTS_IN} does not exist",
             location=Location(in_path),
             hint="list your top-level requirements there, one per line (e.g. numpy), then run ./pbuild lock --python",
         ) from None
     lock = resolve(requirements_in, target, requirements_path=in_path)
-    write_atomically(os.path.join(workspace_root, REQUIREMENTS_LOCK), render_lock(lock))
+    atomicio.write_text(os.path.join(workspace_root, REQUIREMENTS_LOCK), render_lock(lock), parents=True)
     print(f"pbuild: locked {len(lock.projects)} projects for {target.describe()} into {REQUIREMENTS_LOCK}",
           file=sys.stderr)
 
@@ -151,7 +152,7 @@ def _hash_url(url: str) -> str:
     return digest.hexdigest()
 
 
-def _resolution_error(output: str, target: PythonTarget, requirements_path: str) -> LockError:
+def _resolution_error(output: str, target: PythonTarget, requirements_path: str) -> PythonLockError:
     lines = [line for line in output.splitlines() if "is ignored: it is neither a file nor a directory" not in line]
     match = _NO_MATCH_RE.search(output)
     if match:
@@ -163,7 +164,7 @@ def _resolution_error(output: str, target: PythonTarget, requirements_path: str)
             hint=f"pick a version of {name} that publishes such a wheel, or change [python] in WORKSPACE.toml",
         )
     tail = "\n".join(lines[-15:])
-    return LockError(
+    return PythonLockError(
         f"pip could not resolve the requirements for {target.describe()}:\n{tail}",
         location=Location(requirements_path),
         hint="fix the requirement named above; pip's index comes from your pip configuration",
@@ -180,19 +181,3 @@ def read_workspace(workspace_root: str) -> dict[str, Any]:
         raise WorkspaceError(f"no WORKSPACE.toml in {workspace_root}") from None
     except tomllib.TOMLDecodeError as exc:
         raise WorkspaceError(f"WORKSPACE.toml is not valid TOML: {exc}", location=Location(path)) from None
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Write beside and rename, so a crash never leaves half a lock."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -30,7 +30,7 @@ _HASH_RE = re.compile(r"^--hash=sha256:([0-9a-f]{64})\s*\\?$")
 _NAME_RE = re.compile(r"[-_.]+")
 
 
-class LockError(PbuildError):
+class PythonLockError(PbuildError):
     """The lock is missing, out of date, or not in the expected format."""
 
 
@@ -157,7 +157,7 @@ def parse_lock(text: str, *, path: str = "third_party/python/requirements.lock",
     if not inputs:
         problems.append(f"missing '{_HEADER_INPUTS.strip()}' header")
     if problems:
-        raise LockError(
+        raise PythonLockError(
             "the lock file is damaged: " + "; ".join(problems),
             location=Location(path),
             hint=f"regenerate it with {relock}",

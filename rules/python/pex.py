@@ -17,6 +17,7 @@ from typing import Any
 
 from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import BuildFailed
+from pbuild.lib.determinism import source_date_epoch, zip_epoch
 
 BUILD_PEX_VERSION = "2"
 
@@ -84,7 +85,8 @@ def build_pex(io: ActionIO, params: Mapping[str, Any]) -> None:
         # per PEX. It never changes what is built, only how fast.
         "PEX_ROOT": pex_root(),
         "PYTHONHASHSEED": "0",
-        "SOURCE_DATE_EPOCH": "315532800",
+        # The build's epoch (in this action's key through the base environment), not before 1980.
+        "SOURCE_DATE_EPOCH": str(zip_epoch(source_date_epoch())),
         "LC_ALL": "C.UTF-8",
         "TZ": "UTC",
         # pex is importable here (a venv, or the modules of a self-hosted pbuild.pex): the child

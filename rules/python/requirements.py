@@ -21,7 +21,7 @@ from pbuild.engine.api import (
 )
 from pbuild.rules.python.config import PythonTarget
 from pbuild.rules.python.library import toolchain_python
-from pbuild.rules.python.lockfile import LockedProject, LockError, inputs_digest, parse_lock
+from pbuild.rules.python.lockfile import LockedProject, PythonLockError, inputs_digest, parse_lock
 from pbuild.rules.python.providers import PyInfo, Wheel
 from pbuild.rules.python.wheels import FETCH_VERSION, INSTALL_VERSION, fetch_wheel, install_wheel
 
@@ -54,7 +54,7 @@ def py_requirements(ctx: GeneratorContext) -> Sequence[GeneratedTarget]:
         raise AssertionError("unreachable")
     try:
         lock = parse_lock(text, path=f"{ctx.package}/{lock_name}")
-    except LockError as exc:
+    except PythonLockError as exc:
         ctx.fail(exc.message, attr="lock", hint=RELOCK_HINT)
         raise AssertionError("unreachable") from None
     if lock.inputs_sha256 != inputs_digest(requirements):

@@ -37,7 +37,7 @@ from pbuild.engine.api import (
 )
 from pbuild.engine.errors import Location, WorkspaceError
 from pbuild.rules.python.config import PythonTarget
-from pbuild.rules.python.lockfile import Lock, LockError, inputs_digest, parse_lock
+from pbuild.rules.python.lockfile import Lock, PythonLockError, inputs_digest, parse_lock
 from pbuild.rules.python.providers import PyInfo
 from pbuild.rules.python.requirements import declare_locked_wheel
 
@@ -162,7 +162,7 @@ def _load_tool_lock(ctx: RuleContext, source: ToolLockSource, target: PythonTarg
     assert text is not None and requirements is not None  # ctx.fail raised otherwise
     try:
         lock = parse_lock(text, path=lock_path, relock=RELOCK_TOOLS)
-    except LockError as exc:
+    except PythonLockError as exc:
         ctx.fail(f"{lock_path}: {exc.message}", hint=f"regenerate it with {RELOCK_TOOLS}")
         raise AssertionError("unreachable") from None
     if lock.inputs_sha256 != inputs_digest(requirements):
@@ -180,8 +180,9 @@ def lock_tools(workspace_root: str) -> None:
     The lock goes to the workspace's ``[python.tools.<tool>] lock`` when set, else into pbuild's
     built-in package (``<tool>-<interpreter>.lock``), each written atomically.
     """
+    from pbuild.lib import atomicio
     from pbuild.rules.python.config import read_python_target
-    from pbuild.rules.python.lock import read_workspace, resolve, write_atomically
+    from pbuild.rules.python.lock import read_workspace, resolve
     from pbuild.rules.python.lockfile import render_lock
 
     config = read_workspace(workspace_root)
@@ -197,14 +198,14 @@ def lock_tools(workspace_root: str) -> None:
             with open(in_path, encoding="utf-8") as handle:
                 requirements = handle.read()
         except FileNotFoundError:
-            raise LockError(f"the {tool} requirements {in_path} do not exist", location=Location(in_path),
+            raise PythonLockError(f"the {tool} requirements {in_path} do not exist", location=Location(in_path),
                             hint=f"list the tool's requirements there (e.g. {tool})") from None
         lock = resolve(requirements, target, requirements_path=in_path)
         out_path = (os.path.join(workspace_root, source.lock) if source.lock
                     else os.path.join(builtin_dir, builtin_lock_name(tool, target)))
         text = render_lock(lock, command=RELOCK_TOOLS, source=os.path.basename(in_path),
                            lock_name=os.path.basename(out_path))
-        write_atomically(out_path, text)
+        atomicio.write_text(out_path, text, parents=True)
         shown = source.lock or f"pbuild's built-in {os.path.basename(out_path)}"
         print(f"pbuild: locked {tool} ({len(lock.projects)} projects) for {target.describe()} into {shown}",
               file=sys.stderr)

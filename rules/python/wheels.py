@@ -20,27 +20,10 @@ from typing import Any
 
 from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import BuildFailed, HashMismatch
+from pbuild.rules.python.bytecode import compile_folder
 
 FETCH_VERSION = "1"
 INSTALL_VERSION = "3"  # 3: compiled by the toolchain's Python
-
-# Compiles every .py below a folder into hash-based .pyc files that record folder-relative paths.
-# It runs in a child with PYTHONHASHSEED=0: marshal writes frozensets in hash order, so a random
-# seed would make the bytes differ between builds.
-_COMPILE_SCRIPT = """
-import os, py_compile, sys
-root, mode = sys.argv[1], py_compile.PycInvalidationMode[sys.argv[2]]
-for folder, dirs, files in os.walk(root):
-    dirs.sort()
-    for name in sorted(files):
-        if name.endswith(".py"):
-            path = os.path.join(folder, name)
-            try:
-                py_compile.compile(path, dfile=os.path.relpath(path, root), doraise=True, invalidation_mode=mode)
-            except py_compile.PyCompileError:
-                pass  # not Python 3 (test data, templates): imported it would fail anyway
-"""
-
 
 class NoWheelForPlatform(BuildFailed):
     """pip found no wheel of a locked project for the target platform."""
@@ -144,47 +127,5 @@ def install_wheel(io: ActionIO, params: Mapping[str, Any]) -> None:
     )
     with WheelFile.open(Path(io.input_path(params["wheel"]))) as source:
         install(source, destination, additional_metadata={})
-    compile_output(io, out, interpreter=params.get("interpreter", ""), python_version=params["python_version"],
+    compile_folder(io, out, interpreter=params.get("interpreter", ""), python_version=params["python_version"],
                    checked=False)
-
-
-def compile_output(io: ActionIO, out: str, *, interpreter: str, python_version: str, checked: bool) -> None:
-    """Compile the output folder ``out`` with the action's toolchain Python (``interpreter``, a path
-    inside its tree), the bytes that will import it; only an action on the host toolchain falls back
-    to a host interpreter of ``python_version``, and without one the tree keeps no bytecode."""
-    if interpreter and io.toolchain_root:
-        parent, name = os.path.split(out)
-        log = os.path.join(io.tmpdir, f"compile-{name}.log")
-        code = io.run_sandboxed([interpreter, "-s", "-S", "-c", _COMPILE_SCRIPT, f"/execroot/{name}",
-                                 "CHECKED_HASH" if checked else "UNCHECKED_HASH"],
-                                exec_root=parent, writable_dirs=(name,), stdout_path=log, stderr_path=log)
-        if code != 0:
-            with open(log, encoding="utf-8", errors="replace") as handle:
-                raise BuildFailed(f"compiling {name} with the toolchain's {interpreter} failed (exit {code}):\n"
-                                  f"{handle.read()[-2000:]}", label=io.label)
-        return
-    python = host_python_for(python_version)
-    if python:
-        compile_tree(out, python, checked=checked)
-
-
-def host_python_for(version: str) -> str:
-    """An interpreter of the target's X.Y on this host to compile with, or '' if there is none."""
-    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
-        return sys.executable
-    return shutil.which(f"python{version}") or ""
-
-
-def compile_tree(root: str, python: str, *, checked: bool) -> None:
-    """Compile every ``.py`` below ``root`` to hash-based ``.pyc`` with ``python``, reproducibly.
-
-    ``checked`` pycs are revalidated against their source's hash at import (first-party code);
-    unchecked ones are trusted (installed wheels, which never change in place).
-    """
-    mode = "CHECKED_HASH" if checked else "UNCHECKED_HASH"
-    env = {"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
-    # -s -S keep the host's site-packages out; not -I, which would also ignore PYTHONHASHSEED.
-    result = subprocess.run([python, "-s", "-S", "-c", _COMPILE_SCRIPT, root, mode],
-                            capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0:
-        raise BuildFailed(f"compiling {os.path.basename(root)} failed:\n{result.stderr[-2000:]}")

@@ -115,7 +115,7 @@ def test_genrule_runs_on_its_toolchain_root(workspace: WorkspaceFactory, pbuild:
     # The host's files are out of reach, even by absolute path.
     result = pbuild("build", "//g:secret", cwd=ws, timeout=600)
     assert_user_error(result, 1, "//g:secret", "No such file or directory")
-    assert _trees(pbuild.cache) and not [n for n in _trees(pbuild.cache) if ".tmp-" in n]
+    assert _trees(pbuild.cache) and not [n for n in _trees(pbuild.cache) if n.endswith(".tmp")]
 
 
 def test_missing_program_names_the_toolchain_and_the_fix(workspace: WorkspaceFactory, pbuild: Runner,
@@ -156,7 +156,7 @@ def test_half_unpacked_tree_is_never_used(workspace: WorkspaceFactory, pbuild: R
     top = pbuild.cache / "toolchains"
     shutil.rmtree(top / name)
     # What a crash leaves: the temp tree of a dead unpacker, here a "bash" that lies.
-    for leftover in (f"{name}.tmp-999999-0", "0123abcd.tmp-999999-0"):
+    for leftover in (f"{name}.0123456789ab.tmp", "0123abcd.ba9876543210.tmp"):
         fake = top / leftover / "root/usr/bin"
         fake.mkdir(parents=True)
         (fake / "bash").write_text("#!/bin/sh\necho poisoned\n")

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from pbuild.tools.launcher.errors import LayerError
+from pbuild.tools.launcher.errors import RefusedLayer
 from pbuild.tools.launcher.extract import OPAQUE_XATTR, extract_layer
 from pbuild.tools.launcher.flatten import flatten
 
@@ -70,7 +70,7 @@ def test_hostile_entries_are_refused(tmp_path: Path, entries: list[Entry], messa
         )
         for e in entries
     ]
-    with pytest.raises(LayerError, match=message):
+    with pytest.raises(RefusedLayer, match=message):
         unpack(tar_layer(fixed), dest)
     assert sorted(p.name for p in host.iterdir()) == ["secret"]
     assert (host / "secret").read_text() == "host secret\n"
@@ -118,13 +118,13 @@ def test_device_nodes_are_skipped_and_setuid_dropped(tmp_path: Path) -> None:
 
 def test_wrong_digest_is_refused(tmp_path: Path) -> None:
     raw = tar_layer([file("f", "x")])
-    with pytest.raises(LayerError, match="promises"):
+    with pytest.raises(RefusedLayer, match="promises"):
         extract_layer(io.BytesIO(raw), str(tmp_path), diff_id="sha256:" + "0" * 64, privileged=False)
 
 
 def test_not_a_tar_is_refused(tmp_path: Path) -> None:
     data = b"this is not a tar archive" * 100
-    with pytest.raises(LayerError, match="not a valid tar"):
+    with pytest.raises(RefusedLayer, match="not a valid tar"):
         extract_layer(
             io.BytesIO(data),
             str(tmp_path),

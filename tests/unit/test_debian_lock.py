@@ -11,7 +11,7 @@ import pytest
 from pbuild.engine.api import ActionIO, Label
 from pbuild.engine.errors import HashMismatch
 from pbuild.rules.debian.archive import ArchiveError
-from pbuild.rules.debian.lock import LOCK_NAME, LockError, Request, lock_debian, read_locked_target
+from pbuild.rules.debian.lock import LOCK_NAME, DebianLockError, Request, lock_debian, read_locked_target
 from pbuild.rules.debian.resolve import ResolveError
 from pbuild.rules.debian.rules import fetch_deb
 
@@ -77,13 +77,13 @@ def test_lock_out_of_date_with_package_list(archive: tuple[str, Path, Path], tmp
     url, _, keyring = archive
     ws = _workspace(tmp_path)
     lock_debian(str(ws), mirror=url, keyring=str(keyring))
-    with pytest.raises(LockError) as info:
+    with pytest.raises(DebianLockError) as info:
         read_locked_target(str(ws), "third_party/debian", "py", Request(("python3.11-minimal",)))
     assert "out of date with the package list" in info.value.message
     assert info.value.hint and "./pbuild lock --debian" in info.value.hint
-    with pytest.raises(LockError, match="no entry for target"):
+    with pytest.raises(DebianLockError, match="no entry for target"):
         read_locked_target(str(ws), "third_party/debian", "other", Request(("x",)))
-    with pytest.raises(LockError, match="no Debian lock"):
+    with pytest.raises(DebianLockError, match="no Debian lock"):
         read_locked_target(str(ws), "elsewhere", "py", Request(("x",)))
 
 

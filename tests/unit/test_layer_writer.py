@@ -13,8 +13,8 @@ import pytest
 import zstandard
 from pbuild.rules.oci.layerwriter import (
     CHUNK,
+    LayerEntriesError,
     LayerEntry,
-    LayerError,
     clean_path,
     entries_from_tree,
     merge_entries,
@@ -108,22 +108,22 @@ def test_two_entries_at_one_path() -> None:
         LayerEntry("etc", "dir", 0o755),
         LayerEntry("etc/", "dir", 0o755),  # the same directory twice is fine
     ]
-    with pytest.raises(LayerError) as info:
+    with pytest.raises(LayerEntriesError) as info:
         merge_entries(entries)
     assert "two layer entries at one path" in info.value.message
     assert "/etc/conf: //x:a and //x:b" in info.value.message
 
 
 def test_file_below_file() -> None:
-    with pytest.raises(LayerError, match="not a directory"):
+    with pytest.raises(LayerEntriesError, match="not a directory"):
         merge_entries([LayerEntry("a", "file", 0o644, data=b""), LayerEntry("a/b", "file", 0o644, data=b"")])
 
 
 @pytest.mark.parametrize("path", ["../etc/passwd", "/usr/../../x", "a/../../b"])
 def test_escaping_destination(path: str) -> None:
-    with pytest.raises(LayerError, match="escapes the image root"):
+    with pytest.raises(LayerEntriesError, match="escapes the image root"):
         clean_path(path)
-    with pytest.raises(LayerError):
+    with pytest.raises(LayerEntriesError):
         merge_entries([LayerEntry(path, "file", 0o644, data=b"")])
 
 

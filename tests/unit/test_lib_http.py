@@ -68,7 +68,7 @@ def test_failures_are_classified(tmp_path: Path) -> None:
     silent.listen(1)  # accepts (in the kernel) and never answers
     try:
         slow = http.ConnectionPool("http", f"127.0.0.1:{silent.getsockname()[1]}", 0.3)
-        with pytest.raises(http.TimedOut):
+        with pytest.raises(http.ExchangeTimedOut):
             http.exchange(slow, "PUT", "/", headers={}, body=b"x")
     finally:
         silent.close()

@@ -13,7 +13,7 @@ from pbuild.rules.python.lock import NoWheelError, lock_python
 from pbuild.rules.python.lockfile import (
     Lock,
     LockedProject,
-    LockError,
+    PythonLockError,
     inputs_digest,
     normalize_name,
     parse_lock,
@@ -53,7 +53,7 @@ def test_render_and_parse_round_trip():
 
 def test_parse_reports_every_problem_with_lines():
     text = "# pbuild-lock-version: 1\nfoo>=1\nbar==1 \\\n    --hash=md5:abc\n"
-    with pytest.raises(LockError) as info:
+    with pytest.raises(PythonLockError) as info:
         parse_lock(text)
     message = info.value.message
     assert "line 2" in message and "foo>=1" in message
@@ -163,7 +163,7 @@ def test_lock_resolves_for_the_configured_platform_not_the_host(tmp_path, monkey
 
 def test_lock_without_requirements_in_says_how_to_fix(tmp_path):
     (tmp_path / "WORKSPACE.toml").write_text("")
-    with pytest.raises(LockError) as info:
+    with pytest.raises(PythonLockError) as info:
         lock_python(str(tmp_path))
     assert "requirements.in" in info.value.message
     assert "pbuild lock --python" in (info.value.hint or "")

@@ -21,8 +21,9 @@ class LauncherError(UserError):
         return "pbuild: " + super().render()
 
 
-class LayerError(LauncherError):
-    """A layer is hostile or damaged (escaping path, wrong digest, unsupported entry)."""
+class RefusedLayer(LauncherError):
+    """A layer the launcher will not unpack: hostile or damaged (escaping path, wrong digest,
+    unsupported entry)."""
 
 
 class NoSuchContainer(LauncherError):

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
-from pbuild.tools.launcher.errors import LayerError
+from pbuild.tools.launcher.errors import RefusedLayer
 from pbuild.tools.launcher.inroot import DIR_FLAGS, RootDir, remove_entry
 
 WHITEOUT_PREFIX = ".wh."
@@ -63,7 +63,7 @@ class _HashingReader:
 
 def decompressor(raw: IO[bytes], media_type: str) -> IO[bytes]:
     """The decompressed view of a layer blob, by media type or, failing that, magic bytes;
-    a damaged compressed stream raises :class:`LayerError`."""
+    a damaged compressed stream raises :class:`RefusedLayer`."""
     buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type, type-var]
     magic = buffered.peek(4)[:4]  # type: ignore[attr-defined]
     if media_type.endswith("+zstd") or magic == b"\x28\xb5\x2f\xfd":
@@ -81,7 +81,7 @@ def decompressor(raw: IO[bytes], media_type: str) -> IO[bytes]:
 
 
 class _Decompressed:
-    """A decompressing stream whose format errors are :class:`LayerError`: a message."""
+    """A decompressing stream whose format errors are :class:`RefusedLayer`: a message."""
 
     def __init__(self, stream: Any, kind: str, errors: tuple[type[BaseException], ...]) -> None:
         self._stream = stream
@@ -92,7 +92,7 @@ class _Decompressed:
         try:
             return self._stream.read(n)  # type: ignore[no-any-return]
         except self._errors as e:
-            raise LayerError(
+            raise RefusedLayer(
                 f"a layer blob is not a valid {self._kind} stream: {e}",
                 hint="the image is damaged; rebuild or re-pull it",
             ) from None
@@ -101,7 +101,7 @@ class _Decompressed:
 def _clean_name(name: str) -> list[str]:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise LayerError(f"layer entry {name!r} contains '..'", hint="the image is malformed or hostile")
+        raise RefusedLayer(f"layer entry {name!r} contains '..'", hint="the image is malformed or hostile")
     return parts
 
 
@@ -124,7 +124,7 @@ class _Tree:
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 what = "a loop of symbolic links" if e.errno == errno.ELOOP else "a file"
-                raise LayerError(
+                raise RefusedLayer(
                     f"layer entry {entry!r} goes through {e.filename!r}, which is {what}, not a directory",
                     hint="the image is malformed; nothing was written outside the layer",
                 ) from None
@@ -143,12 +143,12 @@ def extract_layer(
     """Unpack the uncompressed layer ``stream`` into the existing empty directory ``dest``.
 
     ``privileged`` (running as real root) keeps owners; ``keep_setid`` (default: the same)
-    keeps setuid and setgid bits. Raises :class:`LayerError` for a hostile entry or a digest
+    keeps setuid and setgid bits. Raises :class:`RefusedLayer` for a hostile entry or a digest
     that is not ``diff_id``.
     """
     algorithm, _, expected = diff_id.partition(":")
     if algorithm not in ("sha256", "sha512") or not expected:
-        raise LayerError(f"malformed diff_id {diff_id!r} in the image config")
+        raise RefusedLayer(f"malformed diff_id {diff_id!r} in the image config")
     reader = _HashingReader(stream, algorithm)
     report = ExtractReport()
     tree = _Tree(dest)
@@ -162,12 +162,12 @@ def extract_layer(
         for parts, mode in reversed(tree.dir_modes):  # deepest first; modes may drop our write bit
             _chmod_dir(tree, parts, mode)
     except tarfile.TarError as e:
-        raise LayerError(f"layer {diff_id} is not a valid tar archive: {e}") from None
+        raise RefusedLayer(f"layer {diff_id} is not a valid tar archive: {e}") from None
     finally:
         tree.close()
     actual = reader.hash.hexdigest()
     if actual != expected:
-        raise LayerError(
+        raise RefusedLayer(
             f"layer content has digest {algorithm}:{actual}, but the image config promises {diff_id}",
             hint="the image is damaged; rebuild or re-pull it",
         )
@@ -223,7 +223,7 @@ def _extract_member(
         if base.startswith(WHITEOUT_PREFIX):
             target = base[len(WHITEOUT_PREFIX) :]
             if not target or target in (".", ".."):
-                raise LayerError(f"layer entry {member.name!r} is a malformed whiteout")
+                raise RefusedLayer(f"layer entry {member.name!r} is a malformed whiteout")
             remove_entry(target, parent)
             whiteout(target, parent)
             return
@@ -266,7 +266,7 @@ def _extract_member(
         elif member.islnk():
             link_parts = _clean_name(member.linkname)
             if not link_parts:
-                raise LayerError(f"layer entry {member.name!r} is a hardlink to the layer root")
+                raise RefusedLayer(f"layer entry {member.name!r} is a hardlink to the layer root")
             try:
                 source_dir = tree.open_dir(link_parts[:-1], create=False, entry=member.linkname)
             except FileNotFoundError:
@@ -276,13 +276,13 @@ def _extract_member(
                     raise FileNotFoundError
                 st = os.stat(link_parts[-1], dir_fd=source_dir, follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode):
-                    raise LayerError(
+                    raise RefusedLayer(
                         f"layer entry {member.name!r} is a hardlink to {member.linkname!r}, "
                         "which is not a regular file of this layer"
                     )
                 os.link(link_parts[-1], base, src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False)
             except FileNotFoundError:
-                raise LayerError(
+                raise RefusedLayer(
                     f"layer entry {member.name!r} is a hardlink to {member.linkname!r}, which this layer lacks",
                     hint="hardlinks may only name files earlier in the same layer",
                 ) from None
@@ -301,7 +301,7 @@ def _extract_member(
         _own(base, parent, member, privileged)
         os.utime(base, ns=(int(member.mtime * 1e9),) * 2, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError as e:
-        raise LayerError(f"layer entry {member.name!r}: {e}") from None
+        raise RefusedLayer(f"layer entry {member.name!r}: {e}") from None
     finally:
         os.close(parent)
 

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 
+from pbuild.lib import atomicio
 from pbuild.tools import linux
 from pbuild.tools.launcher import cgroups, identity, process, seccomp
 from pbuild.tools.launcher.config import ContainerSpec, RunOptions, resolve_spec
@@ -38,11 +39,8 @@ def overlay_supported(layers_root: str) -> bool:
             verdict = said
     if verdict is None:
         verdict = "ok" if _probe_overlay(layers_root) else "no"
-        with contextlib.suppress(OSError):
-            tmp = f"{marker}.{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(f"{verdict} {release}\n")
-            os.replace(tmp, marker)
+        with contextlib.suppress(OSError):  # not remembered: probed again next time
+            atomicio.write_text(marker, f"{verdict} {release}\n")
     if os.environ.get("PBUILD_LAUNCHER_NO_OVERLAY"):
         verdict = "no"
     if verdict == "no":

@@ -26,6 +26,8 @@ import stat
 import zlib
 from typing import Any, NamedTuple
 
+from pbuild.lib import atomicio
+from pbuild.lib.determinism import canonical_json
 from pbuild.tools import linux
 from pbuild.tools.launcher.errors import LauncherError
 
@@ -168,11 +170,11 @@ def build_program(
     uname = uname or os.uname()
     lib = _lib()  # even on a cache hit: the same failure whether or not a program was cached
     version = lib.seccomp_version().contents
-    key = json.dumps(
+    key = canonical_json(
         [_CACHE_FORMAT, policy.profile, sorted(capabilities), uname.machine, uname.release,
          [version.major, version.minor, version.micro]],
-        sort_keys=True,
-    ).encode() + b"\n"  # fmt: skip
+        ascii_only=True,
+    ) + b"\n"  # fmt: skip
     path = None
     if cache_dir and _private_dir(cache_dir):
         path = os.path.join(cache_dir, f"{zlib.crc32(key):08x}.bpf")
@@ -188,14 +190,8 @@ def build_program(
 
     program = compile_profile(lib, parse_profile(policy.profile, policy.source), capabilities, uname)
     if path:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(key + program)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        with contextlib.suppress(OSError):  # a cache: not written is only slower next time
+            atomicio.write_bytes(path, key + program)
     return program
 
 

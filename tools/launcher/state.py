@@ -17,6 +17,8 @@ import os
 import time
 from typing import Any, NamedTuple
 
+from pbuild.lib import atomicio
+from pbuild.lib.determinism import canonical_json
 from pbuild.tools.launcher.dirs import describe_mode, ensure_private_dir
 from pbuild.tools.launcher.errors import LauncherError, NoSuchContainer
 
@@ -61,7 +63,7 @@ class ContainerState(NamedTuple):
         return self.id[:12]
 
     def to_json(self) -> str:
-        return json.dumps(self._asdict(), sort_keys=True)
+        return canonical_json(self._asdict(), ascii_only=True).decode("ascii")
 
     @classmethod
     def from_json(cls, text: str) -> ContainerState:
@@ -144,10 +146,7 @@ class Store:
 
     def save(self, state: ContainerState) -> None:
         path = os.path.join(self.container_dir(state.id), "state.json")
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(state.to_json())
-        os.replace(tmp, path)
+        atomicio.write_text(path, state.to_json())
 
     def load(self, container_id: str) -> ContainerState | None:
         try:

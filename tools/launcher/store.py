@@ -17,8 +17,9 @@ import os
 from collections.abc import Callable
 from typing import IO, cast
 
+from pbuild.lib import atomicio
 from pbuild.tools.launcher import dirs
-from pbuild.tools.launcher.errors import LauncherError, LayerError
+from pbuild.tools.launcher.errors import LauncherError, RefusedLayer
 from pbuild.tools.launcher.image import Image, Layer
 
 
@@ -34,7 +35,7 @@ def store_root() -> str:
 def layer_path(root: str, diff_id: str) -> str:
     algorithm, _, hexdigest = diff_id.partition(":")
     if not hexdigest.isalnum() or not algorithm.isalnum():
-        raise LayerError(f"malformed diff_id {diff_id!r} in the image config")
+        raise RefusedLayer(f"malformed diff_id {diff_id!r} in the image config")
     return os.path.join(root, algorithm, hexdigest)
 
 
@@ -99,11 +100,7 @@ def _unpack(
             os.chmod(tmp, 0o755)  # the layer's own root, as any other; the store's root is the fence
             if report.skipped and notify:
                 notify(f"layer {layer.diff_id[:19]}: skipped {', '.join(report.skipped)}")
-            try:
-                os.rename(tmp, path)
-            except OSError:
-                if not os.path.isdir(path):  # anything but "another launcher was faster"
-                    raise
+            atomicio.publish_dir(tmp, path)  # False: another launcher was faster, and its copy serves
     except OSError as e:
         raise LauncherError(f"cannot unpack layer {layer.diff_id} into {path}: {e}") from None
 

@@ -136,7 +136,7 @@ class Client:
         except lib_http.TlsFailed as exc:
             raise RegistryError(f"TLS handshake with {parts.netloc} failed: {exc.cause}",
                                 hint="for a local registry that speaks plain HTTP, pass --plain-http") from None
-        except lib_http.TimedOut:
+        except lib_http.ExchangeTimedOut:
             raise RegistryError(f"registry {parts.netloc} did not answer {method} {parts.path} within "
                                 f"{self.timeout_s:g}s") from None
         except lib_http.ExchangeError as exc:
