@@ -35,8 +35,10 @@ from pbuild.engine.workspace import (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildRequest:
+    """What one command asks to build, and how (from the CLI's flags)."""
+
     patterns: Sequence[str]
     cwd: str = field(default_factory=os.getcwd)
     workspace: str | None = None
@@ -202,7 +204,7 @@ def analyze_for_build(session: Session, request: BuildRequest) -> Analyzed:
 def build_and_stamp(request: BuildRequest, stamp: str, reporter: Reporter) -> None:
     """``pbuild build`` after the up-to-date check failed: build, then write a new stamp."""
     session, _, result = build(request, reporter=reporter)
-    outputs = [os.path.join(session.workspace.root, o.path) for res in result.results.values() for o in res.outputs]
+    outputs = [os.path.join(session.workspace.root, o.path) for res in result.results for o in res.outputs]
     uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events)
 
 

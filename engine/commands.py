@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -13,16 +14,16 @@ from pbuild.engine.build import (
     OUT_MARKER,
     BuildRequest,
     analyze,
-    default_cache_dir,
     execute,
     open_session,
     test_actions,
 )
 from pbuild.engine.errors import EXIT_BUILD_FAILED, PbuildError
 from pbuild.engine.events import Reporter
+from pbuild.engine.scheduler import ActionStatus
 from pbuild.engine.store import LocalStore
 from pbuild.engine.toolchains import needed_files
-from pbuild.engine.workspace import find_workspace
+from pbuild.engine.workspace import default_cache_dir, find_workspace
 from pbuild.tools.fstree import remove_tree
 
 
@@ -86,7 +87,8 @@ def run_target(request: BuildRequest, target: str, extra: Sequence[str], stamp: 
     from pbuild.engine.build import build
     from pbuild.engine.launch import execute_plan
 
-    request.quiet = True if request.quiet is False and not sys.stderr.isatty() else request.quiet
+    if request.quiet is False and not sys.stderr.isatty():
+        request = dataclasses.replace(request, quiet=True)
     trees: list[str] = []
 
     def unpack_toolchain(analyzed: Any, executor: Any) -> None:
@@ -106,7 +108,7 @@ def run_target(request: BuildRequest, target: str, extra: Sequence[str], stamp: 
     plan = run_plan(session.workspace.root, label, analyzed.rule_names[label], analyzed.targets[label],
                     trees[-1] if trees else None)
     if stamp is not None:
-        outputs = [os.path.join(session.workspace.root, o.path) for res in result.results.values() for o in res.outputs]
+        outputs = [os.path.join(session.workspace.root, o.path) for res in result.results for o in res.outputs]
         uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events, extra=plan)
     return execute_plan(plan, extra, user_umask=cli.USER_UMASK)
 
@@ -130,18 +132,18 @@ def run_tests(request: BuildRequest, *, no_cache: bool) -> int:
     finally:
         summary = reporter.finish()
         session.close()
-    failures = {id(f.action): f for f in result.failures}
     failed = 0
     for label, action in tests:
-        status = result.statuses.get(id(action))
-        if status in ("cached", "remote_cached"):
+        status = result.status_of(action)
+        if status in (ActionStatus.CACHED, ActionStatus.REMOTE_CACHED):
             lines.append(f"{label}  PASSED (cached)")
-        elif status == "executed":
+        elif status is ActionStatus.EXECUTED:
             lines.append(f"{label}  PASSED")
         else:
             failed += 1
-            failure = failures.get(id(action))
-            lines.append(f"{label}  FAILED" if failure or status == "failed" else f"{label}  NO STATUS (build failed)")
+            failure = result.failure_of(action)
+            lines.append(f"{label}  FAILED" if failure or status is ActionStatus.FAILED
+                         else f"{label}  NO STATUS (build failed)")
             if failure is not None:
                 lines.append(failure.error.message.split("\n", 1)[-1])
     build_failures = [f for f in result.failures if f.action.mnemonic != "TestRunner"]

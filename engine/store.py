@@ -14,7 +14,8 @@ Outputs in pbuild-out are hard links to the blobs, so a ``chmod`` of an output c
 too. The CAS does not trust a mode it did not set: the mode of a blob follows from its name
 (0444, or 0555 for ``.x``), and :meth:`LocalStore.verify_blob` restores it with the content check.
 An AC entry is data from outside the build (another machine, a shared folder): before it is
-used, :func:`undeclared_outputs` holds it to exactly the outputs its action declares.
+used, :func:`pbuild.engine.outputs.undeclared_outputs` holds it to exactly the outputs its action
+declares. Blobs become files in pbuild-out in :mod:`pbuild.engine.materialize`.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ import errno
 import json
 import marshal
 import os
-import posixpath
 import shutil
 import stat
 import threading
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,62 +280,6 @@ class LocalStore:
 def blob_mode(executable: bool) -> int:
     """The mode the CAS gives a blob: read-only, and executable for ``.x`` blobs."""
     return 0o555 if executable else 0o444
-
-
-def undeclared_outputs(paths: Iterable[str], directories: Collection[str],
-                       declared_files: Collection[str], declared_dirs: Collection[str]) -> str | None:
-    """Why a cached result does not write exactly its action's declared outputs, or ``None``.
-
-    ``paths`` are the result's files and ``directories`` its directory outputs. A result is
-    accepted only if it holds every declared file, as a file, and nothing else besides files
-    inside the declared directories (normalized paths, so no ``..`` leaves a tree, and no file
-    where a tree needs a folder). Anything else would let a poisoned cache entry write sources,
-    git hooks or other outputs of the workspace.
-    """
-    if set(directories) != set(declared_dirs):
-        return (f"its directory outputs {sorted(directories)} are not the declared ones "
-                f"{sorted(declared_dirs)}")
-    seen: set[str] = set()
-    in_trees: list[str] = []
-    for path in paths:
-        if path in seen:
-            return f"it lists {path} twice"
-        seen.add(path)
-        if path in declared_files:
-            continue
-        if path in declared_dirs:
-            return f"it has a file {path} where the action declares a directory"
-        if posixpath.normpath(path) != path or not any(path.startswith(d + "/") for d in declared_dirs):
-            return f"it writes {path}, which is not a declared output"
-        in_trees.append(path)
-    for path in sorted(declared_files):
-        if path not in seen:
-            return f"it lacks the declared output {path}"
-    for path in in_trees:
-        parent = posixpath.dirname(path)
-        while parent and parent not in declared_dirs:
-            if parent in seen:
-                return f"it has a file {parent} and also files inside it"
-            parent = posixpath.dirname(parent)
-    return None
-
-
-def materialize(store: LocalStore, record: OutputRecord, dest: str) -> None:
-    """Make ``dest`` hold the blob of ``record``: a hard link to the read-only blob, else a copy."""
-    blob = store.blob_path(record.digest, record.executable)
-    parent = os.path.dirname(dest)
-    os.makedirs(parent, exist_ok=True)
-    with _temp_beside(dest) as tmp:
-        try:
-            os.link(blob, tmp)
-        except OSError:
-            shutil.copyfile(blob, tmp)
-            os.chmod(tmp, 0o555 if record.executable else 0o444)
-        try:
-            os.replace(tmp, dest)
-        except IsADirectoryError:
-            remove_tree(dest)
-            os.replace(tmp, dest)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import PBUILD, Runner, base_env, cache_is_consistent, write_tree
 from pbuild.engine.hashing import digest_bytes, digest_file
-from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize, undeclared_outputs
+from pbuild.engine.materialize import materialize
+from pbuild.engine.outputs import undeclared_outputs
+from pbuild.engine.store import ActionResult, LocalStore, OutputRecord
 
 # -- CAS -----------------------------------------------------------------------------------------
 
