@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbuild.engine.hashing import digest_file
+from pbuild.lib.digest import ContentDigest, DigestError, content_digest
 from pbuild.tools.fstree import remove_tree
 
 
@@ -42,7 +43,7 @@ class OutputRecord:
     """One output file of an action as stored in the AC."""
 
     path: str  # workspace-relative (pbuild-out/...)
-    digest: str
+    digest: ContentDigest
     size: int
     executable: bool
 
@@ -70,9 +71,13 @@ class ActionResult:
 
     @classmethod
     def from_json(cls, data: bytes) -> ActionResult:
+        """Parse an AC entry; raises ValueError, KeyError, TypeError or DigestError when damaged.
+
+        Digests are checked: one names a blob path, and a damaged entry must not name another.
+        """
         raw: Mapping[str, Any] = json.loads(data)
         return cls(
-            outputs=tuple(OutputRecord(p, d, int(s), bool(x)) for p, d, s, x in raw["outputs"]),
+            outputs=tuple(OutputRecord(p, content_digest(d), int(s), bool(x)) for p, d, s, x in raw["outputs"]),
             directories=tuple(raw.get("directories", ())),
             exit_code=int(raw.get("exit_code", 0)),
             stdout=raw.get("stdout"),
@@ -111,10 +116,10 @@ class LocalStore:
 
     # -- CAS -------------------------------------------------------------------------------
 
-    def blob_path(self, digest: str, executable: bool = False) -> str:
+    def blob_path(self, digest: ContentDigest, executable: bool = False) -> str:
         return os.path.join(self.cas_dir, digest[:2], digest + (".x" if executable else ""))
 
-    def has_blob(self, digest: str, executable: bool = False) -> bool:
+    def has_blob(self, digest: ContentDigest, executable: bool = False) -> bool:
         return os.path.exists(self.blob_path(digest, executable))
 
     def _ensure_dir(self, path: str) -> None:
@@ -123,7 +128,8 @@ class LocalStore:
             with self._lock:
                 self._made.add(path)
 
-    def put_file(self, source: str, *, executable: bool, move: bool, digest: str | None = None) -> tuple[str, int]:
+    def put_file(self, source: str, *, executable: bool, move: bool,
+                 digest: ContentDigest | None = None) -> tuple[ContentDigest, int]:
         """Store ``source``'s content; returns (digest, size). With ``move``, the file is consumed.
 
         A blob already stored under that digest is replaced by these bytes (a rename when
@@ -145,7 +151,7 @@ class LocalStore:
             os.replace(tmp, dest)
         return digest, size
 
-    def put_bytes(self, data: bytes, digest: str) -> str:
+    def put_bytes(self, data: bytes, digest: ContentDigest) -> str:
         dest = self.blob_path(digest)
         if not os.path.exists(dest):
             self._ensure_dir(os.path.dirname(dest))
@@ -156,7 +162,7 @@ class LocalStore:
                 os.replace(tmp, dest)
         return dest
 
-    def verify_blob(self, digest: str, executable: bool = False) -> bool:
+    def verify_blob(self, digest: ContentDigest, executable: bool = False) -> bool:
         """Re-hash a blob and restore its mode; a damaged one is deleted so it is rebuilt, never served.
 
         The mode is checked because outputs are hard links to blobs: a ``chmod`` of an output
@@ -179,7 +185,7 @@ class LocalStore:
 
     # -- AC --------------------------------------------------------------------------------
 
-    def _ac_path(self, key: str) -> str:
+    def _ac_path(self, key: ContentDigest) -> str:
         return os.path.join(self.ac_dir, key[:2], key)
 
     def _load_memo(self) -> dict[str, bytes]:
@@ -195,7 +201,7 @@ class LocalStore:
                     pass
         return self._memo
 
-    def get_action(self, key: str) -> ActionResult | None:
+    def get_action(self, key: ContentDigest) -> ActionResult | None:
         memo = self._load_memo()
         data = memo.get(key)
         if data is None:
@@ -206,7 +212,7 @@ class LocalStore:
                 return None
         try:
             result = ActionResult.from_json(data)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, DigestError):
             memo.pop(key, None)
             return None  # a damaged entry is a miss; the action runs again and rewrites it
         if self._memo_path and key not in memo:
@@ -215,7 +221,7 @@ class LocalStore:
                 self._memo_dirty = True
         return result
 
-    def forget_action(self, key: str) -> None:
+    def forget_action(self, key: ContentDigest) -> None:
         """Drop a key from the memo (its outputs turned out to be missing or damaged)."""
         memo = self._load_memo()
         if memo.pop(key, None) is not None:
@@ -231,7 +237,7 @@ class LocalStore:
             os.replace(tmp, self._memo_path)
         self._memo_dirty = False
 
-    def put_action(self, key: str, result: ActionResult) -> None:
+    def put_action(self, key: ContentDigest, result: ActionResult) -> None:
         dest = self._ac_path(key)
         self._ensure_dir(os.path.dirname(dest))
         data = result.to_json()
