@@ -76,7 +76,6 @@ def _dest(ctx: RuleContext, path: str, attr_name: str) -> str:
         return clean_path(path)
     except PbuildError as exc:
         ctx.fail(exc.message, attr=attr_name, hint=exc.hint)
-        raise
 
 
 @rule(
