@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 from pbuild.engine.errors import AnalysisError, Location, PbuildError
 from pbuild.engine.labels import Label
@@ -695,7 +695,8 @@ class RuleContext:
             return self._attr_locations[attr_name]
         return self._target_location
 
-    def fail(self, message: str, *, attr: str | None = None, hint: str | None = None) -> None:
+    def fail(self, message: str, *, attr: str | None = None, hint: str | None = None) -> NoReturn:
+        """Stop analysis of this target with an error at ``attr``'s line (else the target's)."""
         text = f"attribute {attr!r}: {message}" if attr else message
         raise AnalysisError(text, location=self.location(attr), label=self.label, hint=hint)
 
@@ -742,7 +743,8 @@ class GeneratorContext:
         """Text of a file in this package, or None if it does not exist."""
         return _read_recorded(os.path.join(self.package_dir, relative_path), self._on_read)
 
-    def fail(self, message: str, *, attr: str | None = None, hint: str | None = None) -> None:
+    def fail(self, message: str, *, attr: str | None = None, hint: str | None = None) -> NoReturn:
+        """Stop loading this generator with an error at ``attr``'s line (else the target's)."""
         location = self._attr_locations.get(attr, self._location) if attr else self._location
         raise AnalysisError(message, location=location, label=self.label, hint=hint)
 

@@ -37,8 +37,10 @@ from pbuild.lib import atomicio
 from pbuild.lib.determinism import source_date_epoch
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildRequest:
+    """What one command asks to build, and how (from the CLI's flags)."""
+
     patterns: Sequence[str]
     cwd: str = field(default_factory=os.getcwd)
     workspace: str | None = None
@@ -230,7 +232,7 @@ def build_and_stamp(request: BuildRequest, stamp: str, reporter: Reporter, *,
                     workspace: Workspace | None = None) -> None:
     """``pbuild build`` after the up-to-date check failed: build, then write a new stamp."""
     session, _, result = build(request, reporter=reporter, workspace=workspace)
-    outputs = [os.path.join(session.workspace.root, o.path) for res in result.results.values() for o in res.outputs]
+    outputs = [os.path.join(session.workspace.root, o.path) for res in result.results for o in res.outputs]
     uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events)
 
 

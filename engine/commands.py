@@ -14,16 +14,16 @@ from pbuild.engine.build import (
     OUT_MARKER,
     BuildRequest,
     analyze,
-    default_cache_dir,
     execute,
     open_session,
     test_actions,
 )
 from pbuild.engine.errors import EXIT_BUILD_FAILED, PbuildError
 from pbuild.engine.events import Reporter
+from pbuild.engine.scheduler import ActionStatus
 from pbuild.engine.store import LocalStore
 from pbuild.engine.toolchains import needed_files
-from pbuild.engine.workspace import Workspace, find_workspace
+from pbuild.engine.workspace import Workspace, default_cache_dir, find_workspace
 from pbuild.tools.fstree import remove_tree
 
 
@@ -46,18 +46,18 @@ def run_tests(request: BuildRequest, *, no_cache: bool) -> int:
     finally:
         summary = reporter.finish()
         session.close()
-    failures = {id(f.action): f for f in result.failures}
     failed = 0
     for label, action in tests:
-        status = result.statuses.get(id(action))
-        if status in ("cached", "remote_cached"):
+        status = result.status_of(action)
+        if status in (ActionStatus.CACHED, ActionStatus.REMOTE_CACHED):
             lines.append(f"{label}  PASSED (cached)")
-        elif status == "executed":
+        elif status is ActionStatus.EXECUTED:
             lines.append(f"{label}  PASSED")
         else:
             failed += 1
-            failure = failures.get(id(action))
-            lines.append(f"{label}  FAILED" if failure or status == "failed" else f"{label}  NO STATUS (build failed)")
+            failure = result.failure_of(action)
+            lines.append(f"{label}  FAILED" if failure or status is ActionStatus.FAILED
+                         else f"{label}  NO STATUS (build failed)")
             if failure is not None:
                 lines.append(failure.error.message.split("\n", 1)[-1])
     build_failures = [f for f in result.failures if f.action.mnemonic != "TestRunner"]

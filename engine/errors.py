@@ -7,9 +7,10 @@ is not a ``PbuildError`` is a bug in pbuild and is allowed to show a traceback.
 
 from __future__ import annotations
 
-from pbuild.lib.errors import EXIT_BAD_INPUT, Location, UserError
+from pbuild.lib.errors import EXIT_BAD_INPUT as EXIT_BAD_INPUT  # re-exported: the CLI's exit codes live here
+from pbuild.lib.errors import Location as Location  # re-exported: rules and the engine place errors with it
+from pbuild.lib.errors import UserError
 
-EXIT_OK = 0
 EXIT_BUILD_FAILED = 1
 
 
@@ -70,10 +71,6 @@ class BuildFailed(PbuildError):
     """An action ran and failed (non-zero exit, missing output)."""
 
     exit_code = EXIT_BUILD_FAILED
-
-
-class CacheCorruption(PbuildError):
-    """A cache entry failed its digest check. Never shown to a user directly: we rebuild."""
 
 
 class HashMismatch(PbuildError):

@@ -13,9 +13,13 @@ import os
 import platform
 import threading
 import time
+from typing import TYPE_CHECKING, cast
 
 import xxhash
 from pbuild.lib import atomicio
+
+if TYPE_CHECKING:  # not imported at run time: this module is on the no-op build's path
+    from pbuild.lib.digest import ContentDigest
 
 _CHUNK = 1 << 20
 # A file written within the filesystem's timestamp granularity (a few ms) of being indexed could
@@ -24,11 +28,12 @@ _RACY_NS = 100_000_000
 _INDEX_VERSION = 1
 
 
-def digest_bytes(data: bytes) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
+def digest_bytes(data: bytes) -> ContentDigest:
+    """The xxh3-128 content digest of ``data``."""
+    return cast("ContentDigest", xxhash.xxh3_128_hexdigest(data))
 
 
-def digest_file(path: str) -> tuple[str, int]:
+def digest_file(path: str) -> tuple[ContentDigest, int]:
     """xxh3-128 hex digest and size of a file's contents."""
     hasher = xxhash.xxh3_128()
     size = 0
@@ -39,7 +44,7 @@ def digest_file(path: str) -> tuple[str, int]:
                 break
             size += len(chunk)
             hasher.update(chunk)
-    return hasher.hexdigest(), size
+    return cast("ContentDigest", hasher.hexdigest()), size
 
 
 StatKey = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
@@ -55,7 +60,7 @@ class StatIndex:
     def __init__(self, path: str) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[StatKey, str]] = {}
+        self._entries: dict[str, tuple[StatKey, ContentDigest]] = {}
         self._dirty = False
         self._volatile: set[str] = set()
         self.hashed_files = 0
@@ -67,11 +72,11 @@ class StatIndex:
         except (OSError, ValueError, EOFError, TypeError):
             pass  # a missing or damaged index only costs re-hashing
 
-    def digest(self, path: str) -> str:
+    def digest(self, path: str) -> ContentDigest:
         """The digest of ``path`` (absolute), from the index when its stat is unchanged."""
         return self.digest_with_key(path)[0]
 
-    def digest_with_key(self, path: str) -> tuple[str, StatKey]:
+    def digest_with_key(self, path: str) -> tuple[ContentDigest, StatKey]:
         """The digest of ``path`` and the stat it was taken at."""
         st = os.stat(path)
         key = stat_key(st)
@@ -83,7 +88,7 @@ class StatIndex:
         self.record(path, st, digest)
         return digest, key
 
-    def lookup(self, path: str) -> str | None:
+    def lookup(self, path: str) -> ContentDigest | None:
         """The indexed digest if the file's stat still matches, else None (never reads the file)."""
         entry = self._entries.get(path)
         if entry is None:
@@ -114,7 +119,7 @@ class StatIndex:
                 self._entries[path] = (stat_key(st), entry[1])
                 self._dirty = True
 
-    def record(self, path: str, st: os.stat_result, digest: str, *, output: bool = False) -> None:
+    def record(self, path: str, st: os.stat_result, digest: ContentDigest, *, output: bool = False) -> None:
         """Remember ``path``'s digest at stat ``st``. ``output`` marks pbuild's own read-only links
         to CAS blobs, which nobody edits in the same instant, so they are saved even when fresh."""
         if not output and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS:

@@ -15,14 +15,15 @@ from collections.abc import Mapping, Sequence
 from pbuild.engine.api import Action, InProcessAction, ProcessAction
 from pbuild.engine.hashing import digest_bytes, host_fingerprint
 from pbuild.lib.determinism import canonical_json
+from pbuild.lib.digest import ContentDigest, Sha256Hex
 
 # Bump when the meaning of a key changes (sandbox layout, environment, ...).
 ENGINE_KEY_VERSION = "pbuild-action-v1"
 
 
-def key_material(action: Action, input_digests: Mapping[str, str], env: Mapping[str, str],
+def key_material(action: Action, input_digests: Mapping[str, ContentDigest], env: Mapping[str, str],
                  base_env: Mapping[str, str] | None = None,
-                 toolchain_digests: Sequence[str] = ()) -> bytes:
+                 toolchain_digests: Sequence[ContentDigest] = ()) -> bytes:
     """``env`` is the action's own environment, ``base_env`` the fixed one every action gets
     (it carries SOURCE_DATE_EPOCH, which in-process actions read too); ``toolchain_digests``
     are the digests of ``action.toolchain.files`` in order."""
@@ -57,10 +58,11 @@ def key_material(action: Action, input_digests: Mapping[str, str], env: Mapping[
     return canonical_json(body, ascii_only=True)
 
 
-def action_key(material: bytes) -> str:
+def action_key(material: bytes) -> ContentDigest:
+    """The key that names an action in the local action cache."""
     return digest_bytes(material)
 
 
-def remote_key(material: bytes) -> str:
+def remote_key(material: bytes) -> Sha256Hex:
     """The sha256 that names this action in a remote cache (Bazel's caches speak sha256)."""
-    return hashlib.sha256(material).hexdigest()
+    return Sha256Hex(hashlib.sha256(material).hexdigest())

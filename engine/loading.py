@@ -392,7 +392,7 @@ def glob_pattern_problem(pattern: str) -> str | None:
     return None
 
 
-def _read_ignore(root: str) -> pathspec.PathSpec | None:
+def _read_ignore(root: str) -> pathspec.PathSpec[Any] | None:
     try:
         with open(os.path.join(root, IGNORE_FILE), encoding="utf-8") as handle:
             lines = handle.read().splitlines()

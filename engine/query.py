@@ -160,7 +160,7 @@ class _Parser:
 
 
 def evaluate(expr: str, graph: TargetGraph, cwd: str) -> set[Label]:
-    from pbuild.engine.build import current_package
+    from pbuild.engine.workspace import current_package
 
     return _Parser(expr, graph, current_package(graph.loader.workspace, cwd)).parse()
 

@@ -160,7 +160,7 @@ def build_for_run(build_request: BuildRequest, workspace: Workspace, target: str
     plan = plan_for(workspace.root, label, analyzed.rule_names[label], analyzed.targets[label],
                     trees[-1] if trees else None)
     if stamp is not None:
-        outputs = [os.path.join(workspace.root, o.path) for res in result.results.values() for o in res.outputs]
+        outputs = [os.path.join(workspace.root, o.path) for res in result.results for o in res.outputs]
         uptodate.write_stamp(stamp, session.loader.recorder, outputs, result.events, extra=plan.to_data())
     return plan
 

@@ -14,7 +14,8 @@ Outputs in pbuild-out are hard links to the blobs, so a ``chmod`` of an output c
 too. The CAS does not trust a mode it did not set: the mode of a blob follows from its name
 (0444, or 0555 for ``.x``), and :meth:`LocalStore.verify_blob` restores it with the content check.
 An AC entry is data from outside the build (another machine, a shared folder): before it is
-used, :func:`undeclared_outputs` holds it to exactly the outputs its action declares.
+used, :func:`pbuild.engine.outputs.undeclared_outputs` holds it to exactly the outputs its action
+declares. Blobs become files in pbuild-out in :mod:`pbuild.engine.materialize`.
 """
 
 from __future__ import annotations
@@ -24,19 +25,18 @@ import errno
 import json
 import marshal
 import os
-import posixpath
 import shutil
 import stat
 import threading
 import uuid
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pbuild.engine.hashing import digest_file
 from pbuild.lib import atomicio
 from pbuild.lib.determinism import canonical_json
-from pbuild.lib.digest import OciDigest, oci_hex
+from pbuild.lib.digest import ContentDigest, DigestError, OciDigest, content_digest, oci_hex
 from pbuild.lib.oci.blobstore import Fill, receive, sha256_of_file
 from pbuild.tools.fstree import remove_tree
 
@@ -46,7 +46,7 @@ class OutputRecord:
     """One output file of an action as stored in the AC."""
 
     path: str  # workspace-relative (pbuild-out/...)
-    digest: str
+    digest: ContentDigest
     size: int
     executable: bool
 
@@ -73,9 +73,13 @@ class ActionResult:
 
     @classmethod
     def from_json(cls, data: bytes) -> ActionResult:
+        """Parse an AC entry; raises ValueError, KeyError, TypeError or DigestError when damaged.
+
+        Digests are checked: one names a blob path, and a damaged entry must not name another.
+        """
         raw: Mapping[str, Any] = json.loads(data)
         return cls(
-            outputs=tuple(OutputRecord(p, d, int(s), bool(x)) for p, d, s, x in raw["outputs"]),
+            outputs=tuple(OutputRecord(p, content_digest(d), int(s), bool(x)) for p, d, s, x in raw["outputs"]),
             directories=tuple(raw.get("directories", ())),
             exit_code=int(raw.get("exit_code", 0)),
             stdout=raw.get("stdout"),
@@ -114,10 +118,10 @@ class LocalStore:
 
     # -- CAS -------------------------------------------------------------------------------
 
-    def blob_path(self, digest: str, executable: bool = False) -> str:
+    def blob_path(self, digest: ContentDigest, executable: bool = False) -> str:
         return os.path.join(self.cas_dir, digest[:2], digest + (".x" if executable else ""))
 
-    def has_blob(self, digest: str, executable: bool = False) -> bool:
+    def has_blob(self, digest: ContentDigest, executable: bool = False) -> bool:
         return os.path.exists(self.blob_path(digest, executable))
 
     def _ensure_dir(self, path: str) -> None:
@@ -126,7 +130,8 @@ class LocalStore:
             with self._lock:
                 self._made.add(path)
 
-    def put_file(self, source: str, *, executable: bool, move: bool, digest: str | None = None) -> tuple[str, int]:
+    def put_file(self, source: str, *, executable: bool, move: bool,
+                 digest: ContentDigest | None = None) -> tuple[ContentDigest, int]:
         """Store ``source``'s content; returns (digest, size). With ``move``, the file is consumed.
 
         A blob already stored under that digest is replaced by these bytes (a rename when
@@ -148,14 +153,14 @@ class LocalStore:
             atomicio.publish_file(tmp, dest)
         return digest, size
 
-    def put_bytes(self, data: bytes, digest: str) -> str:
+    def put_bytes(self, data: bytes, digest: ContentDigest) -> str:
         dest = self.blob_path(digest)
         if not os.path.exists(dest):
             self._ensure_dir(os.path.dirname(dest))
             atomicio.write_bytes(dest, data, mode=blob_mode(False))
         return dest
 
-    def verify_blob(self, digest: str, executable: bool = False) -> bool:
+    def verify_blob(self, digest: ContentDigest, executable: bool = False) -> bool:
         """Re-hash a blob and restore its mode; a damaged one is deleted so it is rebuilt, never served.
 
         The mode is checked because outputs are hard links to blobs: a ``chmod`` of an output
@@ -178,7 +183,7 @@ class LocalStore:
 
     # -- AC --------------------------------------------------------------------------------
 
-    def _ac_path(self, key: str) -> str:
+    def _ac_path(self, key: ContentDigest) -> str:
         return os.path.join(self.ac_dir, key[:2], key)
 
     def _load_memo(self) -> dict[str, bytes]:
@@ -194,7 +199,7 @@ class LocalStore:
                     pass
         return self._memo
 
-    def get_action(self, key: str) -> ActionResult | None:
+    def get_action(self, key: ContentDigest) -> ActionResult | None:
         memo = self._load_memo()
         data = memo.get(key)
         if data is None:
@@ -205,7 +210,7 @@ class LocalStore:
                 return None
         try:
             result = ActionResult.from_json(data)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, DigestError):
             memo.pop(key, None)
             return None  # a damaged entry is a miss; the action runs again and rewrites it
         if self._memo_path and key not in memo:
@@ -214,7 +219,7 @@ class LocalStore:
                 self._memo_dirty = True
         return result
 
-    def forget_action(self, key: str) -> None:
+    def forget_action(self, key: ContentDigest) -> None:
         """Drop a key from the memo (its outputs turned out to be missing or damaged)."""
         memo = self._load_memo()
         if memo.pop(key, None) is not None:
@@ -228,7 +233,7 @@ class LocalStore:
             marshal.dump(self._memo, handle)
         self._memo_dirty = False
 
-    def put_action(self, key: str, result: ActionResult) -> None:
+    def put_action(self, key: ContentDigest, result: ActionResult) -> None:
         dest = self._ac_path(key)
         self._ensure_dir(os.path.dirname(dest))
         data = result.to_json()
@@ -294,10 +299,12 @@ class OciBlobs:
         entry = self._entry(digest)
         try:
             with open(entry, encoding="ascii") as handle:
-                cas_digest = handle.read().strip()
+                text = handle.read().strip()
         except (OSError, UnicodeDecodeError):
             return None
-        if not _is_content_digest(cas_digest):  # it becomes a path: a damaged map must not point out
+        try:  # it becomes a path: a damaged map must not point out of the CAS
+            cas_digest = content_digest(text)
+        except DigestError:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry)
             return None
@@ -329,64 +336,3 @@ class OciBlobs:
 def blob_mode(executable: bool) -> int:
     """The mode the CAS gives a blob: read-only, and executable for ``.x`` blobs."""
     return 0o555 if executable else 0o444
-
-
-def undeclared_outputs(paths: Iterable[str], directories: Collection[str],
-                       declared_files: Collection[str], declared_dirs: Collection[str]) -> str | None:
-    """Why a cached result does not write exactly its action's declared outputs, or ``None``.
-
-    ``paths`` are the result's files and ``directories`` its directory outputs. A result is
-    accepted only if it holds every declared file, as a file, and nothing else besides files
-    inside the declared directories (normalized paths, so no ``..`` leaves a tree, and no file
-    where a tree needs a folder). Anything else would let a poisoned cache entry write sources,
-    git hooks or other outputs of the workspace.
-    """
-    if set(directories) != set(declared_dirs):
-        return (f"its directory outputs {sorted(directories)} are not the declared ones "
-                f"{sorted(declared_dirs)}")
-    seen: set[str] = set()
-    in_trees: list[str] = []
-    for path in paths:
-        if path in seen:
-            return f"it lists {path} twice"
-        seen.add(path)
-        if path in declared_files:
-            continue
-        if path in declared_dirs:
-            return f"it has a file {path} where the action declares a directory"
-        if posixpath.normpath(path) != path or not any(path.startswith(d + "/") for d in declared_dirs):
-            return f"it writes {path}, which is not a declared output"
-        in_trees.append(path)
-    for path in sorted(declared_files):
-        if path not in seen:
-            return f"it lacks the declared output {path}"
-    for path in in_trees:
-        parent = posixpath.dirname(path)
-        while parent and parent not in declared_dirs:
-            if parent in seen:
-                return f"it has a file {parent} and also files inside it"
-            parent = posixpath.dirname(parent)
-    return None
-
-
-def materialize(store: LocalStore, record: OutputRecord, dest: str) -> None:
-    """Make ``dest`` hold the blob of ``record``: a hard link to the read-only blob, else a copy."""
-    blob = store.blob_path(record.digest, record.executable)
-    parent = os.path.dirname(dest)
-    os.makedirs(parent, exist_ok=True)
-    with atomicio.temp_beside(dest) as tmp:
-        try:
-            os.link(blob, tmp)
-        except OSError:
-            shutil.copyfile(blob, tmp)
-            os.chmod(tmp, 0o555 if record.executable else 0o444)
-        try:
-            atomicio.publish_file(tmp, dest)
-        except IsADirectoryError:
-            remove_tree(dest)
-            atomicio.publish_file(tmp, dest)
-
-
-def _is_content_digest(text: str) -> bool:
-    """``text`` is 32 lowercase hex characters (an xxh3-128 CAS name)."""
-    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)

@@ -32,6 +32,7 @@ from pbuild.engine.api import Action, File
 from pbuild.engine.errors import BuildFailed
 from pbuild.engine.hashing import digest_bytes
 from pbuild.lib import atomicio
+from pbuild.lib.digest import ContentDigest
 from pbuild.tools.fstree import remove_tree
 
 TREES_DIR = "toolchains"
@@ -44,7 +45,7 @@ def needed_files(action: Action) -> tuple[File, ...]:
     return (*action.inputs, *action.toolchain.files)
 
 
-def tree_digest(file_digests: Sequence[str]) -> str:
+def tree_digest(file_digests: Sequence[ContentDigest]) -> ContentDigest:
     """The name of a toolchain tree: a digest over its layers' file digests, bottom first."""
     return digest_bytes(("toolchain-tree-v1\n" + "\n".join(file_digests)).encode())
 

@@ -141,7 +141,7 @@ def load_analysis(path: str, recorder: DependencyRecorder) -> bytes | None:
     if version != _VERSION or not _unchanged(entries):
         return None
     recorder.extend(entries)
-    return payload
+    return payload if isinstance(payload, bytes) else None
 
 
 def check_stamp(path: str) -> list[Event] | None:

@@ -58,7 +58,6 @@ def _expand(ctx: RuleContext, cmd: str, srcs: tuple[File, ...], outs: tuple[File
         if files is None:
             ctx.fail(f"$({name}): {label.strip()} is not in srcs or tools", attr="cmd",
                      hint="list the label in srcs or tools")
-            raise AssertionError  # unreachable: fail raises
         if word == "location" and len(files) != 1:
             ctx.fail(f"$(location {label.strip()}) names {len(files)} files", attr="cmd",
                      hint="use $(locations ...) for several files")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,15 +26,6 @@ from pbuild.engine.remote import RemoteSettings
 
 _KEYS = ("url", "instance-name", "upload", "timeout", "retries", "headers")
 _SCHEMES = ("http", "https", "grpc", "grpcs")
-
-
-def default_user_config_path() -> str:
-    """``$PBUILD_CONFIG``, else ``$XDG_CONFIG_HOME/pbuild/config.toml`` (``~/.config/...``)."""
-    explicit = os.environ.get("PBUILD_CONFIG")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "pbuild", "config.toml")
 
 
 def _header(text: str) -> tuple[str, str]:

@@ -76,7 +76,6 @@ def _dest(ctx: RuleContext, path: str, attr_name: str) -> str:
         return clean_path(path)
     except PbuildError as exc:
         ctx.fail(exc.message, attr=attr_name, hint=exc.hint)
-        raise
 
 
 @rule(
@@ -299,7 +298,6 @@ def _python_entrypoint(ctx: RuleContext, interpreter: str, binary: PyBinaryInfo)
         module, _, function = binary.entry_point.partition(":")
         return [interpreter, "-c", f"import sys; from {module} import {function} as f; sys.exit(f())"]
     ctx.fail("the py_binary in layers has neither main_module nor entry_point", attr="layers")
-    raise AssertionError
 
 
 def group_wheels(wheels_: Sequence[Wheel], budget: int) -> list[list[Wheel]]:
@@ -322,7 +320,6 @@ def _interpreter_override(ctx: RuleContext) -> PythonRuntimeInfo | None:
     if not version:
         ctx.fail(f"cannot tell the Python version of {ctx.attr.interpreter!r}", attr="interpreter",
                  hint="name the interpreter like /usr/bin/python3.11")
-        raise AssertionError
     v = version.group(1)
     return PythonRuntimeInfo(ctx.attr.interpreter, v, f"/usr/local/lib/python{v}/dist-packages")
 
@@ -335,7 +332,6 @@ def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinf
         ctx.fail(f"{target.label} is a py_binary, but no layer before it provides a Python interpreter",
                  attr="layers", hint="put a deb_packages target with python3.X-minimal (e.g. "
                                      "//third_party/debian:python3) before it, or set interpreter")
-        raise AssertionError
     name = ctx.label.name
     wheel_list = sorted(set(pyinfo.wheels), key=lambda w: (w.name, w.version))
     for wheel in wheel_list:

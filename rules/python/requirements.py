@@ -47,16 +47,13 @@ def py_requirements(ctx: GeneratorContext) -> Sequence[GeneratedTarget]:
     if requirements is None:
         ctx.fail(f"{ctx.package}/{requirements_name} does not exist", attr="requirements",
                  hint="list your top-level requirements there (one per line), then " + RELOCK_HINT)
-        raise AssertionError("unreachable")
     text = ctx.read_file(lock_name)
     if text is None:
         ctx.fail(f"the lock file {ctx.package}/{lock_name} does not exist", attr="lock", hint=RELOCK_HINT)
-        raise AssertionError("unreachable")
     try:
         lock = parse_lock(text, path=f"{ctx.package}/{lock_name}")
     except PythonLockError as exc:
         ctx.fail(exc.message, attr="lock", hint=RELOCK_HINT)
-        raise AssertionError("unreachable") from None
     if lock.inputs_sha256 != inputs_digest(requirements):
         ctx.fail(f"the lock file {ctx.package}/{lock_name} is out of date with {requirements_name} "
                  "(its recorded hash differs)", attr="lock", hint=RELOCK_HINT)

@@ -159,12 +159,10 @@ def _load_tool_lock(ctx: RuleContext, source: ToolLockSource, target: PythonTarg
     if requirements is None:
         ctx.fail(f"the {tool} requirements {requirements_path} do not exist",
                  hint=f"list the tool's requirements there (e.g. {tool}), then run {RELOCK_TOOLS}")
-    assert text is not None and requirements is not None  # ctx.fail raised otherwise
     try:
         lock = parse_lock(text, path=lock_path, relock=RELOCK_TOOLS)
     except PythonLockError as exc:
         ctx.fail(f"{lock_path}: {exc.message}", hint=f"regenerate it with {RELOCK_TOOLS}")
-        raise AssertionError("unreachable") from None
     if lock.inputs_sha256 != inputs_digest(requirements):
         ctx.fail(f"the {tool} lock {lock_path} is out of date with {requirements_path} (its recorded hash differs)",
                  hint=f"run {RELOCK_TOOLS}")

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from pbuild.engine.hashing import digest_bytes, digest_file
-from pbuild.engine.store import ActionResult, LocalStore, OutputRecord, materialize, undeclared_outputs
+from pbuild.engine.materialize import materialize
+from pbuild.engine.outputs import undeclared_outputs
+from pbuild.engine.store import ActionResult, LocalStore, OutputRecord
 
 from tests.support.runner import PBUILD, Runner, base_env, cache_is_consistent, write_tree
 

@@ -64,8 +64,8 @@ class _HashingReader:
 def decompressor(raw: IO[bytes], media_type: str) -> IO[bytes]:
     """The decompressed view of a layer blob, by media type or, failing that, magic bytes;
     a damaged compressed stream raises :class:`RefusedLayer`."""
-    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type, type-var]
-    magic = buffered.peek(4)[:4]  # type: ignore[attr-defined]
+    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[type-var]
+    magic = buffered.peek(4)[:4]
     if media_type.endswith("+zstd") or magic == b"\x28\xb5\x2f\xfd":
         import zstandard
 
