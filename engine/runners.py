@@ -27,6 +27,7 @@ from pbuild.engine.outputs import collect_outputs
 from pbuild.engine.store import ActionResult, LocalStore
 from pbuild.lib.atomicio import write_text
 from pbuild.lib.errors import UserError
+from pbuild.lib.oci.blobstore import BlobStore
 
 _TAIL = 60  # lines of a failing action's stderr shown to the user
 
@@ -82,7 +83,7 @@ def _process_failure(action: ProcessAction, outcome: ProcessOutcome, workspace_r
 
 
 def run_in_process_action(action: InProcessAction, work: str, *, store: LocalStore, workspace_root: str,
-                          jobs: int, toolchain_root: str | None) -> ActionResult:
+                          jobs: int, toolchain_root: str | None, oci_blobs: BlobStore | None = None) -> ActionResult:
     """Call ``action``'s function on its inputs (read in the workspace) and outputs below ``work``."""
     out_top = os.path.join(work, "out")
     outputs: dict[str, str] = {}
@@ -93,7 +94,7 @@ def run_in_process_action(action: InProcessAction, work: str, *, store: LocalSto
     inputs = {f.path: os.path.join(workspace_root, f.path) for f in action.inputs}
     tmp = os.path.join(work, "tmp")
     os.makedirs(tmp)
-    io = ActionIO(inputs, outputs, tmp, action.owner, jobs=jobs, toolchain_root=toolchain_root)
+    io = ActionIO(inputs, outputs, tmp, action.owner, jobs=jobs, toolchain_root=toolchain_root, oci_blobs=oci_blobs)
     try:
         action.function(io, action.params)
     except PbuildError as exc:

@@ -37,7 +37,7 @@ from pbuild.engine.materialize import Materializer
 from pbuild.engine.oserrors import from_os_error
 from pbuild.engine.outputs import undeclared_outputs
 from pbuild.engine.runners import run_in_process_action, run_process_action
-from pbuild.engine.store import ActionResult, LocalStore, OutputRecord
+from pbuild.engine.store import ActionResult, LocalStore, OciBlobs, OutputRecord
 from pbuild.engine.toolchains import LayerFiles, ToolchainTrees, needed_files, tree_digest
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.lib.digest import ContentDigest
@@ -408,7 +408,8 @@ class Executor:
                                          hide_paths=self.hide_paths, toolchain_root=self._toolchain_root(action))
             else:
                 res = run_in_process_action(action, work, store=self.store, workspace_root=self.root,
-                                            jobs=self.options.jobs, toolchain_root=self._toolchain_root(action))
+                                            jobs=self.options.jobs, toolchain_root=self._toolchain_root(action),
+                                            oci_blobs=OciBlobs(self.store))
         finally:
             remove_tree(work, ignore_errors=True)  # a leftover is removed with the stale temp dirs
             if isinstance(action, ProcessAction):
