@@ -4,7 +4,7 @@ One naming scheme for every temp name (``<dest>.<12 hex>.tmp``, beside its desti
 rename never crosses a filesystem), and temp names are removed again when the writer fails (a
 full disk, a crash, Ctrl-C), so a reader never sees half a file and nothing is left behind.
 
-This module is the only place that renames onto a published name (``tests/test_atomicio.py``
+This module is the only place that renames onto a published name (``tests/unit/test_atomicio.py``
 holds every other module to that): writers fill a temp name and call :func:`publish_file` or
 :func:`publish_dir`, or let :func:`write_bytes`, :func:`write_text` or :func:`writing` do all of it.
 """
