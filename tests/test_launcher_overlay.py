@@ -10,7 +10,7 @@ import pytest
 from launcher_users import USERS, LauncherUser, user_folder
 from pbuild.tools.launcher import mounts
 from pbuild.tools.launcher.errors import LauncherError
-from pbuild.tools.nsops import Mount
+from pbuild.tools.sandbox.nsops import Mount
 from test_launcher_images import directory, file, make_busybox_image, tar_layer
 
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 from hosttree import build_tree
-from pbuild.tools import nsops
 from pbuild.tools.sandbox import (
     EXEC_ROOT,
     NOT_IN_TOOLCHAIN,
     SandboxRequest,
     SandboxResult,
     missing_from_toolchain,
+    nsops,
     plan,
     run_sandboxed,
 )

@@ -26,8 +26,8 @@ import stat
 import zlib
 from typing import Any, NamedTuple
 
-from pbuild.tools import linux
 from pbuild.tools.launcher.errors import LauncherError
+from pbuild.tools.sandbox import linux
 
 _LIBRARY = "libseccomp.so.2"
 _PACKAGE_HINT = (
