@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pbuild.engine.api import OUT_DIR, ProcessAction
 
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SANDBOX_EXEC_ROOT = "/execroot"  # where tools/sandbox.py mounts the exec root
 
 
 def base_env(source_date_epoch: str) -> dict[str, str]:
@@ -150,13 +149,15 @@ def missing_program(stderr: str, exit_code: int, action: ProcessAction) -> str |
 
 def explain_failure(stderr: str, action: ProcessAction, workspace_root: str) -> str | None:
     """A sentence on why a sandboxed action may have failed, or None when nothing stands out."""
+    from pbuild.tools.sandbox import EXEC_ROOT  # where the sandbox mounts the exec root
+
     declared = {f.path for f in action.inputs} | {f.path for f in action.outputs}
     if "No such file or directory" in stderr or "cannot open" in stderr or "can't open" in stderr:
         base = os.path.join(workspace_root, action.workdir) if action.workdir else workspace_root
         for token in _PATHISH.findall(stderr):
             token = token.strip("'\".:,")
-            if token.startswith(SANDBOX_EXEC_ROOT + "/"):
-                token = token[len(SANDBOX_EXEC_ROOT) + 1:]
+            if token.startswith(EXEC_ROOT + "/"):
+                token = token[len(EXEC_ROOT) + 1:]
             if not token or token.startswith(OUT_DIR + "/.") or len(token) > 300:
                 continue
             for candidate in (os.path.normpath(os.path.join(base, token)), os.path.normpath(os.path.join(workspace_root, token))):

@@ -252,7 +252,7 @@ _TOOLCHAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _exec_on_toolchain(plan: ProgramPlan, toolchain: ToolchainRoot, extra: Sequence[str], *, user_umask: int) -> int:
-    """Start the program of a toolchain plan in its root (tools/sandbox.py ``exec_on_root``)."""
+    """Start the program of a toolchain plan in its root (``pbuild.tools.sandbox.exec_on_root``)."""
     from pbuild.engine.errors import BuildFailed
     from pbuild.tools.sandbox import SandboxRequestError, exec_on_root
 

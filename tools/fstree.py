@@ -22,7 +22,7 @@ import errno
 import os
 import stat
 
-__all__ = ["remove_tree"]
+__all__ = ["remove_at", "remove_tree"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OWNER_ALL = stat.S_IRWXU
@@ -53,6 +53,27 @@ def remove_tree(path: str, *, ignore_errors: bool = False) -> None:
         finally:
             os.close(parent_fd)
     if errors and not ignore_errors:
+        raise errors[0]
+
+
+def remove_at(dir_fd: int, name: str, *, path: str | None = None) -> None:
+    """Remove the entry ``name`` (one component) of the open folder ``dir_fd`` as
+    :func:`remove_tree` removes a path: a link as a link, a folder with all it holds, nothing
+    there is fine; the first failure is raised, naming ``path`` (default: ``name``)."""
+    if name in ("", ".", "..") or "/" in name:
+        raise ValueError(f"remove_at needs one name of an entry, not {name!r}")
+    try:  # the common case when a layer is unpacked: a file, or nothing there (one syscall)
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        pass
+    except OSError as exc:
+        raise _with_path(exc, path or name) from None
+    errors: list[OSError] = []
+    _remove_entry(dir_fd, name, path or name, errors)
+    if errors:
         raise errors[0]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pbuild.tools.launcher import mounts
 from pbuild.tools.launcher.errors import LauncherError
-from pbuild.tools.nsops import Mount
+from pbuild.tools.sandbox.nsops import Mount
 
 from tests.support.launcher_users import USERS, LauncherUser, user_folder
 from tests.support.testimages import directory, file, make_busybox_image, tar_layer

@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from pbuild.tools import nsops
 from pbuild.tools.sandbox import (
     EXEC_ROOT,
     NOT_IN_TOOLCHAIN,
     SandboxRequest,
     SandboxResult,
     missing_from_toolchain,
+    nsops,
     plan,
     run_sandboxed,
 )

@@ -8,9 +8,9 @@ import argparse
 import sys
 import time
 
-from pbuild.tools import linux
 from pbuild.tools.launcher.config import PortMapping, RunOptions, Volume
 from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
+from pbuild.tools.sandbox import linux
 
 USAGE = """\
 usage: pbuild run IMAGE [FLAGS] [-- CMD ARGS...]     IMAGE: oci:PATH[:NAME] | docker-archive:PATH

@@ -28,8 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
+from pbuild.tools.fstree import remove_at
 from pbuild.tools.launcher.errors import RefusedLayer
-from pbuild.tools.launcher.inroot import DIR_FLAGS, RootDir, remove_entry
+from pbuild.tools.launcher.inroot import DIR_FLAGS, RootDir
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -224,7 +225,7 @@ def _extract_member(
             target = base[len(WHITEOUT_PREFIX) :]
             if not target or target in (".", ".."):
                 raise RefusedLayer(f"layer entry {member.name!r} is a malformed whiteout")
-            remove_entry(target, parent)
+            remove_at(parent, target)
             whiteout(target, parent)
             return
         mode = member.mode & 0o7777
@@ -234,14 +235,14 @@ def _extract_member(
             try:
                 st = os.stat(base, dir_fd=parent, follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
-                    remove_entry(base, parent)
+                    remove_at(parent, base)
                     os.mkdir(base, 0o755, dir_fd=parent)
             except FileNotFoundError:
                 os.mkdir(base, 0o755, dir_fd=parent)
             tree.dir_modes.append((parts, mode | 0o700 if not privileged else mode))
             _own(base, parent, member, privileged)
             return
-        remove_entry(base, parent)
+        remove_at(parent, base)
         if member.isreg():
             source = archive.extractfile(member)
             fd = os.open(

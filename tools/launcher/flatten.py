@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import stat
 
+from pbuild.tools.fstree import remove_at
 from pbuild.tools.launcher.extract import OPAQUE_XATTR
-from pbuild.tools.launcher.inroot import DIR_FLAGS, RootDir, clear_dir, remove_entry
+from pbuild.tools.launcher.inroot import DIR_FLAGS, RootDir, clear_dir
 
 
 def flatten(layer_dirs: list[str], dest: str) -> None:
@@ -52,7 +53,7 @@ def _merge(source: int, root: RootDir, parts: list[str], privileged: bool) -> No
                 if not followed:  # a followed link keeps its target's owner and mode
                     _copy_dir_metadata(name, target, st, privileged)
                 continue
-            remove_entry(name, target)
+            remove_at(target, name)
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 continue  # a whiteout: the lower entry is gone, and so is this one
             _copy_entry(source, name, target, st, privileged)
@@ -76,7 +77,7 @@ def _make_dir(name: str, target: int, root: RootDir, parts: list[str]) -> bool:
             return True
         except OSError:
             pass  # leads nowhere in the root, or to a file: the directory replaces the link
-    remove_entry(name, target)
+    remove_at(target, name)
     os.mkdir(name, 0o700, dir_fd=target)
     return False
 

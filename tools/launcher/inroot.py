@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import stat
 from collections.abc import Sequence
+
+from pbuild.tools.fstree import remove_at
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_SYMLINKS = 40
@@ -98,20 +98,7 @@ class RootDir:
                 os.close(fd)
 
 
-def remove_entry(name: str, dir_fd: int) -> None:
-    """Remove whatever is at ``name`` in ``dir_fd``, a directory with everything in it; a link
-    is removed itself, never followed. Nothing there is fine."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)  # the fd-based walk: it does not follow links either
-    else:
-        os.unlink(name, dir_fd=dir_fd)
-
-
 def clear_dir(dir_fd: int) -> None:
     """Remove everything in the directory ``dir_fd`` (an opaque directory of a layer)."""
     for name in os.listdir(dir_fd):
-        remove_entry(name, dir_fd)
+        remove_at(dir_fd, name)

@@ -9,10 +9,10 @@ import sys
 import time
 from collections.abc import Callable
 
-from pbuild.tools import linux
 from pbuild.tools.launcher import identity, process, seccomp
 from pbuild.tools.launcher.errors import EXIT_FAILED, EXIT_LAUNCHER, LauncherError
 from pbuild.tools.launcher.state import ContainerState, Store, is_alive
+from pbuild.tools.sandbox import linux
 
 
 def remove_container(store: Store, state: ContainerState) -> None:
@@ -234,7 +234,7 @@ def exec_in(store: Store, name: str, argv: list[str], interactive: bool, tty: bo
 def _join_and_exec(
     ns_fds: list[tuple[str, int]], setup: process.ProcessSetup, stdio: process.Stdio, errpipe: int
 ) -> int:
-    process.keep_only_fds([*stdio.child_fds, errpipe, *(fd for _, fd in ns_fds)])
+    linux.keep_only_fds([*stdio.child_fds, errpipe, *(fd for _, fd in ns_fds)])
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     try:
         for ns, fd in ns_fds:  # the user namespace first: it grants the rights to join the others

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from pbuild.tools import linux, nsops
 from pbuild.tools.launcher.config import ContainerSpec
 from pbuild.tools.launcher.errors import LauncherError
+from pbuild.tools.sandbox import linux, nsops
 
 # Facts from runc's default spec: what a container must not read or write in /proc and /sys.
 MASKED_PATHS = (

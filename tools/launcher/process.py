@@ -35,10 +35,10 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from pbuild.tools import linux, nsops
 from pbuild.tools.launcher import identity, seccomp
 from pbuild.tools.launcher.errors import EXIT_CANNOT_EXECUTE, EXIT_LAUNCHER, EXIT_NOT_FOUND, LauncherError
 from pbuild.tools.launcher.state import ContainerState, Store, process_start_time
+from pbuild.tools.sandbox import linux, nsops
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _NOFILE = 1048576
@@ -124,16 +124,6 @@ def mark(timing_fd: int, label: str) -> None:
     if timing_fd >= 0:
         with contextlib.suppress(OSError):
             os.write(timing_fd, f"{label} {time.perf_counter()}\n".encode())
-
-
-def keep_only_fds(keep: list[int]) -> None:
-    low = 3
-    for fd in sorted(set(keep)):
-        if fd >= low:
-            if fd > low:
-                linux.close_range(low, fd - 1)
-            low = fd + 1
-    linux.close_range(low)
 
 
 def _find_executable(name: str, env: dict[str, str]) -> str | None:
@@ -278,7 +268,7 @@ def _monitor(
     slirp4netns when to end."""
     ready_w, go_r, errpipe = pipes
     fds = stdio.child_fds
-    keep_only_fds([*fds, *pipes, timing_fd, net_exit])
+    linux.keep_only_fds([*fds, *pipes, timing_fd, net_exit])
     mark(timing_fd, "monitor")
     for sig in _FORWARDED:
         signal.signal(sig, signal.SIG_IGN)  # L forwards what is meant for the container

@@ -7,7 +7,6 @@ import os
 import sys
 
 from pbuild.lib import atomicio
-from pbuild.tools import linux
 from pbuild.tools.launcher import cgroups, identity, process, seccomp
 from pbuild.tools.launcher.config import ContainerSpec, RunOptions, resolve_spec
 from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
@@ -16,6 +15,7 @@ from pbuild.tools.launcher.image import load_image
 from pbuild.tools.launcher.mounts import RootFs, generated_files, plan_container
 from pbuild.tools.launcher.state import Store
 from pbuild.tools.launcher.store import ensure_layers, store_root
+from pbuild.tools.sandbox import linux
 
 _NAMESPACES = (
     linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS

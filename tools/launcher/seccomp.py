@@ -28,8 +28,8 @@ from typing import Any, NamedTuple
 
 from pbuild.lib import atomicio
 from pbuild.lib.determinism import canonical_json
-from pbuild.tools import linux
 from pbuild.tools.launcher.errors import LauncherError
+from pbuild.tools.sandbox import linux
 
 _LIBRARY = "libseccomp.so.2"
 _PACKAGE_HINT = (

@@ -7,7 +7,7 @@ path(s) and the errno, e.g. ``mount(tmpfs -> /x/tmp, type tmpfs): [Errno 1] EPER
 not permitted``: a failed namespace setup must say exactly which step failed.
 
 Nothing here allocates much or imports anything lazily, because these functions run in a
-freshly forked child of a possibly multi-threaded process (see ``sandbox.py``).
+freshly forked child of a possibly multi-threaded process (see ``fork.py``).
 """
 
 from __future__ import annotations
@@ -156,6 +156,18 @@ def close_range(first: int, last: int = 0xFFFFFFFF, cloexec: bool = False) -> No
         ctypes.c_long(NR_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)
     )
     _check(result, lambda: f"close_range({first}, {last})")
+
+
+def keep_only_fds(keep: list[int]) -> None:
+    """Close every fd >= 3 except ``keep``: fds another thread opened around our fork would
+    otherwise stay open for the child's whole life (e.g. its error pipe, delaying its EOF)."""
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            if fd > low:
+                close_range(low, fd - 1)
+            low = fd + 1
+    close_range(low)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

@@ -3,7 +3,7 @@
 The sandbox and the launcher first *plan* (pure functions that turn a request into a tuple of
 the frozen records below, easy to test and to print), then a forked child calls :func:`apply`,
 which performs each operation with a checked syscall and on failure raises a
-:class:`~pbuild.tools.linux.LinuxError` naming the operation, the path and the errno.
+:class:`~pbuild.tools.sandbox.linux.LinuxError` naming the operation, the path and the errno.
 
 The records are ``NamedTuple``s rather than frozen dataclasses: creating a dataclass costs
 about ten times more at import, and the launcher imports these on every ``pbuild run``.
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from pbuild.tools import linux
+from pbuild.tools.sandbox import linux
 
 
 class Slot(NamedTuple):
@@ -42,8 +42,9 @@ class OpenPath(NamedTuple):
 
 class Mount(NamedTuple):
     """mount(2). ``source`` may be a :class:`Slot`. With ``root``, ``target`` is a path inside
-    that root filesystem, resolved with its symlinks kept inside it (see :func:`resolve_in_root`)
-    and created (``create`` = "dir" or "file") when missing."""
+    that root filesystem, resolved with its symlinks kept inside it (see :func:`resolve_in_root`).
+    The mount point is created (``create`` = "dir" or "file") when missing; without ``root``
+    its parent must exist."""
 
     source: str | Slot | None
     target: str
@@ -124,6 +125,17 @@ class LoopbackUp(NamedTuple):
     """Bring ``lo`` up in the (new) network namespace."""
 
 
+class DevTree(NamedTuple):
+    """A minimal ``/dev`` at ``path``: a tmpfs (nosuid, noexec, 64 KiB) holding ``shm`` (1777)
+    and ``pts``, each of ``devices`` bound from the host's ``/dev``, and the ``fd``, ``stdin``,
+    ``stdout``, ``stderr`` links into ``/proc/self/fd``. One operation rather than its steps so
+    that a backend with its own minimal ``/dev`` (bwrap's ``--dev``) can use it; :func:`apply`
+    performs the steps of :func:`dev_tree_ops`."""
+
+    path: str
+    devices: tuple[str, ...]
+
+
 Op = (
     OpenPath
     | Mount
@@ -137,6 +149,7 @@ Op = (
     | Chdir
     | Mask
     | ReadOnly
+    | DevTree
 )
 
 _MAX_SYMLINKS = 40
@@ -184,6 +197,26 @@ def resolve_in_root(root: str, path: str, create: str | None = None) -> str:
     return os.path.join(root, *done)
 
 
+def dev_tree_ops(op: DevTree) -> list[Op]:
+    """The steps of a :class:`DevTree`."""
+    path = op.path
+    ops: list[Op] = [
+        Mount("tmpfs", path, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "mode=0755,size=64k"),
+        MakeDir(f"{path}/shm", 0o1777),
+        MakeDir(f"{path}/pts"),
+    ]
+    for dev in op.devices:
+        ops.append(Mount(f"/dev/{dev}", f"{path}/{dev}", None, linux.MS_BIND, create="file"))
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        ops.append(Symlink(target, f"{path}/{name}"))
+    return ops
+
+
 def _fail(e: OSError, operation: str) -> linux.LinuxError:
     return linux.LinuxError(e.errno or errno.EIO, operation)
 
@@ -202,7 +235,12 @@ def apply(ops: Iterable[Op], trace: Callable[[Op, float], None] | None = None) -
             if isinstance(source, Slot):
                 fd_path = f"/proc/self/fd/{slots[source.name]}"
                 source = f"{fd_path}/{source.below}" if source.below else fd_path
-            target = _in_root(op.root, op.target, op.create) if op.root else op.target
+            if op.root:
+                target = _in_root(op.root, op.target, op.create)
+            else:
+                target = op.target
+                if op.create:
+                    _mount_point(target, op.create)
             linux.mount(source, target, op.fstype, op.flags, op.data)
         elif isinstance(op, MakeDir):
             if op.root:
@@ -275,11 +313,26 @@ def apply(ops: Iterable[Op], trace: Callable[[Op, float], None] | None = None) -
             linux.sethostname(op.name)
         elif isinstance(op, LoopbackUp):
             linux.set_loopback_up()
+        elif isinstance(op, DevTree):
+            apply(dev_tree_ops(op))
         else:  # pragma: no cover - the Op union is closed
             raise TypeError(f"unknown setup operation {op!r}")
         if trace:
             trace(op, time.perf_counter() - started)
     return list(slots.values())
+
+
+def _mount_point(path: str, kind: str) -> None:
+    """Make the missing mount point ``path``: a directory, or (``kind`` "file") an empty file."""
+    try:
+        if kind == "dir":
+            os.mkdir(path, 0o755)
+        else:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise _fail(e, f"create mount point {path}") from None
 
 
 def _in_root(root: str, path: str, create: str | None) -> str:
