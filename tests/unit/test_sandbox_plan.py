@@ -12,8 +12,8 @@ from pbuild.tools.sandbox import SandboxRequest, linux, nsops, plan, run_sandbox
 from pbuild.tools.sandbox.bwrap import NotExpressible, command_line, find_bwrap, translate
 
 from tests.support.hosttree import build_tree
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 needs_bwrap = pytest.mark.skipif(find_bwrap() is None, reason="bubblewrap is not installed")
 
