@@ -133,18 +133,18 @@ def main(argv: list[str]) -> int:
 
             return run(parse_run(rest), started)
         from pbuild.tools.launcher import lifecycle
-        from pbuild.tools.launcher.state import Store
+        from pbuild.tools.launcher.state import ContainerStore
 
         if command == "ps":
             p = _Parser(prog="pbuild ps")
             p.add_argument("-a", "--all", action="store_true", help="also stopped containers")
-            return lifecycle.ps(Store(), p.parse_args(rest).all)
+            return lifecycle.ps(ContainerStore(), p.parse_args(rest).all)
         if command == "logs":
             p = _Parser(prog="pbuild logs")
             p.add_argument("-f", "--follow", action="store_true")
             p.add_argument("name")
             ns = p.parse_args(rest)
-            return lifecycle.logs(Store(), ns.name, ns.follow)
+            return lifecycle.logs(ContainerStore(), ns.name, ns.follow)
         if command == "exec":
             p = _Parser(prog="pbuild exec")
             p.add_argument("-i", "--interactive", action="store_true")
@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
             p.add_argument("cmd", nargs=argparse.REMAINDER)
             ns = p.parse_args(rest)
             cmd = ns.cmd[1:] if ns.cmd[:1] == ["--"] else ns.cmd
-            return lifecycle.exec_in(Store(), ns.name, cmd, ns.interactive, ns.tty)
+            return lifecycle.exec_in(ContainerStore(), ns.name, cmd, ns.interactive, ns.tty)
         if command == "stop":
             p = _Parser(prog="pbuild stop")
             p.add_argument(
@@ -161,13 +161,13 @@ def main(argv: list[str]) -> int:
             )
             p.add_argument("names", nargs="+")
             ns = p.parse_args(rest)
-            return lifecycle.stop_all(Store(), ns.names, ns.time)
+            return lifecycle.stop_all(ContainerStore(), ns.names, ns.time)
         if command == "rm":
             p = _Parser(prog="pbuild rm")
             p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
             p.add_argument("names", nargs="+")
             ns = p.parse_args(rest)
-            return lifecycle.rm(Store(), ns.names, ns.force)
+            return lifecycle.rm(ContainerStore(), ns.names, ns.force)
         raise LauncherError(f"unknown command {command!r}", hint="commands: run, ps, logs, exec, stop, rm")
     except LauncherError as e:
         sys.stderr.write(e.render() + "\n")

@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 from pbuild.tools.launcher import identity, process, seccomp
 from pbuild.tools.launcher.errors import EXIT_FAILED, EXIT_LAUNCHER, LauncherError
-from pbuild.tools.launcher.state import ContainerState, Store, is_alive
+from pbuild.tools.launcher.state import ContainerState, ContainerStore, is_alive
 from pbuild.tools.sandbox import linux
 
 
-def remove_container(store: Store, state: ContainerState) -> None:
+def remove_container(store: ContainerStore, state: ContainerState) -> None:
     """Delete a container's directory (its upper layer, logs, state) and free its name."""
     from pbuild.tools.fstree import remove_tree
     from pbuild.tools.launcher import cgroups
@@ -35,7 +35,7 @@ def _ago(then: float) -> str:
     return f"{seconds} seconds ago"
 
 
-def ps(store: Store, show_all: bool) -> int:
+def ps(store: ContainerStore, show_all: bool) -> int:
     rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
     for state in store.all():
         if state.status != "running" and not show_all:
@@ -59,7 +59,7 @@ def ps(store: Store, show_all: bool) -> int:
     return 0
 
 
-def logs(store: Store, name: str, follow: bool) -> int:
+def logs(store: ContainerStore, name: str, follow: bool) -> int:
     state = store.find(name)
     path = os.path.join(store.container_dir(state.id), "log")
     if not os.path.exists(path):
@@ -85,7 +85,7 @@ def logs(store: Store, name: str, follow: bool) -> int:
             time.sleep(0.1)
 
 
-def stop_all(store: Store, names: list[str], timeout: float) -> int:
+def stop_all(store: ContainerStore, names: list[str], timeout: float) -> int:
     """:func:`stop` each of ``names``; one that fails is reported, and the others still stopped."""
     code = 0
     for name in names:
@@ -97,7 +97,7 @@ def stop_all(store: Store, names: list[str], timeout: float) -> int:
     return code
 
 
-def stop(store: Store, name: str, timeout: float) -> int:
+def stop(store: ContainerStore, name: str, timeout: float) -> int:
     """SIGTERM to the container's init, SIGKILL after ``timeout`` seconds."""
     state = store.find(name)
     if not is_alive(state):
@@ -136,7 +136,7 @@ def _wait_fd(pidfd: int, timeout: float) -> bool:
     return bool(poller.poll(int(timeout * 1000)))
 
 
-def rm(store: Store, names: list[str], force: bool) -> int:
+def rm(store: ContainerStore, names: list[str], force: bool) -> int:
     code = 0
     for name in names:
         try:
@@ -161,7 +161,7 @@ def rm(store: Store, names: list[str], force: bool) -> int:
     return code
 
 
-def exec_in(store: Store, name: str, argv: list[str], interactive: bool, tty: bool) -> int:
+def exec_in(store: ContainerStore, name: str, argv: list[str], interactive: bool, tty: bool) -> int:
     """Run ``argv`` in a running container: join its namespaces, become its user, exec."""
     state = store.find(name)
     if not is_alive(state):

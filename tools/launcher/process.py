@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from pbuild.tools.launcher import identity, seccomp
 from pbuild.tools.launcher.errors import EXIT_CANNOT_EXECUTE, EXIT_LAUNCHER, EXIT_NOT_FOUND, LauncherError
-from pbuild.tools.launcher.state import ContainerState, Store, process_start_time
+from pbuild.tools.launcher.state import ContainerState, ContainerStore, process_start_time
 from pbuild.tools.sandbox import linux, nsops
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -305,7 +305,7 @@ def _monitor(
             report(errpipe, EXIT_LAUNCHER, f"container setup failed: {type(e).__name__}: {e}")
         finally:
             os._exit(code)
-    store = Store(launch.store_root)
+    store = ContainerStore(launch.store_root)
     state = launch.state._replace(status="running", pid=child, pid_start=process_start_time(child) or 0)
     store.save(state)
     os.write(ready_w, f"{child}\n".encode())
@@ -420,7 +420,7 @@ def start(
                 if launch.slirp:
                     from pbuild.tools.launcher import network
 
-                    cdir = Store(launch.store_root).container_dir(launch.state.id)
+                    cdir = ContainerStore(launch.store_root).container_dir(launch.state.id)
                     network.start_slirp(monitor, net_exit_r, cdir, launch.publish)
                 if launch.cgroups:
                     from pbuild.tools.launcher import cgroups

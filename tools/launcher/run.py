@@ -12,9 +12,9 @@ from pbuild.tools.launcher.config import ContainerSpec, RunOptions, resolve_spec
 from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
 from pbuild.tools.launcher.flatten import flatten
 from pbuild.tools.launcher.image import load_image
+from pbuild.tools.launcher.layerstore import ensure_layers, store_root
 from pbuild.tools.launcher.mounts import RootFs, generated_files, plan_container
-from pbuild.tools.launcher.state import Store
-from pbuild.tools.launcher.store import ensure_layers, store_root
+from pbuild.tools.launcher.state import ContainerStore
 from pbuild.tools.sandbox import linux
 
 _NAMESPACES = (
@@ -114,7 +114,7 @@ def run(options: RunOptions, started: float) -> int:
     image = load_image(options.image)
     layers_root = store_root()
     layer_dirs = ensure_layers(image, layers_root, notify=notice)
-    store = Store()
+    store = ContainerStore()
     program = seccomp.build_program(
         policy, identity.capability_names(capabilities), os.path.join(store.root, "seccomp")
     )

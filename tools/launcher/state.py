@@ -85,7 +85,7 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-class Store:
+class ContainerStore:
     """The runtime directory: container records and name reservations."""
 
     def __init__(self, root: str | None = None) -> None:
