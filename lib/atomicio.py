@@ -121,8 +121,8 @@ def publish_dir(tmp_dir: str, dest: str) -> bool:
 def replace_dir(tmp_dir: str, dest: str) -> str | None:
     """Swap the finished folder ``tmp_dir`` in as ``dest``, replacing a folder already there.
 
-    Two renames (the old folder aside, then the new one in): a reader sees the old folder or the
-    new one, never a mix. Returns the old folder's temp name for the caller to remove (with its own
+    Two renames (the old folder aside, then the new one in): a reader sees the old folder, the
+    new one or, between the renames, none; never a mix of both. Returns the old folder's temp name for the caller to remove (with its own
     removal rules: outputs may be read-only), or None when ``dest`` did not exist.
     """
     old = None

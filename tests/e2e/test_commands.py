@@ -114,10 +114,11 @@ def test_a_build_imports_no_family_command_code(workspace: WorkspaceFactory, pbu
     probe = ("import sys\nfrom pbuild.engine.cli import main\n"
              "for argv in (['version'], ['build', '//srv:note', '-q'], ['//srv:note', '-q']):\n"
              "    assert main(argv) == 0\n"
-             "print(sorted(m for m in sys.modules if m.startswith('pbuild.rules.oci.')))\n")
+             "print(sorted(m for m in sys.modules if m.startswith(('pbuild.rules.oci.', 'pbuild.lib.oci.registry'))))\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ws, env=pbuild.env(), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     loaded = done.stdout.splitlines()[-1]
     assert "pbuild.rules.oci.rules" in loaded  # the image rules, as the workspace has images
-    assert "pbuild.rules.oci.commands" not in loaded and "pbuild.rules.oci.registry" not in loaded, loaded
+    assert "pbuild.rules.oci.commands" not in loaded and "pbuild.rules.oci.push" not in loaded, loaded
+    assert "pbuild.lib.oci.registry" not in loaded, loaded  # the registry client: push and pull only

@@ -153,6 +153,28 @@ def _renames_in(source: str) -> list[int]:
     return found
 
 
+def test_replace_dir_swaps_a_folder_in_whole_and_hands_back_the_old_one(tmp_path: Path) -> None:
+    dest, new = tmp_path / "tree", tmp_path / "new"
+    assert atomicio.replace_dir(str(_folder(new, "one")), str(dest)) is None  # nothing to replace
+    old = atomicio.replace_dir(str(_folder(tmp_path / "newer", "two")), str(dest))
+    assert (dest / "f").read_text() == "two" and not new.exists()
+    assert old is not None and atomicio.temp_target(os.path.basename(old)) == "tree"
+    assert Path(old, "f").read_text() == "one"  # the caller removes it, by its own rules
+
+
+def test_a_failed_replace_dir_puts_the_old_folder_back(tmp_path: Path) -> None:
+    dest = _folder(tmp_path / "tree", "old")
+    with pytest.raises(FileNotFoundError):
+        atomicio.replace_dir(str(tmp_path / "missing"), str(dest))
+    assert (dest / "f").read_text() == "old" and sorted(os.listdir(tmp_path)) == ["tree"]
+
+
+def _folder(path: Path, text: str) -> Path:
+    path.mkdir()
+    (path / "f").write_text(text)
+    return path
+
+
 def test_the_scanner_finds_renames_and_honours_exemptions() -> None:
     source = ("import os\nos.replace(a, b)\nos.rename(a, b)  # atomicio-exempt: why\n"
               "tempfile.mkstemp()\n'x'.replace('a', 'b')\n")
