@@ -28,9 +28,9 @@ from pbuild.tools.sandbox import (
     SandboxResult,
     missing_from_toolchain,
     nsops,
-    plan,
     run_sandboxed,
 )
+from pbuild.tools.sandbox.plan import plan
 
 from tests.support.hosttree import build_tree
 from tests.support.paths import REPO

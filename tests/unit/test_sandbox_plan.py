@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pbuild.tools.sandbox import SandboxRequest, linux, nsops, plan, run_sandboxed
+from pbuild.tools.sandbox import SandboxRequest, linux, nsops, run_sandboxed
 from pbuild.tools.sandbox.bwrap import NotExpressible, command_line, find_bwrap, translate
+from pbuild.tools.sandbox.plan import plan
 
 from tests.support.hosttree import build_tree
 from tests.support.paths import REPO

@@ -15,35 +15,49 @@ The package, by job:
 - ``plan``: a request becomes one :class:`~plan.Plan`, a list of ``nsops`` operations;
 - ``nsops``: those operations and the one interpreter that applies them (shared with the
   launcher); ``linux``: the checked syscalls beneath it;
-- two backends that run the same plan (``tests/test_sandbox.py`` runs every test against both):
+- two backends that run the same plan (``tests/unit/test_sandbox.py`` runs every test against both):
   ``bwrap`` (bubblewrap, the default when installed: its arguments are translated from the plan)
   and ``fork`` (the plan applied by our own forked children).
 
 :func:`exec_on_root` starts a program the same way for ``pbuild run`` (a toolchain tree as ``/``,
 but interactive: the caller's uid, the network, the terminal and the host's ``/dev`` shared, and
-chosen host directories bound writable at their own paths).
+chosen host directories bound writable at their own paths); both entry points live in ``entry``.
+
+The names below are resolved on first use (PEP 562): the launcher imports ``linux`` and ``nsops``
+from this package on every start, and must not pay for the backends, the plan and dataclasses.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-from typing import NoReturn
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from pbuild.tools.sandbox.bwrap import exec_bwrap, find_bwrap, run_bwrap
-from pbuild.tools.sandbox.fork import exec_forked, run_forked
-from pbuild.tools.sandbox.plan import Plan, check_binds, command_on_root, plan, plan_on_root
-from pbuild.tools.sandbox.request import (
-    EXEC_ROOT,
-    HOSTNAME,
-    NOT_IN_TOOLCHAIN,
-    SETUP_FAILED,
-    SandboxRequest,
-    SandboxRequestError,
-    SandboxResult,
-    missing_from_toolchain,
-    not_found_message,
-)
+if TYPE_CHECKING:
+    from pbuild.tools.sandbox.entry import exec_on_root, run_sandboxed
+    from pbuild.tools.sandbox.plan import Plan
+    from pbuild.tools.sandbox.request import (
+        EXEC_ROOT,
+        HOSTNAME,
+        NOT_IN_TOOLCHAIN,
+        SandboxRequest,
+        SandboxRequestError,
+        SandboxResult,
+        missing_from_toolchain,
+    )
+
+#: Each public name and the submodule it lives in.
+_HOMES = {
+    "EXEC_ROOT": "request",
+    "HOSTNAME": "request",
+    "NOT_IN_TOOLCHAIN": "request",
+    "SandboxRequest": "request",
+    "SandboxRequestError": "request",
+    "SandboxResult": "request",
+    "missing_from_toolchain": "request",
+    "Plan": "plan",
+    "run_sandboxed": "entry",
+    "exec_on_root": "entry",
+}
 
 __all__ = [
     "EXEC_ROOT",
@@ -55,77 +69,14 @@ __all__ = [
     "SandboxResult",
     "exec_on_root",
     "missing_from_toolchain",
-    "plan",
     "run_sandboxed",
 ]
 
 
-def _backend(requested: str) -> str:
-    if requested == "auto":
-        return os.environ.get("PBUILD_SANDBOX_BACKEND") or ("bwrap" if find_bwrap() else "fork")
-    return requested
-
-
-def run_sandboxed(request: SandboxRequest) -> SandboxResult:
-    """Run ``request.argv`` in a fresh sandbox and wait for it; safe to call from many threads."""
-    backend = _backend(request.backend)
-    if backend == "bwrap":
-        binary = find_bwrap()
-        if binary is None:
-            return SandboxResult(
-                SETUP_FAILED, 0.0, error="sandbox backend bwrap requested, but bwrap is not installed"
-            )
-        return run_bwrap(request, binary)
-    if backend != "fork":
-        return SandboxResult(
-            SETUP_FAILED, 0.0, error=f"unknown sandbox backend {backend!r} (bwrap, fork or auto)"
-        )
-    return run_forked(request)
-
-
-def exec_on_root(
-    root: str,
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    *,
-    binds: Sequence[str],
-    cwd: str,
-    backend: str = "auto",
-) -> NoReturn:
-    """Become ``argv`` running on the tree ``root`` as its read-only ``/`` (``pbuild run`` of a
-    program on its toolchain): the host directories ``binds`` writable at their own paths (the
-    workspace, the working directory, the output tree), the working directory ``cwd``, the
-    network, stdin/stdout/stderr and the terminal shared, the caller's own uid and gid (not
-    root), the host's ``/dev``, a fresh ``/proc``, a private ``/tmp`` and ``/run``; nothing else
-    of the host is visible. The exit status is the program's (128+N for signal N).
-
-    Call it from a single-threaded process. With bwrap (``backend`` as for
-    :class:`SandboxRequest`) the process execs bwrap; with the fork backend it stays as a thin
-    waiter around the same namespace setup as an action's. Raises :class:`SandboxRequestError`,
-    before anything irreversible, for a bad root, bind or working directory; a program the
-    root lacks exits 127 with the :data:`NOT_IN_TOOLCHAIN` message, a failed setup 125.
-    """
-    if not argv:
-        raise SandboxRequestError("argv is empty")
-    real_root = os.path.realpath(root)
-    if not os.path.isdir(real_root):
-        raise SandboxRequestError(f"root {root} is not a directory")
-    if not os.path.isabs(cwd):
-        raise SandboxRequestError(f"working directory {cwd!r} must be an absolute path")
-    real_binds = check_binds(binds)
-    cwd = os.path.normpath(cwd)
-    env = {**env, "PWD": cwd}
-    backend = _backend(backend)
-    binary = find_bwrap() if backend == "bwrap" else None
-    if backend not in ("bwrap", "fork") or (backend == "bwrap" and binary is None):
-        raise SandboxRequestError(
-            f"sandbox backend {backend!r} is unknown or not installed (bwrap, fork or auto)"
-        )
-    p = plan_on_root(real_root, argv, real_binds, cwd)  # may refuse a bind through a link of the tree
-    if binary is None:
-        exec_forked(p, env, root)
-    command = command_on_root(real_root, argv[0], env, real_binds, cwd)
-    if command is None:
-        os.write(2, not_found_message(argv[0], on_toolchain=True).encode())
-        os._exit(127)
-    exec_bwrap(p, binary, command, env)
+def __getattr__(name: str) -> Any:
+    # ``plan`` is not among them: importing the submodule ``plan`` binds that name here.
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
