@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.launcher import LAUNCHER, kill_leftovers, launch, run_ok
+from tests.support.launcher import LAUNCHER, launch, run_ok
+from tests.support.launcher_users import run_script_as_nobody
 
 PROBE = r"""
 echo "pid=$$"
@@ -533,23 +534,7 @@ def test_unprivileged_user(image: str, tmp_path: Path) -> None:
         (shared / "in.txt").write_text("host\n")
         layout = Path(base) / "image"
         shutil.copytree(image.removeprefix("oci:"), layout)
-        for path in [home, *home.rglob("*")]:
-            os.chown(path, 65534, 65534, follow_symlinks=False)
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(home),
-            "PBUILD_LAYER_STORE": str(home / "layers"),
-            "PBUILD_RUNTIME_DIR": str(home / "run"),
-            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-        }
-        try:
-            proc = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", UNPRIVILEGED,
-                 f"oci:{layout}", PROBE, str(shared)],
-                capture_output=True, text=True, env=env, timeout=300, check=False, cwd=base,
-            )  # fmt: skip
-        finally:
-            kill_leftovers(home / "run")
+        proc = run_script_as_nobody(home, UNPRIVILEGED, f"oci:{layout}", PROBE, str(shared))
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
         assert report["probe"]["code"] == 0, report["probe"]["err"]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.imageclone import clone_app_workspace
-from tests.support.launcher import kill_leftovers, launch, run_ok
+from tests.support.launcher import launch, run_ok
+from tests.support.launcher_users import run_script_as_nobody
 from tests.support.runner import Runner
 
 UNCONFINED = ("--security-opt", "seccomp=unconfined")
@@ -108,7 +109,9 @@ def test_printed_default_profile_is_the_default(env: dict[str, str], image: str,
     printed = subprocess.run([sys.executable, "-m", "pbuild.tools.launcher.seccomp_default"], capture_output=True,
                              text=True, check=True).stdout  # fmt: skip
     profile.write_text(printed)
-    got = facts(run_ok(env, "run", "--rm", "--security-opt", f"seccomp={profile}", image, "--", "sh", "-c", PROBE))
+    got = facts(
+        run_ok(env, "run", "--rm", "--security-opt", f"seccomp={profile}", image, "--", "sh", "-c", PROBE)
+    )
     assert got["seccomp"] == "2" and got["userns"] == "1"
     from pbuild.tools.launcher import identity, seccomp
 
@@ -169,7 +172,9 @@ def test_cached_filters_are_trusted_only_in_a_private_directory(env: dict[str, s
     cache.chmod(0o777)
     assert facts(run_ok(env, "run", "--rm", image, *userns))["userns"] == "1"
     cache.chmod(0o700)
-    entry.write_bytes(header.replace(b"CAP_CHOWN", b"CAP_XHOWN") + b"\n" + seccomp.build_program(allow_all, frozenset()))
+    entry.write_bytes(
+        header.replace(b"CAP_CHOWN", b"CAP_XHOWN") + b"\n" + seccomp.build_program(allow_all, frozenset())
+    )
     assert facts(run_ok(env, "run", "--rm", image, *userns))["userns"] == "1"
 
 
@@ -179,7 +184,9 @@ def _libseccomp_path() -> str:
         return next(line.split()[-1] for line in f if "libseccomp.so" in line)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="hides a library with a bind mount")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="hides a library with a bind mount"
+)
 def test_missing_libseccomp_is_refused_not_ignored(env: dict[str, str], image: str) -> None:
     # A private mount namespace where libseccomp is an empty file: dlopen fails as if it were absent.
     hide = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -223,29 +230,15 @@ def test_unprivileged_user(image: str) -> None:
         home = Path(base)
         layout = home / "image"
         shutil.copytree(image.removeprefix("oci:"), layout)
-        for path in [home, *home.rglob("*")]:
-            os.chown(path, 65534, 65534, follow_symlinks=False)
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(home),
-            "PBUILD_LAYER_STORE": str(home / "layers"),
-            "PBUILD_RUNTIME_DIR": str(home / "run"),
-            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-        }
-        try:
-            proc = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", UNPRIVILEGED,
-                 f"oci:{layout}", PROBE],
-                capture_output=True, text=True, env=env, timeout=300, check=False, cwd=base,
-            )  # fmt: skip
-        finally:
-            kill_leftovers(home / "run")
+        proc = run_script_as_nobody(home, UNPRIVILEGED, f"oci:{layout}", PROBE)
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
         assert report["default"]["code"] == 0, report
         default, unconfined = facts(report["default"]["out"]), facts(report["unconfined"]["out"])
         assert default["seccomp"] == "2" and default["userns"] == "1" and default["nested_mount"] == "1"
-        assert unconfined["seccomp"] == "0" and unconfined["userns"] == "0" and unconfined["nested_mount"] == "0"
+        assert (
+            unconfined["seccomp"] == "0" and unconfined["userns"] == "0" and unconfined["nested_mount"] == "0"
+        )
         cached = list((home / "run" / "seccomp").iterdir())
         assert cached and all(p.stat().st_uid == 65534 for p in cached)
 
@@ -311,7 +304,9 @@ def test_app_image_kernel_interfaces(env: dict[str, str], app_image: str) -> Non
     runs = {
         "default": json.loads(run_ok(env, "run", "--rm", *python, app_image, *args)),
         "unconfined": json.loads(run_ok(env, "run", "--rm", *UNCONFINED, *python, app_image, *args)),
-        "sys_admin": json.loads(run_ok(env, "run", "--rm", "--cap-add", "SYS_ADMIN", *python, app_image, *args)),
+        "sys_admin": json.loads(
+            run_ok(env, "run", "--rm", "--cap-add", "SYS_ADMIN", *python, app_image, *args)
+        ),
     }
     for got in runs.values():
         assert got["numpy_in_thread"] == 6 and got["child"] == "18", got

@@ -70,6 +70,36 @@ class LauncherUser:
 USERS = ["root", "nobody"]
 
 
+def user_env(home: Path) -> dict[str, str]:
+    """The environment of a launcher user whose home, layer store and runtime dir are under ``home``."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "PBUILD_LAYER_STORE": str(home / "layers"),
+        "PBUILD_RUNTIME_DIR": str(home / "run"),
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+    }
+
+
+def run_script_as_nobody(
+    home: Path, script: str, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Give ``home`` to uid 65534 and run the Python ``script`` (with ``args``) as that user there.
+
+    Whatever the script's containers leave running is killed afterwards.
+    """
+    for path in [home, *home.rglob("*")]:
+        os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+    try:
+        return subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c", script,
+             *args],
+            capture_output=True, text=True, env=user_env(home), timeout=timeout, check=False, cwd=home,
+        )  # fmt: skip
+    finally:
+        kill_leftovers(home / "run")
+
+
 @contextlib.contextmanager
 def user_folder(name: str) -> Iterator[LauncherUser]:
     """A fresh folder for ``name`` ("root" or "nobody"), removed afterwards."""
@@ -80,14 +110,7 @@ def user_folder(name: str) -> Iterator[LauncherUser]:
         pytest.skip("setpriv is not installed")
     base = Path(tempfile.mkdtemp(prefix="pbuild-launcher-"))
     os.chmod(base, 0o755)
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(base),
-        "PBUILD_LAYER_STORE": str(base / "layers"),
-        "PBUILD_RUNTIME_DIR": str(base / "run"),
-        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-    }
-    user = LauncherUser(uid, base, env)
+    user = LauncherUser(uid, base, user_env(base))
     user.give(base)
     try:
         yield user

@@ -1,0 +1,15 @@
+"""Stacks: several containers that work together, Compose's model without a daemon.
+
+- ``spec``: the typed record of a stack (``StackSpec``, one ``ServiceSpec`` per service), as the
+  ``stack`` rule and a Compose file both produce it; its JSON form; validation.
+- ``compose``: a Compose file (the supported subset) -> ``StackSpec``.
+- ``netlink``, ``network``: the per-stack network: a holder process that owns the stack's user
+  namespace and a bridge; one network namespace, veth and address per service; ``/etc/hosts``.
+- ``forward``: published ports, from the host's loopback into a service's namespace.
+- ``state``: a stack's records under the launcher's runtime directory.
+- ``supervisor``: one process per stack (as conmon is per container): starts services in order,
+  health checks, restart policies, log collection; ``up``/``down``/``ps``/``logs`` talk to it.
+
+Like the launcher, this package imports nothing of ``pbuild.engine`` or ``pbuild.rules``: the
+``stack`` family (``pbuild.rules.stack``) builds the images and hands over a resolved spec.
+"""
