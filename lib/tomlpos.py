@@ -33,7 +33,7 @@ def toml_error_location(path: str, exc: tomllib.TOMLDecodeError) -> Location:
 def toml_error_message(exc: tomllib.TOMLDecodeError, syntax_hint: str) -> tuple[str, str]:
     """The message (without tomllib's position, which goes into the Location) and the hint."""
     what = str(exc).split(" (at")[0]
-    if isinstance(exc, TomlInputError):  # not UTF-8, or nested too deep to read safely
+    if isinstance(exc, TomlInputError):  # not UTF-8, nested too deep, or left open (its own hint)
         return what, exc.hint
     return f"invalid TOML: {what}", syntax_hint
 
@@ -92,6 +92,11 @@ def load_toml(source: str | bytes) -> dict[str, Any]:
         data = tomllib.loads(text)
     except RecursionError:
         data = None
+    except tomllib.TOMLDecodeError as exc:
+        opened = _unclosed_opening(text, str(exc))
+        if opened is None:
+            raise
+        raise TomlInputError(opened, "close it where it should end (check the lines after it)") from None
     path = _too_deep_path(data) if data is not None else []
     if data is not None and path is None:
         return data
@@ -144,3 +149,86 @@ def _deep_bracket(text: str) -> tuple[int | None, int | None]:
         elif token in "]}":
             depth = max(0, depth - 1)
     return None, None
+
+
+# What a value may hold whose brackets do not count, complete or cut off by the end of a line
+# (one-line strings) or of the file (multi-line strings); comments; brackets; newlines.
+_OPENING_TOKENS = re.compile(
+    r'(?P<ml>"""(?:[^\\]|\\.)*?(?:"""|\Z)|\'\'\'[\s\S]*?(?:\'\'\'|\Z))'
+    r'|(?P<str>"(?:[^"\\\n]|\\.)*"?|\'[^\'\n]*\'?)'
+    r"|(?P<comment>#[^\n]*)|[\[\]{}]|(?P<nl>\n)|(?P<eq>=)"
+)
+_KIND = {"[": "array", "{": "inline table"}
+
+
+def _unclosed_opening(text: str, parser_message: str) -> str | None:
+    """For a syntax error caused by something left open (an array or inline table across lines,
+    a string, a table header), a message placing it where it opens, the parser's own words beside;
+    None when the parser's position is the better one.
+
+    tomllib notices an unclosed ``[`` only where the next value fails to parse, often lines later;
+    a user wants the line where the array starts.
+    """
+    match = _ERROR_POS.search(parser_message)
+    if match:
+        line_no, column = int(match.group(1)), int(match.group(2))
+        offsets = [0, *(i + 1 for i, c in enumerate(text) if c == "\n")]
+        stop = offsets[line_no - 1] + column - 1 if line_no <= len(offsets) else len(text)
+        parser_at = f"line {line_no}, column {column}"
+    elif "end of document" in parser_message:
+        stop, parser_at = len(text), "the end of the file"
+    else:
+        return None
+    what = parser_message.split(" (at")[0]
+
+    def at(offset: int) -> tuple[int, int]:
+        line_start = text.rfind("\n", 0, offset) + 1
+        return text.count("\n", 0, offset) + 1, offset - line_start + 1
+
+    def report(kind: str, offset: int) -> str:
+        line, col = at(offset)
+        return (f"invalid TOML: {kind} opened here is not closed (the parser stopped at {parser_at}: {what}) "
+                f"(at line {line}, column {col})")
+
+    stack: list[tuple[str, int]] = []  # open brackets: (kind, offset)
+    header: int | None = None  # offset of an open table header's "["
+    in_value = False  # after "=" on a key's line, or inside brackets
+    for token in _OPENING_TOKENS.finditer(text, 0, stop):
+        value, start = token.group(), token.start()
+        if token.group("comment"):
+            continue
+        if token.group("nl"):
+            if header is not None:
+                return report("table header", header)
+            in_value = bool(stack)
+        elif token.group("ml"):
+            if len(value) < 6 or not value.endswith(value[:3]):
+                return report("multi-line string", start)
+        elif token.group("str"):
+            if len(value) < 2 or value[-1] != value[0]:
+                return report("string", start)
+        elif token.group("eq"):
+            in_value = True
+        elif value in "[{":
+            first_on_line = not text[text.rfind("\n", 0, start) + 1 : start].strip()
+            if value == "[" and not stack and not in_value and first_on_line:
+                header = start  # "[table]" or "[[array.of.tables]]"
+            elif header is None:
+                stack.append((_KIND[value], start))
+        elif header is not None:  # a header ends at the last "]" of its line
+            line_end = text.find("\n", start)
+            if "]" not in text[start + 1 : line_end if line_end >= 0 else None]:
+                header = None
+        elif stack:
+            stack.pop()
+    if header is not None:
+        return report("table header", header)
+    if stack:
+        kind, start = stack[-1]
+        # An array may span lines and hold a bad value: the opening is the place to show only
+        # when the parser missed its end (past its line, or an inline table, which may not span
+        # lines, at the end of its line) or the file ended inside it.
+        missed_end = what.startswith("Unclosed") and (at(start)[0] != at(stop)[0] or text[stop] == "\n")
+        if missed_end or stop >= len(text):
+            return report(kind, start)
+    return None

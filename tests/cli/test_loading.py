@@ -70,6 +70,18 @@ def test_invalid_toml_names_file_line_and_column(workspace: WorkspaceFactory, pb
     guard.assert_intact()
 
 
+def test_an_unclosed_array_is_reported_where_it_opens(workspace: WorkspaceFactory, pbuild: Runner,
+                                                      guarded: GuardedBuild) -> None:
+    root = workspace(GOOD_PACKAGE)
+    guard = guarded(root)
+    (root / "bad").mkdir()
+    (root / "bad" / "BUILD.toml").write_text('[x]\nrule = "genrule"\nouts = ["o"\ncmd = "touch $OUTS"\n')
+    result = pbuild("build", "//bad:x", cwd=root)
+    assert_user_error(result, 2, "bad/BUILD.toml:3:8", "array opened here is not closed",
+                      "the parser stopped at line 4, column 1", "hint:")
+    guard.assert_intact()
+
+
 def test_invalid_workspace_toml(workspace: WorkspaceFactory, pbuild: Runner, guarded: GuardedBuild) -> None:
     root = workspace(GOOD_PACKAGE)
     guard = guarded(root)
