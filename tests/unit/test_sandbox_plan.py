@@ -17,6 +17,9 @@ from tests.support.paths import REPO
 
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
 needs_bwrap = pytest.mark.skipif(find_bwrap() is None, reason="bubblewrap is not installed")
+# A host folder outside /tmp (an action gets a /tmp of its own, so a hidden path below it is never
+# mounted: the repository may be cloned there) that no probe command needs.
+HIDDEN = "/usr/share/doc"
 
 # What the action can see of its sandbox: every mount (its point, its own options, its type)
 # and each path with its type and mode. /proc and /sys are the kernel's; /dev is compared apart.
@@ -44,7 +47,7 @@ def _probe(tmp: Path, backend: str, *, root: str | None, keep: str, depth: str) 
         exec_root=str(exec_root),
         writable_dirs=("pkg/out",),
         workdir="pkg",
-        hide_paths=(str(REPO / "tests"), str(REPO / "pyproject.toml")),
+        hide_paths=(HIDDEN, str(REPO / "tests"), str(REPO / "pyproject.toml")),
         stdout_path=str(tmp / f"{backend}.out"),
         stderr_path=str(tmp / f"{backend}.err"),
         root=root,
@@ -82,10 +85,9 @@ def test_both_backends_show_the_same_toolchain_root(tmp_path: Path) -> None:
 def test_both_backends_show_the_same_host_root(tmp_path: Path) -> None:
     """On the host's root with hidden paths: the same top of the tree and the same mounts
     (those of the plan; the host's own submounts below its top-level folders are left out)."""
-    hidden = f"{REPO / 'tests'}"
-    fork = _probe(tmp_path, "fork", root=None, keep=hidden, depth="-maxdepth 1")
-    bwrap = _probe(tmp_path, "bwrap", root=None, keep=hidden, depth="-maxdepth 1")
-    assert any(line.startswith(f"mount {hidden} ro,") for line in fork), fork
+    fork = _probe(tmp_path, "fork", root=None, keep=HIDDEN, depth="-maxdepth 1")
+    bwrap = _probe(tmp_path, "bwrap", root=None, keep=HIDDEN, depth="-maxdepth 1")
+    assert any(line.startswith(f"mount {HIDDEN} ro,") for line in fork), fork
     _compare(fork, bwrap)
 
 
