@@ -154,7 +154,7 @@ def parse_port(raw: Any, *, path: tuple[str, ...] = ("ports",)) -> PortSpec:
             raise FieldError(f"port {raw!r}: {value!r} is not a port number (1-65535)", path=path,
                              hint="ranges are not supported; publish each port on its own" if "-" in str(value) else hint)
         numbers.append(number)
-    return PortSpec(host_ip, numbers[0], numbers[1], protocol)  # type: ignore[arg-type]
+    return PortSpec(host_ip, numbers[0], numbers[1], "udp" if protocol == "udp" else "tcp")
 
 
 def parse_volume(raw: Any, *, base: str, allow_absolute: bool, path: tuple[str, ...] = ("volumes",)) -> VolumeSpec:
