@@ -7,7 +7,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from pbuild.lib.errors import EXIT_BAD_INPUT
 from pbuild.tools.stack.compose import load_compose
 from pbuild.tools.stack.errors import StackError

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pbuild.lib.determinism import canonical_json
 from pbuild.lib.errors import EXIT_BAD_INPUT
 from pbuild.tools.stack.errors import StackError
@@ -42,6 +41,7 @@ from pbuild.tools.stack.spec import (
     start_order,
     to_json,
 )
+
 from tests.support.paths import REPO
 
 
