@@ -198,3 +198,47 @@ def test_the_project_name_defaults_to_the_target_name(workspace: WorkspaceFactor
     assert info.spec.name == "web_stack"
     bad = stack_workspace(workspace, STACK_BUILD.replace("[web", "[_web"))
     assert_user_error(pbuild("build", "//app:_web", cwd=bad), 2, "cannot name the stack", "project_name")
+
+
+# What `pbuild up` does (``CommandContext.build_one``): a real build through the engine, whose
+# analysis cache saves StackInfo and brings it back, in a process of its own.
+BUILD_ONE = """
+import sys
+from pbuild.engine.api import BuiltTarget
+from pbuild.engine.build import BuildRequest, build
+from pbuild.rules.stack.providers import built_spec
+from pbuild.tools.stack.spec import to_json
+
+ws, cache = sys.argv[1:3]
+_, analyzed, _ = build(BuildRequest(["//app:web"], cwd=ws, cache_dir=cache, quiet=True))
+label = analyzed.labels[0]
+built = BuiltTarget(label, analyzed.rule_names[label], analyzed.targets[label], ws)
+sys.stdout.write(to_json(built_spec(built)).decode())
+"""
+
+
+def test_the_analysis_cache_keeps_the_stack_and_notices_an_env_file(workspace: WorkspaceFactory, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.support.runner import base_env
+
+    ws = stack_workspace(workspace)
+    cache = tmp_path / "cache"
+
+    def build_one() -> dict[str, object]:
+        done = subprocess.run([sys.executable, "-c", BUILD_ONE, str(ws), str(cache)], capture_output=True, text=True,
+                              env=base_env(tmp_path), cwd=ws)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    first = build_one()
+    saved = list(cache.rglob("*.analysis"))
+    assert len(saved) == 1
+    mtime = saved[0].stat().st_mtime_ns
+    assert build_one() == first  # from the saved analysis
+    assert saved[0].stat().st_mtime_ns == mtime, "the second build re-analyzed"
+    (ws / "app/backend.env").write_text("SECRET=rotated\n")
+    env = build_one()["services"][0]["environment"]  # type: ignore[index]
+    assert env == [["PORT", "8080"], ["SECRET", "rotated"]]
