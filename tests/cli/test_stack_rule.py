@@ -242,3 +242,12 @@ def test_the_analysis_cache_keeps_the_stack_and_notices_an_env_file(workspace: W
     (ws / "app/backend.env").write_text("SECRET=rotated\n")
     env = build_one()["services"][0]["environment"]  # type: ignore[index]
     assert env == [["PORT", "8080"], ["SECRET", "rotated"]]
+
+
+def test_query_sees_the_services_images(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    ws = stack_workspace(workspace)
+    result = pbuild("query", "deps(//app:web)", cwd=ws)
+    assert result.code == 0, str(result)
+    assert result.out.split() == ["//app:backend_image", "//app:files", "//app:frontend_image", "//app:web"]
+    result = pbuild("query", "rdeps(//..., //app:frontend_image)", cwd=ws)
+    assert result.out.split() == ["//app:frontend_image", "//app:web"], str(result)
