@@ -251,3 +251,21 @@ def test_query_sees_the_services_images(workspace: WorkspaceFactory, pbuild: Run
     assert result.out.split() == ["//app:backend_image", "//app:files", "//app:frontend_image", "//app:web"]
     result = pbuild("query", "rdeps(//..., //app:frontend_image)", cwd=ws)
     assert result.out.split() == ["//app:frontend_image", "//app:web"], str(result)
+
+
+def test_an_unprivileged_user_builds_a_stack(nobody_dir: Path) -> None:
+    from tests.support.runner import SETPRIV_NOBODY, chown_tree, write_tree
+
+    ws = nobody_dir / "ws"
+    write_tree(ws, {"WORKSPACE.toml": '[workspace]\nname = "fixture"\n', "app/BUILD.toml": STACK_BUILD,
+                    "app/hello.txt": "hello\n", "app/backend.env": "SECRET=s3\n", "app/static/index.html": "hi\n"})
+    chown_tree(nobody_dir, 65534, 65534)
+    runner = Runner(nobody_dir)
+    env = {"HOME": str(nobody_dir), "XDG_CONFIG_HOME": str(nobody_dir / "config")}
+    result = runner("build", "//app:web", cwd=ws, cache=nobody_dir / "cache", env=env, prefix=SETPRIV_NOBODY)
+    assert result.code == 0 and result.summary.startswith("3 actions: 3 executed"), str(result)
+    assert (ws / "pbuild-out/app/backend_image/digest").stat().st_uid == 65534
+    (ws / "app/BUILD.toml").write_text(edit("18080:8080", "18080:0"))
+    result = runner("build", "//app:web", cwd=ws, cache=nobody_dir / "cache", env=env, prefix=SETPRIV_NOBODY)
+    ports_line = LINE['ports = ["127.0.0.1:18080:8080"]']
+    assert_user_error(result, 2, f"app/BUILD.toml:{ports_line}: ", "'0' is not a port")
