@@ -2,7 +2,9 @@
 
     python bench/bench_engine.py [--runs 5] [--cold-runs 3] [--skip-10k] [--bazel]
 
-Each figure is the median wall time of several fresh `./pbuild` processes (no daemon). With
+Each figure is the median wall time of several fresh `./pbuild` processes (no daemon); each timed
+build writes its events, checked (bench/runcheck.py) before the figure is printed: a cold build ran
+every action, a no-op none, one change exactly the 10 actions of its chain. With
 --bazel (and `bazel` on PATH, Debian package bazel-bootstrap), the same graph is built by Bazel in
 the same run: cold, no-op with its server warm, and after one source change.
 """
@@ -23,6 +25,7 @@ REPO = os.path.dirname(HERE)
 PBUILD = os.path.join(REPO, "pbuild")
 sys.path.insert(0, HERE)
 
+import runcheck  # noqa: E402
 from gen_workspace import generate  # noqa: E402
 
 
@@ -39,18 +42,22 @@ def median(values: list[float]) -> str:
 
 
 def pbuild_figures(root: str, cache: str, runs: int, cold_runs: int) -> dict[str, list[float]]:
-    build = [PBUILD, "build", "//...", "--cache-dir", cache, "-q"]
+    events = os.path.join(os.path.dirname(cache), "events.jsonl")
+    build = [PBUILD, "build", "//...", "--cache-dir", cache, "-q", "--build-event-json", events]
     figures: dict[str, list[float]] = {"cold": [], "noop": [], "one_change": []}
     for _ in range(cold_runs):
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(os.path.join(root, "pbuild-out"), ignore_errors=True)
         figures["cold"].append(timed(build, root))
+        runcheck.expect_cold(events, "cold")
     for _ in range(runs):
         figures["noop"].append(timed(build, root))
+        runcheck.expect_noop(events, "no-op")
     for i in range(runs):
         with open(os.path.join(root, "p3", "src50.txt"), "w") as handle:
             handle.write(f"change {i} {time.time_ns()}\n")
         figures["one_change"].append(timed(build, root))
+        runcheck.expect_executed(events, "one source change", 10)  # t50..t59 of p3
         timed(build, root)  # settle (the stat index learns the fresh outputs)
     return figures
 
@@ -117,9 +124,14 @@ def main() -> None:
             root10 = os.path.join(tmp, "ws10k")
             generate(root10, 100, 100)
             cache10 = os.path.join(tmp, "cache10k")
-            build = [PBUILD, "build", "//...", "--cache-dir", cache10, "-q"]
+            events10 = os.path.join(tmp, "events10k.jsonl")
+            build = [PBUILD, "build", "//...", "--cache-dir", cache10, "-q", "--build-event-json", events10]
             cold = timed(build, root10)
-            noops = [timed(build, root10) for _ in range(args.runs)]
+            runcheck.expect_cold(events10, "cold, 10,000 targets")
+            noops = []
+            for _ in range(args.runs):
+                noops.append(timed(build, root10))
+                runcheck.expect_noop(events10, "no-op, 10,000 targets")
             print("pbuild, 10,000 targets (100 x 100):")
             print(f"  cold              {cold:.1f} s (n=1)")
             print(f"  no-op             {median(noops)}")

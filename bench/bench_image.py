@@ -4,11 +4,17 @@
 Measured in one run, medians of --runs:
 
 1. cold, with every download already in the cache: before each run the action-cache entries of
-   every action except the fetches (their keys come from a build event log) and pbuild-out/ are
-   deleted, so every layer and image action runs again while the .debs and the wheel come from
-   the cache (the printed build event counts show it);
+   every action except the fetches (their keys come from a build event log), the workspace's
+   memo of them, and pbuild-out/ are deleted, so every layer and image action runs again while
+   the .debs and the wheel come from the cache;
 2. after editing app/program.py (only the app layer and the image are rebuilt);
-3. no-op;
+3. no-op.
+
+Each timed build writes its events, and ``bench/runcheck.py`` checks them before a figure is
+printed: every cold run executed every action but the fetches, every edit exactly the app layer
+and the image, every no-op nothing; otherwise the script stops without a figure.
+
+Then:
 4. `podman build` of an equivalent Dockerfile (FROM the same Debian Python base, loaded into
    podman; COPY the numpy site-packages and program.py): with --no-cache, and after editing
    program.py with its layer cache.
@@ -32,11 +38,14 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+import runcheck  # noqa: E402
+
 WORK = REPO / "bench" / "workspaces" / "image"
 PBUILD = (sys.executable, "-m", "pbuild.engine.cli")
 BASE_TAG = "localhost/pbuild-bench-pybase:latest"
@@ -111,23 +120,18 @@ PODMAN_COLD, PODMAN_EDIT = "podman build --no-cache (same base)", "podman build 
 
 
 def forget_all_but_fetches(cache: Path, events: Path, ws: Path) -> None:
-    """Delete the action-cache entries of every non-fetch action of the last build, and pbuild-out/."""
+    """Delete the action-cache entries of every non-fetch action of the last build, the
+    workspace's memo of the entries it used (which would otherwise answer for them), and pbuild-out/."""
+    from pbuild.engine.uptodate import index_base
+
     for line in events.read_text().splitlines():
         event = json.loads(line)
         if event.get("type") == "action" and event["mnemonic"] not in FETCHES:
             entry = cache / "ac" / event["key"][:2] / event["key"]
             if entry.exists():
                 entry.unlink()
+    Path(index_base(str(ws), str(cache)) + ".acmemo").unlink(missing_ok=True)
     shutil.rmtree(ws / "pbuild-out", ignore_errors=True)
-
-
-def statuses(events: Path) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for line in events.read_text().splitlines():
-        event = json.loads(line)
-        if event.get("type") == "action":
-            counts[f"{event['mnemonic']}:{event['status']}"] += 1
-    return counts
 
 
 def show(name: str, values: list[float]) -> None:
@@ -155,7 +159,8 @@ def main() -> None:
         forget_all_but_fetches(cache, events, ws)
         cold.append(run([*PBUILD, "build", "--build-event-json", str(events), "//app:image"], cwd=ws,
                         env=pbuild_env(cache), label=COLD))
-        print(f"  cold run {i + 1}: {dict(sorted(statuses(events).items()))}", flush=True)
+        checked = runcheck.expect_cold(events, COLD, may_be_cached=FETCHES)
+        print(f"  cold run {i + 1}: {dict(sorted(checked.statuses().items()))}", flush=True)
     program = ws / "app/program.py"
     original = program.read_text()
     run([*PBUILD, "build", "//app:image"], cwd=ws, env=pbuild_env(cache))
@@ -163,9 +168,12 @@ def main() -> None:
         program.write_text(original + f"# edit {time.time_ns()} {i}\n")
         edit.append(run([*PBUILD, "build", "--build-event-json", str(events), "//app:image"], cwd=ws,
                         env=pbuild_env(cache), label=EDIT))
+        checked = runcheck.expect_executed(events, EDIT, 2)  # the app layer and the image
         if i == 0:
-            print(f"  edit run: {dict(sorted(statuses(events).items()))}", flush=True)
-        noop.append(run([*PBUILD, "build", "//app:image"], cwd=ws, env=pbuild_env(cache), label=NOOP))
+            print(f"  edit run: {dict(sorted(checked.statuses().items()))}", flush=True)
+        noop.append(run([*PBUILD, "build", "--build-event-json", str(events), "//app:image"], cwd=ws,
+                        env=pbuild_env(cache), label=NOOP))
+        runcheck.expect_noop(events, NOOP)
     program.write_text(original)
     print()
     show(COLD, cold)

@@ -39,6 +39,7 @@ PBUILD = str(REPO / "pbuild")
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))  # the tests package: its support helpers start the peers
 
+import runcheck  # noqa: E402
 from gen_workspace import generate  # noqa: E402
 
 from tests.support.peers import buildgrid_server, docker_registry, nginx_cache  # noqa: E402
@@ -121,12 +122,15 @@ def remote_figures(
         with cache_server(protocol, scratch / f"server-{protocol}-{run}") as (url, server):
             remote = ["--remote-cache", url, "--remote-upload"]
             cold = pbuild(["build", pattern, *remote], workspace, cache, events)
+            runcheck.expect_cold(events, f"{protocol} cold")
             before = uploads(server)
             noop = pbuild(["build", pattern, *remote], workspace, cache, events)
+            runcheck.expect_noop(events, f"{protocol} no-op")
             after = uploads(server)
             pbuild(["clean", "--expunge"], workspace, cache)
             shutil.rmtree(workspace / "pbuild-out", ignore_errors=True)
             warm = pbuild(["build", pattern, *remote], workspace, cache, events)
+            runcheck.expect_all_remote(events, f"{protocol} from the remote cache")
         figures["cold_s"].append(cold.wall_s)
         figures["noop_s"].append(noop.wall_s)
         figures["remote_s"].append(warm.wall_s)
