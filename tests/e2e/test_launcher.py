@@ -250,6 +250,13 @@ def test_stop_escalates_to_sigkill(env: dict[str, str], image: str) -> None:
     run_ok(env, "rm", "stubborn")
 
 
+def test_stop_of_an_auto_removed_container_succeeds(env: dict[str, str], image: str) -> None:
+    """`run --rm -d` then `stop`: the container removes itself while stop waits; that is success."""
+    run_ok(env, "run", "-d", "--rm", "--init", "--name", "gone", image, "--", "sleep", "60")
+    assert run_ok(env, "stop", "-t", "5", "gone") == "gone\n"
+    assert "gone" not in run_ok(env, "ps", "-a")
+
+
 def test_logs_follow(env: dict[str, str], image: str) -> None:
     run_ok(
         env,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from pbuild.tools.launcher import identity, process, seccomp
-from pbuild.tools.launcher.errors import EXIT_FAILED, EXIT_LAUNCHER, LauncherError
+from pbuild.tools.launcher.errors import EXIT_FAILED, EXIT_LAUNCHER, LauncherError, NoSuchContainer
 from pbuild.tools.launcher.state import ContainerState, ContainerStore, is_alive
 from pbuild.tools.sandbox import linux
 
@@ -117,9 +117,11 @@ def stop(store: ContainerStore, name: str, timeout: float) -> int:
     finally:
         os.close(pidfd)
     # The monitor records the exit; give it a moment so `ps -a` shows the code at once.
+    # A `--rm` container removes itself meanwhile: gone is stopped.
     deadline = time.monotonic() + 2
-    while store.find(name).status == "running" and time.monotonic() < deadline:
-        time.sleep(0.01)
+    with contextlib.suppress(NoSuchContainer):
+        while store.find(name).status == "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
     print(state.name)
     return 0
 
