@@ -206,4 +206,9 @@ class Netlink:
 
     def add_address(self, name: str, cidr: str) -> None:
         index = self.link_index(name)
-        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, address_request(index, cidr), f"add address {cidr} to {name}")
+        self.request(
+            RTM_NEWADDR,
+            NLM_F_CREATE | NLM_F_EXCL,
+            address_request(index, cidr),
+            f"add address {cidr} to {name}",
+        )

@@ -98,7 +98,9 @@ def create(stack_dir: str) -> StackNetwork:
         if answer.strip() != b"ok":
             raise StackError(f"cannot create the stack's network: {_said(answer)}")
         network = StackNetwork(holder, start, SUBNET, gateway.partition("/")[0], idmap.single)
-        atomicio.write_text(os.path.join(stack_dir, RECORD), json.dumps(asdict(network), sort_keys=True) + "\n", mode=0o600)
+        atomicio.write_text(
+            os.path.join(stack_dir, RECORD), json.dumps(asdict(network), sort_keys=True) + "\n", mode=0o600
+        )
     except BaseException:
         if holder:
             with contextlib.suppress(ProcessLookupError):
@@ -203,7 +205,9 @@ def remove(network: StackNetwork) -> None:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         if not poller.poll(5000):
-            raise StackError(f"the stack network's holder (pid {network.holder_pid}) did not exit after SIGKILL")
+            raise StackError(
+                f"the stack network's holder (pid {network.holder_pid}) did not exit after SIGKILL"
+            )
     finally:
         os.close(pidfd)
 
@@ -222,7 +226,10 @@ def load(stack_dir: str) -> StackNetwork | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StackError(f"the stack's network record {path} is damaged: {e}", hint="`pbuild down` the stack and start it again") from None
+        raise StackError(
+            f"the stack's network record {path} is damaged: {e}",
+            hint="`pbuild down` the stack and start it again",
+        ) from None
 
 
 def allocate(network: StackNetwork, taken: Collection[str]) -> str:
