@@ -141,7 +141,7 @@ def parse_messages(data: bytes) -> list[tuple[int, int, bytes]]:
 def error_code(payload: bytes) -> int:
     """The errno in an NLMSG_ERROR payload (0 is an acknowledgement)."""
     (code,) = struct.unpack_from("=i", payload)
-    return -code
+    return -int(code)
 
 
 class Netlink:
@@ -194,7 +194,7 @@ class Netlink:
     def link_index(self, name: str) -> int:
         replies = self.request(RTM_GETLINK, 0, ifinfo() + name_attr(name), f"find link {name}")
         for payload in replies:
-            _family, _type, index, _flags, _change = _IFINFOMSG.unpack_from(payload)
+            index: int = _IFINFOMSG.unpack_from(payload)[2]
             return int(index)
         raise NetlinkError(errno.ENODEV, f"find link {name}: no answer")
 
