@@ -24,7 +24,8 @@ from pbuild.tools.launcher.state import process_start_time
 from pbuild.tools.sandbox import linux
 
 _HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$")
-_HOLDER_NAME = "pbuild-stacknet"
+HOLDER_NAME = "pbuild-stacknet"
+"""The holder's command name (``/proc/PID/comm``): a join refuses any other process."""
 
 
 class Holder(NamedTuple):
@@ -95,7 +96,7 @@ def open_holder(join: NetworkJoin) -> Holder:
             os.close(fd)
         raise gone from None
     # Checked after the open: the fds now pin the namespaces of the process we verified.
-    if process_start_time(pid) != join.holder_start or comm != _HOLDER_NAME:
+    if process_start_time(pid) != join.holder_start or comm != HOLDER_NAME:
         for fd in fds:
             os.close(fd)
         raise gone

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from pbuild.lib import atomicio
 from pbuild.tools.launcher import identity
+from pbuild.tools.launcher.join import HOLDER_NAME
 from pbuild.tools.launcher.state import process_start_time
 from pbuild.tools.sandbox import linux
 from pbuild.tools.stack.errors import StackError
@@ -43,7 +44,6 @@ SUBNET = "10.89.0.0/24"
 BRIDGE = "pbr0"
 RECORD = "network.json"
 """The holder's record in the stack's folder: what ``down`` needs after a supervisor crash."""
-_HOLDER_NAME = b"pbuild-stacknet"
 _READY_TIMEOUT_S = 10.0
 
 
@@ -146,7 +146,7 @@ def _holder(report_w: int, go_r: int, gateway: str) -> None:
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         with contextlib.suppress(OSError), open("/proc/self/comm", "wb") as comm:
-            comm.write(_HOLDER_NAME)  # `ps` shows what this process is
+            comm.write(HOLDER_NAME.encode())  # `ps` shows what this process is
         try:
             linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNET)
         except OSError as e:
