@@ -357,3 +357,51 @@ def test_outbound_gets_a_default_route(launcher_user: LauncherUser, app_image: s
         assert "nameserver 10.0.2.3" in facts["resolv"]
     finally:
         down(user, stack)
+
+
+# start_container as a supervisor calls it: its own pipes for stdout and stderr, the monitor its
+# child (waitpid gives the container's exit code), a failed start raised and nothing left.
+START = r"""
+import json, os, sys
+from pbuild.tools.launcher import process, run
+from pbuild.tools.launcher.config import RunOptions
+from pbuild.tools.launcher.errors import LauncherError
+
+image = sys.argv[1]
+null = os.open(os.devnull, os.O_RDWR)
+out_r, out_w = os.pipe()
+err_r, err_w = os.pipe()
+options = RunOptions(image=image, command=("sh", "-c", "echo out; echo err >&2; exit 3"), name="one", detach=True,
+                     labels=(("service", "one"),))
+started = run.start_container(options, process.Stdio(null, out_w, err_w))
+os.close(out_w)
+os.close(err_w)
+out = b"".join(iter(lambda: os.read(out_r, 65536), b"")).decode()
+err = b"".join(iter(lambda: os.read(err_r, 65536), b"")).decode()
+status = os.waitstatus_to_exitcode(os.waitpid(started.monitor_pid, 0)[1])
+try:
+    run.start_container(RunOptions(image=image, command=("/nowhere",), name="two", detach=True),
+                        process.Stdio(null, null, null))
+    failed = None
+except LauncherError as e:
+    failed = [e.exit_code, e.message]
+runtime = os.environ["PBUILD_RUNTIME_DIR"]
+print(json.dumps({"state": started.state._asdict(), "out": out, "err": err, "status": status, "failed": failed,
+                  "names": sorted(os.listdir(os.path.join(runtime, "names")))}))
+"""
+
+
+def test_start_container_for_a_program(launcher_user: LauncherUser) -> None:
+    from tests.support.testimages import make_busybox_image
+
+    user = launcher_user
+    layout = make_busybox_image(user.base / "img")
+    user.give(user.base)
+    result = as_user(user, START, f"oci:{layout}")
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["state"]["status"] == "running" and facts["state"]["pid"] > 0
+    assert facts["state"]["extra"]["labels"] == {"service": "one"}
+    assert (facts["out"], facts["err"], facts["status"]) == ("out\n", "err\n", 3)
+    assert facts["failed"] == [127, "/nowhere: executable file not found in $PATH"]
+    assert facts["names"] == ["one"]  # the failed start left no container behind
