@@ -116,6 +116,7 @@ def test_hosts_entries_name_each_service_and_its_container() -> None:
         ({"address": "10.89.0.3"}, "not a host address"),
         ({"address": "10.89.0.0/24"}, "not a host address"),
         ({"address": "banana/24"}, "invalid stack network address"),
+        ({"address": "10.89.0.1/24"}, "the bridge's own"),
         ({"hosts": (("10.89.0.2",),)}, "an address and at least one name"),
         ({"hosts": (("10.89.0.2", "evil\n1.2.3.4 bank"),)}, "is not a host name"),
         ({"hosts": (("nowhere", "db"),)}, "is not an address"),

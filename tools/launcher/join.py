@@ -22,10 +22,10 @@ from pbuild.tools.launcher.config import NetworkJoin
 from pbuild.tools.launcher.errors import LauncherError
 from pbuild.tools.launcher.state import process_start_time
 from pbuild.tools.sandbox import linux
+from pbuild.tools.stack.netlink import Netlink
+from pbuild.tools.stack.network import BRIDGE, HOLDER_NAME
 
 _HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$")
-HOLDER_NAME = "pbuild-stacknet"
-"""The holder's command name (``/proc/PID/comm``): a join refuses any other process."""
 
 
 class Holder(NamedTuple):
@@ -52,6 +52,8 @@ def validate(join: NetworkJoin) -> None:
         address.network.broadcast_address,
     ):
         raise LauncherError(f"invalid stack network address {join.address}: not a host address of its subnet")
+    if str(address.ip) == join.gateway:
+        raise LauncherError(f"invalid stack network address {join.address}: it is the bridge's own")
     for entry in join.hosts:
         if len(entry) < 2:
             raise LauncherError(f"invalid /etc/hosts entry {entry!r}: an address and at least one name")
@@ -91,6 +93,13 @@ def open_holder(join: NetworkJoin) -> Holder:
             uid_map = f.read()
         with open(f"/proc/{pid}/comm") as f:
             comm = f.read().strip()
+    except PermissionError:
+        for fd in fds:
+            os.close(fd)
+        raise LauncherError(
+            f"cannot join the stack's network: its holder (pid {pid}) belongs to another user",
+            hint="start the stack as the user who created it",
+        ) from None
     except OSError:
         for fd in fds:
             os.close(fd)
@@ -108,9 +117,6 @@ def open_holder(join: NetworkJoin) -> Holder:
 def enter(join: NetworkJoin, holder: Holder, container_id: str) -> None:
     """In the monitor: the holder's user namespace, then a network namespace of our own on the
     holder's bridge (see the module docstring). Raises OSError naming the failed step."""
-    from pbuild.tools.stack.netlink import Netlink
-    from pbuild.tools.stack.network import BRIDGE
-
     linux.setns(holder.user_fd, linux.CLONE_NEWUSER, "the stack's user namespace")
     linux.setns(holder.net_fd, linux.CLONE_NEWNET, "the stack's network namespace")
     with Netlink() as bridge:  # bound to the holder's namespace from here on

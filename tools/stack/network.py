@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 
 from pbuild.lib import atomicio
 from pbuild.tools.launcher import identity
-from pbuild.tools.launcher.join import HOLDER_NAME
 from pbuild.tools.launcher.state import process_start_time
 from pbuild.tools.sandbox import linux
 from pbuild.tools.stack.errors import StackError
@@ -42,6 +41,8 @@ if TYPE_CHECKING:
 
 SUBNET = "10.89.0.0/24"
 BRIDGE = "pbr0"
+HOLDER_NAME = "pbuild-stacknet"
+"""The holder's command name (``/proc/PID/comm``): the launcher joins no other process."""
 RECORD = "network.json"
 """The holder's record in the stack's folder: what ``down`` needs after a supervisor crash."""
 _READY_TIMEOUT_S = 10.0
