@@ -292,6 +292,10 @@ def test_published_ports_reach_the_service_from_the_host(launcher_user: Launcher
             u.settimeout(10)
             u.sendto(b"ping", ("127.0.0.1", udp_port))
             assert u.recvfrom(65536)[0] == b"a:ping"
+        listed = user.launch("ps")
+        assert listed.returncode == 0 and "PORTS" in listed.stdout.splitlines()[0], listed
+        row = next(line for line in listed.stdout.splitlines() if line.endswith("st-a-1"))
+        assert f"127.0.0.1:{http_port}->8080/tcp, 127.0.0.1:{tcp_port}->9000/tcp, 127.0.0.1:{udp_port}->9001/udp" in row
     finally:
         down(user, stack)
     with socket.socket() as again:  # the port is free once the service is gone
