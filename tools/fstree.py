@@ -110,9 +110,8 @@ def _enter(parent_fd: int, name: str, path: str, parent_dev: int, errors: list[O
     return fd
 
 
-def _empty_and_remove(
-    top_parent_fd: int, top_name: str, top_path: str, top_fd: int, errors: list[OSError]
-) -> None:
+def _empty_and_remove(top_parent_fd: int, top_name: str, top_path: str, top_fd: int,
+                      errors: list[OSError]) -> None:
     """Depth first, without recursion (a deep tree must not hit Python's recursion limit): one open
     descriptor per level, each folder removed from its parent once it is empty."""
     # Each level: (parent fd, name in parent, full path, own fd, device, children left).
@@ -162,9 +161,7 @@ def _open_dir(parent_fd: int, name: str, path: str) -> int:
         # and change the mode of exactly that inode, through /proc/self/fd (fchmod refuses
         # O_PATH handles). O_NOFOLLOW | O_DIRECTORY: a link or a file here fails instead.
         try:
-            handle = os.open(
-                name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd
-            )
+            handle = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
         except OSError as again:
             if again.errno == errno.ELOOP:
                 raise _Symlink(errno.ELOOP, "symlink", path) from None

@@ -288,7 +288,9 @@ def _run_bwrap_once(request: SandboxRequest, binary: str) -> SandboxResult:
         command, missing = resolve_command(request)
         argv = command_line(p, binary, command or request.argv[0])
     except (SandboxRequestError, OSError) as e:
-        return SandboxResult(SETUP_FAILED, time.perf_counter() - start, error=f"sandbox request refused: {e}")
+        return SandboxResult(
+            SETUP_FAILED, time.perf_counter() - start, error=f"sandbox request refused: {e}"
+        )
     try:
         stdout = open(request.stdout_path, "wb")  # noqa: SIM115 - closed below
         stderr = stdout if request.stderr_path == request.stdout_path else open(request.stderr_path, "wb")  # noqa: SIM115

@@ -157,7 +157,9 @@ def run_forked(request: SandboxRequest) -> SandboxResult:
     try:
         p = plan(request)
     except (SandboxRequestError, OSError) as e:
-        return SandboxResult(SETUP_FAILED, time.perf_counter() - start, error=f"sandbox request refused: {e}")
+        return SandboxResult(
+            SETUP_FAILED, time.perf_counter() - start, error=f"sandbox request refused: {e}"
+        )
     env = dict(request.env)
     opened: list[int] = []
     try:
