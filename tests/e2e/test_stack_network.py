@@ -261,6 +261,10 @@ def test_services_reach_each_other_by_name(launcher_user: LauncherUser, app_imag
         hosts = user.launch("exec", "st-b-1", "/usr/bin/python3.11", "-c", "print(open('/etc/hosts').read())")
         a, b = (stack["addresses"][s].partition("/")[0] for s in ("a", "b"))
         assert f"{a}\ta st-a-1" in hosts.stdout and f"{b}\tb st-b-1" in hosts.stdout, hosts.stdout
+        mac = user.launch(
+            "exec", "st-b-1", "/usr/bin/python3.11", "-c", "print(open('/sys/class/net/eth0/address').read())"
+        )
+        assert mac.stdout.strip() == "02:42:0a:59:00:" + format(int(b.rsplit(".", 1)[1]), "02x"), mac
         state = json.loads(next((user.base / "run/containers").glob("*/state.json")).read_text())
         assert state["extra"]["labels"]["stack"] == "st"
         assert state["extra"]["network"]["address"] in stack["addresses"].values()
@@ -295,7 +299,10 @@ def test_published_ports_reach_the_service_from_the_host(launcher_user: Launcher
         listed = user.launch("ps")
         assert listed.returncode == 0 and "PORTS" in listed.stdout.splitlines()[0], listed
         row = next(line for line in listed.stdout.splitlines() if line.endswith("st-a-1"))
-        assert f"127.0.0.1:{http_port}->8080/tcp, 127.0.0.1:{tcp_port}->9000/tcp, 127.0.0.1:{udp_port}->9001/udp" in row
+        assert (
+            f"127.0.0.1:{http_port}->8080/tcp, 127.0.0.1:{tcp_port}->9000/tcp, 127.0.0.1:{udp_port}->9001/udp"
+            in row
+        )
     finally:
         down(user, stack)
     with socket.socket() as again:  # the port is free once the service is gone

@@ -60,6 +60,15 @@ def test_a_veth_request_nests_its_peer_with_the_peers_namespace() -> None:
     ]
 
 
+def test_a_services_mac_follows_its_address() -> None:
+    mac = join.mac_for("10.89.0.3/24")
+    assert mac == bytes([0x02, 0x42, 10, 89, 0, 3])
+    body = netlink.veth_request("eth0", "vabc", 7, mac)
+    assert attrs(body[16:])[1] == (netlink.IFLA_ADDRESS, mac)
+    with pytest.raises(ValueError, match="6 bytes"):
+        netlink.veth_request("eth0", "vabc", 7, b"\x02")
+
+
 def test_a_link_change_says_which_flags_change() -> None:
     up = netlink.link_request("pbr0", up=True, master=4)
     assert struct.unpack_from("=II", up, 8) == (netlink.IFF_UP, netlink.IFF_UP)

@@ -79,6 +79,13 @@ def hosts_lines(join: NetworkJoin, hostname: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mac_for(address: str) -> bytes:
+    """``eth0``'s hardware address, made from its IPv4 address as Docker does (02:42 and the four
+    bytes; locally administered): a service recreated at its address keeps its MAC, so the other
+    services' neighbour caches stay right instead of pointing at the old veth for seconds."""
+    return b"\x02\x42" + ipaddress.IPv4Interface(address).ip.packed
+
+
 def open_holder(join: NetworkJoin) -> Holder:
     pid = join.holder_pid
     gone = LauncherError(
@@ -123,7 +130,7 @@ def enter(join: NetworkJoin, holder: Holder, container_id: str) -> None:
         linux.unshare(linux.CLONE_NEWNET)
         with Netlink() as own:
             peer = f"v{container_id[:12]}"
-            own.add_veth("eth0", peer, holder.net_fd)
+            own.add_veth("eth0", peer, holder.net_fd, mac_for(join.address))
             bridge.set_link(peer, up=True, master=BRIDGE)
             own.add_address("eth0", join.address)
             own.set_link("eth0", up=True)
