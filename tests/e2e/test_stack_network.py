@@ -275,6 +275,51 @@ def test_services_reach_each_other_by_name(launcher_user: LauncherUser, app_imag
     network.remove(held)  # a holder already gone is fine
 
 
+# Run as the test's user: service NAME started again at its address, on the network that the
+# stack's folder records (as a supervisor restarting a service, or one started after a crash).
+RESTART = r"""
+import json, os, sys, time
+from pbuild.tools.launcher import process, run
+from pbuild.tools.launcher.config import RunOptions
+from pbuild.tools.stack import network
+
+stack_dir, name, addresses, image, server = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
+net = network.load(stack_dir)
+assert net is not None and network.alive(net)
+join = network.join_record(net, addresses[name], network.hosts_entries("st", addresses))
+log_path = os.path.join(stack_dir, "services.log")
+log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+null = os.open(os.devnull, os.O_RDWR)
+options = RunOptions(image=image, entrypoint="/usr/bin/python3.11", command=("-c", server), env=(f"WHO={name}2",),
+                     name=f"st-{name}-1", detach=True, join=join)
+run.start_container(options, process.Stdio(null, log, log))
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and f"ready {name}2\n" not in open(log_path).read():
+    time.sleep(0.05)
+"""
+
+
+def test_a_service_started_again_at_its_address_is_reached_at_once(
+    launcher_user: LauncherUser, app_image: str
+) -> None:
+    user = launcher_user
+    stack, _ = up(user, app_image, [{"name": "a"}, {"name": "b"}])
+    try:
+        first = user.launch("exec", "st-a-1", "/usr/bin/python3.11", "-c", CLIENT, "http://b:8080/")
+        assert first.stdout == "http://b:8080/ b\n", first.stderr  # a has b's MAC in its neighbour cache now
+        assert user.launch("rm", "-f", "st-b-1").returncode == 0
+        again = as_user(
+            user, RESTART, str(user.base / "stack"), "b", json.dumps(stack["addresses"]), app_image, SERVER
+        )
+        assert again.returncode == 0, again.stderr
+        began = time.monotonic()
+        second = user.launch("exec", "st-a-1", "/usr/bin/python3.11", "-c", CLIENT, "http://b:8080/")
+        assert second.stdout == "http://b:8080/ b2\n", second.stderr
+        assert time.monotonic() - began < 3  # no wait for a stale neighbour entry to be probed away
+    finally:
+        down(user, stack)
+
+
 def test_published_ports_reach_the_service_from_the_host(launcher_user: LauncherUser, app_image: str) -> None:
     user = launcher_user
     http_port, tcp_port, udp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
