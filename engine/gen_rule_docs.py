@@ -368,6 +368,10 @@ def _attr_table(attrs: Iterable[tuple[str, Attr]]) -> list[str]:
     for name, spec in attrs:
         required = "yes" if spec.required else ""
         lines.append(f"| `{name}` | {_type(spec)} | {_default(spec)} | {required} | {_cell(spec.doc)} |")
+        for field_name, field_spec in spec.fields:  # a table of tables: each entry's keys
+            required = "yes" if field_spec.required else ""
+            lines.append(f"| `{name}.<NAME>.{field_name}` | {_type(field_spec)} | {_default(field_spec)} "
+                         f"| {required} | {_cell(field_spec.doc)} |")
     return lines
 
 
