@@ -149,7 +149,7 @@ def _cache_dir(ctx: CommandContext) -> str:
     """``--cache-dir``, else the engine's default (``$PBUILD_CACHE``, ``$XDG_CACHE_HOME/pbuild``,
     ``~/.cache/pbuild``): the rule API has no accessor for it, so its rule is repeated here."""
     if ctx.args.cache_dir:
-        return os.path.abspath(ctx.args.cache_dir)
+        return os.path.abspath(str(ctx.args.cache_dir))
     if os.environ.get("PBUILD_CACHE"):
         return os.path.abspath(os.environ["PBUILD_CACHE"])
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

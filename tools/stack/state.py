@@ -11,7 +11,7 @@
   socket path has at most 108 bytes, the runtime directory may be deep);
 - ``logs/SERVICE.log``: each service's output, one timestamped line per line (``logs.py``).
 
-``stacks/.lock`` is flock()ed while a client decides whether a stack's supervisor must be started
+``stacks/`` itself is flock()ed while a client decides whether a stack's supervisor must be started
 or its remains cleaned up, so two ``up`` never start two supervisors (flock: the kernel releases
 it however the holder dies). Named volumes outlive the runtime directory (a tmpfs on most
 systems): they live beside the layer store, ``volumes/STACK_VOLUME`` as Compose names them.
@@ -32,7 +32,7 @@ from pbuild.lib import atomicio
 from pbuild.lib.determinism import canonical_json
 from pbuild.tools.launcher.dirs import describe_mode, ensure_private_dir
 from pbuild.tools.launcher.layerstore import store_root
-from pbuild.tools.launcher.state import process_start_time, runtime_root
+from pbuild.tools.launcher.state import runtime_root
 from pbuild.tools.stack.errors import StackError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -141,9 +141,9 @@ def ensure_private(path: str) -> str:
 
 @contextlib.contextmanager
 def locked(runtime: str | None = None) -> Iterator[None]:
-    """Hold ``stacks/.lock`` (every stack of this user; held only for short decisions)."""
+    """Hold the lock of ``stacks/`` itself (every stack of this user; held for short decisions)."""
     root = ensure_private(stacks_root(runtime))
-    fd = os.open(os.path.join(root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -183,7 +183,20 @@ def find_by_origin(origin: str, runtime: str | None = None) -> tuple[str, StackR
 
 
 def supervisor_alive(record: StackRecord) -> bool:
-    return record.supervisor_pid > 0 and process_start_time(record.supervisor_pid) == record.supervisor_start
+    """Is the recorded supervisor still that process, and not a zombie? (It is nobody's child:
+    an init that reaps slowly would keep an ended supervisor's pid and start time around.)"""
+    return record.supervisor_pid > 0 and process_alive(record.supervisor_pid, record.supervisor_start)
+
+
+def process_alive(pid: int, start: int) -> bool:
+    """``pid`` is the process that started at ``start`` (``/proc/PID/stat`` field 22), not ended."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    fields = data[data.rindex(b")") + 2 :].split()
+    return fields[0] not in (b"Z", b"X") and int(fields[19]) == start
 
 
 def volumes_root() -> str:

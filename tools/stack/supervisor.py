@@ -170,16 +170,18 @@ class Supervisor:
         null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        stdio = process.Stdio(null, out_w, err_w, owned=(null, out_w, err_w))
         try:
-            started = start_container(options, stdio)
+            started = start_container(options, process.Stdio(null, out_w, err_w))
         except LauncherError as e:
             os.close(out_r)
             os.close(err_r)
             raise StackError(f"service {svc.spec.name}: {e.message}", hint=e.hint, exit_code=EXIT_FAILED) from None
+        finally:  # the container has its copies: the pipes end when it does
+            for fd in (null, out_w, err_w):
+                os.close(fd)
         svc.generation += 1
         svc.container = started.state
-        svc.monitor = started.monitor
+        svc.monitor = started.monitor_pid
         svc.status = "running"
         svc.exit_code = None
         svc.started_at = time.monotonic()
