@@ -124,7 +124,9 @@ def _start_supervisor(directory: str, spec: StackSpec) -> None:
     )
     argv = [sys.executable, "-m", "pbuild.tools.stack.supervisor", directory, spec.name, spec.origin, str(ready_w)]
     try:
-        starter = subprocess.Popen(argv, env=env, pass_fds=(ready_w,), stdin=subprocess.DEVNULL,
+        # The binary that runs us (a venv's python may be a link into a folder this user cannot
+        # search, as when root's interpreter is run with setpriv); argv[0] still names the venv.
+        starter = subprocess.Popen(argv, executable="/proc/self/exe", env=env, pass_fds=(ready_w,), stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                    cwd="/")  # fmt: skip
         os.close(ready_w)
