@@ -27,7 +27,7 @@ _FIELD_KINDS = {
     "entrypoint": "string or string_list",
     "environment": "string_dict or string_list",
     "env_file": "string or string_list",
-    "ports": "string_list",
+    "ports": "list of strings or tables",
     "volumes": "string_list",
     "depends_on": "string_list or dict",
     "healthcheck": "dict",
@@ -47,7 +47,7 @@ assert set(_FIELDS) == set(SERVICE_KEYS), "every service key is documented"
     "stack",
     attrs={
         "services": attr.dict(
-            "The services, one table each: `[NAME.services.SERVICE]` with the keys below (Compose's "
+            "The services, one table each: `[TARGET.services.NAME]` with the keys below (Compose's "
             "words). A stack needs at least one.",
             required=True, fields=dict(sorted(_FIELDS.items()))),
         "project_name": attr.string(
