@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from pbuild.tools.stack.spec import (
     Dependency,
     Healthcheck,
@@ -24,6 +23,7 @@ from pbuild.tools.stack.spec import (
     VolumeSpec,
     to_json,
 )
+
 from tests.support.launcher import launch
 from tests.support.launcher_users import USERS, LauncherUser, user_folder
 from tests.support.stacks import driver, driver_popen, kill_stacks, record_of, serving, stack_pids
@@ -343,4 +343,34 @@ def test_up_without_detach_streams_logs_and_ctrl_c_stops(user: LauncherUser) -> 
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Container fg-talk-1  Removed" in err
+    assert_all_gone(user)
+
+
+def waiting_forever(user: LauncherUser) -> StackSpec:
+    never = Healthcheck(("false",), interval_s=0.1, retries=100000)
+    return StackSpec("wt", "test:wt", (
+        ServiceSpec("slow", image(user), "sha256:a", command=serving("s"), healthcheck=never),
+    ))  # fmt: skip
+
+
+def test_ctrl_c_while_up_waits_stops_what_it_started(user: LauncherUser) -> None:
+    proc = driver_popen(user, "up", write_spec(user, waiting_forever(user)), "-d")
+    assert proc.stderr is not None
+    while "Waiting" not in proc.stderr.readline():
+        pass
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    wait_for(lambda: stack_pids(runtime(user)) == [], what="the stack to go")
+    assert_all_gone(user)
+
+
+def test_down_calls_off_an_up_that_waits(user: LauncherUser) -> None:
+    proc = driver_popen(user, "up", write_spec(user, waiting_forever(user)), "-d")
+    assert proc.stderr is not None
+    while "Waiting" not in proc.stderr.readline():
+        pass
+    down_ok(user, "wt")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "up was called off" in err, err
     assert_all_gone(user)

@@ -45,7 +45,12 @@ def up(spec: StackSpec, *, detach: bool, out: Out = _progress) -> int:
         _ensure_supervisor(directory, spec)
         try:
             done = control.request(directory, message, out)
-            break
+            if not done.get("retry") or attempt == _ATTEMPTS - 1:
+                break
+            _wait_gone_dir(directory)  # a down ended that supervisor just now: start anew
+        except KeyboardInterrupt:  # the supervisor sees us go and stops what this up started
+            _progress("Interrupted: what this up started is stopped again")
+            return 130
         except OSError:  # it ended between our check and our request (a down): start anew
             if attempt == _ATTEMPTS - 1:
                 raise StackError(f"the supervisor of stack {spec.name} does not answer",
@@ -172,6 +177,12 @@ def down(directory: str, *, timeout: float, volumes: bool, out: Out = _progress)
         named = teardown.volumes_of(directory) if volumes else None
         teardown.remove_stack(directory, record, timeout=timeout, volumes=named, say=out)
     return 0
+
+
+def _wait_gone_dir(directory: str) -> None:
+    record = state.load(directory)
+    if record is not None:
+        _wait_gone(record)
 
 
 def _wait_gone(record: StackRecord) -> None:
