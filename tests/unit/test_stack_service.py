@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pbuild.tools.launcher.config import PortMapping, Volume
 from pbuild.tools.stack.network import StackNetwork
 from pbuild.tools.stack.service import backoff, port_text, restarts_after, run_options

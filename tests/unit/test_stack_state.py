@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from pbuild.tools.launcher.state import process_start_time
 from pbuild.tools.stack import state
 from pbuild.tools.stack.errors import StackError
