@@ -352,6 +352,8 @@ class Analyzer:
                     values[name] = targets[0] if targets else None
                 else:
                     values[name] = tuple(targets)
+            elif spec.kind == "dict" and any(f.is_label for _, f in spec.fields):
+                values[name], files[name] = self._table_labels(name, spec, raw, decl, deps)
             elif spec.kind in ("output", "output_list"):
                 names = [raw] if spec.kind == "output" and raw else list(raw or ())
                 outs = []
@@ -392,6 +394,56 @@ class Analyzer:
         if not any(isinstance(p, DefaultInfo) for p in providers):
             providers = (DefaultInfo(),) + providers
         return ConfiguredTarget(decl.label, decl, definition, providers, ctx.actions.declared, tuple(deps))
+
+    def _table_labels(self, name: str, spec: Attr, raw: Any, decl: TargetDecl,
+                      deps: list[Label]) -> tuple[dict[str, Any], tuple[File, ...]]:
+        """A table of tables (``attr.dict(fields=...)``) with its entries' label fields analyzed
+        and replaced by :class:`Target` objects; the files of those targets, flattened."""
+        label_fields = [(field_name, f) for field_name, f in spec.fields if f.kind == "label"]
+        table: dict[str, Any] = {}
+        flat: list[File] = []
+        for entry_name, entry in (raw or {}).items():
+            if not isinstance(entry, dict):
+                raise LoadError(
+                    f"attribute {name!r}: {entry_name!r} must be a table, got {type(entry).__name__} {entry!r}",
+                    location=_nested_location(decl, f"{name}.{entry_name}"),
+                    label=decl.label,
+                    hint=f"write [{decl.label.name}.{name}.{entry_name}] with its keys: "
+                         + ", ".join(field_name for field_name, _ in spec.fields),
+                )
+            entry = dict(entry)  # decl.attrs stays as written
+            for field_name, field_spec in label_fields:
+                if field_name not in entry:
+                    continue
+                dotted = f"{name}.{entry_name}.{field_name}"
+                where = _nested_location(decl, dotted)
+                text = entry[field_name]
+                if not isinstance(text, str) or not text.startswith((":", "//")):
+                    raise LoadError(
+                        f"attribute {dotted!r} must be a label (:target or //package:target), got {text!r}",
+                        location=where, label=decl.label, hint=field_spec.doc,
+                    )
+                try:
+                    dep_label = Label.parse(text, current_package=decl.label.package)
+                except LoadError as exc:
+                    exc.location, exc.label = where, decl.label
+                    raise
+                located = dotted if dotted in decl.attr_locations else name
+                dep = self._analyze(dep_label, decl, located)
+                deps.append(dep_label)
+                for kind in field_spec.providers:
+                    if not any(isinstance(p, kind) for p in dep.providers):
+                        raise AnalysisError(
+                            f"attribute {dotted!r}: {dep.label} (a {dep.rule.name}) does not provide {kind.__name__}",
+                            location=where,
+                            label=decl.label,
+                            hint=f"{field_name} needs targets of a rule that provides {kind.__name__}",
+                        )
+                target = dep.as_target()
+                entry[field_name] = target
+                flat.extend(target.files)
+            table[entry_name] = entry
+        return table, tuple(flat)
 
     def _toolchain_of(self, decl: TargetDecl, definition: RuleDef, deps: list[Label]) -> Toolchain | None:
         """The toolchain ``decl`` runs on (analyzed first, as an implicit dependency); None: the host."""
@@ -531,6 +583,15 @@ class Analyzer:
                     label=decl.label,
                     hint=f"{name} needs targets of a rule that provides {kind.__name__}",
                 )
+
+
+def _nested_location(decl: TargetDecl, dotted: str) -> Location:
+    """Where a dotted key inside a table attribute is written, else its nearest enclosing key."""
+    while dotted:
+        if dotted in decl.attr_locations:
+            return decl.attr_locations[dotted]
+        dotted = dotted.rpartition(".")[0]
+    return decl.location
 
 
 def _strings(value: Any) -> TypeGuard[list[str]]:

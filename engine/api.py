@@ -365,6 +365,9 @@ class Attr:
     allow_files: bool | tuple[str, ...] = False  # True, or allowed extensions without the dot
     values: tuple[Any, ...] = ()
     providers: tuple[type[Provider], ...] = ()
+    # For a ``dict`` that is a table of tables (``[t.services.NAME]``): the keys each entry may
+    # have, for the docs; ``label`` fields are analyzed as dependencies (see :meth:`attr.dict`).
+    fields: tuple[tuple[str, Attr], ...] = ()
 
     @property
     def is_label(self) -> bool:
@@ -396,9 +399,18 @@ class attr:
         return Attr("bool", doc, default, False)
 
     @staticmethod
-    def dict(doc: str, *, default: Mapping[str, Any] | None = None, required: bool = False) -> Attr:
-        """A free-form TOML table (for structured settings); validate it in the rule."""
-        return Attr("dict", doc, dict(default or {}), required)
+    def dict(doc: str, *, default: Mapping[str, Any] | None = None, required: bool = False,
+             fields: Mapping[str, Attr] | None = None) -> Attr:
+        """A free-form TOML table (for structured settings); validate it in the rule.
+
+        With ``fields`` it is a table of tables (``NAME = { ... }``, or ``[target.ATTR.NAME]``
+        sub-tables), each entry with those keys, documented like attributes. An entry's
+        ``attr.label`` fields are dependencies: analyzed first, checked against their
+        ``providers``, and given to the rule as :class:`Target` objects in place of the text
+        (their files in ``ctx.files.ATTR``). The rule checks every other field itself; a key
+        inside is located with ``ctx.fail(..., attr="ATTR.NAME.KEY")``.
+        """
+        return Attr("dict", doc, dict(default or {}), required, fields=tuple((fields or {}).items()))
 
     @staticmethod
     def label(doc: str, *, required: bool = False, allow_files: bool | Sequence[str] = False,
@@ -691,8 +703,14 @@ class RuleContext:
         return value if isinstance(value, Mapping) else {}
 
     def location(self, attr_name: str | None = None) -> Location:
-        if attr_name and attr_name in self._attr_locations:
-            return self._attr_locations[attr_name]
+        """Where ``attr_name`` is written (else the target's header). A dotted name reaches into
+        a table attribute (``services.backend.image``); a key the loader has no line for (in an
+        inline table) gets the line of the nearest enclosing key."""
+        name = attr_name or ""
+        while name:
+            if name in self._attr_locations:
+                return self._attr_locations[name]
+            name = name.rpartition(".")[0]
         return self._target_location
 
     def fail(self, message: str, *, attr: str | None = None, hint: str | None = None) -> NoReturn:

@@ -192,7 +192,7 @@ that do not exist), and reports the file, line, target and a fix. The attribute 
 | `attr.string_dict(doc, default=None, required=False)` | table of strings | `dict[str, str]` |
 | `attr.integer(doc, default=None, required=False)` | integer | `int` |
 | `attr.boolean(doc, default=False)` | `true` / `false` | `bool` |
-| `attr.dict(doc, default=None, required=False)` | any table (validate it in the rule) | `dict` |
+| `attr.dict(doc, default=None, required=False, fields=None)` | any table (validate it in the rule); with `fields`, a table of tables whose `attr.label` fields are dependencies | `dict` (label fields as `Target`) |
 | `attr.label(doc, required=False, allow_files=False, providers=(), default=None)` | a label (or a file name with `allow_files`) | `Target` or `None` |
 | `attr.label_list(doc, required=False, allow_files=False, providers=(), default=())` | list of labels / files, or a glob table | `tuple[Target, ...]` |
 | `attr.output(doc, required=False)` | a file name | `File` below `pbuild-out/<package>/` |
@@ -200,7 +200,9 @@ that do not exist), and reports the file, line, target and a fix. The attribute 
 
 `allow_files=True` accepts any file of the package, `allow_files=["py", "pyi"]` only those
 extensions (also for the files of targets named there). `providers=[SomeInfo]` accepts only
-targets whose rule returns a `SomeInfo`.
+targets whose rule returns a `SomeInfo`. `attr.dict(..., fields={"image": attr.label(...), ...})`
+documents each entry's keys (`[target.ATTR.NAME]` tables) and analyzes its label fields as
+dependencies; `ctx.fail(..., attr="ATTR.NAME.KEY")` points at the key's line.
 
 ### What a rule sees: `RuleContext`
 
@@ -368,6 +370,10 @@ def _attr_table(attrs: Iterable[tuple[str, Attr]]) -> list[str]:
     for name, spec in attrs:
         required = "yes" if spec.required else ""
         lines.append(f"| `{name}` | {_type(spec)} | {_default(spec)} | {required} | {_cell(spec.doc)} |")
+        for field_name, field_spec in spec.fields:  # a table of tables: each entry's keys
+            required = "yes" if field_spec.required else ""
+            lines.append(f"| `{name}.<NAME>.{field_name}` | {_type(field_spec)} | {_default(field_spec)} "
+                         f"| {required} | {_cell(field_spec.doc)} |")
     return lines
 
 

@@ -156,6 +156,8 @@ class Loader:
                 key: Location(build_rel, keys.get((target_name, key), tables.get(target_name)))
                 for key in body
             }
+            if any(isinstance(value, dict) for value in body.values()):
+                attr_locations.update(nested_locations(build_rel, target_name, tables, keys))
             rule_name = body.get("rule")
             if not isinstance(rule_name, str):
                 raise LoadError(
@@ -373,6 +375,27 @@ class Loader:
             raise LoadError(f"every file the glob {include} matches in //{package} is excluded",
                             hint="fix the patterns, or add allow_empty = true to the glob table")
         return sorted(results)
+
+
+def nested_locations(build_rel: str, target_name: str, tables: Mapping[str, int],
+                     keys: Mapping[tuple[str, str], int]) -> dict[str, Location]:
+    """Lines of the keys inside a target's table attributes, by dotted path below the target:
+    ``[web.services.backend]`` gives ``services.backend`` and its ``image = ...`` line
+    ``services.backend.image``. ``RuleContext.location`` falls back along the dots, so a key of an
+    inline table (``healthcheck = { interval = ... }``) is blamed on the line that holds it."""
+    prefix = target_name + "."
+    found: dict[str, Location] = {}
+    for table, line in tables.items():
+        if table.startswith(prefix):
+            sub = table[len(prefix):]
+            found[sub] = Location(build_rel, line)
+            attr = sub.split(".", 1)[0]
+            if (target_name, attr) not in keys:  # written only through sub-table headers
+                found.setdefault(attr, Location(build_rel, line))
+    for (table, key), line in keys.items():
+        if table.startswith(prefix):
+            found[f"{table[len(prefix):]}.{key}"] = Location(build_rel, line)
+    return found
 
 
 def glob_pattern_problem(pattern: str) -> str | None:

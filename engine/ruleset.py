@@ -23,6 +23,7 @@ BUILTIN_FAMILIES = (
     "pbuild.rules.python",
     "pbuild.rules.debian",
     "pbuild.rules.oci",
+    "pbuild.rules.stack",
 )
 
 Definition = RuleDef | GeneratorDef
