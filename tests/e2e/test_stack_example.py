@@ -356,15 +356,17 @@ def test_up_brings_the_example_up_and_down_takes_it_away(
         cli_ok(pbuild("up", "-d", *which))
         try:
             check_stack_answers()
-            ps = cli_ok(pbuild("ps", *which[-1:]) if how == "target" else pbuild("ps"))
+            ps = cli_ok(pbuild("ps", *which))
             for service in ("backend", "frontend", "nginx"):
                 assert f"web-{service}-1" in ps, ps
             assert "healthy" in ps and "18080" in ps, ps  # the backend's health; nginx's port
-            if how == "target":
-                lines = cli_ok(pbuild("logs", *which)).splitlines()
-                for service in ("backend", "frontend"):  # each line says whose it is
-                    assert any(line.lstrip().startswith((service, f"web-{service}-1")) and
-                               f"{service}: listening on" in line for line in lines), lines  # fmt: skip
+            # `logs` takes --file (its -f is --follow, as in Compose); each line says whose it is
+            logs = pbuild("logs", *which) if how == "target" else pbuild("logs", "--file", which[1])
+            lines = cli_ok(logs).splitlines()
+            for service in ("backend", "frontend"):
+                assert any(
+                    line.startswith(service) and f"| {service}: listening on" in line for line in lines
+                ), lines
             started, counted = backend_start(), hits()
             cli_ok(pbuild("up", "-d", *which))  # again, unchanged: nothing is recreated
             assert backend_start() == started
