@@ -64,6 +64,25 @@ class PortMapping(NamedTuple):
         )
 
 
+class NetworkJoin(NamedTuple):
+    """Join a stack's network (``pbuild.tools.stack.network``) instead of a network of one's own.
+
+    The container enters the user namespace of the holder process (``holder_pid``, checked
+    against ``holder_start`` so a recycled pid is refused; no id maps are written), gets a
+    network namespace of its own whose ``eth0`` (a veth on the holder's bridge) has ``address``
+    ("10.89.0.3/24"), and a route to that subnet only; with ``outbound`` also slirp4netns's
+    ``tap0`` and default route. ``hosts`` are extra ``/etc/hosts`` lines, each an address and
+    its names. ``gateway`` is the bridge's address (recorded; nothing routes through it).
+    """
+
+    holder_pid: int
+    holder_start: int
+    address: str
+    gateway: str
+    hosts: tuple[tuple[str, ...], ...] = ()
+    outbound: bool = False
+
+
 class RunOptions(NamedTuple):
     """The flags of ``run``, as given."""
 
@@ -91,6 +110,11 @@ class RunOptions(NamedTuple):
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     security_opt: tuple[str, ...] = ()
+    join: NetworkJoin | None = None
+    """A stack's network (the stack supervisor sets it; no flag does)."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """KEY, VALUE pairs kept in the container's state (``extra["labels"]``), e.g. the stack,
+    service and configuration hash that ``ps`` shows."""
 
 
 class ContainerSpec(NamedTuple):

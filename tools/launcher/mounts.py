@@ -97,8 +97,16 @@ def overlay_ops(rootfs: RootFs) -> list[nsops.Op]:
 def generated_files(spec: ContainerSpec) -> dict[str, bytes]:
     """The contents of the container's /etc/hosts, /etc/hostname and /etc/resolv.conf."""
     name = spec.hostname
-    hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name}\n"
+    hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     resolv = b"# no network (--network none)\n"
+    join = spec.options.join
+    if join is not None:  # a stack's network: its names are in /etc/hosts, no DNS beyond it
+        from pbuild.tools.launcher.join import hosts_lines
+
+        hosts += hosts_lines(join, name)
+        resolv = b"nameserver 10.0.2.3\n" if join.outbound else b"# the stack's names are in /etc/hosts\n"
+        return {"hosts": hosts.encode(), "hostname": f"{name}\n".encode(), "resolv.conf": resolv}
+    hosts += f"127.0.1.1\t{name}\n"
     if spec.options.network != "none":
         try:
             with open("/etc/resolv.conf", "rb") as f:

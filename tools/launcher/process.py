@@ -33,12 +33,17 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pbuild.tools.launcher import identity, seccomp
 from pbuild.tools.launcher.errors import EXIT_CANNOT_EXECUTE, EXIT_LAUNCHER, EXIT_NOT_FOUND, LauncherError
 from pbuild.tools.launcher.state import ContainerState, ContainerStore, process_start_time
 from pbuild.tools.sandbox import linux, nsops
+
+if TYPE_CHECKING:
+    from pbuild.tools.launcher.config import NetworkJoin
+    from pbuild.tools.launcher.join import Holder
+    from pbuild.tools.stack.forward import Listener
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _NOFILE = 1048576
@@ -259,6 +264,12 @@ class Launch(NamedTuple):
     cgroups: tuple[str, ...] = ()
     slirp: bool = False
     publish: tuple[Any, ...] = ()
+    """Ports for slirp4netns to forward (``--network slirp4netns``)."""
+    join: NetworkJoin | None = None
+    holder: Holder | None = None
+    """With ``join``: the stack network holder's namespaces, opened (and checked) by L."""
+    listeners: tuple[Listener, ...] = ()
+    """With ``join``: the published ports, bound by L in the host's namespace, for A's forwarder."""
 
 
 def _monitor(
@@ -268,7 +279,9 @@ def _monitor(
     slirp4netns when to end."""
     ready_w, go_r, errpipe = pipes
     fds = stdio.child_fds
-    linux.keep_only_fds([*fds, *pipes, timing_fd, net_exit])
+    holder_fds = [launch.holder.user_fd, launch.holder.net_fd] if launch.holder is not None else []
+    listener_fds = [listener.sock.fileno() for listener in launch.listeners]
+    linux.keep_only_fds([*fds, *pipes, timing_fd, net_exit, *holder_fds, *listener_fds])
     mark(timing_fd, "monitor")
     for sig in _FORWARDED:
         signal.signal(sig, signal.SIG_IGN)  # L forwards what is meant for the container
@@ -278,22 +291,36 @@ def _monitor(
         # see EOF once it printed the id.
         for target, fd in enumerate((stdio.stdin, stdio.stdout, stdio.stderr)):
             os.dup2(fd, target)
+    forwarder = 0
     try:
         # The user, PID and network namespaces here (slirp4netns joins the network namespace by
         # our pid, before B exists); the mount namespace in B: A must keep the host's, as B's
         # pivot_root would move every process of a shared one into the container's root.
-        linux.unshare(launch.namespaces & _MONITOR_NAMESPACES)
+        if launch.join is not None and launch.holder is not None:
+            from pbuild.tools.launcher import join
+
+            # The stack's user namespace, our own network namespace on its bridge.
+            join.enter(launch.join, launch.holder, launch.state.id)
+            if launch.listeners:
+                # Before the PID namespace: our next child is the container's PID 1.
+                forwarder = _start_forwarder(launch)
+            linux.unshare(launch.namespaces & linux.CLONE_NEWPID)
+        else:
+            linux.unshare(launch.namespaces & _MONITOR_NAMESPACES)
         if not launch.detached:
             # The new user namespace changed our credentials, which clears the death signal.
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:
                 return EXIT_LAUNCHER
     except OSError as e:
-        report(errpipe, EXIT_LAUNCHER, f"cannot create the container's namespaces: {e}")
+        where = "join the stack's network" if launch.join is not None else "create the container's namespaces"
+        report(errpipe, EXIT_LAUNCHER, f"cannot {where}: {e}")
+        _end_forwarder(forwarder)
         return EXIT_LAUNCHER
     mark(timing_fd, "monitor-unshared")
     os.write(ready_w, b"u")
     if os.read(go_r, 1) != b"g":
+        _end_forwarder(forwarder)
         return EXIT_LAUNCHER  # L could not write the id maps and said why
     os.close(go_r)
     child = os.fork()
@@ -321,6 +348,7 @@ def _monitor(
         except InterruptedError:
             continue
     code = exit_code_of(status)
+    _end_forwarder(forwarder)
     if launch.cgroups:
         from pbuild.tools.launcher import cgroups
 
@@ -333,6 +361,43 @@ def _monitor(
     else:
         store.save(state)
     return code
+
+
+def _start_forwarder(launch: Launch) -> int:
+    """Fork the published ports' relay (``pbuild.tools.stack.forward``) into our namespaces; it
+    dies with us. Our copies of the listening sockets are closed: the relay holds them."""
+    from pbuild.tools.stack import forward
+
+    assert launch.join is not None
+    address = launch.join.address.partition("/")[0]
+    monitor = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = EXIT_LAUNCHER
+        try:
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() == monitor:
+                linux.keep_only_fds([listener.sock.fileno() for listener in launch.listeners])
+                null = os.open("/dev/null", os.O_RDWR)
+                for target in (0, 1, 2):
+                    os.dup2(null, target)
+                for sig in (*_FORWARDED, signal.SIGPIPE):
+                    signal.signal(sig, signal.SIG_IGN if sig == signal.SIGPIPE else signal.SIG_DFL)
+                linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+                forward.serve(launch.listeners, address)
+        finally:
+            os._exit(code)
+    for listener in launch.listeners:
+        listener.sock.close()
+    return pid
+
+
+def _end_forwarder(pid: int) -> None:
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def _container_init(launch: Launch, stdio: Stdio, errpipe: int, timing_fd: int) -> int:
@@ -416,12 +481,14 @@ def start(
     try:
         if os.read(ready_r, 1) == b"u":
             try:
-                write_id_maps(monitor, idmap)
+                if launch.join is None:  # a joined user namespace is mapped already
+                    write_id_maps(monitor, idmap)
                 if launch.slirp:
                     from pbuild.tools.launcher import network
 
                     cdir = ContainerStore(launch.store_root).container_dir(launch.state.id)
-                    network.start_slirp(monitor, net_exit_r, cdir, launch.publish)
+                    ports = launch.publish if launch.join is None else ()  # joined: our own forwarder
+                    network.start_slirp(monitor, net_exit_r, cdir, ports)
                 if launch.cgroups:
                     from pbuild.tools.launcher import cgroups
 

@@ -1,10 +1,18 @@
-"""``pbuild run``: image -> layers in the store -> container directory -> namespaces -> exec."""
+"""``pbuild run``: image -> layers in the store -> container directory -> namespaces -> exec.
+
+Two entry points over one preparation (:func:`_prepare`): :func:`run`, the CLI's (the caller's
+terminal, signals forwarded, waits unless detached), and :func:`start_container`, a program's
+(the stack supervisor's): it supplies the container's stdio fds and gets the started container
+back, or a LauncherError.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from pbuild.lib import atomicio
 from pbuild.tools.launcher import cgroups, identity, process, seccomp
@@ -14,8 +22,12 @@ from pbuild.tools.launcher.flatten import flatten
 from pbuild.tools.launcher.image import load_image
 from pbuild.tools.launcher.layerstore import ensure_layers, store_root
 from pbuild.tools.launcher.mounts import RootFs, generated_files, plan_container
-from pbuild.tools.launcher.state import ContainerStore
+from pbuild.tools.launcher.state import ContainerState, ContainerStore, process_start_time
 from pbuild.tools.sandbox import linux
+
+if TYPE_CHECKING:
+    from pbuild.tools.launcher import join as join_mod
+    from pbuild.tools.stack import forward
 
 _NAMESPACES = (
     linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
@@ -106,11 +118,69 @@ def prepare_container_dir(cdir: str, layer_dirs: list[str], spec: ContainerSpec)
     os.chmod(cdir, 0o755)
 
 
-def run(options: RunOptions, started: float) -> int:
-    """Run ``options.image``; return the container's exit code (125/126/127 for failures)."""
+@dataclass(frozen=True)
+class StartedContainer:
+    """A container that :func:`start_container` started: its state (running, with the init's
+    pid and start time) and the pid of its monitor, a child of the caller whose exit status is
+    the container's exit code (reap it with ``waitpid``)."""
+
+    state: ContainerState
+    monitor_pid: int
+
+
+class _Prepared(NamedTuple):
+    launch: process.Launch
+    store: ContainerStore
+    idmap: identity.IdMap
+
+    def release(self) -> None:
+        """The launcher's copies of the holder's namespaces and the bound ports (after the fork)."""
+        if self.launch.holder is not None:
+            self.launch.holder.close()
+        for listener in self.launch.listeners:
+            listener.sock.close()
+
+
+def _prepare(options: RunOptions) -> _Prepared:
+    """Everything before the fork: limits, filter, image layers, the container's record and
+    directory, the mount plan; with ``options.join`` the holder's namespaces and the published
+    ports bound on the host. Nothing is left behind when it raises."""
     limits = resource_limits(options)
     capabilities = identity.capability_mask(options.cap_add, options.cap_drop)
     policy = seccomp.choose_policy(options.security_opt)
+    holder = None
+    listeners: tuple[forward.Listener, ...] = ()
+    if options.join is not None:
+        from pbuild.tools.launcher import join
+        from pbuild.tools.stack import forward as forwarding  # the stack's relay: only when joining
+
+        if options.network != "none":
+            raise LauncherError(
+                f"--network {options.network} and a stack's network exclude each other",
+                hint="a stack's service gets outbound access with `outbound = true`",
+            )
+        join.validate(options.join)
+        listeners = tuple(forwarding.bind(options.publish))
+    try:
+        if options.join is not None:
+            holder = join.open_holder(options.join)
+        return _prepare_container(options, limits, capabilities, policy, holder, listeners)
+    except BaseException:
+        for listener in listeners:
+            listener.sock.close()
+        if holder is not None:
+            holder.close()
+        raise
+
+
+def _prepare_container(
+    options: RunOptions,
+    limits: cgroups.Limits,
+    capabilities: int,
+    policy: seccomp.Policy,
+    holder: join_mod.Holder | None,
+    listeners: tuple[forward.Listener, ...],
+) -> _Prepared:
     image = load_image(options.image)
     layers_root = store_root()
     layer_dirs = ensure_layers(image, layers_root, notify=notice)
@@ -121,7 +191,24 @@ def run(options: RunOptions, started: float) -> int:
     container_id = os.urandom(32).hex()
     spec = resolve_spec(image.run_config, options, container_id, image.digest)
     idmap = identity.choose_id_map()
+    single_map = holder.single_map if holder is not None else idmap.single
+    extra: dict[str, object] = {
+        "user": spec.user,
+        "single_map": single_map,
+        "image_digest": image.digest,
+        "capabilities": capabilities,
+        "seccomp": policy.record(),
+    }
+    if options.labels:
+        extra["labels"] = dict(options.labels)
+    if options.publish:
+        extra["ports"] = [
+            f"{p.host_ip}:{p.host_port}->{p.container_port}/{p.protocol}" for p in options.publish
+        ]
+    if options.join is not None:
+        extra["network"] = {"address": options.join.address, "outbound": options.join.outbound}
     cgroup_dirs = cgroups.create(limits, container_id[:12])
+    extra["cgroups"] = list(cgroup_dirs)
     state = store.create(
         options.name,
         options.image,
@@ -131,14 +218,7 @@ def run(options: RunOptions, started: float) -> int:
         auto_remove=options.remove,
         env=spec.env,
         workdir=spec.workdir,
-        extra={
-            "user": spec.user,
-            "single_map": idmap.single,
-            "image_digest": image.digest,
-            "cgroups": list(cgroup_dirs),
-            "capabilities": capabilities,
-            "seccomp": policy.record(),
-        },
+        extra=extra,
     )
     cdir = store.container_dir(container_id)
     try:
@@ -165,7 +245,7 @@ def run(options: RunOptions, started: float) -> int:
             workdir=spec.workdir,
             user=spec.user,
             tty=options.tty,
-            single_map=idmap.single,
+            single_map=single_map,
             capabilities=capabilities,
             seccomp=program,
         ),
@@ -175,14 +255,62 @@ def run(options: RunOptions, started: float) -> int:
         state=state,
         store_root=store.root,
         cgroups=cgroup_dirs,
-        slirp=options.network == "slirp4netns",
+        slirp=options.network == "slirp4netns" or (options.join is not None and options.join.outbound),
         publish=options.publish,
+        join=options.join,
+        holder=holder,
+        listeners=listeners,
     )
+    return _Prepared(launch, store, idmap)
+
+
+def start_container(options: RunOptions, stdio: process.Stdio) -> StartedContainer:
+    """Start a container with the caller's ``stdio`` fds (the caller keeps and closes them; no
+    terminal: ``options.tty`` is refused) and return once its command was exec'd. With
+    ``options.detach`` the container outlives the caller; otherwise it is killed when the caller
+    dies. A failed start raises LauncherError (the message says why; ``exit_code`` is 125, 126
+    or 127 as for ``run``) and leaves no container behind."""
+    if options.tty:
+        raise LauncherError("start_container takes no terminal (tty)")
+    prepared = _prepare(options)
+    state = prepared.launch.state
+    try:
+        monitor, init_pid, error = process.start(prepared.launch, stdio, prepared.idmap)
+    except BaseException:
+        from pbuild.tools.launcher.lifecycle import remove_container
+
+        remove_container(prepared.store, state)
+        raise
+    finally:
+        prepared.release()
+    if error is not None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(monitor, 0)
+        from pbuild.tools.launcher.lifecycle import remove_container
+
+        with contextlib.suppress(OSError):
+            remove_container(prepared.store, state)
+        raise LauncherError(error[1], exit_code=error[0] or EXIT_LAUNCHER)
+    now = prepared.store.load(state.id)
+    if now is None or now.pid != init_pid:  # removed already (--rm and a very short command)
+        now = state._replace(status="running", pid=init_pid, pid_start=process_start_time(init_pid) or 0)
+    return StartedContainer(now, monitor)
+
+
+def run(options: RunOptions, started: float) -> int:
+    """Run ``options.image``; return the container's exit code (125/126/127 for failures)."""
+    prepared = _prepare(options)
+    launch, store, state = prepared.launch, prepared.store, prepared.launch.state
+    cdir = store.container_dir(state.id)
     from pbuild.tools.launcher import terminal
 
-    stdio, restore = terminal.open_stdio(
-        options.interactive, options.tty, os.path.join(cdir, "log") if options.detach else None
-    )
+    try:
+        stdio, restore = terminal.open_stdio(
+            options.interactive, options.tty, os.path.join(cdir, "log") if options.detach else None
+        )
+    except BaseException:
+        prepared.release()
+        raise
     timing_fd = -1
     timing_path = os.environ.get("PBUILD_LAUNCHER_TIMING")
     if timing_path:  # for bench/bench_launcher.py: when did we exec the entrypoint?
@@ -191,8 +319,9 @@ def run(options: RunOptions, started: float) -> int:
         process.mark(timing_fd, "fork")
     with process.SignalForwarder() as forwarder:
         try:
-            monitor, init_pid, error = process.start(launch, stdio, idmap, timing_fd)
+            monitor, init_pid, error = process.start(launch, stdio, prepared.idmap, timing_fd)
         finally:
+            prepared.release()
             if timing_fd >= 0:
                 os.close(timing_fd)
         forwarder.forward_to(init_pid)
@@ -201,7 +330,7 @@ def run(options: RunOptions, started: float) -> int:
             if error is not None:
                 process.print_error(error[1])
                 return error[0]
-            print(container_id)
+            print(state.id)
             return 0
         try:
             relay = (lambda: terminal.proxy(stdio, options.interactive)) if options.tty else None

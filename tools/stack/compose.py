@@ -80,15 +80,21 @@ class _Reader:
                              "use fewer aliases (*name)")
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)  # merge keys (<<: *defaults), as Compose allows
+            # Merge keys (<<: *defaults), as Compose allows: the merged pairs come first and the
+            # mapping's own keys override them; only an own key written twice is an error.
+            own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
+            self.loader.flatten_mapping(node)
             result: dict[str, Any] = {}
+            owned: set[str] = set()
             for key_node, value_node in node.value:
                 key = self.loader.construct_object(key_node)
                 line = key_node.start_mark.line + 1
                 if not isinstance(key, str):
                     raise self.error(f"key {key!r} is not a string", line, "quote it")
-                if key in result:
-                    raise self.error(f"key {key!r} appears twice", line, "keep one of them")
+                if id(key_node) in own:
+                    if key in owned:
+                        raise self.error(f"key {key!r} appears twice", line, "keep one of them")
+                    owned.add(key)
                 self.lines[(*path, key)] = line
                 result[key] = self.value(value_node, (*path, key))
             return result

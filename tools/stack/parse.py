@@ -105,6 +105,9 @@ def parse_port(raw: Any, *, path: tuple[str, ...] = ("ports",)) -> PortSpec:
     """One published port: ``"[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]"`` or Compose's long
     form ``{target, published, host_ip, protocol}``."""
     hint = 'write "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]", e.g. "127.0.0.1:8080:80"'
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raise FieldError(f"port {raw!r} names no host port", path=path,
+                         hint="pbuild publishes on a port you choose: " + hint)
     if isinstance(raw, Mapping):
         unknown = sorted(set(map(str, raw)) - set(PORT_KEYS))
         if unknown:
