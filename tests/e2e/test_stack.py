@@ -374,3 +374,18 @@ def test_down_calls_off_an_up_that_waits(user: LauncherUser) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "up was called off" in err, err
     assert_all_gone(user)
+
+
+def test_logs_follow_until_the_stack_goes(user: LauncherUser) -> None:
+    spec = StackSpec("lf", "test:lf", (
+        ServiceSpec("talk", image(user), "sha256:a", command=("sh", "-c", "trap 'exit 0' TERM; "
+                    "while true; do echo tick; sleep 0.2; done & wait")),
+    ))  # fmt: skip
+    up_ok(user, spec)
+    follow = driver_popen(user, "logs-f", "lf")
+    assert follow.stdout is not None
+    assert follow.stdout.readline() == "talk | tick\n"
+    assert follow.stdout.readline() == "talk | tick\n"  # one that came after it started
+    down_ok(user, "lf")
+    follow.communicate(timeout=30)  # ends with the stack
+    assert follow.returncode == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pbuild.tools.stack.health import CheckResult, HealthState
+from pbuild.tools.stack.health import STARTING_PROBE_S, CheckResult, HealthState, next_probe
 from pbuild.tools.stack.spec import Healthcheck
 
 CHECK = Healthcheck(("true",), interval_s=1, retries=3, start_period_s=5)
@@ -44,3 +44,13 @@ def test_a_healthy_service_counts_failures_even_in_its_start_period() -> None:
 def test_the_output_kept_is_bounded() -> None:
     state = HealthState().after(CHECK, CheckResult(1, "x" * 100_000), since_start=10)
     assert len(state.last_output) == 4096
+
+
+def test_a_starting_service_is_probed_sooner_but_counted_once_per_interval() -> None:
+    slow = Healthcheck(("true",), interval_s=30, retries=1)
+    assert next_probe(slow, HealthState()) == STARTING_PROBE_S
+    assert next_probe(slow, HealthState("healthy")) == 30
+    assert next_probe(Healthcheck(("true",), interval_s=0.1), HealthState()) == 0.1
+    early = HealthState().after(slow, FAIL, since_start=0.25, counts=False)
+    assert (early.status, early.failures, early.last_output) == ("starting", 0, "refused\n")
+    assert early.after(slow, FAIL, since_start=30, counts=True).status == "unhealthy"

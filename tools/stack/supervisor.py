@@ -38,7 +38,7 @@ from pbuild.tools.launcher.lifecycle import remove_container
 from pbuild.tools.launcher.state import ContainerState, ContainerStore, process_start_time
 from pbuild.tools.stack import control, network, state, teardown
 from pbuild.tools.stack.errors import StackError
-from pbuild.tools.stack.health import HealthState, run_check
+from pbuild.tools.stack.health import HealthState, next_probe, run_check
 from pbuild.tools.stack.logs import LineWriter
 from pbuild.tools.stack.network import StackNetwork
 from pbuild.tools.stack.service import BACKOFF_RESET_S, backoff, port_text, restarts_after, run_options
@@ -251,17 +251,22 @@ class Supervisor:
 
     async def _health_loop(self, svc: Service, generation: int) -> None:
         check = svc.spec.healthcheck
-        assert check is not None and svc.container is not None
+        assert check is not None and svc.container is not None and svc.health is not None
         name = svc.container.name
+        counted = time.monotonic()  # when a failure last counted (one per interval)
         while True:
-            await asyncio.sleep(check.interval_s)
+            await asyncio.sleep(next_probe(check, svc.health))
             if generation != svc.generation or svc.status != "running":
                 return
             result = await run_check(self.store.root, name, check)
             if generation != svc.generation or svc.status != "running" or svc.health is None:
                 return
+            now = time.monotonic()
+            counts = now - counted >= check.interval_s * 0.999
+            if counts:
+                counted = now
             before = svc.health.status
-            svc.health = svc.health.after(check, result, time.monotonic() - svc.started_at)
+            svc.health = svc.health.after(check, result, now - svc.started_at, counts)
             if svc.health.status != before:
                 self.save()
 
