@@ -175,6 +175,7 @@ def test_restart_policies(user: LauncherUser) -> None:
     ))  # fmt: skip
     up_ok(user, spec)
     wait_for(lambda: containers(user, "rs")["flaky"]["restarts"] >= 2, what="two restarts of flaky")
+    wait_for(lambda: "restarting" in driver(user, "ps", "rs").stdout, what="ps to show flaky restarting")
     wait_for(lambda: containers(user, "rs")["once"]["status"] == "exited", what="once to exit")
     services = containers(user, "rs")
     assert services["once"]["restarts"] == 0 and services["once"]["exit_code"] == 3
@@ -264,6 +265,28 @@ def test_down_cleans_up_after_the_supervisor_was_killed(user: LauncherUser) -> N
     assert len(stack_pids(runtime(user))) == 3  # the holder and two containers live on
     assert "supervisor of stack web is not running" in driver(user, "ps", "web").stdout
     down_ok(user, "web")
+    assert_all_gone(user)
+
+
+def test_up_after_the_supervisor_was_killed_starts_afresh(user: LauncherUser) -> None:
+    spec = web(user, free_port())
+    up_ok(user, spec)
+    before = containers(user, "web")
+    os.kill(record_of(runtime(user), "web")["supervisor_pid"], signal.SIGKILL)
+    out = up_ok(user, spec)
+    assert "The supervisor of stack web is gone; removing what it left" in out
+    after = containers(user, "web")
+    assert {s["container_id"] for s in after.values()}.isdisjoint(s["container_id"] for s in before.values())
+    assert len(stack_pids(runtime(user))) == 4  # nothing of the old stack is left running
+    assert exec_in(user, "web-frontend-1", "wget", "-qO-", "http://backend:8080/").strip() == "backend-says-hi"
+    down_ok(user, "web")
+    assert_all_gone(user)
+
+
+def test_sigterm_to_the_supervisor_takes_the_stack_down(user: LauncherUser) -> None:
+    up_ok(user, web(user, free_port()))
+    os.kill(record_of(runtime(user), "web")["supervisor_pid"], signal.SIGTERM)
+    wait_for(lambda: stack_pids(runtime(user)) == [], what="the stack to go")
     assert_all_gone(user)
 
 

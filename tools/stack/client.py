@@ -206,12 +206,12 @@ def ps(record: StackRecord, out: Out) -> int:
     supervised = state.supervisor_alive(record)
     for service in record.services:
         container = store.load(service.container_id) if service.container_id else None
-        if container is not None and is_alive(container):
-            status = service.status if service.status == "restarting" else "running"
+        if supervised and service.status == "restarting":
+            status = "restarting"
+        elif container is not None and is_alive(container):
+            status = "running"
         elif container is not None and container.exit_code is not None and container.status == "exited":
             status = f"exited ({container.exit_code})"
-        elif service.status == "restarting":
-            status = "restarting"
         elif service.exit_code is not None:
             status = f"exited ({service.exit_code})"
         else:
