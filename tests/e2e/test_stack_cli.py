@@ -172,6 +172,31 @@ def test_a_compose_file_with_a_label_and_a_layout(workspace: WorkspaceFactory, p
     assert pbuild("down", "-f", "app/compose.yaml", cwd=ws, env=stack_env).code == 0
 
 
+def test_a_compose_file_with_a_registry_image(workspace: WorkspaceFactory, pbuild: Runner, tmp_path: Path,
+                                              stack_env: dict[str, str]) -> None:  # fmt: skip
+    from pbuild.lib.oci.registry.push import push_layout
+
+    from tests.support.peers import docker_registry
+
+    ws = stack_workspace(workspace, free_port())
+    layout = make_busybox_image(tmp_path / "layout")
+    with docker_registry(tmp_path / "registry") as registry:
+        pushed = push_layout(str(layout), f"{registry.host}/tools/busybox:1", plain_http=True,
+                             state_dir=str(tmp_path / "push-state"))  # fmt: skip
+        reference = f"{registry.host}/tools/busybox@{pushed.digest}"
+        (ws / "compose.yaml").write_text(COMPOSE.format(image=reference))
+        up = pbuild("up", "-d", "-f", "compose.yaml", cwd=ws, env=stack_env, timeout=300)
+        assert up.code == 0, str(up)
+    # pulled once into the cache, by digest: the registry is gone, and up needs it no more
+    assert (pbuild.cache / "stack-images" / pushed.digest.replace(":", "-") / "index.json").is_file()
+    assert "web | ROLE=compose" in wait_for_log(pbuild, ws, stack_env, "--file", "compose.yaml", text="web | ROLE=compose")
+    assert pbuild("down", "-f", "compose.yaml", cwd=ws, env=stack_env).code == 0
+    again = pbuild("up", "-d", "-f", "compose.yaml", cwd=ws, env=stack_env, timeout=300)
+    assert again.code == 0, str(again)
+    assert pbuild("down", "-f", "compose.yaml", cwd=ws, env=stack_env).code == 0
+    assert stack_pids(Path(stack_env["PBUILD_RUNTIME_DIR"])) == []
+
+
 def test_bad_input(workspace: WorkspaceFactory, pbuild: Runner, stack_env: dict[str, str]) -> None:
     ws = stack_workspace(workspace, free_port())
     assert_user_error(pbuild("up", cwd=ws, env=stack_env), 2, "pbuild up takes a stack TARGET or -f COMPOSE_FILE")
