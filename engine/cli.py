@@ -29,7 +29,9 @@ _STACK_FORMS = {"ps": ("-f", "--file"), "logs": ("--file",)}
 
 def _names_a_stack(args: Sequence[str]) -> bool:
     """Is ``pbuild ps|logs ARGS`` about a stack: a label, or the Compose file flag?"""
-    flags = _STACK_FORMS.get(args[0], ())
+    if args[0] not in _STACK_FORMS:
+        return False
+    flags = _STACK_FORMS[args[0]]
     return any(a.startswith(("//", ":")) or a in flags or a.startswith("--file=") for a in args[1:])
 
 

@@ -87,6 +87,7 @@ def _target_spec(ctx: CommandContext, target: str) -> StackSpec:
 def _compose_spec(ctx: CommandContext, path: str) -> StackSpec:
     """A Compose file's stack with every image ready: labels built, references pulled."""
     from pbuild.rules.oci.providers import ImageInfo
+    from pbuild.tools.launcher.image import load_image
     from pbuild.tools.stack.compose import load_compose
     from pbuild.tools.stack.spec import image_kind, replace_image, resolve
 
@@ -114,7 +115,11 @@ def _compose_spec(ctx: CommandContext, path: str) -> StackSpec:
         elif kind == "registry":
             layout, digest = _pull(ctx, path, service.name, rest)
             spec = replace_image(spec, service.name, f"oci:{layout}", digest)
-    return resolve(spec, folder)
+    spec = resolve(spec, folder)
+    for service in spec.services:
+        if not service.image_digest:  # an oci: or docker-archive: image: its digest, for the config hash
+            spec = replace_image(spec, service.name, service.image, load_image(service.image).digest)
+    return spec
 
 
 def _pull(ctx: CommandContext, path: str, service: str, reference: str) -> tuple[str, str]:
@@ -210,6 +215,9 @@ def logs(ctx: CommandContext) -> int:
     from pbuild.tools.stack.errors import StackError
     from pbuild.tools.stack.state import StackRecord
 
+    if ctx.args.file is not None and ctx.args.target is not None:  # `logs --file F SERVICE...`
+        ctx.args.services = [ctx.args.target, *ctx.args.services]
+        ctx.args.target = None
     found = _find(ctx, "logs")
     if found is None:
         target, path = _which(ctx, "logs")

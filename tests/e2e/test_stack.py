@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from pbuild.tools.stack.spec import (
     Dependency,
     Healthcheck,
@@ -24,6 +23,7 @@ from pbuild.tools.stack.spec import (
     VolumeSpec,
     to_json,
 )
+
 from tests.support.launcher import launch
 from tests.support.launcher_users import USERS, LauncherUser, user_folder
 from tests.support.stacks import driver, driver_popen, kill_stacks, record_of, serving, stack_pids
@@ -175,6 +175,7 @@ def test_restart_policies(user: LauncherUser) -> None:
     ))  # fmt: skip
     up_ok(user, spec)
     wait_for(lambda: containers(user, "rs")["flaky"]["restarts"] >= 2, what="two restarts of flaky")
+    wait_for(lambda: "restarting" in driver(user, "ps", "rs").stdout, what="ps to show flaky restarting")
     wait_for(lambda: containers(user, "rs")["once"]["status"] == "exited", what="once to exit")
     services = containers(user, "rs")
     assert services["once"]["restarts"] == 0 and services["once"]["exit_code"] == 3
@@ -267,6 +268,28 @@ def test_down_cleans_up_after_the_supervisor_was_killed(user: LauncherUser) -> N
     assert_all_gone(user)
 
 
+def test_up_after_the_supervisor_was_killed_starts_afresh(user: LauncherUser) -> None:
+    spec = web(user, free_port())
+    up_ok(user, spec)
+    before = containers(user, "web")
+    os.kill(record_of(runtime(user), "web")["supervisor_pid"], signal.SIGKILL)
+    out = up_ok(user, spec)
+    assert "The supervisor of stack web is gone; removing what it left" in out
+    after = containers(user, "web")
+    assert {s["container_id"] for s in after.values()}.isdisjoint(s["container_id"] for s in before.values())
+    assert len(stack_pids(runtime(user))) == 4  # nothing of the old stack is left running
+    assert exec_in(user, "web-frontend-1", "wget", "-qO-", "http://backend:8080/").strip() == "backend-says-hi"
+    down_ok(user, "web")
+    assert_all_gone(user)
+
+
+def test_sigterm_to_the_supervisor_takes_the_stack_down(user: LauncherUser) -> None:
+    up_ok(user, web(user, free_port()))
+    os.kill(record_of(runtime(user), "web")["supervisor_pid"], signal.SIGTERM)
+    wait_for(lambda: stack_pids(runtime(user)) == [], what="the stack to go")
+    assert_all_gone(user)
+
+
 def test_down_of_a_stack_that_is_not_up(user: LauncherUser) -> None:
     result = driver(user, "down", "nothing", "1")
     assert result.returncode == 0, result.stderr
@@ -344,3 +367,48 @@ def test_up_without_detach_streams_logs_and_ctrl_c_stops(user: LauncherUser) -> 
     assert proc.returncode == 0, err
     assert "Container fg-talk-1  Removed" in err
     assert_all_gone(user)
+
+
+def waiting_forever(user: LauncherUser) -> StackSpec:
+    never = Healthcheck(("false",), interval_s=0.1, retries=100000)
+    return StackSpec("wt", "test:wt", (
+        ServiceSpec("slow", image(user), "sha256:a", command=serving("s"), healthcheck=never),
+    ))  # fmt: skip
+
+
+def test_ctrl_c_while_up_waits_stops_what_it_started(user: LauncherUser) -> None:
+    proc = driver_popen(user, "up", write_spec(user, waiting_forever(user)), "-d")
+    assert proc.stderr is not None
+    while "Waiting" not in proc.stderr.readline():
+        pass
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    wait_for(lambda: stack_pids(runtime(user)) == [], what="the stack to go")
+    assert_all_gone(user)
+
+
+def test_down_calls_off_an_up_that_waits(user: LauncherUser) -> None:
+    proc = driver_popen(user, "up", write_spec(user, waiting_forever(user)), "-d")
+    assert proc.stderr is not None
+    while "Waiting" not in proc.stderr.readline():
+        pass
+    down_ok(user, "wt")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "up was called off" in err, err
+    assert_all_gone(user)
+
+
+def test_logs_follow_until_the_stack_goes(user: LauncherUser) -> None:
+    spec = StackSpec("lf", "test:lf", (
+        ServiceSpec("talk", image(user), "sha256:a", command=("sh", "-c", "trap 'exit 0' TERM; "
+                    "while true; do echo tick; sleep 0.2; done & wait")),
+    ))  # fmt: skip
+    up_ok(user, spec)
+    follow = driver_popen(user, "logs-f", "lf")
+    assert follow.stdout is not None
+    assert follow.stdout.readline() == "talk | tick\n"
+    assert follow.stdout.readline() == "talk | tick\n"  # one that came after it started
+    down_ok(user, "lf")
+    follow.communicate(timeout=30)  # ends with the stack
+    assert follow.returncode == 0

@@ -36,8 +36,8 @@ try:
         sys.exit(0)
     if op == "ps":
         sys.exit(client.ps(record, print))
-    if op == "logs":
-        sys.exit(client.show_logs(directory, record, rest, follow=False))
+    if op in ("logs", "logs-f"):
+        sys.exit(client.show_logs(directory, record, rest, follow=op == "logs-f"))
 except UserError as e:
     print(e.render(), file=sys.stderr)
     sys.exit(e.exit_code)
@@ -45,7 +45,7 @@ except UserError as e:
 
 
 def driver(user: LauncherUser, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``up SPEC_FILE [-d]``, ``down NAME SECONDS [-v]``, ``ps NAME``, ``logs NAME [SERVICE...]``."""
+    """``up SPEC_FILE [-d]``, ``down NAME SECONDS [-v]``, ``ps NAME``, ``logs[-f] NAME [SERVICE...]``."""
     return subprocess.run(
         [*user.prefix(), sys.executable, "-c", DRIVER, *args], env=user.env, cwd=user.base,
         capture_output=True, text=True, timeout=timeout, check=False,

@@ -45,7 +45,12 @@ def up(spec: StackSpec, *, detach: bool, out: Out = _progress) -> int:
         _ensure_supervisor(directory, spec)
         try:
             done = control.request(directory, message, out)
-            break
+            if not done.get("retry") or attempt == _ATTEMPTS - 1:
+                break
+            _wait_gone_dir(directory)  # a down ended that supervisor just now: start anew
+        except KeyboardInterrupt:  # the supervisor sees us go and stops what this up started
+            _progress("Interrupted: what this up started is stopped again")
+            return 130
         except OSError:  # it ended between our check and our request (a down): start anew
             if attempt == _ATTEMPTS - 1:
                 raise StackError(f"the supervisor of stack {spec.name} does not answer",
@@ -174,6 +179,12 @@ def down(directory: str, *, timeout: float, volumes: bool, out: Out = _progress)
     return 0
 
 
+def _wait_gone_dir(directory: str) -> None:
+    record = state.load(directory)
+    if record is not None:
+        _wait_gone(record)
+
+
 def _wait_gone(record: StackRecord) -> None:
     """``down`` returns when the supervisor has exited too: nothing of the stack is left."""
     deadline = time.monotonic() + 10
@@ -195,12 +206,12 @@ def ps(record: StackRecord, out: Out) -> int:
     supervised = state.supervisor_alive(record)
     for service in record.services:
         container = store.load(service.container_id) if service.container_id else None
-        if container is not None and is_alive(container):
-            status = service.status if service.status == "restarting" else "running"
+        if supervised and service.status == "restarting":
+            status = "restarting"
+        elif container is not None and is_alive(container):
+            status = "running"
         elif container is not None and container.exit_code is not None and container.status == "exited":
             status = f"exited ({container.exit_code})"
-        elif service.status == "restarting":
-            status = "restarting"
         elif service.exit_code is not None:
             status = f"exited ({service.exit_code})"
         else:

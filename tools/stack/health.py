@@ -9,6 +9,11 @@ single-threaded (an asyncio loop), so forking it is safe.
 :class:`HealthState` is Docker's rule: ``starting`` until the first success (``healthy``);
 ``unhealthy`` after ``retries`` failures in a row, where failures during ``start_period`` do
 not count; a success makes it ``healthy`` again.
+
+While a service is ``starting`` it is probed every :data:`STARTING_PROBE_S` (or ``interval``, if
+shorter), as Docker's ``start_interval`` does, so that ``up`` and a ``service_healthy``
+dependent go on as soon as the service is healthy, not at the next interval. Only one failure
+per ``interval`` counts, so ``retries`` failures still take ``retries`` intervals.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import NamedTuple
 from pbuild.tools.stack.spec import Healthcheck
 
 OUTPUT_LIMIT = 4096  # Docker keeps this much of a check's output
+STARTING_PROBE_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -31,16 +37,22 @@ class HealthState:
     failures: int = 0
     last_output: str = ""
 
-    def after(self, check: Healthcheck, result: CheckResult, since_start: float) -> HealthState:
-        """The state once ``result`` came in, ``since_start`` seconds after the container started."""
+    def after(self, check: Healthcheck, result: CheckResult, since_start: float, counts: bool = True) -> HealthState:
+        """The state once ``result`` came in, ``since_start`` seconds after the container
+        started; a failure with ``counts`` false (an early probe) only records its output."""
         output = result.output[-OUTPUT_LIMIT:]
         if result.code == 0:
             return HealthState("healthy", 0, output)
-        if since_start < check.start_period_s and self.status != "healthy":
+        if not counts or (since_start < check.start_period_s and self.status != "healthy"):
             return replace(self, last_output=output)
         failures = self.failures + 1
         status = "unhealthy" if failures >= check.retries else self.status
         return HealthState(status, failures, output)
+
+
+def next_probe(check: Healthcheck, state: HealthState) -> float:
+    """Seconds until the next probe: sooner while the service is still starting."""
+    return min(check.interval_s, STARTING_PROBE_S) if state.status == "starting" else check.interval_s
 
 
 class CheckResult(NamedTuple):

@@ -42,14 +42,13 @@ class LineWriter:
         self.pending += data
         lines = []
         while True:
-            cut = self.pending.find(b"\n")
-            if cut < 0:
-                if len(self.pending) < MAX_LINE:
-                    break
-                cut = MAX_LINE
-                line, self.pending = self.pending[:cut], self.pending[cut:]
-            else:
+            cut = self.pending.find(b"\n", 0, MAX_LINE + 1)
+            if cut >= 0:
                 line, self.pending = self.pending[:cut], self.pending[cut + 1 :]
+            elif len(self.pending) >= MAX_LINE:
+                line, self.pending = self.pending[:MAX_LINE], self.pending[MAX_LINE:]
+            else:
+                break
             lines.append(line)
         self._write(lines)
 

@@ -38,7 +38,7 @@ from pbuild.tools.launcher.lifecycle import remove_container
 from pbuild.tools.launcher.state import ContainerState, ContainerStore, process_start_time
 from pbuild.tools.stack import control, network, state, teardown
 from pbuild.tools.stack.errors import StackError
-from pbuild.tools.stack.health import HealthState, run_check
+from pbuild.tools.stack.health import HealthState, next_probe, run_check
 from pbuild.tools.stack.logs import LineWriter
 from pbuild.tools.stack.network import StackNetwork
 from pbuild.tools.stack.service import BACKOFF_RESET_S, backoff, port_text, restarts_after, run_options
@@ -136,6 +136,7 @@ class Supervisor:
         self.services: dict[str, Service] = {}
         self.net: StackNetwork | None = None
         self.lock = asyncio.Lock()
+        self.ups: set[asyncio.Future[dict[str, Any]]] = set()
         self.finished = asyncio.Event()
         self._changed = asyncio.Event()
         self.logs_dir = os.path.join(directory, state.LOG_DIR)
@@ -250,17 +251,22 @@ class Supervisor:
 
     async def _health_loop(self, svc: Service, generation: int) -> None:
         check = svc.spec.healthcheck
-        assert check is not None and svc.container is not None
+        assert check is not None and svc.container is not None and svc.health is not None
         name = svc.container.name
+        counted = time.monotonic()  # when a failure last counted (one per interval)
         while True:
-            await asyncio.sleep(check.interval_s)
+            await asyncio.sleep(next_probe(check, svc.health))
             if generation != svc.generation or svc.status != "running":
                 return
             result = await run_check(self.store.root, name, check)
             if generation != svc.generation or svc.status != "running" or svc.health is None:
                 return
+            now = time.monotonic()
+            counts = now - counted >= check.interval_s * 0.999
+            if counts:
+                counted = now
             before = svc.health.status
-            svc.health = svc.health.after(check, result, time.monotonic() - svc.started_at)
+            svc.health = svc.health.after(check, result, now - svc.started_at, counts)
             if svc.health.status != before:
                 self.save()
 
@@ -362,9 +368,10 @@ class Supervisor:
                         hint=f"see `pbuild logs {container_name(self.name, svc.spec.name)}`",
                         exit_code=EXIT_FAILED,
                     )
-        except StackError:
+        except (StackError, asyncio.CancelledError):
             if started:
-                await say("Stopping what this up started")
+                with contextlib.suppress(Exception):
+                    await say("Stopping what this up started")
                 self.stop_services(started, 10.0)
                 self.save()
             raise
@@ -377,8 +384,8 @@ class Supervisor:
         while True:
             if dependency.condition == "service_started" and svc.container is not None:
                 return
-            if dependency.condition == "service_completed_successfully" and svc.status == "exited":
-                if svc.exit_code == 0:
+            if dependency.condition == "service_completed_successfully" and svc.status in ("exited", "restarting"):
+                if svc.exit_code == 0 and svc.status == "exited":
                     return
                 raise StackError(
                     f"service {svc.spec.name} exited with code {svc.exit_code}, so {dependent} "
@@ -480,7 +487,12 @@ class Supervisor:
                     await writer.drain()
 
             message = json.loads(await reader.readline() or b"{}")
-            done = await self._handle(message if isinstance(message, dict) else {}, say)
+            if not isinstance(message, dict):
+                message = {}
+            if message.get("op") == "up":
+                done = await self._up_while_connected(message, reader, say)
+            else:
+                done = await self._handle(message, say)
             writer.write(control.encode(done))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
@@ -493,15 +505,38 @@ class Supervisor:
 
     ended = False  # after down (or a first up that failed): the supervisor exits
 
+    async def _up_while_connected(self, message: dict[str, Any], reader: asyncio.StreamReader, say: Say) -> dict[str, Any]:
+        """An ``up`` is called off when its client goes away (Ctrl-C, killed) or a ``down``
+        comes: what it started is stopped again, as for any failure."""
+        work = asyncio.ensure_future(self._handle(message, say))
+        hangup = asyncio.ensure_future(reader.read(1))
+        self.ups.add(work)
+        try:
+            await asyncio.wait({work, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                return await work
+            return control.failure(StackError("up was called off", exit_code=EXIT_FAILED))
+        finally:
+            hangup.cancel()
+            self.ups.discard(work)
+
     async def _handle(self, message: dict[str, Any], say: Say) -> dict[str, Any]:
         from pbuild.tools.stack.spec import from_json
 
         op = message.get("op")
         if op == "ping":
             return {"event": "done", "ok": True}
+        if op == "down":
+            for work in list(self.ups):  # a down calls off an up still waiting for its services
+                work.cancel()
         async with self.lock:
-            if self.ended:
-                return control.failure(StackError("the stack was just taken down; try again", exit_code=EXIT_FAILED))
+            if self.ended:  # a down, or a first up that failed, took everything away just now
+                if op == "down":
+                    return {"event": "done", "ok": True}
+                return {**control.failure(StackError("the stack was just taken down", exit_code=EXIT_FAILED)),
+                        "retry": True}  # fmt: skip
             try:
                 if op == "up":
                     await self.up(from_json(str(message["spec"]).encode()), say)
@@ -514,11 +549,13 @@ class Supervisor:
                     self.ended = True
                     return {"event": "done", "ok": True}
                 return control.failure(StackError(f"unknown request {op!r}"))
-            except StackError as e:
+            except (StackError, asyncio.CancelledError) as e:
                 if op == "up" and not any(s.container is not None for s in self.services.values()):
                     # Nothing of the stack runs (a first up that failed): leave nothing behind.
                     self.down(10.0, False, lambda _text: None)
                     self.ended = True
+                if isinstance(e, asyncio.CancelledError):
+                    raise
                 return control.failure(e)
 
 
