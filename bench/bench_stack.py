@@ -161,11 +161,10 @@ class Pbuild:
         left = [s for s in SERVICES if f"{STACK}-{s}-1" in ps]
         if left:
             raise Refused(f"after pbuild down, pbuild ps -a still lists {left}:\n{ps}")
-        containers = (
-            list((self.runtime / "containers").glob("*")) if (self.runtime / "containers").is_dir() else []
-        )
-        if containers:
-            raise Refused(f"after pbuild down, container records remain: {containers}")
+        for folder in ("containers", "stacks"):  # the containers' records, the stack's own
+            left_over = list((self.runtime / folder).glob("*")) if (self.runtime / folder).is_dir() else []
+            if left_over:
+                raise Refused(f"after pbuild down, records remain: {left_over}")
         pids = processes_with_env("PBUILD_RUNTIME_DIR", str(self.runtime))
         if pids:
             raise Refused(f"after pbuild down, processes of the stack still run: {pids}")

@@ -315,7 +315,12 @@ def port_lock(port: int) -> Iterator[None]:
 
 def check_stack_answers() -> None:
     """Through nginx on 127.0.0.1:18080: the frontend's page with the backend's answer, the API, the bind volume."""
-    status, page = wait_http(STACK_PORT, "/")
+    # `up -d` returns once the frontend is started (it has no healthcheck), which may be a moment
+    # before it listens; nginx says 502 until then.
+    deadline = time.monotonic() + 10
+    while (got := wait_http(STACK_PORT, "/"))[0] == 502 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, page = got
     assert status == 200 and "<h1>Hello from the backend</h1>" in page, page
     status, body = http(STACK_PORT, "/api/hello")
     assert status == 200 and json.loads(body)["message"] == "Hello from the backend", body
@@ -334,8 +339,13 @@ def test_up_brings_the_example_up_and_down_takes_it_away(
         pytest.skip("`pbuild up` is not a command yet (issue 12)")
     user = launcher_user
     ws = clone_stack_workspace(user.base / "ws")
-    user.give(user.base)
     runner = Runner(user.base)
+    # Built first as root: building the Debian Python layer runs pbuild's own interpreter, which
+    # on this project's machines lies in a folder uid 65534 cannot search. `up` then finds every
+    # image cached, as the user's own (the whole folder is given to them).
+    prebuilt = runner("build", "//examples/stack/...", cwd=ws, cache=user.base / "cache", timeout=900)
+    assert prebuilt.code == 0, prebuilt
+    user.give(user.base)
     env = {"PBUILD_RUNTIME_DIR": user.env["PBUILD_RUNTIME_DIR"], "PBUILD_LAYER_STORE": str(user.store),
            "HOME": str(user.base)}  # fmt: skip
     prefix = SETPRIV_NOBODY if user.uid else ()
