@@ -74,8 +74,12 @@ def up(ctx: CommandContext) -> int:
     from pbuild.tools.stack import client
 
     target, path = _which(ctx, "up")
-    spec = _compose_spec(ctx, path) if path is not None else _target_spec(ctx, str(target))
-    return client.up(spec, detach=ctx.args.detach)
+    spare = client.Spare()  # a supervisor that starts while we build (sent away if not needed)
+    try:
+        spec = _compose_spec(ctx, path) if path is not None else _target_spec(ctx, str(target))
+        return client.up(spec, detach=ctx.args.detach, spare=spare)
+    finally:
+        spare.close()
 
 
 def _target_spec(ctx: CommandContext, target: str) -> StackSpec:

@@ -9,6 +9,7 @@ and need no supervisor.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import subprocess
@@ -34,15 +35,25 @@ def _progress(text: str) -> None:
     sys.stderr.flush()
 
 
-def up(spec: StackSpec, *, detach: bool, out: Out = _progress) -> int:
-    """Bring ``spec`` (resolved) up; without ``detach`` follow the logs until Ctrl-C, then down."""
+def up(spec: StackSpec, *, detach: bool, out: Out = _progress, spare: Spare | None = None) -> int:
+    """Bring ``spec`` (resolved) up; without ``detach`` follow the logs until Ctrl-C, then down.
+    ``spare``: a supervisor started ahead (:class:`Spare`), used if the stack needs one."""
+    try:
+        return _up(spec, detach=detach, out=out, spare=spare)
+    finally:
+        if spare is not None:
+            spare.close()
+
+
+def _up(spec: StackSpec, *, detach: bool, out: Out, spare: Spare | None) -> int:
     from pbuild.tools.stack.spec import to_json
 
     directory = state.stack_dir(spec.name)
     log_offsets = _log_sizes(directory)
     message = {"op": "up", "spec": to_json(spec).decode(), "detach": detach}
     for attempt in range(_ATTEMPTS):
-        _ensure_supervisor(directory, spec)
+        _ensure_supervisor(directory, spec, spare)
+        spare = None  # taken, or not needed
         try:
             done = control.request(directory, message, out)
             if not done.get("retry") or attempt == _ATTEMPTS - 1:
@@ -95,7 +106,7 @@ def _log_sizes(directory: str) -> dict[str, int]:
     return sizes
 
 
-def _ensure_supervisor(directory: str, spec: StackSpec) -> None:
+def _ensure_supervisor(directory: str, spec: StackSpec, spare: Spare | None) -> None:
     """A live supervisor for the stack: the one running, or a new one."""
     with state.locked():
         record = state.load(directory)
@@ -115,44 +126,68 @@ def _ensure_supervisor(directory: str, spec: StackSpec) -> None:
                                   volumes=None, say=_progress)  # fmt: skip
         state.ensure_private(state.stacks_root())
         os.mkdir(directory, 0o700)
-        _start_supervisor(directory, spec)
+        (spare or Spare()).take(directory, spec)
 
 
-def _start_supervisor(directory: str, spec: StackSpec) -> None:
-    import pbuild
+class Spare:
+    """A supervisor process started ahead (``up`` starts one before it builds, so that the
+    interpreter's start and its imports overlap the build), then given a stack or sent away.
 
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    env = dict(os.environ)
-    # The supervisor imports pbuild as we do, wherever that came from (a venv, a source tree).
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(p) for p in pbuild.__path__] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-    argv = [sys.executable, "-m", "pbuild.tools.stack.supervisor", directory, spec.name, spec.origin, str(ready_w)]
-    try:
-        # The binary that runs us (a venv's python may be a link into a folder this user cannot
-        # search, as when root's interpreter is run with setpriv); argv[0] still names the venv.
-        starter = subprocess.Popen(argv, executable="/proc/self/exe", env=env, pass_fds=(ready_w,), stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                   cwd="/")  # fmt: skip
-        os.close(ready_w)
-        ready_w = -1
+    It waits for one line on its stdin: the stack's folder, name and origin (as JSON); EOF
+    (we closed the pipe, or died) ends it. Once it listens it writes ``ok`` to its ready pipe.
+    """
+
+    def __init__(self) -> None:
+        import pbuild
+
+        env = dict(os.environ)
+        # The supervisor imports pbuild as we do, wherever that came from (a venv, a source tree).
+        env["PYTHONPATH"] = os.pathsep.join(
+            [os.path.dirname(p) for p in pbuild.__path__] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )
+        self.ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        argv = [sys.executable, "-m", "pbuild.tools.stack.supervisor", str(ready_w)]
+        try:
+            # The binary that runs us (a venv's python may be a link into a folder this user
+            # cannot search, as when root's interpreter runs under setpriv); argv[0] still
+            # names the venv. The process we start forks the supervisor and exits at once.
+            starter = subprocess.Popen(argv, executable="/proc/self/exe", env=env, pass_fds=(ready_w,),
+                                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       start_new_session=True, cwd="/")  # fmt: skip
+        finally:
+            os.close(ready_w)
+        assert starter.stdin is not None
+        self.stdin = starter.stdin
         starter.wait()
+
+    def take(self, directory: str, spec: StackSpec) -> None:
+        """Become the supervisor of ``spec``'s stack in ``directory``; return once it listens."""
+        try:
+            self.stdin.write(json.dumps({"dir": directory, "name": spec.name, "origin": spec.origin}).encode() + b"\n")
+            self.stdin.close()
+        except OSError:
+            pass  # it died: its ready pipe says so
         line = b""
         deadline = time.monotonic() + _READY_TIMEOUT_S
         while not line.endswith(b"\n") and time.monotonic() < deadline:
-            readable, _, _ = select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))
-            data = os.read(ready_r, 256) if readable else b""
+            readable, _, _ = select.select([self.ready_r], [], [], max(0.0, deadline - time.monotonic()))
+            data = os.read(self.ready_r, 256) if readable else b""
             if not data:
                 break
             line += data
-    finally:
-        os.close(ready_r)
-        if ready_w >= 0:
-            os.close(ready_w)
-    if line.strip() != b"ok":
-        said = line.decode(errors="replace").strip().removeprefix("E ") or "it exited without a word"
-        raise StackError(f"cannot start the supervisor of stack {spec.name}: {said}",
-                         hint=f"see {os.path.join(directory, 'supervisor.log')}")  # fmt: skip
+        self.close()
+        if line.strip() != b"ok":
+            said = line.decode(errors="replace").strip().removeprefix("E ") or "it exited without a word"
+            raise StackError(f"cannot start the supervisor of stack {spec.name}: {said}",
+                             hint=f"see {os.path.join(directory, 'supervisor.log')}")  # fmt: skip
+
+    def close(self) -> None:
+        """Send it away (when the stack has a supervisor already, or up failed before)."""
+        with contextlib.suppress(OSError):
+            self.stdin.close()
+        if self.ready_r >= 0:
+            os.close(self.ready_r)
+            self.ready_r = -1
 
 
 def down(directory: str, *, timeout: float, volumes: bool, out: Out = _progress) -> int:

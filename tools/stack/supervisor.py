@@ -560,11 +560,21 @@ class Supervisor:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m pbuild.tools.stack.supervisor DIR NAME ORIGIN READY_FD``: become the stack's
-    supervisor; write ``ok`` (or ``E message``) to READY_FD once listening."""
-    directory, name, origin, ready = argv[0], argv[1], argv[2], int(argv[3])
+    """``python -m pbuild.tools.stack.supervisor READY_FD``: a spare supervisor (``client.Spare``).
+    It detaches, then waits for its stack on stdin (``{"dir", "name", "origin"}``; EOF: exit),
+    becomes its supervisor and writes ``ok`` (or ``E message``) to READY_FD once listening."""
+    ready = int(argv[0])
     if os.fork() != 0:  # the starter waits for this parent only: the supervisor is nobody's child
         os._exit(0)
+    line = sys.stdin.buffer.readline()
+    if not line:
+        return 0  # not needed
+    try:
+        task = json.loads(line)
+        directory, name, origin = str(task["dir"]), str(task["name"]), str(task["origin"])
+    except (ValueError, KeyError, TypeError):
+        os.write(ready, b"E a damaged request\n")
+        return 1
     try:
         os.chdir(directory)
         log = os.open("supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
