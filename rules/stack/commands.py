@@ -17,6 +17,7 @@ from pbuild.engine.api import Command, CommandContext, Label, PbuildError
 
 if TYPE_CHECKING:
     from pbuild.tools.stack.spec import StackSpec
+    from pbuild.tools.stack.state import StackRecord
 
 _FILE_HELP = "a Compose file instead of a stack target (the subset docs/stacks.md lists)"
 
@@ -165,7 +166,7 @@ def _cache_dir(ctx: CommandContext) -> str:
     return os.path.join(xdg, "pbuild")
 
 
-def _find(ctx: CommandContext, command: str) -> tuple[str, str, object] | None:
+def _find(ctx: CommandContext, command: str) -> tuple[str, str, StackRecord] | None:
     """(what the user named, the stack's folder, its record), or None when it is not up."""
     from pbuild.tools.stack import client
 
@@ -201,23 +202,19 @@ def down(ctx: CommandContext) -> int:
 def ps(ctx: CommandContext) -> int:
     """``pbuild ps TARGET``: the stack's containers with state, health and ports."""
     from pbuild.tools.stack import client
-    from pbuild.tools.stack.state import StackRecord
 
     found = _find(ctx, "ps")
     if found is None:
         target, path = _which(ctx, "ps")
         ctx.out(f"stack {target or path} is not running")
         return 0
-    _, _, record = found
-    assert isinstance(record, StackRecord)
-    return client.ps(record, ctx.out)
+    return client.ps(found[2], ctx.out)
 
 
 def logs(ctx: CommandContext) -> int:
     """``pbuild logs [-f] TARGET [SERVICE...]``: interleaved by time, prefixed by service."""
     from pbuild.tools.stack import client
     from pbuild.tools.stack.errors import StackError
-    from pbuild.tools.stack.state import StackRecord
 
     if ctx.args.file is not None and ctx.args.target is not None:  # `logs --file F SERVICE...`
         ctx.args.services = [ctx.args.target, *ctx.args.services]
@@ -227,7 +224,6 @@ def logs(ctx: CommandContext) -> int:
         target, path = _which(ctx, "logs")
         raise StackError(f"stack {target or path} is not running", hint="`pbuild up` starts it", exit_code=1)
     _, directory, record = found
-    assert isinstance(record, StackRecord)
     return client.show_logs(directory, record, list(ctx.args.services), follow=ctx.args.follow)
 
 

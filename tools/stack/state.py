@@ -26,7 +26,6 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
 
 from pbuild.lib import atomicio
 from pbuild.lib.determinism import canonical_json
@@ -236,8 +235,3 @@ def remove_volumes(stack: str, volumes: list[str]) -> list[str]:
             remove_tree(path)
             removed.append(f"{stack}_{volume}")
     return removed
-
-
-def as_dict(value: Any) -> Any:
-    """A record as plain JSON data (for the control protocol)."""
-    return asdict(value)

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pbuild.lib import atomicio
 from pbuild.tools.launcher import process
 from pbuild.tools.launcher.errors import LauncherError
 from pbuild.tools.launcher.lifecycle import remove_container
@@ -324,8 +325,7 @@ class Supervisor:
             if fresh:  # the old network is gone: every container lost its link
                 self.stop_services(list(self.services.values()), 10.0)
             await say(f"Network {self.name}_default  Created")
-        with open(os.path.join(self.directory, state.SPEC_FILE), "wb") as f:
-            f.write(to_json(spec))
+        atomicio.write_bytes(os.path.join(self.directory, state.SPEC_FILE), to_json(spec), mode=0o600)
         stale: list[Service] = []
         for service in spec.services:
             digest = config_hash(service)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import signal
 import time
@@ -74,7 +75,8 @@ def containers_of(store: ContainerStore, record: StackRecord) -> list[ContainerS
     """The launcher's records of the stack's containers (those that still exist)."""
     found = []
     for service in record.services:
-        if service.container_id:
+        # An id is 64 hex digits; anything else in a (damaged) record must not become a path.
+        if re.fullmatch(r"[0-9a-f]{64}", service.container_id):
             current = store.load(service.container_id)
             if current is not None:
                 found.append(current)
