@@ -159,6 +159,19 @@ def test_up_again_recreates_only_the_changed_service(user: LauncherUser) -> None
     assert_all_gone(user)
 
 
+def test_a_service_dropped_from_the_stack_is_removed_by_up(user: LauncherUser) -> None:
+    spec = web(user, free_port())
+    up_ok(user, spec)
+    backend_id = containers(user, "web")["backend"]["container_id"]
+    out = up_ok(user, replace(spec, services=spec.services[:1]))
+    assert "Container web-frontend-1  Removed (no longer in the stack)" in out
+    assert list(containers(user, "web")) == ["backend"]
+    assert containers(user, "web")["backend"]["container_id"] == backend_id
+    assert len(list(runtime(user).glob("containers/*"))) == 1
+    down_ok(user, "web")
+    assert_all_gone(user)
+
+
 def wait_for(predicate, timeout: float = 20, what: str = "") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -183,6 +196,22 @@ def test_restart_policies(user: LauncherUser) -> None:
     logs = driver(user, "logs", "rs", "flaky").stdout
     assert logs.count("flaky | started") >= 3
     down_ok(user, "rs")
+    assert_all_gone(user)
+
+
+def test_a_service_restarts_while_up_waits_for_another(user: LauncherUser) -> None:
+    # api fails its first start (as a service whose database is not up yet would) and comes
+    # back by its restart policy while up waits for web, whose healthcheck needs api.
+    first_fails = ("sh", "-c", "test -e /data/tried || { touch /data/tried; exit 1; }; " + serving("api")[2])
+    api = ServiceSpec("api", image(user), "sha256:a", command=first_fails, restart="on-failure",
+                      volumes=(VolumeSpec("volume", "data", "/data"),))  # fmt: skip
+    web_service = ServiceSpec("web", image(user), "sha256:w", command=serving("w"),
+                              healthcheck=Healthcheck(("wget", "-qO-", "http://api:8080/"), interval_s=0.2, retries=100),
+                              depends_on=(Dependency("api"),))  # fmt: skip
+    up_ok(user, StackSpec("rw", "test:rw", (api, web_service)))
+    services = containers(user, "rw")
+    assert services["api"]["restarts"] == 1 and services["web"]["health"] == "healthy"
+    down_ok(user, "rw", "-v")
     assert_all_gone(user)
 
 

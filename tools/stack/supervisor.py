@@ -237,18 +237,21 @@ class Supervisor:
         task.add_done_callback(svc.tasks.discard)
 
     async def _restart(self, svc: Service, generation: int) -> None:
+        """Start ``svc`` again after its backoff, unless an up or a down dealt with it meanwhile
+        (they bump its generation or mark it stopping). Not under the request lock: a service
+        may restart while an up waits for another one. The steps after the sleep do not await,
+        so nothing else of the loop runs between the check and the start."""
         await asyncio.sleep(backoff(svc.quick_exits - 1))
-        async with self.lock:  # not while an up or down is under way
-            if svc.stopping or generation != svc.generation or self.services.get(svc.spec.name) is not svc:
-                return
-            self.remove_container(svc)
-            svc.restarts += 1
-            try:
-                self.start(svc)
-            except StackError as e:
-                print(f"pbuild: {e.message}", file=sys.stderr, flush=True)
-                svc.status = "exited"
-                self.save()
+        if svc.stopping or generation != svc.generation or self.services.get(svc.spec.name) is not svc:
+            return
+        self.remove_container(svc)
+        svc.restarts += 1
+        try:
+            self.start(svc)
+        except StackError as e:
+            print(f"pbuild: {e.message}", file=sys.stderr, flush=True)
+            svc.status = "exited"
+            self.save()
 
     async def _health_loop(self, svc: Service, generation: int) -> None:
         check = svc.spec.healthcheck
