@@ -184,7 +184,8 @@ def test_restart_policies(user: LauncherUser) -> None:
     spec = StackSpec("rs", "test:rs", (
         ServiceSpec("flaky", image(user), "sha256:a", command=fails, restart="on-failure"),
         ServiceSpec("done", image(user), "sha256:a", command=("sh", "-c", "echo ok; exit 0"), restart="on-failure"),
-        ServiceSpec("once", image(user), "sha256:a", command=fails, restart="no"),
+        # (it ends after up returned: a service of policy no that fails during up fails the up)
+        ServiceSpec("once", image(user), "sha256:a", command=("sh", "-c", "sleep 1; exit 3"), restart="no"),
     ))  # fmt: skip
     up_ok(user, spec)
     wait_for(lambda: containers(user, "rs")["flaky"]["restarts"] >= 2, what="two restarts of flaky")
@@ -341,26 +342,31 @@ def test_concurrent_up_makes_one_stack(user: LauncherUser) -> None:
 
 
 def test_logs_interleave_by_time_with_the_service_as_prefix(user: LauncherUser) -> None:
-    def talker(lines: list[str], delay: float) -> tuple[str, ...]:
-        steps = "; ".join(f"sleep {delay}; echo {line}" for line in lines)
+    # The two services take turns through files on a shared volume, so the order in which
+    # they write does not depend on how fast each container started.
+    def turns(mine: list[tuple[str, str, str]]) -> tuple[str, ...]:
+        steps = "; ".join(f"while [ ! -e /talk/{wait} ]; do sleep 0.05; done; sleep 0.2; echo {line}{redirect}; touch /talk/{line}"
+                          for wait, line, redirect in mine)  # fmt: skip
         return ("sh", "-c", f"trap 'exit 0' TERM; {steps}; sleep 1000 & wait")
 
+    talk = (VolumeSpec("volume", "talk", "/talk"),)
     spec = StackSpec("lg", "test:lg", (
-        ServiceSpec("alpha", image(user), "sha256:a", command=talker(["a1", "a2"], 0.4)),
-        ServiceSpec("b", image(user), "sha256:a", command=("sh", "-c", "sleep 0.2; echo b1 >&2; sleep 0.4; echo b2; "
-                                                           "trap 'exit 0' TERM; sleep 1000 & wait")),
+        ServiceSpec("alpha", image(user), "sha256:a", volumes=talk,
+                    command=turns([("b1", "a1", ""), ("b2", "a2", "")])),
+        ServiceSpec("b", image(user), "sha256:a", volumes=talk,
+                    command=("sh", "-c", "touch /talk/go; " + turns([("go", "b1", " >&2"), ("a1", "b2", "")])[2])),
     ))  # fmt: skip
     up_ok(user, spec)
     wait_for(lambda: "a2" in driver(user, "logs", "lg").stdout, what="the last line")
     lines = [line for line in driver(user, "logs", "lg").stdout.splitlines() if line.strip()]
-    assert lines == ["b     | b1", "alpha | a1", "b     | b2", "alpha | a2"]
+    assert lines == ["b     | b1", "alpha | a1", "b     | b2", "alpha | a2"]  # b1 came on stderr
     assert driver(user, "logs", "lg", "b").stdout.splitlines() == ["b | b1", "b | b2"]
     bad = driver(user, "logs", "lg", "gamma")
     assert bad.returncode == 2 and "stack lg has no service gamma" in bad.stderr
     assert exec_in(user, "lg-alpha-1", "true") == ""
     raw = launch(user.env, "logs", "lg-alpha-1", prefix=tuple(user.prefix()))
     assert raw.stdout == "a1\na2\n"  # the launcher's own log of the container, as for run -d
-    down_ok(user, "lg")
+    down_ok(user, "lg", "-v")
 
 
 def test_a_second_origin_cannot_take_the_name(user: LauncherUser) -> None:
@@ -441,3 +447,15 @@ def test_logs_follow_until_the_stack_goes(user: LauncherUser) -> None:
     down_ok(user, "lf")
     follow.communicate(timeout=30)  # ends with the stack
     assert follow.returncode == 0
+
+
+def test_up_without_detach_returns_when_every_service_ended(user: LauncherUser) -> None:
+    spec = StackSpec("job", "test:job", (
+        ServiceSpec("once", image(user), "sha256:a", command=("sh", "-c", "sleep 0.3; echo did-the-job")),
+    ))  # fmt: skip
+    result = driver(user, "up", write_spec(user, spec), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "once | did-the-job\n"
+    assert containers(user, "job")["once"]["exit_code"] == 0  # ended, kept until down (as Compose)
+    down_ok(user, "job")
+    assert_all_gone(user)

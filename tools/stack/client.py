@@ -82,8 +82,13 @@ def _attach(directory: str, spec: StackSpec, offsets: dict[str, int]) -> int:
         out.flush()
 
     def alive() -> bool:
+        """Follow while a service runs (or will again): as Compose's up, stop when all ended."""
         record = state.load(directory)
-        return record is not None and state.supervisor_alive(record)
+        return (
+            record is not None
+            and state.supervisor_alive(record)
+            and any(s.status in ("running", "restarting") for s in record.services)
+        )
 
     try:
         logs.show(os.path.join(directory, state.LOG_DIR), services, follow=True, keep_following=alive,
