@@ -22,9 +22,10 @@ from pbuild.tools.launcher.config import NetworkJoin
 from pbuild.tools.launcher.errors import LauncherError
 from pbuild.tools.launcher.state import process_start_time
 from pbuild.tools.sandbox import linux
+from pbuild.tools.stack.netlink import Netlink
+from pbuild.tools.stack.network import BRIDGE, HOLDER_NAME
 
 _HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$")
-_HOLDER_NAME = "pbuild-stacknet"
 
 
 class Holder(NamedTuple):
@@ -51,6 +52,8 @@ def validate(join: NetworkJoin) -> None:
         address.network.broadcast_address,
     ):
         raise LauncherError(f"invalid stack network address {join.address}: not a host address of its subnet")
+    if str(address.ip) == join.gateway:
+        raise LauncherError(f"invalid stack network address {join.address}: it is the bridge's own")
     for entry in join.hosts:
         if len(entry) < 2:
             raise LauncherError(f"invalid /etc/hosts entry {entry!r}: an address and at least one name")
@@ -76,6 +79,13 @@ def hosts_lines(join: NetworkJoin, hostname: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mac_for(address: str) -> bytes:
+    """``eth0``'s hardware address, made from its IPv4 address as Docker does (02:42 and the four
+    bytes; locally administered): a service recreated at its address keeps its MAC, so the other
+    services' neighbour caches stay right instead of pointing at the old veth for seconds."""
+    return b"\x02\x42" + ipaddress.IPv4Interface(address).ip.packed
+
+
 def open_holder(join: NetworkJoin) -> Holder:
     pid = join.holder_pid
     gone = LauncherError(
@@ -90,12 +100,19 @@ def open_holder(join: NetworkJoin) -> Holder:
             uid_map = f.read()
         with open(f"/proc/{pid}/comm") as f:
             comm = f.read().strip()
+    except PermissionError:
+        for fd in fds:
+            os.close(fd)
+        raise LauncherError(
+            f"cannot join the stack's network: its holder (pid {pid}) belongs to another user",
+            hint="start the stack as the user who created it",
+        ) from None
     except OSError:
         for fd in fds:
             os.close(fd)
         raise gone from None
     # Checked after the open: the fds now pin the namespaces of the process we verified.
-    if process_start_time(pid) != join.holder_start or comm != _HOLDER_NAME:
+    if process_start_time(pid) != join.holder_start or comm != HOLDER_NAME:
         for fd in fds:
             os.close(fd)
         raise gone
@@ -107,16 +124,13 @@ def open_holder(join: NetworkJoin) -> Holder:
 def enter(join: NetworkJoin, holder: Holder, container_id: str) -> None:
     """In the monitor: the holder's user namespace, then a network namespace of our own on the
     holder's bridge (see the module docstring). Raises OSError naming the failed step."""
-    from pbuild.tools.stack.netlink import Netlink
-    from pbuild.tools.stack.network import BRIDGE
-
     linux.setns(holder.user_fd, linux.CLONE_NEWUSER, "the stack's user namespace")
     linux.setns(holder.net_fd, linux.CLONE_NEWNET, "the stack's network namespace")
     with Netlink() as bridge:  # bound to the holder's namespace from here on
         linux.unshare(linux.CLONE_NEWNET)
         with Netlink() as own:
             peer = f"v{container_id[:12]}"
-            own.add_veth("eth0", peer, holder.net_fd)
+            own.add_veth("eth0", peer, holder.net_fd, mac_for(join.address))
             bridge.set_link(peer, up=True, master=BRIDGE)
             own.add_address("eth0", join.address)
             own.set_link("eth0", up=True)

@@ -103,3 +103,5 @@ def _unpack(
             atomicio.publish_dir(tmp, path)  # False: another launcher was faster, and its copy serves
     except OSError as e:
         raise LauncherError(f"cannot unpack layer {layer.diff_id} into {path}: {e}") from None
+
+

@@ -36,7 +36,7 @@ def _ago(then: float) -> str:
 
 
 def ps(store: ContainerStore, show_all: bool) -> int:
-    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
     for state in store.all():
         if state.status != "running" and not show_all:
             continue
@@ -52,7 +52,8 @@ def ps(store: ContainerStore, show_all: bool) -> int:
         if len(command) > 30:
             command = command[:27] + "..."
         image = state.image if len(state.image) <= 40 else "..." + state.image[-37:]
-        rows.append((state.short_id, image, f'"{command}"', _ago(state.created), status, state.name))
+        ports = ", ".join(state.extra.get("ports") or ()) if state.status == "running" else ""
+        rows.append((state.short_id, image, f'"{command}"', _ago(state.created), status, ports, state.name))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -384,6 +384,7 @@ def _start_forwarder(launch: Launch) -> int:
                 for sig in (*_FORWARDED, signal.SIGPIPE):
                     signal.signal(sig, signal.SIG_IGN if sig == signal.SIGPIPE else signal.SIG_DFL)
                 linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+                linux.capset(0, 0, 0)  # accept and connect need no privilege
                 forward.serve(launch.listeners, address)
         finally:
             os._exit(code)

@@ -128,7 +128,11 @@ class _Relay:
                 elif kind == "udp":
                     self._reply(*what)
                 else:
-                    self._event(what, mask)
+                    try:
+                        self._event(what, mask)
+                    except Exception:  # noqa: BLE001 - a bug in one relay must not end all of them
+                        with contextlib.suppress(Exception):
+                            self._drop(what)
             self._expire()
 
     # TCP
@@ -199,13 +203,13 @@ class _Relay:
         if not side.connecting and not side.read_eof and len(side.peer.out) < _BUFFER_LIMIT:
             events |= selectors.EVENT_READ
         fd = side.sock.fileno()
-        now = self.registered.get(fd)
+        now = self.registered.get(fd, 0)
         if events == now:
             return
         if not events:
             self.selector.unregister(side.sock)
             del self.registered[fd]
-        elif now is None:
+        elif not now:
             self.selector.register(side.sock, events, ("tcp", side))
             self.registered[fd] = events
         else:

@@ -32,6 +32,7 @@ RTM_NEWLINK = 16
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 
+IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MASTER = 10
 IFLA_LINKINFO = 18
@@ -93,14 +94,20 @@ def bridge_request(name: str) -> bytes:
     return ifinfo() + name_attr(name) + nested(IFLA_LINKINFO, attr(IFLA_INFO_KIND, b"bridge"))
 
 
-def veth_request(name: str, peer: str, peer_netns_fd: int) -> bytes:
-    """The body of RTM_NEWLINK for a veth pair: ``name`` here, ``peer`` in the namespace of
-    ``peer_netns_fd``. The peer is described by its own ``ifinfomsg`` and attributes, nested in
-    ``IFLA_INFO_DATA`` / ``VETH_INFO_PEER`` (``linux/veth.h``)."""
+def veth_request(name: str, peer: str, peer_netns_fd: int, mac: bytes | None = None) -> bytes:
+    """The body of RTM_NEWLINK for a veth pair: ``name`` here (with the hardware address
+    ``mac`` if given), ``peer`` in the namespace of ``peer_netns_fd``. The peer is described by
+    its own ``ifinfomsg`` and attributes, nested in ``IFLA_INFO_DATA`` / ``VETH_INFO_PEER``
+    (``linux/veth.h``)."""
     peer_body = ifinfo() + name_attr(peer) + attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
     kind = attr(IFLA_INFO_KIND, b"veth")
     data = nested(IFLA_INFO_DATA, nested(VETH_INFO_PEER, peer_body))
-    return ifinfo() + name_attr(name) + nested(IFLA_LINKINFO, kind, data)
+    own = b""
+    if mac is not None:
+        if len(mac) != 6:
+            raise ValueError(f"a hardware address has 6 bytes, not {len(mac)}")
+        own = attr(IFLA_ADDRESS, mac)
+    return ifinfo() + name_attr(name) + own + nested(IFLA_LINKINFO, kind, data)
 
 
 def link_request(name: str, up: bool | None = None, master: int | None = None) -> bytes:
@@ -184,10 +191,10 @@ class Netlink:
     def add_bridge(self, name: str) -> None:
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, bridge_request(name), f"create bridge {name}")
 
-    def add_veth(self, name: str, peer: str, peer_netns_fd: int) -> None:
+    def add_veth(self, name: str, peer: str, peer_netns_fd: int, mac: bytes | None = None) -> None:
         """A veth pair: ``name`` in this socket's namespace, ``peer`` in ``peer_netns_fd``'s."""
         self.request(
-            RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, veth_request(name, peer, peer_netns_fd),
+            RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, veth_request(name, peer, peer_netns_fd, mac),
             f"create veth {name} (peer {peer})",
         )  # fmt: skip
 

@@ -41,9 +41,10 @@ if TYPE_CHECKING:
 
 SUBNET = "10.89.0.0/24"
 BRIDGE = "pbr0"
+HOLDER_NAME = "pbuild-stacknet"
+"""The holder's command name (``/proc/PID/comm``): the launcher joins no other process."""
 RECORD = "network.json"
 """The holder's record in the stack's folder: what ``down`` needs after a supervisor crash."""
-_HOLDER_NAME = b"pbuild-stacknet"
 _READY_TIMEOUT_S = 10.0
 
 
@@ -146,7 +147,7 @@ def _holder(report_w: int, go_r: int, gateway: str) -> None:
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         with contextlib.suppress(OSError), open("/proc/self/comm", "wb") as comm:
-            comm.write(_HOLDER_NAME)  # `ps` shows what this process is
+            comm.write(HOLDER_NAME.encode())  # `ps` shows what this process is
         try:
             linux.unshare(linux.CLONE_NEWUSER | linux.CLONE_NEWNET)
         except OSError as e:
@@ -167,6 +168,7 @@ def _holder(report_w: int, go_r: int, gateway: str) -> None:
             return
         os.write(report_w, b"ok\n")
         os.close(report_w)
+        linux.capset(0, 0, 0)  # from here on it only sleeps: it keeps no privilege in the namespace
     except BaseException:  # noqa: BLE001 - a forked child: never back into the caller's code
         os._exit(1)
     while True:
