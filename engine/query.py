@@ -41,9 +41,18 @@ class TargetGraph:
         if isinstance(definition, RuleDef):
             package = self.loader.package(label.package)
             for name, spec in rule_schema(definition).items():
-                if not spec.is_label or name not in decl.attrs:
+                if name not in decl.attrs:
                     continue
                 raw = decl.attrs[name]
+                if spec.kind == "dict" and spec.fields and isinstance(raw, dict):
+                    # A table of tables (a stack's services): its entries' label fields.
+                    label_fields = [field for field, f in spec.fields if f.is_label]
+                    found.extend(Label.parse(entry[field], current_package=label.package)
+                                 for entry in raw.values() if isinstance(entry, dict) for field in label_fields
+                                 if isinstance(entry.get(field), str) and entry[field].startswith((":", "//")))
+                    continue
+                if not spec.is_label:
+                    continue
                 entries = [raw] if isinstance(raw, str) else (raw if isinstance(raw, list) else [])
                 for entry in entries:
                     if not isinstance(entry, str):

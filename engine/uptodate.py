@@ -87,12 +87,14 @@ class DependencyRecorder:
 
 
 def _code_paths() -> list[str]:
-    """pbuild's own modules: changing pbuild changes what analysis produces."""
+    """pbuild's own modules: changing pbuild changes what analysis produces. That includes
+    ``pbuild.tools.stack``: the ``stack`` rule's StackInfo is made by its parser."""
     import pbuild.engine as engine_pkg
     import pbuild.rules as rules_pkg
+    import pbuild.tools.stack as stack_pkg
 
     paths: list[str] = []
-    for package in (engine_pkg, rules_pkg):
+    for package in (engine_pkg, rules_pkg, stack_pkg):
         for root in package.__path__:
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")

@@ -214,6 +214,21 @@ def test_loading_reads_only_the_named_package(workspace: WorkspaceFactory) -> No
         loader.package("c")
 
 
+def test_keys_inside_table_attributes_have_their_lines(workspace: WorkspaceFactory) -> None:
+    root = workspace({"a/BUILD.toml": (
+        '[s]\nrule = "stack"\n\n'                     # 1-3
+        '[s.services.one]\nimage = ":i"\n'             # 4-5
+        'healthcheck = { interval = "1s" }\n\n'        # 6-7
+        '[s.services.two.healthcheck]\ntest = "x"\n'   # 8-9
+        '\n[t]\nrule = "filegroup"\nsrcs = []\n'     # 10-13
+    )})
+    decl = loader_for(root).target(Label("a", "s"))
+    lines = {key: where.line for key, where in decl.attr_locations.items()}
+    assert lines == {"rule": 2, "services": 4, "services.one": 4, "services.one.image": 5, "services.one.healthcheck": 6,
+                     "services.two.healthcheck": 8, "services.two.healthcheck.test": 9}
+    assert loader_for(root).target(Label("a", "t")).attr_locations.keys() == {"rule", "srcs"}  # no tables, nothing more
+
+
 # -- patterns -----------------------------------------------------------------------------------
 
 

@@ -198,3 +198,74 @@ def test_the_project_name_defaults_to_the_target_name(workspace: WorkspaceFactor
     assert info.spec.name == "web_stack"
     bad = stack_workspace(workspace, STACK_BUILD.replace("[web", "[_web"))
     assert_user_error(pbuild("build", "//app:_web", cwd=bad), 2, "cannot name the stack", "project_name")
+
+
+# What `pbuild up` does (``CommandContext.build_one``): a real build through the engine, whose
+# analysis cache saves StackInfo and brings it back, in a process of its own.
+BUILD_ONE = """
+import sys
+from pbuild.engine.api import BuiltTarget
+from pbuild.engine.build import BuildRequest, build
+from pbuild.rules.stack.providers import built_spec
+from pbuild.tools.stack.spec import to_json
+
+ws, cache = sys.argv[1:3]
+_, analyzed, _ = build(BuildRequest(["//app:web"], cwd=ws, cache_dir=cache, quiet=True))
+label = analyzed.labels[0]
+built = BuiltTarget(label, analyzed.rule_names[label], analyzed.targets[label], ws)
+sys.stdout.write(to_json(built_spec(built)).decode())
+"""
+
+
+def test_the_analysis_cache_keeps_the_stack_and_notices_an_env_file(workspace: WorkspaceFactory, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.support.runner import base_env
+
+    ws = stack_workspace(workspace)
+    cache = tmp_path / "cache"
+
+    def build_one() -> dict[str, object]:
+        done = subprocess.run([sys.executable, "-c", BUILD_ONE, str(ws), str(cache)], capture_output=True, text=True,
+                              env=base_env(tmp_path), cwd=ws)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    first = build_one()
+    saved = list(cache.rglob("*.analysis"))
+    assert len(saved) == 1
+    mtime = saved[0].stat().st_mtime_ns
+    assert build_one() == first  # from the saved analysis
+    assert saved[0].stat().st_mtime_ns == mtime, "the second build re-analyzed"
+    (ws / "app/backend.env").write_text("SECRET=rotated\n")
+    env = build_one()["services"][0]["environment"]  # type: ignore[index]
+    assert env == [["PORT", "8080"], ["SECRET", "rotated"]]
+
+
+def test_query_sees_the_services_images(workspace: WorkspaceFactory, pbuild: Runner) -> None:
+    ws = stack_workspace(workspace)
+    result = pbuild("query", "deps(//app:web)", cwd=ws)
+    assert result.code == 0, str(result)
+    assert result.out.split() == ["//app:backend_image", "//app:files", "//app:frontend_image", "//app:web"]
+    result = pbuild("query", "rdeps(//..., //app:frontend_image)", cwd=ws)
+    assert result.out.split() == ["//app:frontend_image", "//app:web"], str(result)
+
+
+def test_an_unprivileged_user_builds_a_stack(nobody_dir: Path) -> None:
+    from tests.support.runner import SETPRIV_NOBODY, chown_tree, write_tree
+
+    ws = nobody_dir / "ws"
+    write_tree(ws, {"WORKSPACE.toml": '[workspace]\nname = "fixture"\n', "app/BUILD.toml": STACK_BUILD,
+                    "app/hello.txt": "hello\n", "app/backend.env": "SECRET=s3\n", "app/static/index.html": "hi\n"})
+    chown_tree(nobody_dir, 65534, 65534)
+    runner = Runner(nobody_dir)
+    env = {"HOME": str(nobody_dir), "XDG_CONFIG_HOME": str(nobody_dir / "config")}
+    result = runner("build", "//app:web", cwd=ws, cache=nobody_dir / "cache", env=env, prefix=SETPRIV_NOBODY)
+    assert result.code == 0 and result.summary.startswith("3 actions: 3 executed"), str(result)
+    assert (ws / "pbuild-out/app/backend_image/digest").stat().st_uid == 65534
+    (ws / "app/BUILD.toml").write_text(edit("18080:8080", "18080:0"))
+    result = runner("build", "//app:web", cwd=ws, cache=nobody_dir / "cache", env=env, prefix=SETPRIV_NOBODY)
+    ports_line = LINE['ports = ["127.0.0.1:18080:8080"]']
+    assert_user_error(result, 2, f"app/BUILD.toml:{ports_line}: ", "'0' is not a port")

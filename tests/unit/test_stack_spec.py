@@ -326,6 +326,7 @@ def test_a_disabled_healthcheck_is_none() -> None:
     ({"env_file": "../../x.env"}, ("env_file",), "must be a file inside the package"),
     ({"env_file": "missing.env"}, ("env_file",), "no app/missing.env"),
     ({"ports": "80:80"}, ("ports",), "must be a list"),
+    ({"volumes": ["a:/data", "./b:/data/"]}, ("volumes",), "two volumes are mounted at /data"),
     ({"depends_on": {"db": {"condition": "service_ready"}}}, ("depends_on", "db"), "unknown condition"),
     ({"depends_on": {"db": {"required": True}}}, ("depends_on", "db"), "unknown key 'required'"),
     ({"depends_on": {"db": "service_healthy"}}, ("depends_on", "db"), "expected a table"),

@@ -2,6 +2,8 @@
 
 - ``spec``: the typed record of a stack (``StackSpec``, one ``ServiceSpec`` per service), as the
   ``stack`` rule and a Compose file both produce it; its JSON form; validation.
+- ``parse``: Compose's service keys (the supported subset) -> ``ServiceSpec``, shared by the
+  ``stack`` rule and ``compose``, so a service means the same written in either.
 - ``compose``: a Compose file (the supported subset) -> ``StackSpec``.
 - ``netlink``, ``network``: the per-stack network: a holder process that owns the stack's user
   namespace and a bridge; one network namespace, veth and address per service; ``/etc/hosts``.

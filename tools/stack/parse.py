@@ -419,6 +419,11 @@ def parse_service(name: str, raw: Any, *, image: str, image_digest: str = "", ba
     outbound = raw.get("outbound", False)
     if not isinstance(outbound, bool):
         raise FieldError(f"must be true or false, got {outbound!r}", path=("outbound",))
+    mounts = tuple(parse_volume(v, base=base, allow_absolute=allow_absolute_binds) for v in volumes)
+    targets = [m.target for m in mounts]
+    for target in targets:
+        if targets.count(target) > 1:
+            raise FieldError(f"two volumes are mounted at {target}", path=("volumes",), hint="mount one volume per target")
     return ServiceSpec(
         name=name,
         image=image,
@@ -427,7 +432,7 @@ def parse_service(name: str, raw: Any, *, image: str, image_digest: str = "", ba
         entrypoint=_argv(raw.get("entrypoint"), "entrypoint"),
         environment=tuple(sorted(environment.items())),
         ports=tuple(parse_port(p) for p in ports),
-        volumes=tuple(parse_volume(v, base=base, allow_absolute=allow_absolute_binds) for v in volumes),
+        volumes=mounts,
         depends_on=_depends_on(raw["depends_on"]) if "depends_on" in raw else (),
         healthcheck=_healthcheck(raw["healthcheck"]) if "healthcheck" in raw else None,
         restart=policy,
