@@ -152,9 +152,12 @@ class Pbuild:
 
     def check_up(self) -> None:
         ps = run([*self.cli, "ps", TARGET], env=self.env).stdout
+        rows = {line.split()[0]: line.split()[1:] for line in ps.splitlines()[1:] if line.strip()}
         for service in SERVICES:
-            if f"{STACK}-{service}-1" not in ps:
-                raise Refused(f"pbuild ps {TARGET} does not list {STACK}-{service}-1:\n{ps}")
+            if "running" not in rows.get(f"{STACK}-{service}-1", []):
+                raise Refused(f"pbuild ps {TARGET} does not show {STACK}-{service}-1 running:\n{ps}")
+        if "healthy" not in rows[f"{STACK}-backend-1"]:  # up -d waited for it
+            raise Refused(f"pbuild up -d returned before the backend was healthy:\n{ps}")
 
     def check_down(self) -> None:
         ps = run([*self.cli, "ps", "-a"], env=self.env).stdout
