@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.runner import Runner, WorkspaceFactory, assert_user_error
+from tests.support.runner import Result, Runner, WorkspaceFactory, assert_user_error
 from tests.support.stacks import kill_stacks, stack_pids
 from tests.support.testimages import BUSYBOX, make_busybox_image
 
@@ -170,6 +170,36 @@ def test_a_compose_file_with_a_label_and_a_layout(workspace: WorkspaceFactory, p
     assert up.code == 0, str(up)
     assert "web | ROLE=compose" in wait_for_log(pbuild, ws, stack_env, "--file", "app/compose.yaml", text="web | ROLE=compose")
     assert pbuild("down", "-f", "app/compose.yaml", cwd=ws, env=stack_env).code == 0
+
+
+def test_a_compose_file_as_an_unprivileged_user(tmp_path: Path) -> None:
+    from tests.support.launcher_users import user_folder
+
+    with user_folder("nobody") as user:
+        ws = user.base / "ws"
+        make_busybox_image(ws / "deploy" / "layout")
+        (ws / "WORKSPACE.toml").write_text('[workspace]\nname = "fixture"\n')
+        (ws / "deploy" / "compose.yaml").write_text(COMPOSE.format(image="oci:./layout"))
+        user.give(user.base)
+        runner = Runner(user.base)
+        env = {"PBUILD_RUNTIME_DIR": user.env["PBUILD_RUNTIME_DIR"], "PBUILD_LAYER_STORE": str(user.store),
+               "HOME": str(user.base)}  # fmt: skip
+
+        def pbuild(*args: str) -> Result:
+            return runner(*args, cwd=ws, env=env, prefix=user.prefix(), cache=user.base / "cache", timeout=300)
+
+        try:
+            up = pbuild("up", "-d", "-f", "deploy/compose.yaml")
+            assert up.code == 0, str(up)
+            assert rows(pbuild("ps", "-f", "deploy/compose.yaml").out)["deploy-api-1"] == ["api", "running", "healthy"]
+            deadline = time.monotonic() + 20
+            while "web | ROLE=compose" not in (logs := pbuild("logs", "--file", "deploy/compose.yaml").out):
+                assert time.monotonic() < deadline, logs
+                time.sleep(0.1)
+            assert pbuild("down", "-f", "deploy/compose.yaml").code == 0
+            assert stack_pids(Path(user.env["PBUILD_RUNTIME_DIR"])) == []
+        finally:
+            kill_stacks(Path(user.env["PBUILD_RUNTIME_DIR"]))
 
 
 def test_a_compose_file_with_a_registry_image(workspace: WorkspaceFactory, pbuild: Runner, tmp_path: Path,
