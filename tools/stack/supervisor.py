@@ -492,10 +492,18 @@ class Supervisor:
             message = json.loads(await reader.readline() or b"{}")
             if not isinstance(message, dict):
                 message = {}
-            if message.get("op") == "up":
-                done = await self._up_while_connected(message, reader, say)
-            else:
-                done = await self._handle(message, say)
+            try:
+                if message.get("op") == "up":
+                    done = await self._up_while_connected(message, reader, say)
+                else:
+                    done = await self._handle(message, say)
+            except Exception as e:  # a bug or an OS failure: say so, and keep supervising
+                import traceback
+
+                traceback.print_exc()  # into supervisor.log
+                done = control.failure(StackError(
+                    f"the stack's supervisor failed: {type(e).__name__}: {e}", exit_code=EXIT_FAILED,
+                    hint=f"see {os.path.join(self.directory, 'supervisor.log')}"))  # fmt: skip
             writer.write(control.encode(done))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
