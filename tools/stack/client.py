@@ -123,6 +123,8 @@ def _ensure_supervisor(directory: str, spec: StackSpec, spare: Spare | None) -> 
                 exit_code=2,
             )
         if record is not None and state.supervisor_alive(record):
+            if spare is not None:
+                spare.close()  # not needed: it ends now, not when this up does
             return
         if record is not None or os.path.lexists(directory):
             # A supervisor that died left its services unwatched: clean up, start afresh.
