@@ -459,3 +459,24 @@ def test_up_without_detach_returns_when_every_service_ended(user: LauncherUser) 
     assert containers(user, "job")["once"]["exit_code"] == 0  # ended, kept until down (as Compose)
     down_ok(user, "job")
     assert_all_gone(user)
+
+
+def test_a_check_past_its_timeout_fails(user: LauncherUser) -> None:
+    hangs = Healthcheck(("sleep", "30"), interval_s=0.2, timeout_s=0.3, retries=2)
+    spec = StackSpec("to", "test:to", (ServiceSpec("slow", image(user), "sha256:a", command=serving("x"),
+                                                   healthcheck=hangs),))  # fmt: skip
+    started = time.monotonic()
+    code, out = up(user, spec)
+    assert code == 1 and "service slow did not become healthy" in out and "timed out after 0.3s" in out, out
+    assert time.monotonic() - started < 20
+    assert_all_gone(user)
+
+
+def test_down_kills_what_ignores_sigterm_after_the_timeout(user: LauncherUser) -> None:
+    stubborn = ("sh", "-c", "trap '' TERM; sleep 1000 & wait")
+    up_ok(user, StackSpec("st", "test:st", (ServiceSpec("mule", image(user), "sha256:a", command=stubborn),)))
+    started = time.monotonic()
+    down_ok(user, "st")  # -t 2
+    took = time.monotonic() - started
+    assert 2 <= took < 10, took
+    assert_all_gone(user)
