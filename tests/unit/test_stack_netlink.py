@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from pathlib import Path
 
 import pytest
 from pbuild.tools.launcher import join
@@ -100,6 +101,15 @@ def test_messages_and_errors_from_the_kernel_are_parsed() -> None:
 
 
 NET = network.StackNetwork(1, 2, "10.89.0.0/24", "10.89.0.1", True)
+
+
+def test_a_network_needs_its_stacks_folder(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="does not exist"):
+        network.create(str(tmp_path / "missing"))
+    assert network.load(str(tmp_path)) is None
+    (tmp_path / network.RECORD).write_text("{}")
+    with pytest.raises(StackError, match="is damaged"):
+        network.load(str(tmp_path))
 
 
 def test_addresses_are_allocated_lowest_first_around_what_is_taken() -> None:

@@ -64,6 +64,8 @@ def create(stack_dir: str) -> StackNetwork:
     """Start the holder for a stack whose records live in ``stack_dir`` (it must exist), write
     its record there (:data:`RECORD`) and return it once the bridge is up. Every stack gets
     :data:`SUBNET`: the bridges never meet (see the module docstring)."""
+    if not os.path.isdir(stack_dir):
+        raise StackError(f"the stack's folder {stack_dir} does not exist", hint="create it before the network")
     subnet = ipaddress.IPv4Network(SUBNET)
     gateway = f"{next(subnet.hosts())}/{subnet.prefixlen}"
     idmap = identity.choose_id_map()
