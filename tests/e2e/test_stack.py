@@ -159,6 +159,19 @@ def test_up_again_recreates_only_the_changed_service(user: LauncherUser) -> None
     assert_all_gone(user)
 
 
+def test_a_service_added_later_resolves_in_the_running_ones(user: LauncherUser) -> None:
+    spec = web(user, free_port())
+    up_ok(user, replace(spec, services=spec.services[:1]))
+    backend = containers(user, "web")["backend"]
+    up_ok(user, spec)  # frontend joins
+    assert containers(user, "web")["backend"] == backend  # untouched, yet it knows the newcomer:
+    assert exec_in(user, "web-backend-1", "wget", "-qO-", "http://frontend:8080/").strip() == "frontend-page"
+    up_ok(user, replace(spec, services=spec.services[:1]))  # and forgets it when it goes
+    assert "frontend" not in exec_in(user, "web-backend-1", "cat", "/etc/hosts")
+    down_ok(user, "web")
+    assert_all_gone(user)
+
+
 def test_a_service_dropped_from_the_stack_is_removed_by_up(user: LauncherUser) -> None:
     spec = web(user, free_port())
     up_ok(user, spec)

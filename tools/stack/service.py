@@ -53,6 +53,17 @@ def run_options(
     )
 
 
+def hosts_file(container: str, net: StackNetwork, address: str, hosts: tuple[tuple[str, ...], ...]) -> bytes:
+    """The ``/etc/hosts`` the launcher writes for a container of the stack (its own format, so a
+    running container's file can be rewritten when the stack gains a service)."""
+    from pbuild.tools.launcher.config import ContainerSpec
+    from pbuild.tools.launcher.mounts import generated_files
+
+    options = RunOptions(image="", name=container, join=network.join_record(net, address, hosts))
+    spec = ContainerSpec(argv=(), env=(), workdir="/", user="0", hostname=container, options=options)
+    return generated_files(spec)["hosts"]
+
+
 def port_text(port: PortSpec) -> str:
     """As ``ps`` shows a published port: ``127.0.0.1:18080->8080/tcp``."""
     return f"{port.host_ip}:{port.host_port}->{port.container_port}/{port.protocol}"

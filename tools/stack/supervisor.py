@@ -42,7 +42,14 @@ from pbuild.tools.stack.errors import StackError
 from pbuild.tools.stack.health import HealthState, next_probe, run_check
 from pbuild.tools.stack.logs import LineWriter
 from pbuild.tools.stack.network import StackNetwork
-from pbuild.tools.stack.service import BACKOFF_RESET_S, backoff, port_text, restarts_after, run_options
+from pbuild.tools.stack.service import (
+    BACKOFF_RESET_S,
+    backoff,
+    hosts_file,
+    port_text,
+    restarts_after,
+    run_options,
+)
 from pbuild.tools.stack.spec import Dependency, ServiceSpec, StackSpec, config_hash, container_name
 from pbuild.tools.stack.state import ServiceRecord, StackRecord
 
@@ -344,6 +351,7 @@ class Supervisor:
             for svc in stale:
                 await say(f"Container {container_name(self.name, svc.spec.name)}  Recreate")
             self.stop_services(stale, 10.0)
+        self.update_hosts()
         self.save()
         started: list[Service] = []
         try:
@@ -378,6 +386,23 @@ class Supervisor:
                 self.stop_services(started, 10.0)
                 self.save()
             raise
+
+    def update_hosts(self) -> None:
+        """Rewrite the running containers' ``/etc/hosts`` when the stack's names changed (a service
+        added or dropped). The file is bind-mounted into the container, so it is rewritten in
+        place (same inode), as Docker updates its ``/etc/hosts``."""
+        assert self.net is not None
+        hosts = network.hosts_entries(self.name, {s.spec.name: s.address for s in self.services.values()})
+        for svc in self.services.values():
+            if svc.container is None or svc.status != "running":
+                continue
+            path = os.path.join(self.store.container_dir(svc.container.id), "hosts")
+            content = hosts_file(svc.container.name, self.net, svc.address, hosts)
+            with contextlib.suppress(OSError), open(path, "r+b") as f:
+                if f.read() != content:
+                    f.seek(0)
+                    f.write(content)
+                    f.truncate()
 
     async def _wait_for(self, dependency: Dependency, dependent: str, say: Say) -> None:
         svc = self.services[dependency.service]
