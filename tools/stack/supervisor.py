@@ -255,9 +255,11 @@ class Supervisor:
         svc.restarts += 1
         try:
             self.start(svc)
-        except StackError as e:
+        except StackError as e:  # tried again after a longer delay, as Docker does
             print(f"pbuild: {e.message}", file=sys.stderr, flush=True)
-            svc.status = "exited"
+            svc.quick_exits += 1
+            svc.status = "restarting"
+            self._spawn(svc, self._restart(svc, svc.generation))
             self.save()
 
     async def _health_loop(self, svc: Service, generation: int) -> None:
