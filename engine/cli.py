@@ -22,6 +22,17 @@ _DESCRIPTION = "pbuild: hermetic, content-hashed builds of Python programs and r
 # The engine's own commands: a command line starting with one never imports the families' commands.
 _ENGINE_COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock")
 _LAUNCHER_COMMANDS = ("ps", "logs", "exec", "stop", "rm")
+# `pbuild ps` and `pbuild logs NAME` go straight to the launcher (no parser, no families: fast);
+# with a label or a Compose file they are the stack family's commands.
+_STACK_FORMS = {"ps": ("-f", "--file"), "logs": ("--file",)}
+
+
+def _names_a_stack(args: Sequence[str]) -> bool:
+    """Is ``pbuild ps|logs ARGS`` about a stack: a label, or the Compose file flag?"""
+    if args[0] not in _STACK_FORMS:
+        return False
+    flags = _STACK_FORMS[args[0]]
+    return any(a.startswith(("//", ":")) or a in flags or a.startswith("--file=") for a in args[1:])
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +122,9 @@ def make_parser(family_commands: Sequence[Command] | None = None) -> argparse.Ar
     p.add_argument("--mirror", metavar="URL", help="Debian mirror (default: $PBUILD_DEBIAN_MIRROR, else the host's apt sources)")
     _add_common(p)
 
+    taken: set[str] = set()
     for command in family_commands:
+        taken.add(command.name)
         p = sub.add_parser(command.name, help=command.help, description=command.description)
         command.configure(p)
         if command.build_flags:
@@ -123,6 +136,8 @@ def make_parser(family_commands: Sequence[Command] | None = None) -> argparse.Ar
     for name, text in (("ps", "list containers"), ("logs", "show a container's output"),
                        ("exec", "run a command in a running container"), ("stop", "stop a container"),
                        ("rm", "remove a container")):
+        if name in taken:  # a family's command with the launcher's form routed before parsing
+            continue
         p = sub.add_parser(name, help=text, description=f"{text} (see docs/launcher.md)", add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("help", help="show this help")
@@ -147,7 +162,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0].startswith(("//", ":")):
         args_list.insert(0, "build")
-    if args_list and args_list[0] in _LAUNCHER_COMMANDS:
+    if args_list and args_list[0] in _LAUNCHER_COMMANDS and not _names_a_stack(args_list):
         return _launcher(args_list)
     passthrough: list[str] = []
     if args_list and args_list[0] == "run":

@@ -7,7 +7,7 @@ parser. The ``up``/``down``/``ps``/``logs`` commands (``COMMANDS``) live in ``co
 
 from typing import Any
 
-__all__ = ["RULES"]
+__all__ = ["COMMANDS", "RULES"]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,4 +15,8 @@ def __getattr__(name: str) -> Any:
         from pbuild.rules.stack.rules import RULES
 
         return RULES
+    if name == "COMMANDS":
+        from pbuild.rules.stack.commands import COMMANDS
+
+        return COMMANDS
     raise AttributeError(name)

@@ -44,7 +44,7 @@ BUILD = {
     "p/in.txt": "input\n",
 }
 
-ENGINE_COMMANDS = ["build", "run", "test", "query", "clean", "version", "lock", "push", "images"]
+ENGINE_COMMANDS = ["build", "run", "test", "query", "clean", "version", "lock", "push", "images", "up", "down"]
 LAUNCHER_COMMANDS = ["ps", "logs", "exec", "stop", "rm"]
 
 
@@ -69,6 +69,26 @@ def test_help_on_launcher_commands(command: str, capsys: pytest.CaptureFixture[s
         code = int(exc.code or 0)
     assert code == 0
     assert command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "stack"), [
+    (["ps"], False), (["ps", "-a"], False), (["logs", "web-api-1"], False), (["logs", "-f", "web-api-1"], False),
+    (["ps", "//app:web"], True), (["ps", ":web"], True), (["ps", "-f", "compose.yaml"], True),
+    (["logs", "-f", "//app:web", "api"], True), (["logs", "--file", "compose.yaml"], True),
+    (["logs", "--file=compose.yaml"], True), (["exec", "//x", "sh"], False),
+])  # fmt: skip
+def test_ps_and_logs_are_the_stacks_only_with_a_label_or_a_file(argv: list[str], stack: bool,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    assert cli._names_a_stack(argv) == stack
+    if argv[0] == "exec":
+        return
+    try:
+        code = cli.main([*argv, "--help"])
+    except SystemExit as exc:  # the launcher's own parser exits
+        code = int(exc.code or 0)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert ("a stack target" in out) == stack, out  # the stack family's help, else the launcher's
 
 
 def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:

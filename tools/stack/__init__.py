@@ -8,9 +8,14 @@
 - ``netlink``, ``network``: the per-stack network: a holder process that owns the stack's user
   namespace and a bridge; one network namespace, veth and address per service; ``/etc/hosts``.
 - ``forward``: published ports, from the host's loopback into a service's namespace.
-- ``state``: a stack's records under the launcher's runtime directory.
+- ``state``: a stack's records under the launcher's runtime directory; named volumes.
 - ``supervisor``: one process per stack (as conmon is per container): starts services in order,
   health checks, restart policies, log collection; ``up``/``down``/``ps``/``logs`` talk to it.
+  Its parts: ``service`` (a service -> the launcher's ``RunOptions``; restart policies),
+  ``health`` (checks run in the container; Docker's healthy/unhealthy rule), ``logs`` (the
+  timestamped log files and their interleaving), ``control`` (the control socket's protocol),
+  ``teardown`` (stopping and removing, also after the supervisor crashed).
+- ``client``: ``up``, ``down``, ``ps`` and ``logs`` as the command line calls them.
 
 Like the launcher, this package imports nothing of ``pbuild.engine`` or ``pbuild.rules``: the
 ``stack`` family (``pbuild.rules.stack``) builds the images and hands over a resolved spec.
