@@ -67,12 +67,14 @@ def test_push_and_images_are_the_image_familys(workspace: WorkspaceFactory, pbui
                       "//srv:all names 3 targets; name exactly one")
 
 
-def test_the_image_family_registers_its_commands() -> None:
+def test_the_families_register_their_commands() -> None:
     from pbuild.engine.ruleset import family_commands
-    from pbuild.rules.oci import COMMANDS
+    from pbuild.rules.oci import COMMANDS as IMAGE_COMMANDS
+    from pbuild.rules.stack import COMMANDS as STACK_COMMANDS
 
-    assert [c.name for c in COMMANDS] == ["push", "images"]
-    assert [c.name for c in family_commands()] == ["push", "images"]
+    assert [c.name for c in IMAGE_COMMANDS] == ["push", "images"]
+    assert [c.name for c in STACK_COMMANDS] == ["up", "down", "ps", "logs"]
+    assert [c.name for c in family_commands()] == ["push", "images", "up", "down", "ps", "logs"]
     assert "push" not in cli.make_parser(()).format_help()  # the engine alone has no push
 
 

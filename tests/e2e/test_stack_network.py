@@ -1,6 +1,6 @@
 """A stack's network end to end: the holder (pbuild.tools.stack.network), containers of the built
 //app:image joined to it with ``start_container`` (RunOptions.join), names in /etc/hosts,
-published ports through pbuild's relay (pbuild.tools.stack.forward), no outbound unless asked,
+published ports through pbuild's relay (pbuild.tools.launcher.forward), no outbound unless asked,
 ``pbuild exec`` into a joined container; as root and as uid 65534.
 
 A driver script, run as the test's user, creates the network and starts the services detached,

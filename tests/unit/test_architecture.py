@@ -154,6 +154,9 @@ DIRECTIONS = {
     "tools": Direction(
         "pbuild.tools", lambda m: within(m, "pbuild.engine") or within(m, "pbuild.rules"),
         "pbuild.tools (the launcher, the sandbox) imports no engine and no rules; only tools and lib"),
+    "launcher": Direction(
+        "pbuild.tools.launcher", lambda m: within(m, "pbuild.tools.stack"),
+        "the launcher runs images without knowing stacks; pbuild.tools.stack builds on it, not the reverse"),
     "rules": Direction(
         "pbuild.rules", lambda m: within(m, "pbuild.engine") and m not in RULE_API,
         f"rules use only the rule API of the engine ({', '.join(RULE_API)}), besides lib, tools and rules"),

@@ -9,10 +9,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from pbuild.tools.launcher import join
+from pbuild.tools.launcher import join, netlink
 from pbuild.tools.launcher.config import NetworkJoin
 from pbuild.tools.launcher.errors import LauncherError
-from pbuild.tools.stack import netlink, network
+from pbuild.tools.stack import network
 from pbuild.tools.stack.errors import StackError
 
 

@@ -20,10 +20,14 @@ from typing import NamedTuple
 
 from pbuild.tools.launcher.config import NetworkJoin
 from pbuild.tools.launcher.errors import LauncherError
+from pbuild.tools.launcher.netlink import Netlink
 from pbuild.tools.launcher.state import process_start_time
 from pbuild.tools.sandbox import linux
-from pbuild.tools.stack.netlink import Netlink
-from pbuild.tools.stack.network import BRIDGE, HOLDER_NAME
+
+BRIDGE = "pbr0"
+"""The stack's bridge, in the holder's network namespace."""
+HOLDER_NAME = "pbuild-stacknet"
+"""The holder's process name (``/proc/PID/comm``), checked before its namespaces are joined."""
 
 _HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$")
 

@@ -42,8 +42,8 @@ from pbuild.tools.sandbox import linux, nsops
 
 if TYPE_CHECKING:
     from pbuild.tools.launcher.config import NetworkJoin
+    from pbuild.tools.launcher.forward import Listener
     from pbuild.tools.launcher.join import Holder
-    from pbuild.tools.stack.forward import Listener
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _NOFILE = 1048576
@@ -364,9 +364,9 @@ def _monitor(
 
 
 def _start_forwarder(launch: Launch) -> int:
-    """Fork the published ports' relay (``pbuild.tools.stack.forward``) into our namespaces; it
+    """Fork the published ports' relay (``pbuild.tools.launcher.forward``) into our namespaces; it
     dies with us. Our copies of the listening sockets are closed: the relay holds them."""
-    from pbuild.tools.stack import forward
+    from pbuild.tools.launcher import forward
 
     assert launch.join is not None
     address = launch.join.address.partition("/")[0]

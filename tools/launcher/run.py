@@ -26,8 +26,8 @@ from pbuild.tools.launcher.state import ContainerState, ContainerStore, process_
 from pbuild.tools.sandbox import linux
 
 if TYPE_CHECKING:
+    from pbuild.tools.launcher import forward
     from pbuild.tools.launcher import join as join_mod
-    from pbuild.tools.stack import forward
 
 _NAMESPACES = (
     linux.CLONE_NEWUSER | linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
@@ -151,8 +151,8 @@ def _prepare(options: RunOptions) -> _Prepared:
     holder = None
     listeners: tuple[forward.Listener, ...] = ()
     if options.join is not None:
+        from pbuild.tools.launcher import forward as forwarding  # the relay: only when joining a stack
         from pbuild.tools.launcher import join
-        from pbuild.tools.stack import forward as forwarding  # the stack's relay: only when joining
 
         if options.network != "none":
             raise LauncherError(

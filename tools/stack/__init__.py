@@ -5,9 +5,10 @@
 - ``parse``: Compose's service keys (the supported subset) -> ``ServiceSpec``, shared by the
   ``stack`` rule and ``compose``, so a service means the same written in either.
 - ``compose``: a Compose file (the supported subset) -> ``StackSpec``.
-- ``netlink``, ``network``: the per-stack network: a holder process that owns the stack's user
-  namespace and a bridge; one network namespace, veth and address per service; ``/etc/hosts``.
-- ``forward``: published ports, from the host's loopback into a service's namespace.
+- ``network``: the per-stack network: a holder process that owns the stack's user namespace and
+  a bridge. The launcher does the joining (``launcher/join.py``: one network namespace, veth and
+  address per service, ``/etc/hosts``; ``launcher/netlink.py``; published ports through
+  ``launcher/forward.py``), so this package builds on the launcher and never the reverse.
 - ``state``: a stack's records under the launcher's runtime directory; named volumes.
 - ``supervisor``: one process per stack (as conmon is per container): starts services in order,
   health checks, restart policies, log collection; ``up``/``down``/``ps``/``logs`` talk to it.

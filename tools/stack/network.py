@@ -31,18 +31,16 @@ from typing import TYPE_CHECKING
 
 from pbuild.lib import atomicio
 from pbuild.tools.launcher import identity
+from pbuild.tools.launcher.join import BRIDGE, HOLDER_NAME
+from pbuild.tools.launcher.netlink import Netlink
 from pbuild.tools.launcher.state import process_start_time
 from pbuild.tools.sandbox import linux
 from pbuild.tools.stack.errors import StackError
-from pbuild.tools.stack.netlink import Netlink
 
 if TYPE_CHECKING:
     from pbuild.tools.launcher.config import NetworkJoin
 
 SUBNET = "10.89.0.0/24"
-BRIDGE = "pbr0"
-HOLDER_NAME = "pbuild-stacknet"
-"""The holder's command name (``/proc/PID/comm``): the launcher joins no other process."""
 RECORD = "network.json"
 """The holder's record in the stack's folder: what ``down`` needs after a supervisor crash."""
 _READY_TIMEOUT_S = 10.0
