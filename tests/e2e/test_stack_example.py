@@ -295,10 +295,6 @@ def test_pbuild_run_publishes_a_service_with_its_environment(built: Built, tmp_p
 # --- the whole stack ----------------------------------------------------------------------------
 
 
-def has_up_command(built: Built) -> bool:
-    return built.runner("up", "--help", cwd=built.ws).code == 0
-
-
 @contextlib.contextmanager
 def port_lock(port: int) -> Iterator[None]:
     """One test at a time on a fixed port of the host's loopback (the example publishes 18080;
@@ -335,8 +331,6 @@ def hits() -> int:
 def test_up_brings_the_example_up_and_down_takes_it_away(
     built: Built, launcher_user: LauncherUser, how: str
 ) -> None:
-    if not has_up_command(built):
-        pytest.skip("`pbuild up` is not a command yet (issue 12)")
     user = launcher_user
     ws = clone_stack_workspace(user.base / "ws")
     runner = Runner(user.base)
