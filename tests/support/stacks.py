@@ -75,24 +75,23 @@ def record_of(runtime: Path, name: str) -> dict:
 
 def stack_pids(runtime: Path) -> list[int]:
     """Every live process a stack recorded: supervisors, network holders, container inits."""
-    from pbuild.tools.launcher.state import ContainerState
-    from pbuild.tools.stack.state import process_alive
+    from pbuild.tools.launcher.state import ContainerState, process_running
 
     pids = []
     for path in runtime.glob("stacks/*/stack.json"):
         with contextlib.suppress(OSError, ValueError, KeyError):
             data = json.loads(path.read_text())
-            if process_alive(data["supervisor_pid"], data["supervisor_start"]):
+            if process_running(data["supervisor_pid"], data["supervisor_start"]):
                 pids.append(data["supervisor_pid"])
     for path in runtime.glob("stacks/*/network.json"):
         with contextlib.suppress(OSError, ValueError, KeyError):
             data = json.loads(path.read_text())
-            if process_alive(data["holder_pid"], data["holder_start"]):
+            if process_running(data["holder_pid"], data["holder_start"]):
                 pids.append(data["holder_pid"])
     for path in runtime.glob("containers/*/state.json"):
         with contextlib.suppress(OSError, ValueError, TypeError):
             state = ContainerState.from_json(path.read_text())
-            if state.pid and process_alive(state.pid, state.pid_start):
+            if state.pid and process_running(state.pid, state.pid_start):
                 pids.append(state.pid)
     return pids
 

@@ -57,11 +57,11 @@ def test_named_volumes_live_beside_the_layer_store(tmp_path: Path, monkeypatch: 
 def test_a_zombie_or_a_recycled_pid_is_not_alive() -> None:
     me = os.getpid()
     start = process_start_time(me)
-    assert start is not None and state.process_alive(me, start)
-    assert not state.process_alive(me, start + 1)
+    assert start is not None and state.process_running(me, start)
+    assert not state.process_running(me, start + 1)
     child = subprocess.Popen(["true"])
     child_start = process_start_time(child.pid)
     assert child_start is not None
     time.sleep(0.2)  # it exited; not reaped yet: a zombie
-    assert not state.process_alive(child.pid, child_start)
+    assert not state.process_running(child.pid, child_start)
     child.wait()

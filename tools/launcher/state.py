@@ -73,16 +73,28 @@ class ContainerState(NamedTuple):
         return cls(**data)
 
 
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of ``/proc/PID/stat`` (clock ticks since boot), or None if no such process."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (field 3 on), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = data[data.rindex(b")") + 2 :].split()
-    return int(fields[19])
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/PID/stat`` (clock ticks since boot), or None if no such process."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def process_running(pid: int, start: int) -> bool:
+    """``pid`` is the process that started at ``start`` and has not ended (a zombie has: an init
+    that reaps slowly keeps an ended process's pid and start time around)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X") and int(fields[19]) == start
 
 
 class ContainerStore:

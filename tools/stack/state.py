@@ -31,7 +31,7 @@ from pbuild.lib import atomicio
 from pbuild.lib.determinism import canonical_json
 from pbuild.tools.launcher.dirs import describe_mode, ensure_private_dir
 from pbuild.tools.launcher.layerstore import store_root
-from pbuild.tools.launcher.state import runtime_root
+from pbuild.tools.launcher.state import process_running, runtime_root
 from pbuild.tools.stack.errors import StackError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -184,18 +184,7 @@ def find_by_origin(origin: str, runtime: str | None = None) -> tuple[str, StackR
 def supervisor_alive(record: StackRecord) -> bool:
     """Is the recorded supervisor still that process, and not a zombie? (It is nobody's child:
     an init that reaps slowly would keep an ended supervisor's pid and start time around.)"""
-    return record.supervisor_pid > 0 and process_alive(record.supervisor_pid, record.supervisor_start)
-
-
-def process_alive(pid: int, start: int) -> bool:
-    """``pid`` is the process that started at ``start`` (``/proc/PID/stat`` field 22), not ended."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    fields = data[data.rindex(b")") + 2 :].split()
-    return fields[0] not in (b"Z", b"X") and int(fields[19]) == start
+    return record.supervisor_pid > 0 and process_running(record.supervisor_pid, record.supervisor_start)
 
 
 def volumes_root() -> str:
