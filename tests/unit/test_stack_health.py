@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pbuild.tools.stack.health import STARTING_PROBE_S, CheckResult, HealthState, next_probe
+from pbuild.tools.stack.health import FIRST_PROBE_S, STARTING_PROBE_S, CheckResult, HealthState, next_probe
 from pbuild.tools.stack.spec import Healthcheck
 
 CHECK = Healthcheck(("true",), interval_s=1, retries=3, start_period_s=5)
@@ -48,9 +48,10 @@ def test_the_output_kept_is_bounded() -> None:
 
 def test_a_starting_service_is_probed_sooner_but_counted_once_per_interval() -> None:
     slow = Healthcheck(("true",), interval_s=30, retries=1)
-    assert next_probe(slow, HealthState()) == STARTING_PROBE_S
-    assert next_probe(slow, HealthState("healthy")) == 30
-    assert next_probe(Healthcheck(("true",), interval_s=0.1), HealthState()) == 0.1
+    waits = [next_probe(slow, HealthState(), probes) for probes in range(6)]
+    assert waits[0] == FIRST_PROBE_S and waits == sorted(waits) and waits[-1] == STARTING_PROBE_S
+    assert next_probe(slow, HealthState("healthy"), 5) == 30
+    assert next_probe(Healthcheck(("true",), interval_s=0.08), HealthState(), 5) == 0.08
     early = HealthState().after(slow, FAIL, since_start=0.25, counts=False)
     assert (early.status, early.failures, early.last_output) == ("starting", 0, "refused\n")
     assert early.after(slow, FAIL, since_start=30, counts=True).status == "unhealthy"

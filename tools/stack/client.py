@@ -165,7 +165,8 @@ class Spare:
             os.close(ready_w)
         assert starter.stdin is not None
         self.stdin = starter.stdin
-        starter.wait()
+        self.starter = starter  # reaped in close(): waiting here would undo the overlap
+
 
     def take(self, directory: str, spec: StackSpec) -> None:
         """Become the supervisor of ``spec``'s stack in ``directory``; return once it listens."""
@@ -195,6 +196,7 @@ class Spare:
         if self.ready_r >= 0:
             os.close(self.ready_r)
             self.ready_r = -1
+        self.starter.wait()  # it forks the supervisor once its imports are done, then exits
 
 
 def down(directory: str, *, timeout: float, volumes: bool, out: Out = _progress) -> int:

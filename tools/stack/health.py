@@ -10,9 +10,10 @@ single-threaded (an asyncio loop), so forking it is safe.
 ``unhealthy`` after ``retries`` failures in a row, where failures during ``start_period`` do
 not count; a success makes it ``healthy`` again.
 
-While a service is ``starting`` it is probed every :data:`STARTING_PROBE_S` (or ``interval``, if
-shorter), as Docker's ``start_interval`` does, so that ``up`` and a ``service_healthy``
-dependent go on as soon as the service is healthy, not at the next interval. Only one failure
+While a service is ``starting`` it is probed sooner, as Docker's ``start_interval`` does: first
+after :data:`FIRST_PROBE_S`, the wait doubling up to :data:`STARTING_PROBE_S` (or ``interval``, if
+shorter), so that ``up`` and a ``service_healthy`` dependent go on as soon as the service is
+healthy, not at the next interval, while a slow starter is not probed in a tight loop. Only one failure
 per ``interval`` counts, so ``retries`` failures still take ``retries`` intervals.
 """
 
@@ -29,6 +30,7 @@ from pbuild.tools.stack.spec import Healthcheck
 
 OUTPUT_LIMIT = 4096  # Docker keeps this much of a check's output
 STARTING_PROBE_S = 0.25
+FIRST_PROBE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,12 @@ class HealthState:
         return HealthState(status, failures, output)
 
 
-def next_probe(check: Healthcheck, state: HealthState) -> float:
-    """Seconds until the next probe: sooner while the service is still starting."""
-    return min(check.interval_s, STARTING_PROBE_S) if state.status == "starting" else check.interval_s
+def next_probe(check: Healthcheck, state: HealthState, probes: int = 0) -> float:
+    """Seconds until the next probe, after ``probes`` probes: sooner while the service is still
+    starting."""
+    if state.status != "starting":
+        return check.interval_s
+    return min(check.interval_s, STARTING_PROBE_S, FIRST_PROBE_S * 2 ** min(probes, 8))
 
 
 class CheckResult(NamedTuple):

@@ -267,8 +267,10 @@ class Supervisor:
         assert check is not None and svc.container is not None and svc.health is not None
         name = svc.container.name
         counted = time.monotonic()  # when a failure last counted (one per interval)
+        probes = 0
         while True:
-            await asyncio.sleep(next_probe(check, svc.health))
+            await asyncio.sleep(next_probe(check, svc.health, probes))
+            probes += 1
             if generation != svc.generation or svc.status != "running":
                 return
             result = await run_check(self.store.root, name, check)
