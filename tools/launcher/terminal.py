@@ -108,21 +108,22 @@ def proxy(stdio: Stdio, interactive: bool) -> None:
                     raise
                 if not data:
                     return
-                _write_all(1, data)
+                write_all(1, data)
             if 0 in readable:
                 data = os.read(0, 65536)
                 if data:
-                    _write_all(master, data)
+                    write_all(master, data)
                 else:
                     watch.remove(0)
-                    _write_all(master, b"\x04")  # EOF on our stdin: ^D to the pty
+                    write_all(master, b"\x04")  # EOF on our stdin: ^D to the pty
     finally:
         os.close(master)
         if previous is not None:
             signal.signal(signal.SIGWINCH, previous)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte of ``data`` is written (a pipe or pty takes part at a time)."""
     while data:
         try:
             data = data[os.write(fd, data) :]

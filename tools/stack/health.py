@@ -57,7 +57,7 @@ def next_probe(check: Healthcheck, state: HealthState, probes: int = 0) -> float
     starting."""
     if state.status != "starting":
         return check.interval_s
-    return min(check.interval_s, STARTING_PROBE_S, FIRST_PROBE_S * 2 ** min(probes, 8))
+    return min(check.interval_s, STARTING_PROBE_S, FIRST_PROBE_S * 2.0 ** min(probes, 8))
 
 
 class CheckResult(NamedTuple):

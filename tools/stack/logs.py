@@ -10,6 +10,7 @@ without a newline is written when its pipe closes.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import time
@@ -66,13 +67,10 @@ class LineWriter:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        try:
-            data = data[os.write(fd, data) :]
-        except InterruptedError:
-            continue
-        except OSError:
-            return  # a full disk loses log lines, never the service
+    from pbuild.tools.launcher.terminal import write_all  # the supervisor's: `logs` need not load it
+
+    with contextlib.suppress(OSError):  # a full disk loses log lines, never the service
+        write_all(fd, data)
 
 
 def parse_line(service: str, raw: bytes) -> LogLine | None:
