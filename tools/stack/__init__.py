@@ -4,7 +4,8 @@
   ``stack`` rule and a Compose file both produce it; its JSON form; validation.
 - ``parse``: Compose's service keys (the supported subset) -> ``ServiceSpec``, shared by the
   ``stack`` rule and ``compose``, so a service means the same written in either.
-- ``compose``: a Compose file (the supported subset) -> ``StackSpec``.
+- ``compose``: a Compose file (the supported subset) -> ``StackSpec``; ``interpolate``: its
+  ``${VAR:-default}`` variables.
 - ``network``: the per-stack network: a holder process that owns the stack's user namespace and
   a bridge. The launcher does the joining (``launcher/join.py``: one network namespace, veth and
   address per service, ``/etc/hosts``; ``launcher/netlink.py``; published ports through

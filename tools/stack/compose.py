@@ -3,20 +3,25 @@
 PyYAML reads the file, but not with its own schema: Compose files are read as YAML 1.2 (as
 Docker Compose's Go parser does), so ``restart: no`` is the string "no" and ``8080:80`` is no
 base-60 number. The file is composed into PyYAML's node tree, which carries each value's line,
-and turned into plain values here, so every error says ``file:line``.
+and turned into plain values here, so every error says ``file:line``. String values are
+interpolated as Compose does (``interpolate.py``: ``${VAR:-default}``, ``$$``) from the caller's
+environment over the folder's ``.env``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 from pbuild.lib.errors import UserError
 from pbuild.lib.oci.reference import Reference
 from pbuild.tools.stack.errors import StackError
-from pbuild.tools.stack.parse import SERVICE_KEYS, FieldError, parse_service, supported
+from pbuild.tools.stack.interpolate import InterpolationError, interpolate
+from pbuild.tools.stack.parse import SERVICE_KEYS, FieldError, parse_env_lines, parse_service, supported
 from pbuild.tools.stack.spec import (
     DependencyError,
     ServiceSpec,
@@ -58,11 +63,13 @@ for _tag, _pattern, _first in (
 class _Reader:
     """Node tree -> plain values, with the line of every key path."""
 
-    def __init__(self, loader: _Yaml12Loader, file: str) -> None:
+    def __init__(self, loader: _Yaml12Loader, file: str, variables: Mapping[str, str] | None = None) -> None:
         self.loader = loader
         self.file = file
+        self.variables = variables if variables is not None else {}
         self.lines: dict[Path, int] = {}
         self.nodes = 0
+        self.unset: dict[str, int] = {}  # variables used but not set, and the first line using each
 
     def error(self, message: str, line: int | None, hint: str | None = None) -> StackError:
         where = f"{self.file}:{line}" if line else self.file
@@ -104,6 +111,12 @@ class _Reader:
         if not isinstance(value, str | int | float | bool | type(None)):
             raise self.error(f"{type(value).__name__} values are not supported", node.start_mark.line + 1,
                              "quote the value")
+        if isinstance(value, str) and "$" in value:
+            line = node.start_mark.line + 1
+            try:
+                return interpolate(value, self.variables, lambda name: self.unset.setdefault(name, line))
+            except InterpolationError as exc:
+                raise self.error(str(exc), line, "set the variable, or give a default: ${NAME:-default}") from None
         return value
 
 
@@ -128,7 +141,7 @@ def load_compose(path: str) -> StackSpec:
         at = data.count(b"\n", 0, exc.start) + 1
         raise bad_input(f"{path}:{at}: not UTF-8 text", "save the file as UTF-8") from None
     loader = _Yaml12Loader(text)
-    reader = _Reader(loader, path)
+    reader = _Reader(loader, path, {**_dotenv(folder), **os.environ})
     try:
         root = loader.get_single_node()
         raw = reader.value(root, ()) if root is not None else None
@@ -140,7 +153,29 @@ def load_compose(path: str) -> StackSpec:
         raise reader.error(f"invalid YAML: {exc}", None, "fix the syntax") from None
     finally:
         loader.dispose()
+    for name, line in reader.unset.items():  # as Compose: a warning, and an empty string
+        sys.stderr.write(f"pbuild: warning: {path}:{line}: the variable {name} is not set; it is an empty string\n")
     return _stack(raw, reader, folder)
+
+
+def _dotenv(folder: str) -> dict[str, str]:
+    """The variables of the project folder's ``.env`` (none when there is no such file)."""
+    env_path = os.path.join(folder, ".env")
+    try:
+        with open(env_path, "rb") as handle:
+            data = handle.read(MAX_ENV_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise bad_input(f"cannot read {env_path}: {exc.strerror}", "fix its permissions, or remove it") from None
+    if len(data) > MAX_ENV_FILE_BYTES:
+        raise bad_input(f"{env_path} is larger than {MAX_ENV_FILE_BYTES >> 20} MiB", "is this an env file?")
+    try:
+        return dict(parse_env_lines(data.decode("utf-8"), where=env_path))
+    except UnicodeDecodeError:
+        raise bad_input(f"{env_path}: not UTF-8 text", "save the file as UTF-8") from None
+    except FieldError as exc:
+        raise bad_input(exc.message, exc.hint) from None
 
 
 def _stack(raw: Any, reader: _Reader, folder: str) -> StackSpec:
