@@ -26,6 +26,7 @@ from pbuild.engine.api import (
     Target,
     Toolchain,
     ToolchainInfo,
+    nearest_location,
 )
 from pbuild.engine.errors import AnalysisError, LoadError, Location, PbuildError
 from pbuild.engine.labels import Label
@@ -406,7 +407,7 @@ class Analyzer:
             if not isinstance(entry, dict):
                 raise LoadError(
                     f"attribute {name!r}: {entry_name!r} must be a table, got {type(entry).__name__} {entry!r}",
-                    location=_nested_location(decl, f"{name}.{entry_name}"),
+                    location=nearest_location(decl.attr_locations, f"{name}.{entry_name}", decl.location),
                     label=decl.label,
                     hint=f"write [{decl.label.name}.{name}.{entry_name}] with its keys: "
                          + ", ".join(field_name for field_name, _ in spec.fields),
@@ -416,7 +417,7 @@ class Analyzer:
                 if field_name not in entry:
                     continue
                 dotted = f"{name}.{entry_name}.{field_name}"
-                where = _nested_location(decl, dotted)
+                where = nearest_location(decl.attr_locations, dotted, decl.location)
                 text = entry[field_name]
                 if not isinstance(text, str) or not text.startswith((":", "//")):
                     raise LoadError(
@@ -583,15 +584,6 @@ class Analyzer:
                     label=decl.label,
                     hint=f"{name} needs targets of a rule that provides {kind.__name__}",
                 )
-
-
-def _nested_location(decl: TargetDecl, dotted: str) -> Location:
-    """Where a dotted key inside a table attribute is written, else its nearest enclosing key."""
-    while dotted:
-        if dotted in decl.attr_locations:
-            return decl.attr_locations[dotted]
-        dotted = dotted.rpartition(".")[0]
-    return decl.location
 
 
 def _strings(value: Any) -> TypeGuard[list[str]]:

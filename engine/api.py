@@ -611,6 +611,16 @@ def _write_content(io: ActionIO, params: Mapping[str, Any]) -> None:
         handle.write(params["content"].encode("latin-1"))
 
 
+def nearest_location(locations: Mapping[str, Location], dotted: str, default: Location) -> Location:
+    """Where the attribute ``dotted`` (``services.backend.image``) is written: its own line, else
+    the nearest enclosing key's, else ``default`` (the target's header)."""
+    while dotted:
+        if dotted in locations:
+            return locations[dotted]
+        dotted = dotted.rpartition(".")[0]
+    return default
+
+
 class RuleContext:
     """What a rule implementation sees of its target.
 
@@ -706,12 +716,7 @@ class RuleContext:
         """Where ``attr_name`` is written (else the target's header). A dotted name reaches into
         a table attribute (``services.backend.image``); a key the loader has no line for (in an
         inline table) gets the line of the nearest enclosing key."""
-        name = attr_name or ""
-        while name:
-            if name in self._attr_locations:
-                return self._attr_locations[name]
-            name = name.rpartition(".")[0]
-        return self._target_location
+        return nearest_location(self._attr_locations, attr_name or "", self._target_location)
 
     def fail(self, message: str, *, attr: str | None = None, hint: str | None = None) -> NoReturn:
         """Stop analysis of this target with an error at ``attr``'s line (else the target's)."""

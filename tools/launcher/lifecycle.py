@@ -7,12 +7,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pbuild.tools.launcher import identity, process, seccomp
-from pbuild.tools.launcher.errors import EXIT_FAILED, EXIT_LAUNCHER, LauncherError, NoSuchContainer
+from pbuild.tools.launcher.errors import EXIT_FAILED, EXIT_LAUNCHER, LauncherError
 from pbuild.tools.launcher.state import ContainerState, ContainerStore, is_alive
 from pbuild.tools.sandbox import linux
+
+_MONITOR_GRACE_S = 2.0  # how long a stop waits for the monitor to record the exit
 
 
 def remove_container(store: ContainerStore, state: ContainerState) -> None:
@@ -101,42 +103,65 @@ def stop_all(store: ContainerStore, names: list[str], timeout: float) -> int:
 def stop(store: ContainerStore, name: str, timeout: float) -> int:
     """SIGTERM to the container's init, SIGKILL after ``timeout`` seconds."""
     state = store.find(name)
-    if not is_alive(state):
-        print(state.name)
-        return 0
-    try:
-        pidfd = os.pidfd_open(state.pid)
-    except ProcessLookupError:
-        print(state.name)
-        return 0
-    try:
-        if process_matches(state):
-            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-            if not _wait_fd(pidfd, timeout):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                _wait_fd(pidfd, 10)
-    finally:
-        os.close(pidfd)
-    # The monitor records the exit; give it a moment so `ps -a` shows the code at once.
-    # A `--rm` container removes itself meanwhile: gone is stopped.
-    deadline = time.monotonic() + 2
-    with contextlib.suppress(NoSuchContainer):
-        while store.find(name).status == "running" and time.monotonic() < deadline:
-            time.sleep(0.01)
+    stop_containers(store, [state], timeout)
     print(state.name)
     return 0
 
 
-def process_matches(state: ContainerState) -> bool:
-    return is_alive(state)
+def stop_containers(store: ContainerStore, states: Iterable[ContainerState], timeout: float) -> None:
+    """SIGTERM to each container's init at once, SIGKILL to those still running after
+    ``timeout`` seconds; return once each has ended and its monitor recorded the exit (so that
+    ``ps -a`` shows the code at once, and a removal does not race with that write; a ``--rm``
+    container removes itself meanwhile: gone is stopped)."""
+    pidfds: list[tuple[ContainerState, int]] = []
+    for s in states:
+        if not is_alive(s):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            fd = os.pidfd_open(s.pid)
+            if process_matches(s):  # not recycled between the check and the open
+                signal.pidfd_send_signal(fd, signal.SIGTERM)
+                pidfds.append((s, fd))
+            else:
+                os.close(fd)
+    try:
+        wait_pidfds([fd for _, fd in pidfds], timeout)
+        for _, fd in pidfds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        wait_pidfds([fd for _, fd in pidfds], 10.0)
+    finally:
+        for _, fd in pidfds:
+            os.close(fd)
+    deadline = time.monotonic() + _MONITOR_GRACE_S
+    for s, _ in pidfds:
+        while time.monotonic() < deadline:
+            current = store.load(s.id)
+            if current is None or current.status != "running":
+                break
+            time.sleep(0.01)
 
 
-def _wait_fd(pidfd: int, timeout: float) -> bool:
+def wait_pidfds(pidfds: list[int], timeout: float) -> None:
+    """Wait until every process of ``pidfds`` has ended, or ``timeout`` seconds have passed."""
     import select
 
     poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(int(timeout * 1000)))
+    waiting = set(pidfds)
+    for fd in waiting:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        for fd, _ in poller.poll(int(left * 1000) + 1):
+            waiting.discard(fd)
+            poller.unregister(fd)
+
+
+def process_matches(state: ContainerState) -> bool:
+    return is_alive(state)
 
 
 def rm(store: ContainerStore, names: list[str], force: bool) -> int:

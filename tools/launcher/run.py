@@ -135,10 +135,14 @@ class _Prepared(NamedTuple):
 
     def release(self) -> None:
         """The launcher's copies of the holder's namespaces and the bound ports (after the fork)."""
-        if self.launch.holder is not None:
-            self.launch.holder.close()
-        for listener in self.launch.listeners:
-            listener.sock.close()
+        _release(self.launch.holder, self.launch.listeners)
+
+
+def _release(holder: join_mod.Holder | None, listeners: tuple[forward.Listener, ...]) -> None:
+    if holder is not None:
+        holder.close()
+    for listener in listeners:
+        listener.sock.close()
 
 
 def _prepare(options: RunOptions) -> _Prepared:
@@ -166,10 +170,7 @@ def _prepare(options: RunOptions) -> _Prepared:
             holder = join.open_holder(options.join)
         return _prepare_container(options, limits, capabilities, policy, holder, listeners)
     except BaseException:
-        for listener in listeners:
-            listener.sock.close()
-        if holder is not None:
-            holder.close()
+        _release(holder, listeners)
         raise
 
 

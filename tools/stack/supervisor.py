@@ -35,7 +35,7 @@ from typing import Any
 from pbuild.lib import atomicio
 from pbuild.tools.launcher import process
 from pbuild.tools.launcher.errors import LauncherError
-from pbuild.tools.launcher.lifecycle import remove_container
+from pbuild.tools.launcher.lifecycle import remove_container, stop_containers
 from pbuild.tools.launcher.state import ContainerState, ContainerStore, process_start_time
 from pbuild.tools.stack import control, network, state, teardown
 from pbuild.tools.stack.errors import StackError
@@ -292,7 +292,7 @@ class Supervisor:
             svc.stopping = True
             for task in list(svc.tasks):
                 task.cancel()
-        teardown.stop_containers(self.store, [s.container for s in services if s.container], timeout)
+        stop_containers(self.store, [s.container for s in services if s.container], timeout)
         for svc in services:
             self.remove_container(svc)
             svc.stopping = False
@@ -302,7 +302,7 @@ class Supervisor:
         if svc.container is None:
             return
         if svc.pidfd >= 0 and self.store.load(svc.container.id) is not None:
-            teardown.stop_containers(self.store, [self.store.load(svc.container.id) or svc.container], 10.0)
+            stop_containers(self.store, [self.store.load(svc.container.id) or svc.container], 10.0)
         self._reap(svc)
         if svc.output is not None:
             svc.output.drain_and_close()

@@ -7,68 +7,15 @@ pid is checked against its recorded start time before it is signalled.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import select
 import signal
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from pbuild.tools.launcher.lifecycle import remove_container
-from pbuild.tools.launcher.state import ContainerState, ContainerStore, is_alive, process_start_time
+from pbuild.tools.launcher.lifecycle import remove_container, stop_containers, wait_pidfds
+from pbuild.tools.launcher.state import ContainerState, ContainerStore, is_alive
 from pbuild.tools.stack import network, state
 from pbuild.tools.stack.state import StackRecord
-
-_MONITOR_GRACE_S = 2.0
-
-
-def stop_containers(store: ContainerStore, states: Iterable[ContainerState], timeout: float) -> None:
-    """SIGTERM to each container's init at once, SIGKILL to those still running after
-    ``timeout`` seconds; return once each has ended and its monitor recorded the exit."""
-    live = [s for s in states if is_alive(s)]
-    pidfds: list[tuple[ContainerState, int]] = []
-    for s in live:
-        with contextlib.suppress(ProcessLookupError):
-            fd = os.pidfd_open(s.pid)
-            if process_start_time(s.pid) == s.pid_start:  # not recycled between the check and the open
-                signal.pidfd_send_signal(fd, signal.SIGTERM)
-                pidfds.append((s, fd))
-            else:
-                os.close(fd)
-    try:
-        _wait_all([fd for _, fd in pidfds], timeout)
-        for _, fd in pidfds:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-        _wait_all([fd for _, fd in pidfds], 10.0)
-    finally:
-        for _, fd in pidfds:
-            os.close(fd)
-    # The monitor writes the exit into the container's record: wait a moment for it, so that a
-    # removal does not race with that write.
-    deadline = time.monotonic() + _MONITOR_GRACE_S
-    for s, _ in pidfds:
-        while time.monotonic() < deadline:
-            current = store.load(s.id)
-            if current is None or current.status != "running":
-                break
-            time.sleep(0.01)
-
-
-def _wait_all(pidfds: list[int], timeout: float) -> None:
-    poller = select.poll()
-    waiting = set(pidfds)
-    for fd in waiting:
-        poller.register(fd, select.POLLIN)
-    deadline = time.monotonic() + timeout
-    while waiting:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        for fd, _ in poller.poll(int(left * 1000) + 1):
-            waiting.discard(fd)
-            poller.unregister(fd)
 
 
 def containers_of(store: ContainerStore, record: StackRecord) -> list[ContainerState]:
@@ -94,7 +41,7 @@ def kill_supervisor(record: StackRecord) -> None:
     try:
         if state.supervisor_alive(record):
             signal.pidfd_send_signal(fd, signal.SIGKILL)
-            _wait_all([fd], 5.0)
+            wait_pidfds([fd], 5.0)
     finally:
         os.close(fd)
 
