@@ -829,6 +829,15 @@ class CommandContext(Protocol):
         """The workspace (``--workspace``, else found upward from :attr:`cwd`); found once."""
         ...
 
+    def cache_dir(self) -> str:
+        """The local cache (``--cache-dir``, else the default); no workspace needed."""
+        ...
+
+    def oci_blobs(self) -> BlobStore:
+        """The local cache as a store of OCI blobs (sha256-named, verified when served): where
+        pulled and loaded images keep their bytes."""
+        ...
+
     def build_one(self, target: str) -> BuiltTarget:
         """Build exactly one target with the command's build flags (a user error for a pattern
         naming several); raises the build's error when it fails."""

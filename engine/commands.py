@@ -21,9 +21,10 @@ from pbuild.engine.build import (
 from pbuild.engine.errors import EXIT_BUILD_FAILED, PbuildError
 from pbuild.engine.events import Reporter
 from pbuild.engine.scheduler import ActionStatus
-from pbuild.engine.store import LocalStore
+from pbuild.engine.store import LocalStore, OciBlobs
 from pbuild.engine.toolchains import needed_files
 from pbuild.engine.workspace import Workspace, default_cache_dir, find_workspace
+from pbuild.lib.oci.blobstore import BlobStore
 from pbuild.tools.fstree import remove_tree
 
 
@@ -143,6 +144,12 @@ class EngineCommandContext:
 
     def workspace_root(self) -> str:
         return self.workspace().root
+
+    def cache_dir(self) -> str:
+        return os.path.abspath(self.args.cache_dir) if self.args.cache_dir else default_cache_dir()
+
+    def oci_blobs(self) -> BlobStore:
+        return OciBlobs(LocalStore(self.cache_dir()))
 
     def build_one(self, target: str) -> BuiltTarget:
         from pbuild.engine.build import build
