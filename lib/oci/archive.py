@@ -160,6 +160,7 @@ def unpack(archive: str, dest: str) -> LoadedArchive:
     root = os.path.join(dest, "files")
     os.mkdir(root, 0o700)
     seen: set[str] = set()
+    aliases: dict[str, str] = {}  # symlink member -> the member it names
     try:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -178,9 +179,13 @@ def unpack(archive: str, dest: str) -> LoadedArchive:
             if member.isdir():
                 os.makedirs(os.path.join(root, name), mode=0o700, exist_ok=True)
                 continue
+            if member.issym():
+                aliases[name] = _link_target(archive, name, member.linkname)
+                continue
             if not member.isfile():
-                kind = "a symlink" if member.issym() else "a hard link" if member.islnk() else "a device or fifo"
-                raise _refuse(archive, f"member {name!r} is {kind}; an image archive holds only files and folders")
+                kind = "a hard link" if member.islnk() else "a device or fifo"
+                raise _refuse(archive, f"member {name!r} is {kind}; an image archive holds only files, folders "
+                                       "and symlinks to its own files")
             if name in _JSON_MEMBERS and member.size > MAX_ARCHIVE_JSON:
                 raise _refuse(archive, f"{name} is {member.size} bytes, more than the {MAX_ARCHIVE_JSON} allowed")
             path = os.path.join(root, name)
@@ -200,6 +205,7 @@ def unpack(archive: str, dest: str) -> LoadedArchive:
         raise _refuse(archive, "a member is both a file and a folder") from None
     finally:
         tar.close()
+    _link_aliases(archive, root, aliases)
     docker_names = _docker_manifest(archive, root) if "manifest.json" in seen else None
     if "index.json" in seen and "oci-layout" in seen:
         names = docker_names[1] if docker_names is not None else _index_names(archive, root)
@@ -210,6 +216,29 @@ def unpack(archive: str, dest: str) -> LoadedArchive:
     layout = os.path.join(dest, "layout")
     _convert_docker(archive, root, docker_names[0], layout)
     return LoadedArchive(layout, docker_names[1], "docker-archive")
+
+
+def _link_target(archive: str, name: str, target: str) -> str:
+    """The member a symlink member names (Docker's and skopeo's ``<id>/layer.tar -> ../<hex>.tar``);
+    refused unless it is relative and stays inside the archive."""
+    if not target or target.startswith("/") or "\0" in target:
+        raise _refuse(archive, f"member {name!r} is a symlink to {target!r}, outside the archive")
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+    if resolved.startswith("../") or resolved in ("..", "."):
+        raise _refuse(archive, f"member {name!r} is a symlink to {target!r}, outside the archive")
+    return resolved
+
+
+def _link_aliases(archive: str, root: str, aliases: dict[str, str]) -> None:
+    """Give each symlink member the bytes of the file it names, as a hard link to our own copy
+    (no symlink is ever made on disk); a link to a link, a folder or nothing is refused."""
+    for name, target in sorted(aliases.items()):
+        source = os.path.join(root, target)
+        if target in aliases or not os.path.isfile(source) or os.path.islink(source):
+            raise _refuse(archive, f"member {name!r} is a symlink to {target!r}, which is not a file of the archive")
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.link(source, path)
 
 
 def _read_json(archive: str, path: str, what: str, limit: int = MAX_ARCHIVE_JSON) -> Any:
