@@ -68,7 +68,8 @@ def write_archive(out_path: str, image: oci_layout.LayoutImage, names: Sequence[
     top = Descriptor(image.manifest_blob.descriptor.media_type or mediatypes.OCI_MANIFEST,
                      image.digest, image.manifest_blob.size)
     entries: list[dict[str, Any]] = []
-    for name in names or [None]:
+    tags: list[str | None] = [*names] or [None]  # untagged: one entry without a name
+    for name in tags:
         entry: dict[str, Any] = top.to_json()
         if name is not None:
             ref = Reference.parse(name)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from pbuild.engine.api import OUT_DIR, BuiltTarget, CommandContext, PbuildError
 from pbuild.engine.errors import WorkspaceError
@@ -26,18 +24,6 @@ from pbuild.lib.oci.reference import Reference
 def store_of(ctx: CommandContext) -> ImageStore:
     """The image store of the command's cache dir."""
     return ImageStore.at(ctx.cache_dir(), ctx.oci_blobs())
-
-
-@contextlib.contextmanager
-def scratch(store: ImageStore) -> Iterator[str]:
-    """A fresh folder beside the store (same filesystem, so its blobs link into the CAS)."""
-    parent = os.path.join(store.root, "tmp")
-    os.makedirs(parent, mode=0o700, exist_ok=True)
-    path = tempfile.mkdtemp(dir=parent, prefix="work-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _is_label(text: str) -> bool:
@@ -62,7 +48,7 @@ def pull(ctx: CommandContext) -> int:
     platform = ctx.args.platform or host_platform_name()
     store = store_of(ctx)
     name = str(Reference(ref.registry, ref.repository, ref.tag)) if ref.tag else str(ref)
-    with scratch(store) as work:
+    with store.scratch() as work:
         report = pull_image(str(ref), os.path.join(work, "oci"), plain_http=ctx.args.plain_http, blobs=store.blobs,
                             platform=platform, pinned=False)
         image = store.add_layout(os.path.join(work, "oci"), [name], f"pull {ref}")
@@ -242,7 +228,7 @@ def load(ctx: CommandContext) -> int:
 
     store = store_of(ctx)
     archive = os.path.abspath(ctx.args.input)
-    with scratch(store) as work:
+    with store.scratch() as work:
         loaded = unpack(archive, os.path.join(work, "archive"))
         image = store.add_layout(loaded.layout, loaded.names, f"load {archive}")
     for name in image.names if loaded.names else ():

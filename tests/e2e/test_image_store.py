@@ -280,3 +280,29 @@ def test_not_an_archive(pbuild: Runner, tmp_path: Path, env: dict[str, str]) -> 
     assert_user_error(pbuild("load", "-i", str(tmp_path / "none.tar"), cwd=tmp_path, env=env), 2, "does not exist")
     assert_user_error(pbuild("save", "-o", str(tmp_path / "x.tar"), "nope:1", cwd=tmp_path, env=env), 2,
                       "no image 'nope:1'")
+
+
+def test_the_store_as_an_unprivileged_user(pbuild: Runner, registry: Registry, busybox: Path,
+                                           nobody_dir: Path) -> None:
+    from tests.support.runner import SETPRIV_NOBODY
+
+    digest = _manifest_digest(busybox)
+    push_layout(str(busybox), f"{registry.host}/box:1", plain_http=True)
+    cache = nobody_dir / "cache"
+    env = {"HOME": str(nobody_dir), "PBUILD_RUNTIME_DIR": str(nobody_dir / "run"),
+           "DOCKER_CONFIG": str(nobody_dir / "docker")}
+
+    def run(*args: str) -> Result:
+        return pbuild(*args, cwd=nobody_dir, cache=cache, env=env, prefix=SETPRIV_NOBODY)
+
+    _ok(run("pull", f"{registry.host}/box:1", "--plain-http"))
+    images = cache / "images"
+    assert images.stat().st_uid == 65534 and images.stat().st_mode & 0o077 == 0  # private to its user
+    archive = nobody_dir / "box.tar"
+    _ok(run("save", "-o", str(archive), f"{registry.host}/box:1"))
+    assert archive.stat().st_uid == 65534
+    removed = _ok(run("rmi", f"{registry.host}/box:1"))
+    assert removed.out.splitlines()[-1] == f"Deleted: {digest}"
+    _ok(run("load", "-i", str(archive)))
+    doc = json.loads(_ok(run("images", "--format", "json")).out)
+    assert [(s["id"], s["names"]) for s in doc["stored"]] == [(digest, [f"{registry.host}/box:1"])]
