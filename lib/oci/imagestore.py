@@ -278,9 +278,15 @@ class ImageStore:
         self._ensure_root()
         return atomicio.temp_name(os.path.join(self.root, _TMP, "image"))
 
-    def add_layout(self, layout: str, names: Sequence[str], source: str) -> StoredImage:
+    def add_layout(self, layout: str, names: Sequence[str], source: str, *,
+                   from_blob_store: bool = False) -> StoredImage:
         """Store the one image of the OCI layout ``layout`` (every blob verified and put into
-        the blob store) and point ``names`` at it; returns it. The layout is not changed."""
+        the blob store) and point ``names`` at it; returns it. The layout is not changed.
+
+        ``from_blob_store``: the caller has just written ``layout`` from this store's blob store
+        (a pull: every blob verified on the way in, the layout's files hard links to the blob
+        store's), so its layer blobs are linked as they are instead of hashed once more.
+        """
         full_names = [normalize_name(n) for n in names]
         image = oci_layout.read_image(layout)  # manifest and config checked by digest, layers by size
         config = oci_layout.descriptor(image.manifest.get("config"), "image config", layout,
@@ -290,6 +296,9 @@ class ImageStore:
         cas: dict[OciDigest, str | None] = {}
         for blob in blobs:
             if blob.digest in cas:
+                continue
+            if from_blob_store and os.stat(blob.path()).st_nlink > 1:  # linked from the blob store
+                cas[blob.digest] = blob.path()
                 continue
             cas[blob.digest] = self.blobs.get(blob.digest, blob.size)
             if cas[blob.digest] is None:

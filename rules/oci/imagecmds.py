@@ -51,7 +51,7 @@ def pull(ctx: CommandContext) -> int:
     with store.scratch() as work:
         report = pull_image(str(ref), os.path.join(work, "oci"), plain_http=ctx.args.plain_http, blobs=store.blobs,
                             platform=platform, pinned=False)
-        image = store.add_layout(os.path.join(work, "oci"), [name], f"pull {ref}")
+        image = store.add_layout(os.path.join(work, "oci"), [name], f"pull {ref}", from_blob_store=True)
     ctx.out(f"pulled {name}")
     ctx.out(f"  digest {image.digest} ({platform}), {report.blobs_downloaded} blob(s) downloaded "
             f"({report.bytes_downloaded:,} bytes), {report.blobs_cached} from the cache")

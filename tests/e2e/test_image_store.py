@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from pbuild.lib.oci.registry.push import push_layout
+from pbuild.lib.oci.registry.transport import Credentials
 
 from tests.e2e.test_commands import IMAGE_WS
 from tests.support.launcher import LAUNCHER, kill_leftovers
@@ -306,3 +307,33 @@ def test_the_store_as_an_unprivileged_user(pbuild: Runner, registry: Registry, b
     _ok(run("load", "-i", str(archive)))
     doc = json.loads(_ok(run("images", "--format", "json")).out)
     assert [(s["id"], s["names"]) for s in doc["stored"]] == [(digest, [f"{registry.host}/box:1"])]
+
+
+def test_pull_of_an_index_takes_the_platform(pbuild: Runner, registry: Registry, tmp_path: Path,
+                                             env: dict[str, str]) -> None:
+    from tests.support.peers import make_oci_layout
+
+    multi = make_oci_layout(tmp_path / "multi", [{"etc/release": b"multi\n"}], as_index=True)
+    push_layout(str(multi.path), f"{registry.host}/multi:1", plain_http=True)
+    index = json.loads((multi.path / "blobs" / "sha256" / multi.manifest_digest[7:]).read_text())
+    child = index["manifests"][0]["digest"]
+    _ok(pbuild("pull", f"{registry.host}/multi:1", "--plain-http", cwd=tmp_path, env=env))  # the host's: amd64
+    assert [s["id"] for s in _stored(pbuild, tmp_path, env)] == [child]
+    assert_user_error(pbuild("pull", f"{registry.host}/multi:1", "--plain-http", "--platform", "linux/s390x",
+                             cwd=tmp_path, env=env), 1, "has no manifest for platform linux/s390x")
+
+
+def test_pull_with_credentials_from_the_docker_config(pbuild: Runner, busybox: Path, tmp_path: Path,
+                                                      env: dict[str, str]) -> None:
+    import base64
+
+    with docker_registry(tmp_path / "auth-registry", user="alice", password="s3cret") as secured:
+        push_layout(str(busybox), f"{secured.host}/box:1", plain_http=True, credentials=Credentials("alice", "s3cret"))
+        assert_user_error(pbuild("pull", f"{secured.host}/box:1", "--plain-http", cwd=tmp_path, env=env), 1,
+                          "refused access anonymously", "~/.docker/config.json")
+        config = Path(env["DOCKER_CONFIG"])
+        config.mkdir(parents=True, exist_ok=True)
+        auth = base64.b64encode(b"alice:s3cret").decode()
+        (config / "config.json").write_text(json.dumps({"auths": {secured.host: {"auth": auth}}}))
+        _ok(pbuild("pull", f"{secured.host}/box:1", "--plain-http", cwd=tmp_path, env=env))
+        assert [s["id"] for s in _stored(pbuild, tmp_path, env)] == [_manifest_digest(busybox)]
