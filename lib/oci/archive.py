@@ -200,9 +200,7 @@ def unpack(archive: str, dest: str) -> LoadedArchive:
                     out.write(chunk)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise _refuse(archive, f"the tar is damaged ({exc})") from None
-    except IsADirectoryError:
-        raise _refuse(archive, "a member is both a file and a folder") from None
-    except FileExistsError:
+    except (IsADirectoryError, NotADirectoryError, FileExistsError):
         raise _refuse(archive, "a member is both a file and a folder") from None
     finally:
         tar.close()

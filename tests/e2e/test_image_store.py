@@ -337,3 +337,55 @@ def test_pull_with_credentials_from_the_docker_config(pbuild: Runner, busybox: P
         (config / "config.json").write_text(json.dumps({"auths": {secured.host: {"auth": auth}}}))
         _ok(pbuild("pull", f"{secured.host}/box:1", "--plain-http", cwd=tmp_path, env=env))
         assert [s["id"] for s in _stored(pbuild, tmp_path, env)] == [_manifest_digest(busybox)]
+
+
+def test_a_manifest_that_is_not_the_digest_the_registry_claims(pbuild: Runner, tmp_path: Path,
+                                                               env: dict[str, str]) -> None:
+    """A registry (or a proxy) whose Docker-Content-Digest differs from the bytes it sends."""
+    import http.server
+    import threading
+
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": {}, "layers": []}).encode()
+
+    class Lying(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            self.send_header("Docker-Content-Digest", "sha256:" + "0" * 64)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Lying)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = pbuild("pull", f"127.0.0.1:{server.server_port}/x:1", "--plain-http", cwd=tmp_path, env=env)
+    finally:
+        server.shutdown()
+    assert_user_error(result, 1, "but the registry says sha256:" + "0" * 64)
+    assert _stored(pbuild, tmp_path, env, "-a") == []
+
+
+def test_concurrent_pulls_and_a_compressed_archive(pbuild: Runner, registry: Registry, busybox: Path,
+                                                   tmp_path: Path, env: dict[str, str]) -> None:
+    import gzip
+
+    for tag in ("1", "2", "3"):
+        push_layout(str(busybox), f"{registry.host}/box:{tag}", plain_http=True)
+    procs = [pbuild.popen("pull", f"{registry.host}/box:{tag}", "--plain-http", cwd=tmp_path, env=env)
+             for tag in ("1", "2", "3")]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    stored = _stored(pbuild, tmp_path, env, "-a")
+    assert [s["names"] for s in stored] == [[f"{registry.host}/box:{tag}" for tag in ("1", "2", "3")]]
+    saved = tmp_path / "box.tar"
+    _ok(pbuild("save", "-o", str(saved), f"{registry.host}/box:2", cwd=tmp_path, env=env))
+    (tmp_path / "box.tar.gz").write_bytes(gzip.compress(saved.read_bytes()))  # docker save | gzip
+    _ok(pbuild("rmi", stored[0]["id"], cwd=tmp_path, env=env))  # type: ignore[arg-type]
+    loaded = _ok(pbuild("load", "-i", str(tmp_path / "box.tar.gz"), cwd=tmp_path, env=env))
+    assert loaded.out.strip() == f"Loaded image: {registry.host}/box:2"
