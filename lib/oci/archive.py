@@ -89,36 +89,45 @@ def write_archive(out_path: str, image: oci_layout.LayoutImage, names: Sequence[
     files = {_blob_name(image.digest): image.manifest_blob.path(), _blob_name(config.digest): config.path()}
     files.update({_blob_name(layer.blob.digest): layer.path for layer in image.layers})
     with atomicio.writing(os.path.abspath(out_path), mode=0o644) as handle:
-        _write_tar(handle, documents, files, dirs=("blobs", "blobs/sha256"))
+        write_tar(handle, documents, files, dirs=("blobs", "blobs/sha256"))
 
 
-def _write_tar(handle: BinaryIO, documents: Mapping[str, bytes], files: Mapping[str, str],
-               dirs: Sequence[str]) -> None:
+def write_tar(handle: BinaryIO, documents: Mapping[str, bytes], files: Mapping[str, str], *,
+              dirs: Sequence[str] = (), mtime: int = 0) -> None:
+    """A deterministic tar of ``documents`` (name -> bytes), ``files`` (name -> a file to copy)
+    and ``dirs`` into ``handle``: members sorted by name, mode 0644/0755, owner 0:0, ``mtime``.
+    Shared by ``pbuild save`` and the image rule's docker-archive."""
     written = 0
     for name in sorted({*documents, *files, *dirs}):
         if name in dirs:
-            header = determinism.tar_header(name + "/", kind=tarfile.DIRTYPE, mode=0o755)
+            header = determinism.tar_header(name + "/", kind=tarfile.DIRTYPE, mode=0o755, mtime=mtime)
             handle.write(header)
             written += len(header)
             continue
         data = documents.get(name)
         size = len(data) if data is not None else os.path.getsize(files[name])
-        header = determinism.tar_header(name, kind=tarfile.REGTYPE, mode=0o644, size=size)
+        header = determinism.tar_header(name, kind=tarfile.REGTYPE, mode=0o644, size=size, mtime=mtime)
         handle.write(header)
         if data is not None:
             handle.write(data)
         else:
-            with open(files[name], "rb") as source:
-                copied = 0
-                while chunk := source.read(_CHUNK):
-                    handle.write(chunk)
-                    copied += len(chunk)
-            if copied != size:
-                raise OSError(f"{files[name]} changed size while it was archived")
+            handle.flush()
+            _copy_into(files[name], handle.fileno(), size)
         padding = determinism.tar_padding(size)
         handle.write(padding)
         written += len(header) + size + len(padding)
     handle.write(determinism.tar_trailer(written))
+
+
+def _copy_into(source: str, out_fd: int, size: int) -> None:
+    """Append ``size`` bytes of ``source`` to ``out_fd`` in the kernel (no copy through Python)."""
+    with open(source, "rb") as src:
+        copied = 0
+        while copied < size:
+            sent = os.sendfile(out_fd, src.fileno(), copied, size - copied)
+            if sent == 0:
+                raise OSError(f"{source} shrank while it was being copied")
+            copied += sent
 
 
 # ---------------------------------------------------------------------------------------------

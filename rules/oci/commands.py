@@ -45,6 +45,7 @@ def push(ctx: CommandContext) -> int:
 def _configure_images(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-a", "--all", action="store_true", help="also show dangling images (no name left)")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="table (default) or json")
+    parser.add_argument("--no-trunc", action="store_true", help="show whole image IDs (sha256:...)")
 
 
 def _configure_pull(parser: argparse.ArgumentParser) -> None:

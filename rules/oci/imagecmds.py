@@ -131,14 +131,17 @@ def list_images(ctx: CommandContext) -> int:
         doc = {"built": built, "stored": [describe(image) for image in stored]}
         ctx.out(json.dumps(doc, indent=2, sort_keys=True))
         return 0
+    def shown(digest: str) -> str:
+        return digest if ctx.args.no_trunc else oci_hex(OciDigest(digest))[:12]
+
     rows = []
     for target in built:
         tags = [str(t) for t in target["names"]] if isinstance(target["names"], list) else []
-        rows.append((str(target["target"]), ",".join(tags) or "<none>", oci_hex(OciDigest(str(target["id"])))[:12],
-                     "built", _size(int(str(target["size"])))))
+        rows.append((str(target["target"]), ",".join(tags) or "<none>", shown(str(target["id"])), "built",
+                     _size(int(str(target["size"])))))
     for image in stored:
         for repository, tag in [_split(n) for n in image.names] or [("<none>", "<none>")]:
-            rows.append((repository, tag, image.short_id, _ago(image.created), _size(image.size)))
+            rows.append((repository, tag, shown(image.digest), _ago(image.created), _size(image.size)))
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(_HEADER)]
     for row in [_HEADER, *rows]:
         ctx.out("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

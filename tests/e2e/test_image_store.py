@@ -92,6 +92,7 @@ def test_pull_images_tag_rmi(pbuild: Runner, registry: Registry, busybox: Path, 
     table = _ok(pbuild("images", cwd=outside, env=env)).out.splitlines()
     assert table[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
     assert table[1].split()[:3] == [f"{registry.host}/box", "1", digest[7:19]]
+    assert _ok(pbuild("images", "--no-trunc", cwd=outside, env=env)).out.splitlines()[1].split()[2] == digest
 
     assert_user_error(pbuild("pull", f"{registry.host}/box", "--plain-http", cwd=outside, env=env), 2,
                       "names neither a tag nor a digest", f"hint: write {registry.host}/box:TAG")
