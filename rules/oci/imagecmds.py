@@ -234,9 +234,8 @@ def load(ctx: CommandContext) -> int:
     with store.scratch() as work:
         loaded = unpack(archive, os.path.join(work, "archive"))
         image = store.add_layout(loaded.layout, loaded.names, f"load {archive}")
-    for name in image.names if loaded.names else ():
-        if name in loaded.names:
-            ctx.out(f"Loaded image: {name}")
+    for name in loaded.names:
+        ctx.out(f"Loaded image: {name}")
     if not loaded.names:
         ctx.out(f"Loaded image ID: {image.digest}")
     return 0
@@ -251,7 +250,7 @@ def push_stored(ctx: CommandContext, given: str, destination: str | None) -> int
 
     image = store_of(ctx).resolve(given)
     target = destination or _name_or_none(given)
-    if target is None or target not in image.names and destination is None:
+    if target is None or (destination is None and target not in image.names):
         raise PbuildError(f"{given!r} is an image ID; pbuild push needs a name to push to",
                           hint="pbuild push ID REGISTRY/REPO:TAG, or tag it first (pbuild tag ID REGISTRY/REPO:TAG)")
     return int(push_main(image.layout, target, plain_http=ctx.args.plain_http, out=ctx.out))
