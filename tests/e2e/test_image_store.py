@@ -390,3 +390,22 @@ def test_concurrent_pulls_and_a_compressed_archive(pbuild: Runner, registry: Reg
     _ok(pbuild("rmi", stored[0]["id"], cwd=tmp_path, env=env))  # type: ignore[arg-type]
     loaded = _ok(pbuild("load", "-i", str(tmp_path / "box.tar.gz"), cwd=tmp_path, env=env))
     assert loaded.out.strip() == f"Loaded image: {registry.host}/box:2"
+
+
+def test_push_of_a_stored_image(pbuild: Runner, registry: Registry, busybox: Path, tmp_path: Path,
+                                env: dict[str, str]) -> None:
+    skopeo = require("skopeo")
+    digest = _manifest_digest(busybox)
+    push_layout(str(busybox), f"{registry.host}/box:1", plain_http=True)
+    _ok(pbuild("pull", f"{registry.host}/box:1", "--plain-http", cwd=tmp_path, env=env))
+    _ok(pbuild("tag", f"{registry.host}/box:1", f"{registry.host}/copy:2", cwd=tmp_path, env=env))
+    pushed = _ok(pbuild("push", f"{registry.host}/copy:2", "--plain-http", cwd=tmp_path, env=env))  # to its name
+    assert pushed.out.splitlines()[0] == f"pushed {registry.host}/copy:2@{digest}"
+    _ok(pbuild("push", digest[7:19], f"{registry.host}/third:3", "--plain-http", cwd=tmp_path, env=env))
+    for ref in ("copy:2", "third:3"):
+        inspect = subprocess.run([skopeo, "inspect", "--tls-verify=false", f"docker://{registry.host}/{ref}"],
+                                 capture_output=True, text=True, check=True, timeout=60)
+        assert json.loads(inspect.stdout)["Digest"] == digest
+    assert_user_error(pbuild("push", digest[7:19], "--plain-http", cwd=tmp_path, env=env), 2,
+                      "is an image ID; pbuild push needs a name")
+    assert_user_error(pbuild("push", "//srv:image", cwd=tmp_path, env=env), 2, "no REF to push to")
