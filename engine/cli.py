@@ -231,21 +231,22 @@ def _main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "build")
     if args_list and args_list[0] in _LAUNCHER_COMMANDS and not _names_a_stack(args_list):
         return _launcher(args_list)
-    parser = make_parser(() if args_list and args_list[0] in _ENGINE_COMMANDS else None)
+    parser = None
     try:
-        if args_list and args_list[0] == "run":
+        if args_list and args_list[0] == "run":  # its own parser, in Docker's order (and no other)
             args = _parse_run(args_list[1:])
         else:
+            parser = make_parser(() if args_list and args_list[0] in _ENGINE_COMMANDS else None)
             args = parser.parse_args(args_list)
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else EXIT_BAD_INPUT
     except UserError as exc:  # pbuild run's own command line
         print(exc.render(), file=sys.stderr)
         return exc.exit_code
-    if args.command is None:
+    if parser is not None and args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    if args.command == "help":
+    if parser is not None and args.command == "help":
         return _help(parser, args.topic)
     try:
         return _dispatch(args, user_umask)
