@@ -13,7 +13,8 @@ from pbuild.tools.launcher.options import add_exec_options, image_command
 
 @pytest.fixture(scope="module")
 def parser() -> argparse.ArgumentParser:
-    return run_parser()[0]
+    run, _ = run_parser()
+    return run
 
 
 @pytest.fixture(scope="module")
