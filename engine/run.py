@@ -164,12 +164,18 @@ def _run_unbuilt_image(request: RunRequest, kind: str) -> int:
         return _start_image(request.target, request)
     from pbuild.engine.store import LocalStore, OciBlobs
     from pbuild.engine.workspace import default_cache_dir
+    from pbuild.lib.errors import UserError
     from pbuild.lib.oci.imagestore import ImageNotFound, ImageStore
 
     cache_dir = os.path.abspath(request.cache_dir) if request.cache_dir else default_cache_dir()
     try:
         image = ImageStore.at(cache_dir, OciBlobs(LocalStore(cache_dir))).resolve(request.target)
     except ImageNotFound as exc:
+        hint = exc.hint or ""
+        if ":" in request.target and "/" not in request.target:  # `app:image` for //app:image?
+            hint += f"; a target to build is written as a label: //{request.target}"
+        raise RunError(exc.message, hint=hint) from None
+    except UserError as exc:  # an ambiguous ID prefix, a damaged store: run's own error too
         raise RunError(exc.message, hint=exc.hint) from None
     return _start_image(f"oci:{image.layout}", request)
 

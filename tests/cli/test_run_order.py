@@ -191,3 +191,10 @@ def test_help_of_other_commands(pbuild: Runner, tmp_path: Path) -> None:
     assert result.code == 0 and result.out.startswith("usage: pbuild build")
     assert pbuild("help", cwd=tmp_path).code == 0
     assert pbuild("help", "frobnicate", cwd=tmp_path).code == 2
+
+
+def test_an_image_not_in_the_store_outside_any_workspace(pbuild: Runner, tmp_path: Path) -> None:
+    for ref in ("127.0.0.1:5000/app:1", "nosuch", "abcdef12"):
+        result = pbuild("run", "--rm", ref, "sh", cwd=tmp_path)
+        one_error(result, f"no image '{ref}' in the image store ({tmp_path / 'cache' / 'images'})",
+                  "`pbuild images` lists the stored images")

@@ -146,6 +146,42 @@ def test_detach_then_exec_from_disk(user: LauncherUser) -> None:
     assert as_user(user, "rm", "-f", "web").code == 0
 
 
+def store_image(cache: Path, layout: Path, *names: str) -> str:
+    """Put the image of ``layout`` into the image store of the cache dir ``cache``, as `pbuild
+    load` does (the real store, over the real CAS); returns its ID."""
+    from pbuild.engine.store import LocalStore, OciBlobs
+    from pbuild.lib.oci.imagestore import ImageStore
+
+    stored = ImageStore.at(str(cache), OciBlobs(LocalStore(str(cache)))).add_layout(str(layout), names, "test")
+    return str(stored.digest)
+
+
+def test_a_stored_image_by_name_or_id_outside_any_workspace(user: LauncherUser) -> None:
+    cache = user.base / "cache"
+    layout = make_busybox_image(user.base / "layout", config={**BASE_CONFIG, "Cmd": ["/bin/sh", "-c", "echo stored"]})
+    digest = store_image(cache, layout, "127.0.0.1:5000/app:1", "bb")
+    user.give(cache)
+    user.env["PBUILD_CACHE"] = str(cache)
+    assert not (user.base / "WORKSPACE.toml").exists()
+    for ref in ("127.0.0.1:5000/app:1", "bb", "bb:latest", "docker.io/library/bb:latest", digest,
+                digest.removeprefix("sha256:")[:12]):
+        result = as_user(user, "run", "--rm", ref)
+        assert result.code == 0 and result.out == "stored\n", (ref, str(result))
+    # options before it and a command after it, as for any image
+    result = as_user(user, "run", "--rm", "-e", "A=1", "bb", "sh", "-c", "echo $A $FOO")
+    assert result.code == 0 and result.out == "1 bar\n", str(result)
+    result = as_user(user, "run", "--rm", "--cache-dir", str(cache), "bb", "--", "printf", "%s\\n", "-e")
+    assert result.code == 0 and result.out == "-e\n", str(result)
+    # not stored: one message with the fix, 125 (run's own error), and nothing run
+    for ref, hint in (("bb:2", "`pbuild pull REF` or `pbuild load -i FILE` adds one"),
+                      ("app:image", "a target to build is written as a label: //app:image")):
+        missing = as_user(user, "run", "--rm", ref)
+        assert missing.code == 125 and f"no image '{ref}' in the image store" in missing.err, str(missing)
+        assert hint in missing.err and "Traceback" not in missing.err
+    refused = as_user(user, "run", "-j", "2", "bb")
+    assert refused.code == 125 and "--jobs: build options apply to a target, and bb is an image" in refused.err
+
+
 def test_platform_picks_the_hosts_image_of_an_index(tmp_path: Path, runtime: dict[str, str]) -> None:
     """An index of two platforms: --platform linux/amd64 (this machine's) runs that one's image."""
     from pbuild.tools.launcher.config import host_platform

@@ -167,3 +167,15 @@ def test_every_run_option_of_the_issue_is_there(table: OptionTable) -> None:
                    "--cpus", "--pids-limit", "--security-opt", "--platform", "-j", "-k", "-q", "--build-event-json",
                    "--remote-cache", "--workspace", "--cache-dir"):
         assert option in table.takes_value, option
+
+
+@pytest.mark.parametrize(("target", "kind"), [
+    ("//app:image", "label"), (":image", "label"), ("//app", "label"),
+    ("oci:/x", "disk"), ("oci:rel/layout:tag", "disk"), ("docker-archive:/x.tar", "disk"),
+    ("app:1", "stored"), ("127.0.0.1:5000/app:1", "stored"), ("busybox", "stored"), ("3f2a9c", "stored"),
+    ("sha256:" + "a" * 64, "stored"), ("app:image", "stored"),
+])  # fmt: skip
+def test_what_the_target_names(target: str, kind: str) -> None:
+    from pbuild.engine.run import target_kind
+
+    assert target_kind(target) == kind
