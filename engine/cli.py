@@ -178,8 +178,6 @@ def _parse_run(argv: Sequence[str]) -> argparse.Namespace:
     """``pbuild run``'s command line: the options parsed, the target and the words after it."""
     from pbuild.engine.run import USAGE, ContainerRequest, RunError
     from pbuild.lib.cmdline import OptionTable, split_at_operand
-    from pbuild.tools.launcher.options import run_options
-
     parser, container = run_parser()
     table = OptionTable.of(parser)
     line = split_at_operand(table, argv)
@@ -188,9 +186,10 @@ def _parse_run(argv: Sequence[str]) -> argparse.Namespace:
         raise RunError("pbuild run needs a target or an image", hint=f"{USAGE}; see `pbuild run --help`")
     args.command, args.target, args.args = "run", line.operand, line.rest
     container_names = {name for action in container for name in action.option_strings}
-    args.container = ContainerRequest(run_options(args, "", ()),
-                                      tuple(o for o in line.given if o in container_names), table)
+    args.container = ContainerRequest(args, tuple(o for o in line.given if o in container_names), table)
     args.build_options = tuple(o for o in line.given if o not in container_names)
+    if args.container.given:  # a bad value (-v of a missing folder, -p 1:x) is refused before any build
+        args.container.run_options("", ())
     return args
 
 

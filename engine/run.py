@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from pbuild.engine.errors import PbuildError
 
 if TYPE_CHECKING:
+    import argparse
+
     from pbuild.engine.build import Analyzed, BuildRequest
     from pbuild.engine.scheduler import Executor
     from pbuild.engine.workspace import Workspace
@@ -54,11 +56,17 @@ def target_kind(target: str) -> str:
 
 @dataclass(frozen=True)
 class ContainerRequest:
-    """The container options of one ``pbuild run`` (for an image), as the launcher takes them."""
+    """The container options of one ``pbuild run`` (for an image)."""
 
-    options: RunOptions  # image and command are filled in when the image is known
+    parsed: argparse.Namespace  # as parsed; the launcher's RunOptions are made when the image is known
     given: tuple[str, ...]  # the container options on the command line (refused for a program)
     table: OptionTable  # every option of `pbuild run`: one right after an image is refused
+
+    def run_options(self, image: str, command: Sequence[str]) -> RunOptions:
+        """The launcher's options for running ``image`` with ``command``."""
+        from pbuild.tools.launcher.options import run_options
+
+        return run_options(self.parsed, image, command)
 
 
 @dataclass(frozen=True)
@@ -301,7 +309,7 @@ def _start_image(image: str, request: RunRequest) -> int:
     from pbuild.tools.launcher.options import image_command
 
     command = image_command(request.container.table, request.args, "image", USAGE)
-    return run_image(request.container.options._replace(image=image, command=command))
+    return run_image(request.container.run_options(image, command))
 
 
 def _program_args(plan: ProgramPlan, extra: Sequence[str]) -> list[str]:

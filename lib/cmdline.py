@@ -14,24 +14,46 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import NamedTuple
 
 
-class CommandLine(NamedTuple):
-    """A command line cut at its operand."""
+class CommandLine:
+    """A command line cut at its operand.
 
-    options: tuple[str, ...]  # the words before the operand (without a ``--`` that ended them)
-    operand: str | None  # None: there was none
-    rest: tuple[str, ...]  # every word after the operand, verbatim
-    given: tuple[str, ...] = ()  # the known options among ``options``, by their longest name, once each
+    A plain class rather than a NamedTuple: this module is on ``pbuild run``'s no-op path, and
+    making a NamedTuple class costs more at import than this whole module otherwise.
+    """
+
+    __slots__ = ("options", "operand", "rest", "given")
+
+    def __init__(self, options: tuple[str, ...], operand: str | None, rest: tuple[str, ...],
+                 given: tuple[str, ...] = ()) -> None:
+        self.options = options  # the words before the operand (without a ``--`` that ended them)
+        self.operand = operand  # None: there was none
+        self.rest = rest  # every word after the operand, verbatim
+        self.given = given  # the known options among ``options``, by their longest name, once each
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.options, self.operand, self.rest, self.given)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CommandLine) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "CommandLine({!r}, {!r}, {!r}, {!r})".format(*self._key())
 
 
-class OptionTable(NamedTuple):
+class OptionTable:
     """The option strings of a parser: whether each takes a value, and each one's longest name
     (``-e`` -> ``--env``), which names it in messages."""
 
-    takes_value: dict[str, bool]
-    names: dict[str, str]
+    __slots__ = ("takes_value", "names")
+
+    def __init__(self, takes_value: dict[str, bool], names: dict[str, str]) -> None:
+        self.takes_value = takes_value
+        self.names = names
 
     @classmethod
     def of(cls, parser: argparse.ArgumentParser) -> OptionTable:

@@ -122,7 +122,7 @@ def test_build_options_for_an_image_that_is_not_built(ws: Path, pbuild: Runner) 
 
 
 def test_another_platform(ws: Path, pbuild: Runner, tmp_path: Path) -> None:
-    from pbuild.tools.launcher.config import host_platform
+    from pbuild.tools.launcher.hostplatform import host_platform
 
     host = host_platform()
     for result in (pbuild("run", "--platform", "linux/s390x", "oci:/nowhere", cwd=ws),

@@ -184,7 +184,7 @@ def test_a_stored_image_by_name_or_id_outside_any_workspace(user: LauncherUser) 
 
 def test_platform_picks_the_hosts_image_of_an_index(tmp_path: Path, runtime: dict[str, str]) -> None:
     """An index of two platforms: --platform linux/amd64 (this machine's) runs that one's image."""
-    from pbuild.tools.launcher.config import host_platform
+    from pbuild.tools.launcher.hostplatform import host_platform
 
     host = host_platform()
     other = "linux/s390x" if host != "linux/s390x" else "linux/amd64"

@@ -15,12 +15,6 @@ from pbuild.tools.launcher.errors import LauncherError
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def host_platform() -> str:
-    """The platform this machine runs images of, as OCI names it (``linux/amd64``)."""
-    machine = os.uname().machine
-    return "linux/" + {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-
-
 class Volume(NamedTuple):
     """``-v HOST:CONTAINER[:ro]``"""
 

@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 from pbuild.lib.errors import UserError
 from pbuild.lib.oci import layout as oci_layout
 from pbuild.lib.oci.errors import AmbiguousLayout
-from pbuild.tools.launcher.config import host_platform
 from pbuild.tools.launcher.errors import LauncherError
+from pbuild.tools.launcher.hostplatform import host_platform
 
 
 class Layer(NamedTuple):

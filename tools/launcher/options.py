@@ -3,18 +3,21 @@
 The launcher's own parser (``python -m pbuild.tools.launcher run``) and the engine's ``pbuild
 run`` parser (which adds the build options) both add them with :func:`add_run_options` and
 turn what was parsed into :class:`RunOptions` with :func:`run_options`; ``exec`` adds
-:func:`add_exec_options`. Import-light: the engine loads it on every ``pbuild run``.
+:func:`add_exec_options`. Import-light: the engine loads it on every ``pbuild run``, a program's too.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pbuild.lib.cmdline import OptionTable, misplaced_option_message, strip_command
-from pbuild.tools.launcher.config import PortMapping, RunOptions, Volume, host_platform
 from pbuild.tools.launcher.errors import LauncherError
+from pbuild.tools.launcher.hostplatform import host_platform
+
+if TYPE_CHECKING:
+    from pbuild.tools.launcher.config import RunOptions
 
 RUN_USAGE = "pbuild run [OPTIONS] IMAGE [COMMAND] [ARG...]"
 EXEC_USAGE = "pbuild exec [OPTIONS] CONTAINER COMMAND [ARG...]"
@@ -98,7 +101,10 @@ def checked_platform(platform: str | None) -> str | None:
 
 
 def run_options(ns: argparse.Namespace, image: str, command: Sequence[str]) -> RunOptions:
-    """The :class:`RunOptions` of the container options parsed into ``ns``."""
+    """The :class:`RunOptions` of the container options parsed into ``ns`` (the records are
+    loaded here, not at import: a ``pbuild run`` of a program never needs them)."""
+    from pbuild.tools.launcher.config import PortMapping, RunOptions, Volume
+
     network = ns.network
     if ns.publish and network == "none":
         network = "slirp4netns"
