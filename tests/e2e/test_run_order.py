@@ -219,3 +219,25 @@ def test_the_launcher_alone_takes_the_same_order(tmp_path: Path, runtime: dict[s
                           env={**runtime, "PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(p for p in sys.path if p)},
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout == "3\n", proc.stderr
+
+
+def test_a_loaded_image_runs_by_name(app: tuple[Path, Runner], runtime: dict[str, str], tmp_path: Path) -> None:
+    """`pbuild load -i` the built image's docker-archive, then `pbuild run` it by its name and by
+    its ID from a folder outside any workspace, in Docker's order."""
+    ws, runner = app
+    cache = tmp_path / "store-cache"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    loaded = runner("load", "-i", str(ws / "pbuild-out/app/image/image.tar"), cwd=elsewhere, cache=cache)
+    assert loaded.code == 0, str(loaded)
+    assert runner("run", "--rm", "pbuild.local/app", cwd=elsewhere, cache=cache, env=runtime).out == "18\n"
+    result = runner("run", "--rm", "-e", "FOO=bar", "--entrypoint", "/usr/bin/python3.11", "pbuild.local/app:latest",
+                    "-c", PRINT_FOO, cwd=elsewhere, cache=cache, env=runtime)  # fmt: skip
+    assert result.code == 0 and result.out == "bar\n", str(result)
+    from pbuild.engine.store import LocalStore, OciBlobs
+    from pbuild.lib.oci.imagestore import ImageStore
+
+    image = ImageStore.at(str(cache), OciBlobs(LocalStore(str(cache)))).resolve("pbuild.local/app:latest")
+    by_id = runner("run", "--rm", str(image.digest).removeprefix("sha256:")[:12], cwd=elsewhere, cache=cache,
+                   env=runtime)  # fmt: skip
+    assert by_id.code == 0 and by_id.out == "18\n", str(by_id)
