@@ -152,8 +152,8 @@ class RunInfo(Provider):
     """How ``pbuild run`` starts a target once it is built.
 
     ``argv`` items that are :class:`File` become absolute paths of the materialized outputs.
-    The arguments the user gives after the label are appended (a leading ``--`` is dropped
-    unless ``keep_dashdash`` is set, which the image launcher needs).
+    The words the user gives after the label are appended verbatim (a leading ``--`` is
+    dropped unless ``keep_dashdash`` is set).
     """
 
     argv: tuple[str | File, ...]

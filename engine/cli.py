@@ -35,7 +35,7 @@ def _names_a_stack(args: Sequence[str]) -> bool:
     return any(a.startswith(("//", ":")) or a in flags or a.startswith("--file=") for a in args[1:])
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: Any) -> None:
     parser.add_argument("--workspace", metavar="DIR", help="workspace root (default: search upward for WORKSPACE.toml)")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="local cache (default: $PBUILD_CACHE, else $XDG_CACHE_HOME/pbuild, else ~/.cache/pbuild)")
@@ -52,13 +52,15 @@ def _at_least_one(text: str) -> int:
     return value
 
 
-def _add_build_flags(parser: argparse.ArgumentParser) -> None:
-    _add_common(parser)
-    parser.add_argument("-j", "--jobs", type=_at_least_one, default=os.cpu_count() or 1, metavar="N",
+def _add_build_flags(parser: argparse.ArgumentParser, group: Any = None) -> None:
+    """The build flags, into ``group`` of ``parser`` (the remote flags get a group of their own)."""
+    into = parser if group is None else group
+    _add_common(into)
+    into.add_argument("-j", "--jobs", type=_at_least_one, default=os.cpu_count() or 1, metavar="N",
                         help="actions to run at once (default: the number of CPUs)")
-    parser.add_argument("-k", "--keep-going", action="store_true", help="build everything that can be built after a failure")
-    parser.add_argument("--build-event-json", metavar="FILE", help="write one JSON line per action and a summary to FILE")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    into.add_argument("-k", "--keep-going", action="store_true", help="build everything that can be built after a failure")
+    into.add_argument("--build-event-json", metavar="FILE", help="write one JSON line per action and a summary to FILE")
+    into.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     _add_remote_flags(parser)
 
 
@@ -84,13 +86,9 @@ def make_parser(family_commands: Sequence[Command] | None = None) -> argparse.Ar
     p.add_argument("patterns", nargs="+", metavar="PATTERN")
     _add_build_flags(p)
 
-    p = sub.add_parser("run", help="build and run a binary or an image",
-                       description="Build TARGET, then run it. For a py_binary, arguments after -- are passed on. "
-                       "For an image, launcher flags (-e, -v, -p, --name, -d, ...) and then -- CMD ARGS; "
-                       "oci:PATH and docker-archive:PATH run an image from disk.")
-    p.add_argument("target", metavar="TARGET")
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
-    _add_build_flags(p)
+    # Parsed apart (run_parser), in Docker's order; here for `pbuild --help` only.
+    sub.add_parser("run", help="build and run a binary or an image; run an image from disk or the store",
+                   add_help=False)
 
     p = sub.add_parser("test", help="build and run tests", description="Run test targets in parallel; passing "
                        "results are cached by action key.")
@@ -140,8 +138,76 @@ def make_parser(family_commands: Sequence[Command] | None = None) -> argparse.Ar
             continue
         p = sub.add_parser(name, help=text, description=f"{text} (see docs/launcher.md)", add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
-    sub.add_parser("help", help="show this help")
+    p = sub.add_parser("help", help="show this help, or a command's (`pbuild help run`)")
+    p.add_argument("topic", nargs="?", metavar="COMMAND")
     return parser
+
+
+_RUN_DESCRIPTION = """\
+Build TARGET and run it, or run an IMAGE. The options come first, as in `docker run`; the first
+word that is neither an option nor an option's value is the target, and every word after it is
+the command, verbatim (one `--` right after the target is dropped).
+
+TARGET is a label (//pkg:name, :name): a py_binary runs with the words after it as its
+arguments; an image runs in a container, the words after it replacing its Cmd. IMAGE is
+oci:PATH[:NAME], docker-archive:PATH, or the name or ID of an image in the store
+(`pbuild images`). Exit codes: the program's or container's own; 125 for an error of pbuild run
+itself (a bad option, no such image, a container that cannot start); a failed build 1, a bad
+BUILD file 2."""
+
+
+def run_parser() -> tuple[argparse.ArgumentParser, list[argparse.Action]]:
+    """The parser of ``pbuild run``'s options (build and container options; no positionals: the
+    target and the command are cut off first, see :mod:`pbuild.lib.cmdline`), and its
+    container options."""
+    from pbuild.engine.run import USAGE, RunError
+    from pbuild.tools.launcher.options import add_run_options
+
+    class RunParser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise RunError(f"pbuild run: {message}", hint=f"{USAGE}; see `pbuild run --help`")
+
+    parser = RunParser(prog="pbuild run", usage=USAGE, description=_RUN_DESCRIPTION, allow_abbrev=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_build_flags(parser, parser.add_argument_group("build options (for a TARGET)"))
+    container = add_run_options(parser.add_argument_group("container options (for an image)"))
+    return parser, container
+
+
+def _parse_run(argv: Sequence[str]) -> argparse.Namespace:
+    """``pbuild run``'s command line: the options parsed, the target and the words after it."""
+    from pbuild.engine.run import USAGE, ContainerRequest, RunError
+    from pbuild.lib.cmdline import OptionTable, split_at_operand
+    parser, container = run_parser()
+    table = OptionTable.of(parser)
+    line = split_at_operand(table, argv)
+    args = parser.parse_args(line.options)
+    if line.operand is None:
+        raise RunError("pbuild run needs a target or an image", hint=f"{USAGE}; see `pbuild run --help`")
+    args.command, args.target, args.args = "run", line.operand, line.rest
+    container_names = {name for action in container for name in action.option_strings}
+    args.container = ContainerRequest(args, tuple(o for o in line.given if o in container_names), table)
+    args.build_options = tuple(o for o in line.given if o not in container_names)
+    if args.container.given:  # a bad value (-v of a missing folder, -p 1:x) is refused before any build
+        args.container.run_options("", ())
+    return args
+
+
+def _help(parser: argparse.ArgumentParser, topic: str | None) -> int:
+    """``pbuild help [COMMAND]``."""
+    if topic is None:
+        parser.print_help()
+        return 0
+    if topic == "run":
+        run_parser()[0].print_help()
+        return 0
+    if topic in _LAUNCHER_COMMANDS:
+        return _launcher([topic, "--help"])
+    try:
+        parser.parse_args([topic, "--help"])
+    except SystemExit as exc:
+        return int(exc.code or 0) and EXIT_BAD_INPUT
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,23 +230,23 @@ def _main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "build")
     if args_list and args_list[0] in _LAUNCHER_COMMANDS and not _names_a_stack(args_list):
         return _launcher(args_list)
-    passthrough: list[str] = []
-    if args_list and args_list[0] == "run":
-        from pbuild.engine.run import runs_image_from_disk, split_passthrough
-
-        if runs_image_from_disk(args_list):
-            return _launcher(args_list)
-        args_list, passthrough = split_passthrough(args_list)
-    parser = make_parser(() if args_list and args_list[0] in _ENGINE_COMMANDS else None)
+    parser = None
     try:
-        args = parser.parse_args(args_list)
-        if passthrough:
-            args.args = passthrough
+        if args_list and args_list[0] == "run":  # its own parser, in Docker's order (and no other)
+            args = _parse_run(args_list[1:])
+        else:
+            parser = make_parser(() if args_list and args_list[0] in _ENGINE_COMMANDS else None)
+            args = parser.parse_args(args_list)
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else EXIT_BAD_INPUT
-    if args.command in (None, "help"):
+    except UserError as exc:  # pbuild run's own command line
+        print(exc.render(), file=sys.stderr)
+        return exc.exit_code
+    if parser is not None and args.command is None:
         parser.print_help()
-        return 0 if args.command == "help" else EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT
+    if parser is not None and args.command == "help":
+        return _help(parser, args.topic)
     try:
         return _dispatch(args, user_umask)
     except UserError as exc:
@@ -271,7 +337,8 @@ def _dispatch(args: argparse.Namespace, user_umask: int) -> int:
         return run_command(RunRequest(
             target=args.target, args=tuple(args.args), cwd=os.getcwd(), workspace_dir=args.workspace,
             cache_dir=args.cache_dir, user_umask=user_umask,
-            make_build_request=lambda workspace: _request(args, [args.target], workspace)))
+            make_build_request=lambda workspace: _request(args, [args.target], workspace),
+            container=args.container, build_options=args.build_options))
     if command == "test":
         from pbuild.engine.commands import run_tests
 

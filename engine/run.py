@@ -18,30 +18,55 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pbuild.engine.errors import PbuildError
+
 if TYPE_CHECKING:
+    import argparse
+
     from pbuild.engine.build import Analyzed, BuildRequest
     from pbuild.engine.scheduler import Executor
     from pbuild.engine.workspace import Workspace
+    from pbuild.lib.cmdline import OptionTable
+    from pbuild.tools.launcher.config import RunOptions
+
+USAGE = "pbuild run [OPTIONS] TARGET|IMAGE [COMMAND] [ARG...]"
+# Docker's code for an error of `docker run` itself (bad option, no such image): a container's
+# own exit code passes through `pbuild run`, so pbuild's must not look like one (docs/launcher.md).
+EXIT_RUN = 125
 
 # `pbuild run oci:PATH` and `docker-archive:PATH` run an image from disk: the launcher's job alone.
 DISK_IMAGE_PREFIXES = ("oci:", "docker-archive:")
 
 
-def runs_image_from_disk(argv: Sequence[str]) -> bool:
-    """Whether ``argv`` (the command line after ``pbuild``) is ``run oci:PATH ...`` or the like."""
-    return len(argv) > 1 and argv[0] == "run" and argv[1].startswith(DISK_IMAGE_PREFIXES)
+class RunError(PbuildError):
+    """An error of ``pbuild run``'s own command line or image lookup (exit 125, as Docker)."""
+
+    exit_code = EXIT_RUN
 
 
-def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``run [FLAGS] TARGET ARGS...`` -> (``run [FLAGS] TARGET``, ``ARGS``).
+def target_kind(target: str) -> str:
+    """What ``pbuild run``'s operand names: "label" (built), "disk" (``oci:``/``docker-archive:``,
+    the launcher's), or "stored" (an image in the image store, by name or ID)."""
+    if target.startswith(("//", ":")):
+        return "label"
+    if target.startswith(DISK_IMAGE_PREFIXES):
+        return "disk"
+    return "stored"
 
-    Everything after the target belongs to the program (or the image launcher), verbatim:
-    ``pbuild run //app:image -- --help`` must pass ``--help`` on, not print pbuild's help.
-    """
-    for i, arg in enumerate(argv[1:], start=1):
-        if arg.startswith(("//", ":")):
-            return list(argv[: i + 1]), list(argv[i + 1:])
-    return list(argv), []
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """The container options of one ``pbuild run`` (for an image)."""
+
+    parsed: argparse.Namespace  # as parsed; the launcher's RunOptions are made when the image is known
+    given: tuple[str, ...]  # the container options on the command line (refused for a program)
+    table: OptionTable  # every option of `pbuild run`: one right after an image is refused
+
+    def run_options(self, image: str, command: Sequence[str]) -> RunOptions:
+        """The launcher's options for running ``image`` with ``command``."""
+        from pbuild.tools.launcher.options import run_options
+
+        return run_options(self.parsed, image, command)
 
 
 @dataclass(frozen=True)
@@ -49,7 +74,7 @@ class RunRequest:
     """One ``pbuild run``: what to run, with which arguments, from where, and how to build it."""
 
     target: str
-    args: tuple[str, ...]
+    args: tuple[str, ...]  # every word after the target, verbatim
     cwd: str
     workspace_dir: str | None
     cache_dir: str | None
@@ -57,6 +82,9 @@ class RunRequest:
     user_umask: int
     # The full build request (remote settings and all), made only when a build is needed.
     make_build_request: Callable[[Workspace], BuildRequest]
+    container: ContainerRequest
+    # The build options on the command line (refused for an image that is not built).
+    build_options: tuple[str, ...] = ()
 
 
 # -- the run plan: what a built target starts as -------------------------------------------------
@@ -115,8 +143,12 @@ def plan_from_data(data: Any) -> RunPlan | None:
 # -- the command -----------------------------------------------------------------------------------
 
 def run_command(request: RunRequest) -> int:
-    """``pbuild run``: with nothing to rebuild, start the recorded run plan at once; else build
-    what running needs, record the plan in a stamp, and start it."""
+    """``pbuild run``: a label with nothing to rebuild starts its recorded run plan at once; else
+    what running needs is built, the plan recorded in a stamp, and started. An image from disk or
+    from the image store goes to the launcher as it is."""
+    kind = target_kind(request.target)
+    if kind != "label":
+        return _run_unbuilt_image(request, kind)
     from pbuild.engine import uptodate
     from pbuild.engine.workspace import find_workspace
 
@@ -127,7 +159,33 @@ def run_command(request: RunRequest) -> int:
     if plan is None:
         uptodate.discard_stamp(stamp)
         plan = build_for_run(request.make_build_request(workspace), workspace, request.target, stamp)
-    return start(plan, request.args, user_umask=request.user_umask)
+    return start(plan, request)
+
+
+def _run_unbuilt_image(request: RunRequest, kind: str) -> int:
+    """``oci:PATH``, ``docker-archive:PATH`` or a stored image's name or ID: nothing to build."""
+    refused = [o for o in request.build_options if kind == "disk" or o != "--cache-dir"]
+    if refused:
+        raise RunError(f"{', '.join(refused)}: build options apply to a target, and {request.target} is an image",
+                       hint=f"leave them out ({USAGE})")
+    if kind == "disk":
+        return _start_image(request.target, request)
+    from pbuild.engine.store import LocalStore, OciBlobs
+    from pbuild.engine.workspace import default_cache_dir
+    from pbuild.lib.errors import UserError
+    from pbuild.lib.oci.imagestore import ImageNotFound, ImageStore
+
+    cache_dir = os.path.abspath(request.cache_dir) if request.cache_dir else default_cache_dir()
+    try:
+        image = ImageStore.at(cache_dir, OciBlobs(LocalStore(cache_dir))).resolve(request.target)
+    except ImageNotFound as exc:
+        hint = exc.hint or ""
+        if ":" in request.target and "/" not in request.target:  # `app:image` for //app:image?
+            hint += f"; a target to build is written as a label: //{request.target}"
+        raise RunError(exc.message, hint=hint) from None
+    except UserError as exc:  # an ambiguous ID prefix, a damaged store: run's own error too
+        raise RunError(exc.message, hint=exc.hint) from None
+    return _start_image(f"oci:{image.layout}", request)
 
 
 def build_for_run(build_request: BuildRequest, workspace: Workspace, target: str, stamp: str | None = None) -> RunPlan:
@@ -214,12 +272,16 @@ def plan_for(root: str, label: Any, rule_name: str, providers: Any, tree: str | 
 
 # -- starting the plan -----------------------------------------------------------------------------
 
-def start(plan: RunPlan, extra: Sequence[str], *, user_umask: int) -> int:
-    """Start the plan with the user's arguments; returns only for images (the launcher's code)."""
+def start(plan: RunPlan, request: RunRequest) -> int:
+    """Start the plan with the request's arguments; returns only for images (the launcher's code)."""
     if isinstance(plan, ImagePlan):
-        from pbuild.tools.launcher import main as launcher_main
-
-        return int(launcher_main(["run", f"oci:{plan.layout}", *extra]))
+        return _start_image(f"oci:{plan.layout}", request)
+    if request.container.given:
+        raise RunError(f"{', '.join(request.container.given)}: container options apply to an image, "
+                       f"and {request.target} is a program",
+                       hint=f"leave them out; the program's own arguments go after the target: "
+                            f"`pbuild run {request.target} ARG...`")
+    extra, user_umask = request.args, request.user_umask
     if plan.toolchain is not None:
         return _exec_on_toolchain(plan, plan.toolchain, extra, user_umask=user_umask)
     argv = [*plan.argv, *_program_args(plan, extra)]
@@ -238,6 +300,16 @@ def start(plan: RunPlan, extra: Sequence[str], *, user_umask: int) -> int:
         raise BuildFailed(f"cannot start {argv[0]}: {exc.strerror}",
                           hint="check the target's interpreter ([python] interpreter in WORKSPACE.toml)") from None
     return 0  # not reached
+
+
+def _start_image(image: str, request: RunRequest) -> int:
+    """Hand ``image`` (``oci:PATH``, ``docker-archive:PATH``) to the launcher with the request's
+    container options and command (an option of `pbuild run` first in it is refused)."""
+    from pbuild.tools.launcher.cli import run_image
+    from pbuild.tools.launcher.options import image_command
+
+    command = image_command(request.container.table, request.args, "image", USAGE)
+    return run_image(request.container.run_options(image, command))
 
 
 def _program_args(plan: ProgramPlan, extra: Sequence[str]) -> list[str]:

@@ -168,7 +168,7 @@ def _check_wheel_python(ctx: RuleContext, wheel: Wheel, version: str) -> None:
         "layers": attr.label_list("Layers bottom to top: layer, deb_packages, py_binary (one layer per locked "
                                   "wheel plus one app layer) or image targets' layers."),
         "entrypoint": attr.string_list("ENTRYPOINT; default for a py_binary: its main run by the image's Python."),
-        "cmd": attr.string_list("CMD (arguments after the entrypoint); `pbuild run IMAGE -- ARGS` replaces it."),
+        "cmd": attr.string_list("CMD (arguments after the entrypoint); `pbuild run IMAGE ARG...` replaces it."),
         "env": attr.string_dict("Environment variables (added to the base's)."),
         "workdir": attr.string("Working directory of the entrypoint."),
         "user": attr.string("User (name or uid[:gid]) the entrypoint runs as."),

@@ -134,6 +134,18 @@ def test_run_passes_args_env_exit_code_and_working_directory(ws: Path, run):
     assert f"workspace: {ws}" in lines
 
 
+def test_run_gives_a_py_binary_every_word_after_the_target(ws: Path, run):
+    """Docker's order: `pbuild run [OPTIONS] //bin:echo ARG...`; words that are run's own options
+    (-v, --rm, -e) and a later -- are the program's; one -- right after the target is dropped."""
+    result = run(ws, "run", "-q", "//bin:echo", "-v", "--rm", "--", "-e", "x")
+    assert result.code == 0, str(result)
+    assert "args: --baked -v --rm -- -e x" in result.out.splitlines()
+    result = run(ws, "run", "//bin:echo", "--", "--", "-v")
+    assert result.code == 0 and "args: --baked -- -v" in result.out.splitlines(), str(result)
+    result = run(ws, "run", "-v", "/tmp:/x", "//bin:echo")
+    assert_user_error(result, 125, "--volume: container options apply to an image, and //bin:echo is a program")
+
+
 def test_run_passes_stdin_through(ws: Path, pbuild: Runner, private_index: Path, shared_cache: Path):
     proc = subprocess.run(
         pbuild.command(["run", "//bin:echo"]), cwd=ws, input="from stdin\n", capture_output=True, text=True,

@@ -83,8 +83,8 @@ def test_image_config_and_flags(env: dict[str, str], image: str, tmp_path: Path)
     env_file = tmp_path / "env"
     env_file.write_text("# comment\nFROM_FILE=1\n\nFOO=from-file\n")
     out = run_ok(
-        env, "run", "--rm", image, "-e", "A=1", "--env-file", str(env_file), "-w", "/tmp", "--hostname", "h1",
-        "--", "sh", "-c", "echo $A $FOO $FROM_FILE $HOSTNAME $HOME; pwd",
+        env, "run", "--rm", "-e", "A=1", "--env-file", str(env_file), "-w", "/tmp", "--hostname", "h1", image,
+        "sh", "-c", "echo $A $FOO $FROM_FILE $HOSTNAME $HOME; pwd",
     )  # fmt: skip
     assert out == "1 from-file 1 h1 /root\n/tmp\n"
     out = run_ok(env, "run", "--rm", "--entrypoint", "/bin/echo", image, "--", "entry", "point")
@@ -137,24 +137,27 @@ def test_container_mounts_stay_inside(env: dict[str, str], image: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "code", "message"),
+    ("options", "command", "code", "message"),
     [
-        (("--", "sh", "-c", "exit 3"), 3, ""),
-        (("--", "no-such-command"), 127, "not found"),
-        (("--", "/etc/passwd"), 126, "Permission denied"),
-        (("--init", "--", "sh", "-c", "kill -9 $$"), 137, ""),
-        (("--", "sh", "-c", "kill -9 $$; exit 4"), 4, ""),  # PID 1 ignores signals it has no handler for
-        (("-w", "/nonexistent/dir", "--", "true"), 0, ""),  # Docker creates the working directory
-        (("-u", "nobody-here", "--", "true"), 125, "unable to find user"),
-        (("--bogus-flag",), 125, "unrecognized arguments"),
-        (("-v", "/no/such/path:/x", "--", "true"), 125, "does not exist"),
-        (("--memory", "1k", "--", "true"), 125, "minimum"),
-        (("--memory", "lots", "--", "true"), 125, "invalid --memory"),
-        (("--pids-limit", "0", "--", "true"), 125, "at least 1"),
+        ((), ("sh", "-c", "exit 3"), 3, ""),
+        ((), ("no-such-command",), 127, "not found"),
+        ((), ("/etc/passwd",), 126, "Permission denied"),
+        (("--init",), ("sh", "-c", "kill -9 $$"), 137, ""),
+        ((), ("sh", "-c", "kill -9 $$; exit 4"), 4, ""),  # PID 1 ignores signals it has no handler for
+        (("-w", "/nonexistent/dir"), ("true",), 0, ""),  # Docker creates the working directory
+        (("-u", "nobody-here"), ("true",), 125, "unable to find user"),
+        (("--bogus-flag",), (), 125, "unrecognized arguments"),
+        (("-v", "/no/such/path:/x"), ("true",), 125, "does not exist"),
+        (("--memory", "1k"), ("true",), 125, "minimum"),
+        (("--memory", "lots"), ("true",), 125, "invalid --memory"),
+        (("--pids-limit", "0"), ("true",), 125, "at least 1"),
+        ((), ("-e", "A=1", "true"), 125, "-e after the image: options go before the image"),
+        (("--platform", "linux/s390x"), ("true",), 125, "--platform linux/s390x: this machine runs linux/"),
     ],
 )
-def test_exit_codes(env: dict[str, str], image: str, args: tuple[str, ...], code: int, message: str) -> None:
-    result = launch(env, "run", "--rm", image, *args)
+def test_exit_codes(env: dict[str, str], image: str, options: tuple[str, ...], command: tuple[str, ...],
+                    code: int, message: str) -> None:
+    result = launch(env, "run", "--rm", *options, image, *command)
     assert result.returncode == code, result.stderr
     assert message in result.stderr
 

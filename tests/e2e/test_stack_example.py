@@ -272,12 +272,12 @@ def test_backend_and_frontend_answer_and_reach_each_other(built: Built, launcher
 
 
 def test_pbuild_run_publishes_a_service_with_its_environment(built: Built, tmp_path: Path) -> None:
-    """The README's way to try one service: `./pbuild run IMAGE -d -p ... -e ...`."""
+    """The README's way to try one service: `./pbuild run -d -p ... -e ... IMAGE`."""
     runtime = tmp_path / "run"
     env = {"PBUILD_RUNTIME_DIR": str(runtime), "PBUILD_LAYER_STORE": str(tmp_path / "layers")}
     port = free_port()
-    run = built.runner("run", "//examples/stack:backend_image", "-d", "--name", "api", "-p",
-                       f"127.0.0.1:{port}:8080", "-e", "DATA_DIR=/tmp/elsewhere", cwd=built.ws, env=env)  # fmt: skip
+    run = built.runner("run", "-d", "--name", "api", "-p", f"127.0.0.1:{port}:8080", "-e", "DATA_DIR=/tmp/elsewhere",
+                       "//examples/stack:backend_image", cwd=built.ws, env=env)  # fmt: skip
     cli_ok(run)
     try:
         status, body = wait_http(port, "/api/hello")

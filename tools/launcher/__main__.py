@@ -1,4 +1,4 @@
-"""``python -m pbuild.tools.launcher run oci:PATH ...``"""
+"""``python -m pbuild.tools.launcher run [OPTIONS] oci:PATH [COMMAND] [ARG...]``"""
 
 import sys
 

@@ -1,6 +1,6 @@
 """From an image config and Docker-like flags to the one record that says what to run.
 
-Docker's rules: arguments after ``--`` replace the image's Cmd; ``--entrypoint`` replaces its
+Docker's rules: the command after the image replaces the image's Cmd; ``--entrypoint`` replaces its
 Entrypoint and drops its Cmd; ``-e`` and ``--env-file`` override the image's Env (``-e NAME``
 without a value copies it from the caller); ``-w`` and ``-u`` override WorkingDir and User.
 """
@@ -110,6 +110,8 @@ class RunOptions(NamedTuple):
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     security_opt: tuple[str, ...] = ()
+    platform: str | None = None
+    """The platform to pick from an index (``linux/amd64``); None: this machine's."""
     join: NetworkJoin | None = None
     """A stack's network (the stack supervisor sets it; no flag does)."""
     labels: tuple[tuple[str, str], ...] = ()
@@ -139,7 +141,8 @@ def _read_env_file(path: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _merge_env(base: list[str], overrides: list[str]) -> list[str]:
+def merge_env(base: list[str], overrides: list[str]) -> list[str]:
+    """``base`` (``NAME=VALUE`` items) with ``overrides`` over it, Docker's ``-e`` way."""
     merged: dict[str, str] = {}
     for item in base:
         key, _, value = item.partition("=")
@@ -170,14 +173,14 @@ def resolve_spec(
     if not argv:
         raise LauncherError(
             f"image {options.image} has no Entrypoint or Cmd and no command was given",
-            hint="give one after `--`, e.g. `-- /bin/sh`",
+            hint=f"give one after the image, e.g. `pbuild run {options.image} /bin/sh`",
         )
     hostname = options.hostname or (options.name or container_id[:12])[:63]
     env_overrides: list[str] = []
     for path in options.env_files:
         env_overrides += _read_env_file(path)
     env_overrides += list(options.env)
-    env = _merge_env(list(config.get("Env") or []), env_overrides)
+    env = merge_env(list(config.get("Env") or []), env_overrides)
     keys = {item.partition("=")[0] for item in env}
     if "PATH" not in keys:
         env.insert(0, f"PATH={DEFAULT_PATH}")

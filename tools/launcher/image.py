@@ -24,6 +24,7 @@ from pbuild.lib.errors import UserError
 from pbuild.lib.oci import layout as oci_layout
 from pbuild.lib.oci.errors import AmbiguousLayout
 from pbuild.tools.launcher.errors import LauncherError
+from pbuild.tools.launcher.hostplatform import host_platform
 
 
 class Layer(NamedTuple):
@@ -50,7 +51,7 @@ class Image(NamedTuple):
         return self.config.get("config") or {}
 
 
-def load_image(reference: str) -> Image:
+def load_image(reference: str, platform: str | None = None) -> Image:
     """Load ``oci:PATH[:REF]`` or ``docker-archive:PATH``; errors say what is wrong and where."""
     kind, _, rest = reference.partition(":")
     if not rest:
@@ -59,7 +60,7 @@ def load_image(reference: str) -> Image:
             hint="use oci:PATH (an OCI layout directory) or docker-archive:PATH (a tar file)",
         )
     if kind == "oci":
-        return _load_oci(reference, rest)
+        return _load_oci(reference, rest, platform)
     if kind == "docker-archive":
         return _load_docker_archive(reference, rest)
     raise LauncherError(
@@ -68,13 +69,12 @@ def load_image(reference: str) -> Image:
     )
 
 
-def _load_oci(reference: str, rest: str) -> Image:
+def _load_oci(reference: str, rest: str, platform: str | None) -> Image:
     layout, ref_name = rest, None
     if not os.path.isdir(layout) and ":" in rest:
         layout, _, ref_name = rest.rpartition(":")
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
     try:
-        image = oci_layout.read_image(layout, ref_name=ref_name, platform=f"linux/{arch}")
+        image = oci_layout.read_image(layout, ref_name=ref_name, platform=platform or host_platform())
     except AmbiguousLayout as e:
         raise LauncherError(e.message, hint=f"pick one with oci:{layout}:NAME ({e.names})") from None
     except UserError as e:  # the shared reader's message, with the launcher's exit code

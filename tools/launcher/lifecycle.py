@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from pbuild.tools.launcher import identity, process, seccomp
+from pbuild.tools.launcher.config import merge_env
 from pbuild.tools.launcher.errors import EXIT_FAILED, EXIT_LAUNCHER, LauncherError
 from pbuild.tools.launcher.state import ContainerState, ContainerStore, is_alive
 from pbuild.tools.sandbox import linux
@@ -189,8 +190,11 @@ def rm(store: ContainerStore, names: list[str], force: bool) -> int:
     return code
 
 
-def exec_in(store: ContainerStore, name: str, argv: list[str], interactive: bool, tty: bool) -> int:
-    """Run ``argv`` in a running container: join its namespaces, become its user, exec."""
+def exec_in(store: ContainerStore, name: str, argv: list[str], interactive: bool, tty: bool, *,
+            env: tuple[str, ...] = (), workdir: str | None = None, user: str | None = None) -> int:
+    """Run ``argv`` in a running container: join its namespaces, become its user, exec.
+    ``env`` (``NAME=VALUE``, or ``NAME`` to copy ours) goes over the container's environment;
+    ``workdir`` and ``user`` replace the container's."""
     state = store.find(name)
     if not is_alive(state):
         raise LauncherError(
@@ -198,6 +202,8 @@ def exec_in(store: ContainerStore, name: str, argv: list[str], interactive: bool
         )
     if not argv:
         raise LauncherError("exec needs a command", hint=f"e.g. `pbuild exec {name} /bin/sh`")
+    if workdir is not None and not workdir.startswith("/"):
+        raise LauncherError(f"working directory {workdir!r} must be absolute", hint="e.g. -w /tmp")
     # The container's own capabilities and filter (Docker's exec keeps both).
     capabilities = int(state.extra.get("capabilities", identity.DEFAULT_CAP_MASK))
     program = seccomp.build_program(
@@ -222,9 +228,9 @@ def exec_in(store: ContainerStore, name: str, argv: list[str], interactive: bool
         raise LauncherError(f"container {name} is not running")
     setup = process.ProcessSetup(
         argv=tuple(argv),
-        env=state.env,
-        workdir=state.workdir,
-        user=str(state.extra.get("user", "0")),
+        env=tuple(merge_env(list(state.env), list(env))) if env else state.env,
+        workdir=os.path.normpath(workdir) if workdir else state.workdir,
+        user=user if user is not None else str(state.extra.get("user", "0")),
         tty=tty,
         single_map=bool(state.extra.get("single_map", True)),
         capabilities=capabilities,

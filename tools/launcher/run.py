@@ -182,7 +182,7 @@ def _prepare_container(
     holder: join_mod.Holder | None,
     listeners: tuple[forward.Listener, ...],
 ) -> _Prepared:
-    image = load_image(options.image)
+    image = load_image(options.image, options.platform)
     layers_root = store_root()
     layer_dirs = ensure_layers(image, layers_root, notify=notice)
     store = ContainerStore()
