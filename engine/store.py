@@ -4,7 +4,7 @@ Layout under the cache dir::
 
     cas/ab/<xxh3>        read-only blob (mode 0444)
     cas/ab/<xxh3>.x      the same content, executable (0555): outputs keep their mode
-    ac/ab/<key>          JSON: the outputs of the action with that key
+    ac/ab/<key>          JSON: the outputs of the action with that key; its mtime is its last use
 
 Every write goes to a temp file beside its destination and is renamed into place, so a crash or a
 concurrent build never leaves a half-written entry visible. Blobs are verified against their
@@ -115,11 +115,14 @@ class LocalStore:
                 ) from None
         self._made: set[str] = set()
         self._lock = threading.Lock()
+        # Bytes this process wrote into the CAS and the AC: the size budget's estimate
+        # (pbuild.engine.budget) grows by it, so that most builds need not measure the cache.
+        self.bytes_added = 0
 
     # -- CAS -------------------------------------------------------------------------------
 
     def blob_path(self, digest: ContentDigest, executable: bool = False) -> str:
-        return os.path.join(self.cas_dir, digest[:2], digest + (".x" if executable else ""))
+        return blob_path(self.cas_dir, digest, executable)
 
     def has_blob(self, digest: ContentDigest, executable: bool = False) -> bool:
         return os.path.exists(self.blob_path(digest, executable))
@@ -151,6 +154,8 @@ class LocalStore:
                 shutil.copyfile(source, tmp)
             os.chmod(tmp, blob_mode(executable))
             atomicio.publish_file(tmp, dest)
+        with self._lock:
+            self.bytes_added += size
         return digest, size
 
     def put_bytes(self, data: bytes, digest: ContentDigest) -> str:
@@ -158,6 +163,8 @@ class LocalStore:
         if not os.path.exists(dest):
             self._ensure_dir(os.path.dirname(dest))
             atomicio.write_bytes(dest, data, mode=blob_mode(False))
+            with self._lock:
+                self.bytes_added += len(data)
         return dest
 
     def verify_blob(self, digest: ContentDigest, executable: bool = False) -> bool:
@@ -219,6 +226,14 @@ class LocalStore:
                 self._memo_dirty = True
         return result
 
+    def touch_action(self, key: ContentDigest) -> None:
+        """Record a use of the AC entry ``key`` (a cache hit): its mtime is its last use, which
+        least-recently-used eviction (:mod:`pbuild.engine.cachegc`) ranks by. AC entries are
+        touched, never blobs: blobs are hard-linked into pbuild-out, whose stamps record them.
+        An entry only the memo still holds (evicted meanwhile) has nothing to touch."""
+        with contextlib.suppress(OSError):
+            os.utime(self._ac_path(key))
+
     def forget_action(self, key: ContentDigest) -> None:
         """Drop a key from the memo (its outputs turned out to be missing or damaged)."""
         memo = self._load_memo()
@@ -238,6 +253,8 @@ class LocalStore:
         self._ensure_dir(os.path.dirname(dest))
         data = result.to_json()
         atomicio.write_bytes(dest, data)
+        with self._lock:
+            self.bytes_added += len(data)
         if self._memo_path:
             memo = self._load_memo()
             with self._lock:
@@ -272,7 +289,8 @@ class LocalStore:
 
     def expunge(self) -> None:
         """Remove everything (``pbuild clean --expunge``); an ``OSError`` names what could not go."""
-        for sub in ("cas", "ac", "tmp", "index", OCI_INDEX_DIR):
+        # gc.lock stays: a build waiting on it would hold a lock on a file no one else can see.
+        for sub in ("cas", "ac", "tmp", "index", OCI_INDEX_DIR, "gc.usage"):
             remove_tree(os.path.join(self.root, sub))
 
 
@@ -331,6 +349,11 @@ class OciBlobs:
         os.makedirs(self.dir, exist_ok=True)
         atomicio.write_text(self._entry(digest), cas_digest + "\n")
         return self.store.blob_path(cas_digest)
+
+
+def blob_path(cas_dir: str, digest: ContentDigest, executable: bool) -> str:
+    """Where the CAS under ``cas_dir`` keeps the blob ``digest`` (``.x``: its executable copy)."""
+    return os.path.join(cas_dir, digest[:2], digest + (".x" if executable else ""))
 
 
 def blob_mode(executable: bool) -> int:

@@ -20,6 +20,7 @@ launcher would run it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -74,9 +75,13 @@ class ToolchainTrees:
         ``layers`` may be a function, called only when the tree must be made (finding the
         verified blobs costs a hash of each when nothing vouches for them)."""
         path = os.path.join(self.top, digest)
-        if digest in self._ready or os.path.isdir(path):
+        if digest in self._ready:
+            return path
+        if os.path.isdir(path):
             with self._guard:
                 self._ready.add(digest)
+            with contextlib.suppress(OSError):
+                os.utime(path)  # its last use, once per build, for least-recently-used eviction
             return path
         os.makedirs(self.top, exist_ok=True)
         self._clean_stale_once()
