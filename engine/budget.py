@@ -76,7 +76,7 @@ def _from_config(config: Mapping[str, Any], shown: str, path: str) -> Budget | N
         return None
     if not isinstance(section, dict):
         raise PbuildError("[cache] must be a table", location=_where(shown, path, None),
-                          hint='[cache]\nmax_size = "20G"')
+                          hint='a [cache] table, with max_size = "20G" on the line below')
     unknown = sorted(set(section) - {"max_size"})
     if unknown:
         raise PbuildError(f"unknown key cache.{unknown[0]}", location=_where(shown, path, unknown[0]),
@@ -101,7 +101,7 @@ def _where(shown: str, path: str, key: str | None) -> Location:
     except (OSError, UnicodeDecodeError):
         return Location(shown)
     line = keys.get(("cache", key)) if key else None
-    return Location(shown, line or tables.get("cache"))
+    return Location(shown, line or tables.get("cache") or keys.get(("", "cache")))
 
 
 # -- the usage estimate ----------------------------------------------------------------------
