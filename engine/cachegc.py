@@ -308,6 +308,25 @@ class Remover:
         return self.gone.freed(lambda g: g == "gone")
 
 
+def remove_tree_unless_held(remover: Remover, path: str) -> bool:
+    """Remove a toolchain tree (or an unpacker's leftover) unless its ``.lock`` is held: the
+    unpacker holds it exclusive, and a program started on the tree may hold it shared for its
+    life. The caller holds the exclusive gc lock, so no build waits on that lock file."""
+    from pbuild.engine.toolchains import try_lock
+
+    lock_path = path + ".lock"
+    fd = try_lock(lock_path)
+    if fd is None:
+        return False
+    try:
+        removed = remover.tree(path, "toolchain trees")
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        return removed
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class Eviction:
     """What one eviction did."""
@@ -339,7 +358,7 @@ def evict(found: CacheScan, max_size: int, *, protect_since: float) -> Eviction:
         if item.kind == "tree":
             tree_size = Tally()
             tree_size.add_tree(item.path, TREES)
-            if remover.tree(item.path, "toolchain trees"):
+            if remove_tree_unless_held(remover, item.path):
                 size -= tree_size.size()
             continue
         if item.kind == "ac":
@@ -373,7 +392,13 @@ def prune(found: CacheScan, gone: Tally | None = None) -> Remover:
                 path = os.path.join(dirpath, name)
                 if path not in found.image_needs:
                     remover.file(path, what)
-    for name, what in ((TREES_DIR, "toolchain trees"), ("index", "indexes"), ("remote", "remote notes")):
+    trees = os.path.join(cache_dir, TREES_DIR)
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(trees)):
+            path = os.path.join(trees, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                remove_tree_unless_held(remover, path)
+    for name, what in (("index", "indexes"), ("remote", "remote notes")):
         if os.path.isdir(os.path.join(cache_dir, name)):
             remover.tree(os.path.join(cache_dir, name), what)
     for name in ("sha256-index", USAGE_FILE):

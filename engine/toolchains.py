@@ -111,7 +111,7 @@ class ToolchainTrees:
         except OSError:
             return
         for digest in {d for d in map(atomicio.temp_target, names) if d is not None}:
-            lock = _try_lock(os.path.join(self.top, digest + ".lock"))
+            lock = try_lock(os.path.join(self.top, digest + ".lock"))
             if lock is None:
                 continue  # being unpacked right now
             try:
@@ -179,8 +179,9 @@ class _locked:
         os.close(self.fd)  # releases the lock
 
 
-def _try_lock(path: str) -> int | None:
-    """An fd holding ``path``'s flock, or None when another unpacker holds it."""
+def try_lock(path: str) -> int | None:
+    """An fd holding ``path``'s flock, or None when another holds it (an unpacker; for
+    `pbuild system prune`, also a program on the tree holding it shared)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError:
