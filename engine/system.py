@@ -113,8 +113,8 @@ def survey(cache_dir: str, workspace: object | None) -> Survey:
     image_users = _image_users(states)
     images_root = os.path.join(cache_dir, IMAGES_DIR)
     for image in images:
-        tally.add_tree(image.layout, "img:" + image.digest)
-    tally.add_tree(images_root, "img-meta", skip=[i.layout for i in images])
+        tally.add_tree(_image_folder(image), "img:" + image.digest)
+    tally.add_tree(images_root, "img-meta", skip=[_image_folder(i) for i in images])
     found = cachegc.scan(cache_dir, images, tally)
 
     # Images' CAS blobs: those only images no running container uses would go with prune -a.
@@ -156,6 +156,11 @@ def survey(cache_dir: str, workspace: object | None) -> Survey:
             count = found.counts.get(part)
             details.append(Detail("build cache", part, size, f"{count} files" if count is not None else ""))
     return Survey(rows, details, budget, found.size())
+
+
+def _image_folder(image: StoredImage) -> str:
+    """The folder of one stored image: its layout and what the store keeps beside it."""
+    return os.path.dirname(os.path.normpath(image.layout))
 
 
 def _only(group: str) -> Callable[[str], bool]:
@@ -279,7 +284,7 @@ def _remove_images(cache_dir: str, doomed: Sequence[StoredImage], remaining: Seq
 
     images = ImageStore.at(cache_dir, OciBlobs(LocalStore(cache_dir)))
     for image in doomed:
-        gone.add_tree(image.layout, "gone")
+        gone.add_tree(_image_folder(image), "gone")
 
     def users(digest: OciDigest) -> list[str]:
         return [s.name for s in remaining if digest in _image_of(s)]

@@ -106,3 +106,48 @@ def test_prune_waits_for_a_container_being_set_up(launcher_user: LauncherUser) -
     assert prune.returncode == 0, err
     assert "containers are starting" in err and "waiting for them" in err, err
     assert layer_dirs(user) == set()
+
+
+def test_prune_takes_dangling_images_and_with_all_every_image_no_running_container_uses(
+        launcher_user: LauncherUser) -> None:
+    from pbuild.engine.store import LocalStore, OciBlobs
+    from pbuild.lib.oci.imagestore import ImageStore
+
+    from tests.support.ocimini import write_image
+
+    user = launcher_user
+    cache = user.base / "cache"
+    store = ImageStore.at(str(cache), OciBlobs(LocalStore(str(cache))))
+    used = store.add_layout(str(make_busybox_image(user.base / "used")), ["example.com/app:used"], "test")
+    write_image(user.base / "dangling", "dangling")
+    dangling = store.add_layout(str(user.base / "dangling"), [], "test")
+    write_image(user.base / "named", "named")
+    named = store.add_layout(str(user.base / "named"), ["example.com/app:named"], "test")
+    user.give(user.base)
+    running = user.launch("run", "-d", "--name", "user", f"oci:{used.layout}", "--", "sleep", "60")
+    assert running.returncode == 0, running.stderr
+
+    df = pbuild(user, "system", "df", "--format", "json")
+    assert df.returncode == 0, df.stderr
+    images = {k["kind"]: k for k in json.loads(df.stdout)["kinds"]}["Images"]
+    assert (images["total"], images["active"]) == (3, 1)
+    # -a would free both unused images' blobs: the layout links and the CAS links together.
+    assert 0 < images["reclaimable"] < images["size"]
+
+    plain = pbuild(user, "system", "prune", "-f")
+    assert plain.returncode == 0, plain.stderr
+    assert f"deleted: {dangling.digest}" in plain.stdout and named.digest not in plain.stdout, plain.stdout
+    left = ImageStore.at(str(cache), OciBlobs(LocalStore(str(cache))))
+    assert {i.digest for i in left.images()} == {used.digest, named.digest}
+    blobs = OciBlobs(LocalStore(str(cache)))
+    assert all(blobs.get(d, None) is not None for d in named.blobs)  # a kept image keeps its blobs
+    assert all(blobs.get(d, None) is None for d in set(dangling.blobs) - set(named.blobs) - set(used.blobs))
+
+    everything = pbuild(user, "system", "prune", "-a", "-f")
+    assert everything.returncode == 0, everything.stderr
+    assert "untagged: example.com/app:named" in everything.stdout and f"deleted: {named.digest}" in everything.stdout
+    assert used.digest not in everything.stdout
+    assert [i.digest for i in left.images()] == [used.digest]  # the running container's image stays
+    assert all(blobs.get(d, None) is not None for d in used.blobs)
+    works = user.launch("exec", "user", "cat", "/app/hello.txt")
+    assert works.returncode == 0 and works.stdout.strip(), works.stderr
