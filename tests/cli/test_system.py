@@ -329,3 +329,42 @@ def test_eviction_after_a_build_skips_while_another_build_runs(tmp_path: Path, p
     assert "still over: the last build's own entries are kept" in result.err
     assert len(ac_entries(pbuild.cache)) == 1
 
+
+
+def usage(cache: Path) -> tuple[int, int]:
+    measured, added = (cache / "gc.usage").read_text().split()
+    return int(measured), int(added)
+
+
+def test_builds_under_budget_only_add_to_the_estimate_and_a_no_op_touches_nothing(
+        tmp_path: Path, pbuild: Runner, sys_env: dict[str, str]) -> None:
+    root = tmp_path / "ws"
+    workspace(root, big("a", 64, "a"), big("b", 32, "b"), workspace_toml='[cache]\nmax_size = "1G"\n')
+    assert pbuild("build", "//p:a", cwd=root, env=sys_env).code == 0
+    measured, added = usage(pbuild.cache)
+    assert measured > 64 * KIB and added == 0  # the first build measured: there was no estimate yet
+    assert pbuild("build", "//p:b", cwd=root, env=sys_env).code == 0
+    # No scan: the measurement stands, and the estimate grew by what b wrote (its blob, its entry).
+    assert usage(pbuild.cache)[0] == measured
+    assert 32 * KIB < usage(pbuild.cache)[1] < 33 * KIB
+    before = (pbuild.cache / "gc.usage").stat().st_mtime_ns
+    stamp = max((pbuild.cache / "index").glob("*.stamp"), key=lambda p: p.stat().st_mtime_ns)  # b's
+    os.utime(stamp, (1, 1))
+    noop = pbuild("build", "//p:b", cwd=root, env=sys_env)
+    assert noop.code == 0, str(noop)
+    assert (pbuild.cache / "gc.usage").stat().st_mtime_ns == before  # not even the estimate was read
+    assert stamp.stat().st_mtime > 1  # the no-op recorded its use of b's entry on its stamp
+
+
+def test_the_smaller_budget_of_workspace_and_user_config_wins(tmp_path: Path, pbuild: Runner,
+                                                              sys_env: dict[str, str]) -> None:
+    root = tmp_path / "ws"
+    config = tmp_path / "xdg-config" / "pbuild" / "config.toml"
+    config.parent.mkdir(parents=True)
+    for workspace_size, user_size, source in (("2G", "1G", f"{config}:2"), ("1G", "2G", "WORKSPACE.toml:2")):
+        workspace(root, big("a", 4, "a"), workspace_toml=f'[cache]\nmax_size = "{workspace_size}"\n')
+        config.write_text(f'[cache]\nmax_size = "{user_size}"\n')
+        result = pbuild("system", "df", "--format", "json", cwd=root, env=sys_env)
+        assert result.code == 0, str(result)
+        assert json.loads(result.out)["budget"]["max_size"] == 1 << 30
+        assert json.loads(result.out)["budget"]["source"] == source
