@@ -21,8 +21,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pbuild.engine.errors import Location, PbuildError
 from pbuild.engine.workspace import WORKSPACE_FILE, Workspace, user_config_path
@@ -30,9 +29,9 @@ from pbuild.engine.workspace import WORKSPACE_FILE, Workspace, user_config_path
 _HINT = 'use a size with K, M, G or T (powers of 1024), e.g. max_size = "20G"'
 
 
-@dataclass(frozen=True)
-class Budget:
-    """The size the build cache is held to, and the config line that sets it."""
+class Budget(NamedTuple):
+    """The size the build cache is held to, and the config line that sets it (a NamedTuple:
+    every build imports this module, and a dataclass costs more to define)."""
 
     max_size: int
     source: str  # "WORKSPACE.toml:3" or the user config's path:line
@@ -150,14 +149,14 @@ def after_build(cache_dir: str, budget: Budget, added: int, started: float, say:
     """Hold the build cache to ``budget`` after a build that started at ``started`` and wrote
     ``added`` bytes (the caller no longer holds its shared lock). Never fails the build: a
     problem is said and left for the next build or `pbuild system prune`."""
-    from pbuild.engine import cachegc
+    from pbuild.engine import cachegc, gclock
     from pbuild.engine.diskuse import format_size
 
     try:
         estimate = add_usage(cache_dir, added)
         if estimate is not None and estimate <= budget.max_size:
             return
-        lock = cachegc.try_exclusive(cache_dir)
+        lock = gclock.try_exclusive(cache_dir)
         if lock is None:
             return  # another build or a prune is at work: the next build to finish tries again
         with lock:

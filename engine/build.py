@@ -18,9 +18,9 @@ from pbuild.engine import uptodate
 from pbuild.engine.analysis import ActionGraph, Analyzer
 from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, RunInfo, Target, TestInfo
 from pbuild.engine.budget import Budget, read_budget
-from pbuild.engine.cachegc import lock_shared
 from pbuild.engine.errors import BuildFailed
 from pbuild.engine.events import Reporter
+from pbuild.engine.gclock import lock_shared
 from pbuild.engine.hashing import StatIndex
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader, ParseCache

@@ -26,18 +26,16 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pbuild.engine.diskuse import Tally
 from pbuild.engine.store import OCI_INDEX_DIR, ActionResult, LocalStore, blob_path
 from pbuild.engine.toolchains import TREES_DIR
-from pbuild.lib import filelock
 from pbuild.lib.digest import DigestError, content_digest, oci_hex
 from pbuild.lib.oci.imagestore import IMAGES_DIR, StoredImage
 from pbuild.tools.fstree import remove_tree
 
-GC_LOCK = "gc.lock"
 #: The last measured size of the build cache and what builds added since (``budget.py``).
 USAGE_FILE = "gc.usage"
 
@@ -53,29 +51,6 @@ _FOLDERS = {"cas": CAS, "ac": AC, OCI_INDEX_DIR: OCI, TREES_DIR: TREES, "index":
 def _not_cache(group: str) -> bool:
     """A group outside the build cache proper (an image's blob or layout, a layer, ...)."""
     return group not in PARTS
-
-
-def lock_shared(cache_dir: str, say: Callable[[str], None] | None = None) -> filelock.FileLock:
-    """A build's (or a cache user's) hold on the cache: no eviction or prune while it lasts."""
-    os.makedirs(cache_dir, exist_ok=True)
-    lock = filelock.acquire(os.path.join(cache_dir, GC_LOCK), exclusive=False, on_wait=None if say is None else (
-        lambda: say("pbuild: waiting for the cache's garbage collection (pbuild system prune) to finish")))
-    assert lock is not None
-    return lock
-
-
-def wait_exclusive(cache_dir: str, say: Callable[[str], None]) -> filelock.FileLock:
-    """The cleaner's hold (no build runs while it lasts), waiting for builds to finish."""
-    os.makedirs(cache_dir, exist_ok=True)
-    lock = filelock.acquire(os.path.join(cache_dir, GC_LOCK), exclusive=True, on_wait=lambda: say(
-        "pbuild: builds are running (they hold the cache's gc.lock); waiting for them to finish"))
-    assert lock is not None
-    return lock
-
-
-def try_exclusive(cache_dir: str) -> filelock.FileLock | None:
-    """The cleaner's hold if nobody uses the cache right now, else None."""
-    return filelock.acquire(os.path.join(cache_dir, GC_LOCK), exclusive=True, blocking=False)
 
 
 # -- what images need -----------------------------------------------------------------------------
@@ -345,7 +320,7 @@ def evict(found: CacheScan, max_size: int, *, protect_since: float) -> Eviction:
     (with their OCI map entries); unreferenced blobs and toolchain trees are ranked by their own
     mtime. Items used at or after ``protect_since`` (the build that just ran) are kept, even over
     the budget: evicting them would only make the next build redo its work. The caller holds the
-    exclusive :func:`lock_exclusive`.
+    exclusive gc lock (:func:`pbuild.engine.gclock.try_exclusive`).
     """
     size = before = found.size()
     remover = Remover(found.cache_dir)

@@ -101,7 +101,7 @@ def clean(*, workspace: str | None, cache_dir: str | None, expunge: bool) -> int
         for path in doomed:
             remove_tree(path)
         if expunge:
-            from pbuild.engine.cachegc import wait_exclusive
+            from pbuild.engine.gclock import wait_exclusive
 
             store = LocalStore(os.path.abspath(cache_dir) if cache_dir else default_cache_dir())
             # As `pbuild system prune`: never from under a running build.
@@ -159,7 +159,7 @@ class EngineCommandContext:
         # Held until the command ends (the process exits): a pull stores blobs before the image
         # that names them, and a prune in between must not take them (pbuild.engine.cachegc).
         if self._gc_lock is None:
-            from pbuild.engine.cachegc import lock_shared
+            from pbuild.engine.gclock import lock_shared
 
             self._gc_lock = lock_shared(self.cache_dir(), lambda m: print(m, file=sys.stderr))
         return OciBlobs(LocalStore(self.cache_dir()))

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from pbuild.engine import cachegc
+from pbuild.engine import cachegc, gclock
 from pbuild.engine.budget import Budget, read_budget, set_usage
 from pbuild.engine.diskuse import Tally, format_size
 from pbuild.engine.errors import PbuildError
@@ -154,7 +154,8 @@ def survey(cache_dir: str, workspace: object | None) -> Survey:
         size = found.part_size(part)
         if size or found.counts.get(part):
             count = found.counts.get(part)
-            details.append(Detail("build cache", part, size, f"{count} files" if count is not None else ""))
+            files = "" if count is None else f"{count} file" + ("" if count == 1 else "s")
+            details.append(Detail("build cache", part, size, files))
     return Survey(rows, details, budget, found.size())
 
 
@@ -269,7 +270,7 @@ def prune(cache_dir: str, *, all_images: bool, say: Callable[[str], None]) -> Pr
         doomed = [i for i in images if not in_use.get(i.digest) and (all_images or not i.names)]
         if doomed:
             untagged, removed_images = _remove_images(cache_dir, doomed, remaining, gone)
-    with cachegc.wait_exclusive(cache_dir, say):
+    with gclock.wait_exclusive(cache_dir, say):
         # One tally for all removals: an image's layout link and its CAS link together free its blob.
         remover = cachegc.prune(cachegc.scan(cache_dir), gone)
         set_usage(cache_dir, cachegc.scan(cache_dir).size())
