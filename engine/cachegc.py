@@ -216,8 +216,12 @@ def scan(cache_dir: str, images: Iterable[StoredImage] | None = None, tally: Tal
             for tree in trees:
                 path = os.path.join(top, tree)
                 if os.path.isdir(path) and not os.path.islink(path) and "." not in tree:
+                    try:
+                        mtime = os.lstat(path).st_mtime
+                    except OSError:
+                        continue  # removed meanwhile
                     counts[TREES] = counts.get(TREES, 0) + 1
-                    items.append(Item("tree", path, os.lstat(path).st_mtime))
+                    items.append(Item("tree", path, mtime))
         else:
             tally.add_tree(top, part)
     for blob, mtime in blob_mtime.items():

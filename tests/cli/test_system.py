@@ -368,3 +368,22 @@ def test_the_smaller_budget_of_workspace_and_user_config_wins(tmp_path: Path, pb
         assert result.code == 0, str(result)
         assert json.loads(result.out)["budget"]["max_size"] == 1 << 30
         assert json.loads(result.out)["budget"]["source"] == source
+
+
+def test_prune_leaves_a_toolchain_tree_whose_lock_is_held(tmp_path: Path, pbuild: Runner,
+                                                          sys_env: dict[str, str]) -> None:
+    root = tmp_path / "ws"
+    workspace(root, big("a", 4, "a"))
+    trees = pbuild.cache / "toolchains"
+    for name in ("held", "free"):
+        (trees / name / "usr" / "bin").mkdir(parents=True)
+        (trees / name / "usr" / "bin" / "python3").write_text("#!/bin/sh\n")
+    fd = hold(trees / "held.lock", fcntl.LOCK_SH)  # a program running on that tree
+    try:
+        result = pbuild("system", "prune", "-f", cwd=root, env=sys_env)
+        assert result.code == 0 and "1 toolchain trees" in result.out, str(result)
+        assert (trees / "held" / "usr" / "bin" / "python3").exists() and not (trees / "free").exists()
+    finally:
+        os.close(fd)
+    assert pbuild("system", "prune", "-f", cwd=root, env=sys_env).code == 0
+    assert not (trees / "held").exists()
