@@ -149,13 +149,12 @@ def after_build(cache_dir: str, budget: Budget, added: int, started: float, say:
     """Hold the build cache to ``budget`` after a build that started at ``started`` and wrote
     ``added`` bytes (the caller no longer holds its shared lock). Never fails the build: a
     problem is said and left for the next build or `pbuild system prune`."""
-    from pbuild.engine import cachegc, gclock
-    from pbuild.engine.diskuse import format_size
-
     try:
         estimate = add_usage(cache_dir, added)
         if estimate is not None and estimate <= budget.max_size:
-            return
+            return  # the common case: nothing more is imported or read
+        from pbuild.engine import cachegc, gclock
+
         lock = gclock.try_exclusive(cache_dir)
         if lock is None:
             return  # another build or a prune is at work: the next build to finish tries again
@@ -171,6 +170,8 @@ def after_build(cache_dir: str, budget: Budget, added: int, started: float, say:
         with contextlib.suppress(Exception):
             say(f"pbuild: warning: the cache's size budget was not enforced: {exc}")
         return
+    from pbuild.engine.diskuse import format_size
+
     removed = ", ".join(f"{n} {what}" for what, n in sorted(done.counts.items())) or "nothing"
     text = (f"pbuild: the build cache was over its budget ({format_size(done.size_before)} > "
             f"{format_size(budget.max_size)}, {budget.source}): evicted {removed}, "
