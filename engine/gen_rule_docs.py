@@ -292,8 +292,8 @@ next build; an in-process function whose body changed needs a new `version`.
 
 A built-in family registers its commands the same way, in a module-level `COMMANDS` list of
 `Command` records (name, help, description, an argparse `configure` function, and `run`, which gets
-a `CommandContext` and returns the exit code): `pbuild push` and `pbuild images` are the
-`pbuild.rules.oci` family's. Workspace plugins cannot add commands yet.
+a `CommandContext` and returns the exit code): `pbuild push`, `images`, `pull`, `rmi`, `tag`, `save`
+and `load` are the `pbuild.rules.oci` family's. Workspace plugins cannot add commands yet.
 
 ### Worked example: a `stamp` rule
 

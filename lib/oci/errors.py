@@ -29,3 +29,7 @@ class RegistryError(OciError):
     """A push or pull that the registry refused or that could not reach it (exit 1)."""
 
     exit_code = 1
+
+
+class ArchiveError(OciError):
+    """An image archive (docker-archive, OCI archive) that is damaged or hostile (exit 2)."""

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -239,10 +240,30 @@ class ImageStore:
 
     # -- changing -----------------------------------------------------------------------------
 
+    def _ensure_root(self) -> None:
+        """The root and its temp folder, private (0700): what is pulled may be private too."""
+        for path in (self.root, os.path.join(self.root, _TMP)):
+            try:
+                os.makedirs(path, mode=0o700)
+            except FileExistsError:
+                continue
+            os.chmod(path, 0o700)  # makedirs' mode is masked by the umask
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[str]:
+        """A fresh folder inside the store (its filesystem, so files link into the CAS), removed
+        afterwards: where a pull or a load assembles its layout before :meth:`add_layout`."""
+        self._ensure_root()
+        path = tempfile.mkdtemp(dir=os.path.join(self.root, _TMP), prefix="work-")
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the store's lock (one writer at a time; a prune holds it to keep pulls out)."""
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self._ensure_root()
         fd = os.open(os.path.join(self.root, _LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -254,13 +275,18 @@ class ImageStore:
         atomicio.write_bytes(os.path.join(self.root, _NAMES), determinism.canonical_json(names), mode=0o600)
 
     def _tmp_dir(self) -> str:
-        tmp = os.path.join(self.root, _TMP)
-        os.makedirs(tmp, mode=0o700, exist_ok=True)
-        return atomicio.temp_name(os.path.join(tmp, "image"))
+        self._ensure_root()
+        return atomicio.temp_name(os.path.join(self.root, _TMP, "image"))
 
-    def add_layout(self, layout: str, names: Sequence[str], source: str) -> StoredImage:
+    def add_layout(self, layout: str, names: Sequence[str], source: str, *,
+                   from_blob_store: bool = False) -> StoredImage:
         """Store the one image of the OCI layout ``layout`` (every blob verified and put into
-        the blob store) and point ``names`` at it; returns it. The layout is not changed."""
+        the blob store) and point ``names`` at it; returns it. The layout is not changed.
+
+        ``from_blob_store``: the caller has just written ``layout`` from this store's blob store
+        (a pull: every blob verified on the way in, the layout's files hard links to the blob
+        store's), so its layer blobs are linked as they are instead of hashed once more.
+        """
         full_names = [normalize_name(n) for n in names]
         image = oci_layout.read_image(layout)  # manifest and config checked by digest, layers by size
         config = oci_layout.descriptor(image.manifest.get("config"), "image config", layout,
@@ -271,17 +297,20 @@ class ImageStore:
         for blob in blobs:
             if blob.digest in cas:
                 continue
+            if from_blob_store and os.stat(blob.path()).st_nlink > 1:  # linked from the blob store
+                cas[blob.digest] = blob.path()
+                continue
             cas[blob.digest] = self.blobs.get(blob.digest, blob.size)
             if cas[blob.digest] is None:
-                path = blob.path()
-                if sha256_of_file(path) != blob.digest or os.path.getsize(path) != blob.size:
+                given = blob.path()
+                if sha256_of_file(given) != blob.digest or os.path.getsize(given) != blob.size:
                     raise blob.mismatch("has other bytes")
         files: dict[OciDigest, oci_layout.BlobFile] = {}
         for blob in blobs:
-            path = cas[blob.digest]
-            if path is None:
-                path = cas[blob.digest] = self.blobs.put(blob.digest, blob.size, _file_filler(blob.path()))
-            files[blob.digest] = oci_layout.BlobFile(path)
+            kept = cas[blob.digest]
+            if kept is None:
+                kept = cas[blob.digest] = self.blobs.put(blob.digest, blob.size, _file_filler(blob.path()))
+            files[blob.digest] = oci_layout.BlobFile(kept)
         top = Descriptor(image.manifest_blob.descriptor.media_type
                          or str(image.manifest.get("mediaType") or "application/vnd.oci.image.manifest.v1+json"),
                          image.digest, image.manifest_blob.size)

@@ -10,16 +10,14 @@ plus the ``manifest.json`` that ``docker load`` and ``podman load`` read.
 
 from __future__ import annotations
 
-import os
-import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pbuild.lib import determinism
 from pbuild.lib.digest import OciDigest, oci_digest_of
+from pbuild.lib.oci import archive, mediatypes
 from pbuild.lib.oci import layout as oci_layout
-from pbuild.lib.oci import mediatypes
 from pbuild.lib.oci.descriptor import Descriptor
 from pbuild.rules.oci.layerwriter import LayerDigests
 
@@ -207,36 +205,5 @@ def write_docker_archive(out_path: str, image: WrittenImage, layers: Sequence[Bl
         blob_name(image.manifest_digest): image.manifest,
     }
     files = {blob_name(layer.digests.digest): layer.path for layer in layers}
-    names = sorted({*documents, *files, "blobs", "blobs/sha256"})
-    written = 0
     with open(out_path, "wb") as handle:
-        for name in names:
-            if name in ("blobs", "blobs/sha256"):
-                header = determinism.tar_header(name + "/", kind=tarfile.DIRTYPE, mode=0o755, mtime=mtime)
-                handle.write(header)
-                written += len(header)
-                continue
-            data = documents.get(name)
-            size = len(data) if data is not None else os.path.getsize(files[name])
-            header = determinism.tar_header(name, kind=tarfile.REGTYPE, mode=0o644, size=size, mtime=mtime)
-            handle.write(header)
-            if data is not None:
-                handle.write(data)
-            else:
-                handle.flush()
-                _copy_into(files[name], handle.fileno(), size)
-            padding = determinism.tar_padding(size)
-            handle.write(padding)
-            written += len(header) + size + len(padding)
-        handle.write(determinism.tar_trailer(written))
-
-
-def _copy_into(source: str, out_fd: int, size: int) -> None:
-    """Append ``size`` bytes of ``source`` to ``out_fd`` in the kernel (no copy through Python)."""
-    with open(source, "rb") as src:
-        copied = 0
-        while copied < size:
-            sent = os.sendfile(out_fd, src.fileno(), copied, size - copied)
-            if sent == 0:
-                raise OSError(f"{source} shrank while it was being copied")
-            copied += sent
+        archive.write_tar(handle, documents, files, dirs=("blobs", "blobs/sha256"), mtime=mtime)

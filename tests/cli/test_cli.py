@@ -44,7 +44,8 @@ BUILD = {
     "p/in.txt": "input\n",
 }
 
-ENGINE_COMMANDS = ["build", "run", "test", "query", "clean", "version", "lock", "push", "images", "up", "down"]
+ENGINE_COMMANDS = ["build", "run", "test", "query", "clean", "version", "lock", "push", "images", "pull", "rmi", "tag",
+                   "save", "load", "up", "down"]
 LAUNCHER_COMMANDS = ["ps", "logs", "exec", "stop", "rm"]
 
 

@@ -173,3 +173,18 @@ def test_concurrent_adds_leave_a_whole_store(tmp_path: Path) -> None:
     assert len(images) == 3 and len(set(digests)) == 3
     assert sorted(n for i in images for n in i.names) == [f"docker.io/library/app:{n}" for n in range(6)]
     assert not os.listdir(os.path.join(store.root, "tmp"))
+
+
+def test_a_damaged_stored_image_is_reported_and_rmi_f_still_removes_it(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    image = store.add_layout(str(write_image(tmp_path / "a") and tmp_path / "a"), ["app:1"], "t")
+    config = os.path.join(image.layout, "blobs", "sha256", oci_hex(image.blobs[1]))
+    os.unlink(config)  # a hard link: replace it, never write through it into the blob store
+    Path(config).write_bytes(b"{}")
+    with pytest.raises(StoreDamaged, match="does not match its digest") as err:
+        store.images()
+    assert f"pbuild rmi -f {oci_hex(image.digest)[:12]}" in (err.value.hint or "")
+    removal = store.remove([oci_hex(image.digest)[:12]], force=True, users=_nobody)
+    assert removal.deleted == (image.digest,) and store.images() == []
+    meta = Path(store.root) / "sha256"
+    assert not list(meta.iterdir())

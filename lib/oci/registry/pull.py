@@ -1,16 +1,19 @@
-"""Pull an image pinned by digest (``REGISTRY/REPO@sha256:...``) into an OCI layout.
+"""Pull an image (``REGISTRY/REPO:TAG`` or ``REGISTRY/REPO@sha256:...``) into an OCI layout.
 
-The manifest and every blob are verified against their digests on the way in and kept in a
+A tag is resolved to its manifest with one ``GET`` (the bytes' sha256 is held to the registry's
+``Docker-Content-Digest`` when it sends one); from the digest on, the manifest and every blob are verified against their digests on the way in and kept in a
 :class:`BlobStore` the caller passes: the engine passes its CAS under ``--cache-dir``, so a
-second pull of the same digest needs no network at all and the cache has one root. For an image
+second pull of the same digest needs no network at all (of a tag: the one manifest request) and the cache has one root. For an image
 index, the manifest of the requested platform is chosen.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import platform as host_platform
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +24,32 @@ from pbuild.lib.oci import layout as oci_layout
 from pbuild.lib.oci import mediatypes
 from pbuild.lib.oci.blobstore import BlobStore, DirectoryBlobStore
 from pbuild.lib.oci.descriptor import Descriptor
-from pbuild.lib.oci.errors import RegistryError
+from pbuild.lib.oci.errors import InvalidReference, RegistryError
 from pbuild.lib.oci.reference import Reference
 from pbuild.lib.oci.registry.push import children_of, media_type_of
 from pbuild.lib.oci.registry.transport import Client, Credentials, refused
+
+#: The largest manifest or index a registry may send (registries themselves refuse above 4 MiB).
+MAX_MANIFEST = 4 * 1024 * 1024
+
+_MACHINES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
+             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "i686": "386"}
+
+
+def host_platform_name() -> str:
+    """This machine's platform as OCI names it (``linux/amd64``): what ``docker pull`` picks."""
+    machine = host_platform.machine().lower()
+    return f"linux/{_MACHINES.get(machine, machine)}"
+
+
+def parse_pull_reference(text: str) -> Reference:
+    """A reference a pull can name: with a tag, a digest or both; a bare name is refused."""
+    ref = Reference.parse(text)
+    if ref.tag is None and ref.digest is None:
+        raise InvalidReference(f"image reference {text!r} names neither a tag nor a digest",
+                               hint=f"write {text}:TAG (e.g. {text}:latest) or {text}@sha256:<64 hex>; pbuild "
+                                    "does not guess :latest")
+    return ref
 
 
 @dataclass(frozen=True)
@@ -41,16 +66,16 @@ class PullReport:
 def pull_image(reference: str, dest_layout_dir: str, *, plain_http: bool = False,
                credentials: Credentials | None = None, blobs: BlobStore | None = None,
                cache_dir: str | None = None, platform: str = "linux/amd64",
-               timeout_s: float = 300.0) -> PullReport:
-    """Pull the image ``reference`` (pinned by digest) into a fresh OCI layout at ``dest_layout_dir``.
+               timeout_s: float = 300.0, pinned: bool = True) -> PullReport:
+    """Pull the image ``reference`` into a fresh OCI layout at ``dest_layout_dir``: pinned by
+    digest, or (with ``pinned=False``) by tag or digest.
 
     Everything is verified against its digest and kept in ``blobs`` (or a
     :class:`DirectoryBlobStore` at ``cache_dir``; with neither, a temporary one); when the store
     holds it all, no network is used. For an image index, the manifest of ``platform``
     (``os/arch``) is chosen.
     """
-    ref = Reference.parse_pinned(reference)
-    assert ref.digest is not None
+    ref = Reference.parse_pinned(reference) if pinned else parse_pull_reference(reference)
     with contextlib.ExitStack() as stack:
         if blobs is None:
             if cache_dir is None:  # no store to keep them in: one for this pull only
@@ -60,7 +85,8 @@ def pull_image(reference: str, dest_layout_dir: str, *, plain_http: bool = False
             blobs = DirectoryBlobStore(cache_dir)
         puller = _Puller(ref, blobs, plain_http=plain_http, credentials=credentials, timeout_s=timeout_s)
         try:
-            digest, media_type, body_path = puller.resolve(ref.digest, platform)
+            top = ref.digest if ref.digest is not None else puller.resolve_tag()
+            digest, media_type, body_path = puller.resolve(top, platform)
             size = os.path.getsize(body_path)
             with open(body_path, "rb") as handle:
                 children, _ = children_of(handle.read(), media_type, digest)
@@ -116,6 +142,36 @@ class _Puller:
         self.blobs_downloaded += 1
         self.bytes_downloaded += os.path.getsize(path)
         return path
+
+    def resolve_tag(self) -> OciDigest:
+        """The digest of the manifest (or index) the reference's tag names now, its bytes stored."""
+        assert self.ref.tag is not None
+        url = self.client().url(f"/v2/{self.ref.repository}/manifests/{self.ref.tag}")
+        body = bytearray()
+
+        def sink(chunk: bytes) -> None:
+            body.extend(chunk)
+            if len(body) > MAX_MANIFEST:
+                raise RegistryError(f"registry {self.ref.registry}: the manifest of {self.ref} is larger than "
+                                    f"{MAX_MANIFEST} bytes", hint="the registry served damaged data")
+
+        resp = self.client().request("GET", url, scopes=(self.scope,), headers={"Accept": mediatypes.ACCEPT},
+                                     sink=sink)
+        if resp.status != 200:
+            raise refused(self.ref, f"GET of the manifest of {self.ref}", resp,
+                          hint=f"check that the tag exists (`skopeo list-tags docker://{self.ref.registry}/"
+                               f"{self.ref.repository}`)" if resp.status == 404 else None)
+        data = bytes(body)
+        digest = OciDigest("sha256:" + hashlib.sha256(data).hexdigest())
+        claimed = resp.header("Docker-Content-Digest")
+        if claimed and claimed.strip() != digest:
+            raise RegistryError(f"registry {self.ref.registry}: the manifest of {self.ref} has digest {digest}, "
+                                f"but the registry says {claimed.strip()}",
+                                hint="the registry or a proxy served damaged data; try again")
+        if self.blobs.get(digest, len(data)) is None:
+            self.blobs.put(digest, len(data), lambda put: put(data))
+            self.bytes_downloaded += len(data)
+        return digest
 
     def resolve(self, digest: OciDigest, platform: str) -> tuple[OciDigest, str, str]:
         """The image manifest's digest, media type and stored path (descending into an index)."""

@@ -1,0 +1,113 @@
+"""``pbuild pull`` against ``skopeo copy`` of the same image from the same registry, same run.
+
+    python bench/bench_pull.py [--runs 5]
+
+In a copy of this repository (the working tree is never touched), //app:image is built and
+pushed to a fresh docker-registry (tests/support/peers.py, the helper the tests use). Then, per
+run, alternating so both see the same machine state:
+
+1. cold ``pbuild pull REF --plain-http`` into an empty ``--cache-dir`` (wall time; the run must
+   report bytes downloaded > 0, or no figure is printed);
+2. cold ``skopeo copy docker://REF oci:DIR`` into an empty folder (wall time; the layout's blobs
+   must add up to what pbuild downloaded);
+3. warm ``pbuild pull REF`` with the cache of step 1 (it must download no blob: one manifest GET).
+
+Medians over the runs, and the ratio pbuild / skopeo of the cold medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PBUILD = str(REPO / "pbuild")
+sys.path.insert(0, str(REPO))  # the tests package: its support helpers start the registry
+
+from tests.support.peers import docker_registry  # noqa: E402
+
+_COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "pbuild-out", "__pycache__", "workspaces", "*.egg-info",
+                                      ".mypy_cache", ".ruff_cache", ".pytest_cache")
+_DOWNLOADED = re.compile(r"(\d+) blob\(s\) downloaded \(([\d,]+) bytes\)")
+
+
+def _timed(argv: list[str], cwd: Path) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    return wall, done.stdout
+
+
+def _pull(ref: str, cache: Path, cwd: Path) -> tuple[float, int, int]:
+    """Wall time, blobs and bytes downloaded of one ``pbuild pull``."""
+    wall, out = _timed([PBUILD, "pull", ref, "--plain-http", "--cache-dir", str(cache)], cwd)
+    match = _DOWNLOADED.search(out)
+    if match is None:
+        raise SystemExit(f"unexpected pbuild pull output:\n{out}")
+    return wall, int(match.group(1)), int(match.group(2).replace(",", ""))
+
+
+def _blob_bytes(layout: Path) -> int:
+    return sum(p.stat().st_size for p in (layout / "blobs" / "sha256").iterdir())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        raise SystemExit("bench: skopeo is not installed")
+    with tempfile.TemporaryDirectory(prefix="pbuild-bench-pull-") as tmp:
+        scratch = Path(tmp)
+        app = scratch / "repo"
+        shutil.copytree(REPO, app, ignore=_COPY_IGNORE, symlinks=True)
+        with docker_registry(scratch / "registry") as registry:
+            ref = f"{registry.host}/app:bench"
+            _timed([PBUILD, "push", "//app:image", ref, "--plain-http", "--cache-dir", str(scratch / "build"), "-q"],
+                   app)
+            cold, warm, copies = [], [], []
+            image_bytes = 0
+            for run in range(args.runs):
+                cache = scratch / f"cache-{run}"
+                wall, blobs, downloaded = _pull(ref, cache, scratch)
+                if blobs == 0 or downloaded == 0:
+                    raise SystemExit(f"bench: refusing to report a cold pull: run {run} downloaded nothing")
+                cold.append(wall)
+                dest = scratch / f"skopeo-{run}"
+                wall, _ = _timed([skopeo, "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{dest}"],
+                                 scratch)
+                copied = _blob_bytes(dest)
+                if copied < downloaded:
+                    raise SystemExit(f"bench: skopeo's layout holds {copied} bytes, pbuild downloaded {downloaded}")
+                copies.append(wall)
+                image_bytes = downloaded
+                wall, blobs, downloaded = _pull(ref, cache, scratch)
+                if blobs != 0 or downloaded != 0:
+                    raise SystemExit(f"bench: refusing to report a warm pull: run {run} downloaded {blobs} blob(s)")
+                warm.append(wall)
+                shutil.rmtree(cache)
+                shutil.rmtree(dest)
+    print(f"//app:image ({image_bytes:,} bytes of blobs) from a local docker-registry, {args.runs} runs, "
+          f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}")
+    for name, values in (("pbuild pull, cold", cold), ("skopeo copy docker:// oci:, cold", copies),
+                         ("pbuild pull, warm", warm)):
+        print(f"  {name:34} median {statistics.median(values):.3f}s  "
+              f"(runs: {', '.join(f'{v:.3f}' for v in values)})")
+    print(f"  {'ratio pbuild / skopeo, cold':34} {statistics.median(cold) / statistics.median(copies):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
