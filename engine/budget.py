@@ -107,7 +107,7 @@ def _where(shown: str, path: str, key: str | None) -> Location:
 
 
 def _usage_path(cache_dir: str) -> str:
-    from pbuild.engine.cachegc import USAGE_FILE
+    from pbuild.engine.gclock import USAGE_FILE  # light: this runs after every build with a budget
 
     return os.path.join(cache_dir, USAGE_FILE)
 

@@ -30,14 +30,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pbuild.engine.diskuse import Tally
+from pbuild.engine.gclock import USAGE_FILE
 from pbuild.engine.store import OCI_INDEX_DIR, ActionResult, LocalStore, blob_path
 from pbuild.engine.toolchains import TREES_DIR
 from pbuild.lib.digest import DigestError, content_digest, oci_hex
 from pbuild.lib.oci.imagestore import IMAGES_DIR, StoredImage
 from pbuild.tools.fstree import remove_tree
-
-#: The last measured size of the build cache and what builds added since (``budget.py``).
-USAGE_FILE = "gc.usage"
 
 # The build cache's parts, as `pbuild system df -v` lists them (group names of the tally).
 CAS, AC, OCI, TREES, INDEX, REMOTE, TMP, OTHER = "cas", "ac", "oci", "toolchains", "index", "remote", "tmp", "other"

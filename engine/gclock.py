@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pbuild.lib import filelock
 
 GC_LOCK = "gc.lock"
+#: The last measured size of the build cache and what builds added since (``budget.py``).
+USAGE_FILE = "gc.usage"
 
 
 def lock_shared(cache_dir: str, say: Callable[[str], None] | None = None) -> filelock.FileLock:
