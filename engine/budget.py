@@ -68,8 +68,6 @@ def read_budget(workspace: Workspace | None) -> Budget | None:
 
 
 def _from_config(config: Mapping[str, Any], shown: str, path: str) -> Budget | None:
-    from pbuild.engine.diskuse import parse_size
-
     section = config.get("cache")
     if section is None:
         return None
@@ -82,6 +80,8 @@ def _from_config(config: Mapping[str, Any], shown: str, path: str) -> Budget | N
                           hint="[cache] knows max_size")
     if "max_size" not in section:
         return None
+    from pbuild.engine.diskuse import parse_size
+
     value = section["max_size"]
     size = parse_size(value)
     where = _where(shown, path, "max_size")
