@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from pbuild.engine import cachegc, gclock
 from pbuild.engine.budget import Budget, read_budget, set_usage
@@ -28,6 +29,9 @@ from pbuild.lib.digest import OciDigest
 from pbuild.lib.oci.imagestore import IMAGES_DIR, StoredImage
 from pbuild.tools.launcher import layerstore
 from pbuild.tools.launcher.state import ContainerState, ContainerStore
+
+if TYPE_CHECKING:
+    from pbuild.engine.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,9 @@ def _running(states: Sequence[ContainerState]) -> list[ContainerState]:
     return [s for s in states if s.status == "running"]
 
 
-def survey(cache_dir: str, workspace: object | None) -> Survey:
+def survey(cache_dir: str, workspace: Workspace | None) -> Survey:
     """Measure the four kinds (nothing is changed, no lock is taken: a snapshot)."""
-    from pbuild.engine.workspace import Workspace
-
-    budget = read_budget(workspace if isinstance(workspace, Workspace) else None)
+    budget = read_budget(workspace)
     tally = Tally()
     details: list[Detail] = []
     store = ContainerStore()
@@ -100,6 +102,7 @@ def survey(cache_dir: str, workspace: object | None) -> Survey:
     layers = layerstore.stored_layers(layers_root)
     by_path = {os.path.normpath(p): d for d, p in layers.items()}
     running = _running(states)
+    running_ids = {s.id for s in running}
     used_layers: dict[str, int] = {}
     for state in running:
         for diff_id in container_layers(store, state, by_path):
@@ -132,7 +135,7 @@ def survey(cache_dir: str, workspace: object | None) -> Survey:
         Row("Images", len(images), sum(1 for i in images if image_users.get(i.digest)),
             tally.size(image_group), tally.freed(lambda g: g in unused_groups)),
         Row("Containers", len(states), len(running), tally.size(lambda g: g.startswith("ctr:")),
-            tally.freed(lambda g: g.startswith("ctr:") and g[4:] not in {s.id for s in running})),
+            tally.freed(lambda g: g.startswith("ctr:") and g[4:] not in running_ids)),
         Row("Layers", len(layers), len(used_layers), tally.size(lambda g: g.startswith("layer:")),
             tally.freed(lambda g: g.startswith("layer:") and g[6:] not in used_layers)),
         Row("Build cache", found.counts.get(cachegc.AC, 0), None, found.size(), found.reclaimable()),
@@ -181,7 +184,7 @@ def _image_users(states: Sequence[ContainerState]) -> dict[str, int]:
     return users
 
 
-def df_command(cache_dir: str, workspace: object | None, *, fmt: str, verbose: bool,
+def df_command(cache_dir: str, workspace: Workspace | None, *, fmt: str, verbose: bool,
                out: Callable[[str], None] = print) -> int:
     """``pbuild system df [--format json] [-v]``."""
     found = survey(cache_dir, workspace)
