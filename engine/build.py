@@ -81,6 +81,7 @@ class Session:
 
     def close(self) -> None:
         try:
+            self.store.flush_touches()
             self.index.save()
             self.store.save_memo()
             self.loader.parse_cache.save()

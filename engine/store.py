@@ -25,6 +25,7 @@ import errno
 import json
 import marshal
 import os
+import queue
 import shutil
 import stat
 import threading
@@ -118,6 +119,8 @@ class LocalStore:
         # Bytes this process wrote into the CAS and the AC: the size budget's estimate
         # (pbuild.engine.budget) grows by it, so that most builds need not measure the cache.
         self.bytes_added = 0
+        self._touches: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._toucher: threading.Thread | None = None
 
     # -- CAS -------------------------------------------------------------------------------
 
@@ -230,9 +233,32 @@ class LocalStore:
         """Record a use of the AC entry ``key`` (a cache hit): its mtime is its last use, which
         least-recently-used eviction (:mod:`pbuild.engine.cachegc`) ranks by. AC entries are
         touched, never blobs: blobs are hard-linked into pbuild-out, whose stamps record them.
-        An entry only the memo still holds (evicted meanwhile) has nothing to touch."""
-        with contextlib.suppress(OSError):
-            os.utime(self._ac_path(key))
+
+        The ``utime`` is done by one thread beside the build (a thousand hits would otherwise
+        wait on a thousand metadata writes); :meth:`flush_touches` waits for it. An entry only
+        the memo still holds (evicted meanwhile) has nothing to touch."""
+        if self._toucher is None:
+            with self._lock:
+                if self._toucher is None:
+                    self._toucher = threading.Thread(target=self._touch_loop, name="pbuild-touch", daemon=True)
+                    self._toucher.start()
+        self._touches.put(self._ac_path(key))
+
+    def _touch_loop(self) -> None:
+        utime = os.utime
+        while (path := self._touches.get()) is not None:
+            try:
+                utime(path)
+            except OSError:
+                pass
+
+    def flush_touches(self) -> None:
+        """Wait until every use recorded so far is written (before the session lets go of the cache)."""
+        toucher = self._toucher
+        if toucher is not None:
+            self._touches.put(None)
+            toucher.join()
+            self._toucher = None
 
     def forget_action(self, key: ContentDigest) -> None:
         """Drop a key from the memo (its outputs turned out to be missing or damaged)."""
