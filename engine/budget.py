@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
 from pbuild.engine.errors import Location, PbuildError
@@ -145,10 +145,12 @@ def set_usage(cache_dir: str, measured: int) -> None:
         os.close(fd)
 
 
-def after_build(cache_dir: str, budget: Budget, added: int, started: float, say: Callable[[str], None]) -> None:
-    """Hold the build cache to ``budget`` after a build that started at ``started`` and wrote
-    ``added`` bytes (the caller no longer holds its shared lock). Never fails the build: a
-    problem is said and left for the next build or `pbuild system prune`."""
+def after_build(cache_dir: str, budget: Budget, added: int, started: float, say: Callable[[str], None],
+                used: Collection[str] = ()) -> None:
+    """Hold the build cache to ``budget`` after a build that started at ``started``, wrote
+    ``added`` bytes and used the AC entries ``used`` (kept; the caller no longer holds its
+    shared lock). Never fails the build: a problem is said and left for the next build or
+    `pbuild system prune`."""
     try:
         estimate = add_usage(cache_dir, added)
         if estimate is not None and estimate <= budget.max_size:
@@ -164,7 +166,7 @@ def after_build(cache_dir: str, budget: Budget, added: int, started: float, say:
                 set_usage(cache_dir, found.size())
                 return
             # Items used by this build are kept; a second of slack covers coarse file timestamps.
-            done = cachegc.evict(found, budget.max_size, protect_since=started - 1.0)
+            done = cachegc.evict(found, budget.max_size, protect_since=started - 1.0, protect=used)
             set_usage(cache_dir, done.size_after)
     except OSError as exc:
         with contextlib.suppress(Exception):

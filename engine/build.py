@@ -81,7 +81,6 @@ class Session:
 
     def close(self) -> None:
         try:
-            self.store.flush_touches()
             self.index.save()
             self.store.save_memo()
             self.loader.parse_cache.save()
@@ -97,7 +96,7 @@ class Session:
             from pbuild.engine.budget import after_build
 
             after_build(self.cache_dir, self.budget, self.store.bytes_added, self.started,
-                        self.say or (lambda m: print(m, file=sys.stderr)))
+                        self.say or (lambda m: print(m, file=sys.stderr)), used=self.store.used_keys)
             self.budget = None  # once, however often close is called
 
 
@@ -117,7 +116,8 @@ def open_session(request: BuildRequest, *, warn: Any = None, workspace: Workspac
         recorder.file(workspace.path(plugin))
     loader = Loader(workspace, ruleset, ParseCache(index_base + ".parse"), recorder)
     analyzer = Analyzer(loader, workspace.config)
-    store = LocalStore(cache_dir, memo_path=index_base + ".acmemo")  # checks the cache dir first
+    store = LocalStore(cache_dir, memo_path=index_base + ".acmemo",  # checks the cache dir first
+                       uses_path=index_base + ".acuse")
     gc_lock = lock_shared(cache_dir, say)
     try:
         store.remove_stale_tmp()

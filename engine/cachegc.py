@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from pbuild.engine.diskuse import Tally
@@ -315,13 +315,14 @@ class Eviction:
     over_budget: bool  # still over: what is protected (the last build's entries) alone is more
 
 
-def evict(found: CacheScan, max_size: int, *, protect_since: float) -> Eviction:
+def evict(found: CacheScan, max_size: int, *, protect_since: float, protect: Collection[str] = ()) -> Eviction:
     """Remove least-recently-used items until the build cache is at most ``max_size`` bytes.
 
     An AC entry goes with the blobs that no remaining entry names and no stored image needs
     (with their OCI map entries); unreferenced blobs and toolchain trees are ranked by their own
-    mtime. Items used at or after ``protect_since`` (the build that just ran) are kept, even over
-    the budget: evicting them would only make the next build redo its work. The caller holds the
+    mtime. Items used at or after ``protect_since``, and the AC entries whose keys are in
+    ``protect`` (what the build that just ran used), are kept, even over the budget: evicting
+    them would only make the next build redo its work. The caller holds the
     exclusive gc lock (:func:`pbuild.engine.gclock.try_exclusive`).
     """
     size = before = found.size()
@@ -330,7 +331,7 @@ def evict(found: CacheScan, max_size: int, *, protect_since: float) -> Eviction:
     for item in sorted(found.items, key=lambda i: (i.last_use, i.path)):
         if size <= max_size:
             break
-        if item.last_use >= protect_since:
+        if item.last_use >= protect_since or (item.kind == "ac" and os.path.basename(item.path) in protect):
             continue
         if item.kind == "tree":
             tree_size = Tally()

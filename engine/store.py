@@ -25,10 +25,10 @@ import errno
 import json
 import marshal
 import os
-import queue
 import shutil
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -90,7 +90,7 @@ class ActionResult:
 class LocalStore:
     """CAS and AC under ``root``. Safe for concurrent use by threads and processes."""
 
-    def __init__(self, root: str, memo_path: str | None = None) -> None:
+    def __init__(self, root: str, memo_path: str | None = None, uses_path: str | None = None) -> None:
         self.root = root
         # A per-workspace memo of the AC entries this workspace used, read in one go: a large
         # build would otherwise open one AC file per action just to learn nothing changed.
@@ -119,8 +119,13 @@ class LocalStore:
         # Bytes this process wrote into the CAS and the AC: the size budget's estimate
         # (pbuild.engine.budget) grows by it, so that most builds need not measure the cache.
         self.bytes_added = 0
-        self._touches: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._toucher: threading.Thread | None = None
+        # The AC keys this process used (hits and new entries), and when this workspace last
+        # touched each entry (see touch_action).
+        self.used_keys: set[str] = set()
+        self._uses_path = uses_path
+        self._uses: dict[str, int] | None = None
+        self._uses_dirty = False
+        self._now = time.time()
 
     # -- CAS -------------------------------------------------------------------------------
 
@@ -234,31 +239,38 @@ class LocalStore:
         least-recently-used eviction (:mod:`pbuild.engine.cachegc`) ranks by. AC entries are
         touched, never blobs: blobs are hard-linked into pbuild-out, whose stamps record them.
 
-        The ``utime`` is done by one thread beside the build (a thousand hits would otherwise
-        wait on a thousand metadata writes); :meth:`flush_touches` waits for it. An entry only
-        the memo still holds (evicted meanwhile) has nothing to touch."""
-        if self._toucher is None:
-            with self._lock:
-                if self._toucher is None:
-                    self._toucher = threading.Thread(target=self._touch_loop, name="pbuild-touch", daemon=True)
-                    self._toucher.start()
-        self._touches.put(self._ac_path(key))
+        An hour is fine enough for eviction's order, and a metadata write per hit is not free
+        (a thousand of them cost a one-change rebuild a few percent): with a ``uses_path``, the
+        workspace remembers when it last touched each entry and touches it again only an hour
+        later. What this process used is in :attr:`used_keys` either way (eviction after this
+        build keeps it). An entry only the memo still holds (evicted meanwhile) has nothing to
+        touch."""
+        self.used_keys.add(key)
+        uses = self._load_uses()
+        now = int(self._now)
+        if uses is not None:
+            if now - uses.get(key, 0) < TOUCH_EVERY_S:
+                return
+            uses[key] = now
+            self._uses_dirty = True
+        try:
+            os.utime(self._ac_path(key))
+        except OSError:
+            pass
 
-    def _touch_loop(self) -> None:
-        utime = os.utime
-        while (path := self._touches.get()) is not None:
+    def _load_uses(self) -> dict[str, int] | None:
+        if self._uses_path is None:
+            return None
+        if self._uses is None:
+            self._uses = {}
             try:
-                utime(path)
-            except OSError:
+                with open(self._uses_path, "rb") as handle:
+                    uses = marshal.load(handle)
+                if isinstance(uses, dict):
+                    self._uses = uses
+            except (OSError, ValueError, EOFError, TypeError):
                 pass
-
-    def flush_touches(self) -> None:
-        """Wait until every use recorded so far is written (before the session lets go of the cache)."""
-        toucher = self._toucher
-        if toucher is not None:
-            self._touches.put(None)
-            toucher.join()
-            self._toucher = None
+        return self._uses
 
     def forget_action(self, key: ContentDigest) -> None:
         """Drop a key from the memo (its outputs turned out to be missing or damaged)."""
@@ -267,6 +279,11 @@ class LocalStore:
             self._memo_dirty = True
 
     def save_memo(self) -> None:
+        if self._uses_path and self._uses_dirty and self._uses is not None:
+            os.makedirs(os.path.dirname(self._uses_path), exist_ok=True)
+            with atomicio.writing(self._uses_path) as handle:
+                marshal.dump(self._uses, handle)
+            self._uses_dirty = False
         if not self._memo_path or not self._memo_dirty or self._memo is None:
             return
         os.makedirs(os.path.dirname(self._memo_path), exist_ok=True)
@@ -281,6 +298,11 @@ class LocalStore:
         atomicio.write_bytes(dest, data)
         with self._lock:
             self.bytes_added += len(data)
+            self.used_keys.add(key)
+            uses = self._load_uses()
+            if uses is not None:  # written just now: its mtime is this use
+                uses[key] = int(self._now)
+                self._uses_dirty = True
         if self._memo_path:
             memo = self._load_memo()
             with self._lock:
@@ -375,6 +397,10 @@ class OciBlobs:
         os.makedirs(self.dir, exist_ok=True)
         atomicio.write_text(self._entry(digest), cas_digest + "\n")
         return self.store.blob_path(cas_digest)
+
+
+#: How long a touched AC entry counts as just used before a hit touches it again.
+TOUCH_EVERY_S = 3600
 
 
 def blob_path(cas_dir: str, digest: ContentDigest, executable: bool) -> str:

@@ -187,9 +187,12 @@ def test_a_bad_max_size_in_the_user_config_names_that_file(tmp_path: Path, pbuil
 
 def age(cache: Path, entries: object, when: float) -> None:
     """Make AC entries (and every up-to-date stamp, whose mtime is a use of the keys it lists)
-    last used at ``when``."""
+    last used at ``when``; the workspaces' notes of when they last touched an entry go too, so
+    that the next hit touches it again."""
     for path in [*entries, *(cache / "index").glob("*.stamp")]:  # type: ignore[misc]
         os.utime(path, (when, when))
+    for notes in (cache / "index").glob("*.acuse"):
+        notes.unlink()
 
 
 def ac_entries(cache: Path) -> dict[str, Path]:
@@ -224,6 +227,11 @@ def test_the_budget_evicts_least_recently_used_first_and_gets_under_it(
     hit = pbuild("build", "//p:t1", cwd=root, env=sys_env)
     assert hit.code == 0 and "1 cached" in hit.summary, str(hit)
     assert entries[keys["//p:t1"]].stat().st_mtime > now - 60  # the hit touched it
+    os.utime(entries[keys["//p:t1"]], (now - 1800, now - 1800))
+    (root / "pbuild-out").rename(tmp_path / "old-out-2")
+    assert pbuild("build", "//p:t1", cwd=root, env=sys_env).code == 0
+    # ...and within the hour another hit does not write it again: an hour is eviction's grain.
+    assert entries[keys["//p:t1"]].stat().st_mtime == now - 1800
     size = df(pbuild, root, sys_env)["Build cache"]["size"]
     # Over by the new 20 KiB result plus 220 KiB: two evictions are not enough, three are (t0, t2,
     # t3: oldest first, t1 was used since); 40 KiB of slack for the new stamp and indexes.
