@@ -14,8 +14,8 @@ ever finds an input blob gone between the moment it checked it and the moment it
 build may still meet is an entry evicted *before* it started (its AC memo, a stamp, pbuild-out
 name it): the scheduler treats that as a miss, and the action runs again.
 
-Last use: an AC entry's mtime. A cache hit touches it (``LocalStore.touch_action``); a new entry
-is written fresh; a no-op build, which opens no AC entry, touches its up-to-date stamp instead,
+Last use: an AC entry's mtime, to the hour. A cache hit touches it (``LocalStore.touch_action``,
+at most hourly per workspace); a new entry is written fresh; a no-op build, which opens no AC entry, touches its up-to-date stamp instead,
 and a stamp's mtime counts as a use of every action key it lists. CAS blobs are never touched:
 they are hard-linked into ``pbuild-out``, whose up-to-date stamps record their ctime. A
 toolchain tree's use touches its folder.
