@@ -273,7 +273,7 @@ class Remover:
         os.makedirs(tmp, exist_ok=True)
         doomed = os.path.join(tmp, f"gc-{os.getpid()}-{os.urandom(6).hex()}")
         try:
-            os.rename(path, doomed)
+            os.rename(path, doomed)  # atomicio-exempt: a removal, out of its place to a fresh name
         except FileNotFoundError:
             return False
         self.gone.add_tree(doomed, "gone")

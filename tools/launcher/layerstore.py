@@ -89,7 +89,7 @@ def remove_layer(root: str, diff_id: str) -> None:
     os.makedirs(tmp, exist_ok=True)
     doomed = os.path.join(tmp, f"removed-{os.urandom(6).hex()}")  # no lock file: stale if we die
     try:
-        os.rename(path, doomed)
+        os.rename(path, doomed)  # atomicio-exempt: a removal, out of its place to a fresh name
     except FileNotFoundError:
         return
     remove_tree(doomed)
