@@ -18,7 +18,7 @@ Last use: an AC entry's mtime, to the hour. A cache hit touches it (``LocalStore
 at most hourly per workspace); a new entry is written fresh; a no-op build, which opens no AC entry, touches its up-to-date stamp instead,
 and a stamp's mtime counts as a use of every action key it lists. CAS blobs are never touched:
 they are hard-linked into ``pbuild-out``, whose up-to-date stamps record their ctime. A
-toolchain tree's use touches its folder.
+toolchain tree's use touches its lock file (its folder's mtime is in `pbuild run` stamps).
 """
 
 from __future__ import annotations
@@ -218,6 +218,8 @@ def scan(cache_dir: str, images: Iterable[StoredImage] | None = None, tally: Tal
                         mtime = os.lstat(path).st_mtime
                     except OSError:
                         continue  # removed meanwhile
+                    with contextlib.suppress(OSError):  # a use touches its lock file (toolchains.py)
+                        mtime = max(mtime, os.lstat(path + ".lock").st_mtime)
                     counts[TREES] = counts.get(TREES, 0) + 1
                     items.append(Item("tree", path, mtime))
         else:

@@ -80,8 +80,10 @@ class ToolchainTrees:
         if os.path.isdir(path):
             with self._guard:
                 self._ready.add(digest)
+            # Its last use, once per build, for least-recently-used eviction: on the lock file
+            # beside it, as the folder's own mtime is in `pbuild run` stamps.
             with contextlib.suppress(OSError):
-                os.utime(path)  # its last use, once per build, for least-recently-used eviction
+                os.utime(path + ".lock")
             return path
         os.makedirs(self.top, exist_ok=True)
         self._clean_stale_once()
