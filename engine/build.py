@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,10 @@ from typing import Any
 from pbuild.engine import uptodate
 from pbuild.engine.analysis import ActionGraph, Analyzer
 from pbuild.engine.api import OUT_DIR, Action, DefaultInfo, File, ProcessAction, RunInfo, Target, TestInfo
+from pbuild.engine.budget import Budget, read_budget
 from pbuild.engine.errors import BuildFailed
 from pbuild.engine.events import Reporter
+from pbuild.engine.gclock import lock_shared
 from pbuild.engine.hashing import StatIndex
 from pbuild.engine.labels import Label
 from pbuild.engine.loading import Loader, ParseCache
@@ -35,6 +38,7 @@ from pbuild.engine.workspace import (
 )
 from pbuild.lib import atomicio
 from pbuild.lib.determinism import source_date_epoch
+from pbuild.lib.filelock import FileLock
 
 
 @dataclass(frozen=True)
@@ -68,22 +72,42 @@ class Session:
     sha_index: Any = None
     # The build timestamp, read from SOURCE_DATE_EPOCH and validated once, in open_session.
     epoch: int = 0
+    # The shared hold on the cache that keeps eviction and `pbuild system prune` out while the
+    # session may still read what it found there (pbuild.engine.cachegc).
+    gc_lock: FileLock | None = None
+    budget: Budget | None = None
+    started: float = 0.0
+    say: Callable[[str], None] | None = None
 
     def close(self) -> None:
-        self.index.save()
-        self.store.save_memo()
-        self.loader.parse_cache.save()
-        if self.sha_index is not None:
-            self.sha_index.save()
-        if self.remote is not None:
-            self.remote.close()
+        try:
+            self.index.save()
+            self.store.save_memo()
+            self.loader.parse_cache.save()
+            if self.sha_index is not None:
+                self.sha_index.save()
+            if self.remote is not None:
+                self.remote.close()
+        finally:
+            if self.gc_lock is not None:
+                self.gc_lock.release()
+                self.gc_lock = None
+        if self.budget is not None:
+            from pbuild.engine.budget import after_build
+
+            after_build(self.cache_dir, self.budget, self.store.bytes_added, self.started,
+                        self.say or (lambda m: print(m, file=sys.stderr)), used=self.store.used_keys)
+            self.budget = None  # once, however often close is called
 
 
 def open_session(request: BuildRequest, *, warn: Any = None, workspace: Workspace | None = None) -> Session:
     """Open the request's workspace (``workspace``, when the command found it already)."""
     epoch = source_date_epoch()  # a bad value is refused before anything is opened
+    started = time.time()
     workspace = workspace or find_workspace(request.cwd, request.workspace)
+    budget = read_budget(workspace)  # a bad max_size, too
     cache_dir = os.path.abspath(request.cache_dir) if request.cache_dir else default_cache_dir()
+    say = warn or (lambda m: print(m, file=sys.stderr))
     ruleset = RuleSet(workspace)
     index_base = uptodate.index_base(workspace.root, cache_dir)
     recorder = DependencyRecorder()
@@ -92,16 +116,22 @@ def open_session(request: BuildRequest, *, warn: Any = None, workspace: Workspac
         recorder.file(workspace.path(plugin))
     loader = Loader(workspace, ruleset, ParseCache(index_base + ".parse"), recorder)
     analyzer = Analyzer(loader, workspace.config)
-    store = LocalStore(cache_dir, memo_path=index_base + ".acmemo")
-    store.remove_stale_tmp()
-    session = Session(workspace, loader, analyzer, store, StatIndex(index_base + ".stat"), cache_dir, index_base,
-                      epoch=epoch)
-    settings = request.remote_settings
-    if settings is not None and getattr(settings, "url", None):
-        from pbuild.engine.remote import Sha256Index, open_remote
+    store = LocalStore(cache_dir, memo_path=index_base + ".acmemo",  # checks the cache dir first
+                       uses_path=index_base + ".acuse")
+    gc_lock = lock_shared(cache_dir, say)
+    try:
+        store.remove_stale_tmp()
+        session = Session(workspace, loader, analyzer, store, StatIndex(index_base + ".stat"), cache_dir, index_base,
+                          epoch=epoch, gc_lock=gc_lock, budget=budget, started=started, say=say)
+        settings = request.remote_settings
+        if settings is not None and getattr(settings, "url", None):
+            from pbuild.engine.remote import Sha256Index, open_remote
 
-        session.remote = open_remote(settings, cache_dir=cache_dir, warn=warn or (lambda m: print(m, file=sys.stderr)))
-        session.sha_index = Sha256Index(cache_dir)
+            session.remote = open_remote(settings, cache_dir=cache_dir, warn=say)
+            session.sha_index = Sha256Index(cache_dir)
+    except BaseException:
+        gc_lock.release()
+        raise
     return session
 
 

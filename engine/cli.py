@@ -20,7 +20,7 @@ VERSION = "0.1.0"
 
 _DESCRIPTION = "pbuild: hermetic, content-hashed builds of Python programs and reproducible OCI images."
 # The engine's own commands: a command line starting with one never imports the families' commands.
-_ENGINE_COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock")
+_ENGINE_COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock", "system")
 _LAUNCHER_COMMANDS = ("ps", "logs", "exec", "stop", "rm")
 # `pbuild ps` and `pbuild logs NAME` go straight to the launcher (no parser, no families: fast);
 # with a label or a Compose file they are the stack family's commands.
@@ -120,6 +120,8 @@ def make_parser(family_commands: Sequence[Command] | None = None) -> argparse.Ar
     p.add_argument("--mirror", metavar="URL", help="Debian mirror (default: $PBUILD_DEBIAN_MIRROR, else the host's apt sources)")
     _add_common(p)
 
+    _add_system(sub)
+
     taken: set[str] = set()
     for command in family_commands:
         taken.add(command.name)
@@ -208,6 +210,24 @@ def _help(parser: argparse.ArgumentParser, topic: str | None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0) and EXIT_BAD_INPUT
     return 0
+
+
+def _add_system(sub: Any) -> None:
+    """``pbuild system df|prune``: the disk pbuild uses (engine/system.py)."""
+    system = sub.add_parser("system", help="show and reclaim the disk pbuild uses",
+                            description="df: the build cache, layers, images and containers; "
+                                        "prune: remove what nothing uses (see docs/cache.md).")
+    verbs = system.add_subparsers(dest="system_command", metavar="SUBCOMMAND", required=True)
+    p = verbs.add_parser("df", help="show disk usage", description="Size and reclaimable size of the build "
+                         "cache, the layer store, the image store and the containers (hard links counted once).")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    p.add_argument("-v", "--verbose", action="store_true", help="list each image, container, layer and cache part")
+    _add_common(p)
+    p = verbs.add_parser("prune", help="remove unused data", description="Remove stopped containers, layers no "
+                         "running container uses, dangling images and the build cache.")
+    p.add_argument("-a", "--all", action="store_true", help="also remove every image no running container uses")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    _add_common(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -300,10 +320,10 @@ def _request(args: argparse.Namespace, patterns: Sequence[str], workspace: Works
 def _user_config() -> dict[str, Any]:
     import tomllib
 
+    from pbuild.engine.workspace import user_config_path
     from pbuild.lib.tomlpos import load_toml
 
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    path = os.path.join(base, "pbuild", "config.toml")
+    path = user_config_path()
     try:
         with open(path, "rb") as handle:
             return load_toml(handle.read())
@@ -351,12 +371,30 @@ def _dispatch(args: argparse.Namespace, user_umask: int) -> int:
         from pbuild.engine.commands import clean
 
         return clean(workspace=args.workspace, cache_dir=args.cache_dir, expunge=args.expunge)
+    if command == "system":
+        return _system(args)
     if command == "lock":
         from pbuild.engine.commands import lock
 
         return lock(workspace=args.workspace, python=args.python, tools=args.tools, debian=args.debian,
                     mirror=args.mirror)
     raise AssertionError(command)
+
+
+def _system(args: argparse.Namespace) -> int:
+    from pbuild.engine import system
+    from pbuild.engine.workspace import default_cache_dir, find_workspace
+
+    cache_dir = os.path.abspath(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.system_command == "df":
+        try:  # the workspace only adds its budget: df works anywhere
+            workspace = find_workspace(os.getcwd(), args.workspace)
+        except PbuildError:
+            if args.workspace is not None:
+                raise
+            workspace = None
+        return system.df_command(cache_dir, workspace, fmt=args.format, verbose=args.verbose)
+    return system.prune_command(cache_dir, all_images=args.all, force=args.force)
 
 
 def _launcher(argv: list[str]) -> int:

@@ -24,6 +24,7 @@ from pbuild.engine.scheduler import ActionStatus
 from pbuild.engine.store import LocalStore, OciBlobs
 from pbuild.engine.toolchains import needed_files
 from pbuild.engine.workspace import Workspace, default_cache_dir, find_workspace
+from pbuild.lib.filelock import FileLock
 from pbuild.lib.oci.blobstore import BlobStore
 from pbuild.tools.fstree import remove_tree
 
@@ -100,7 +101,12 @@ def clean(*, workspace: str | None, cache_dir: str | None, expunge: bool) -> int
         for path in doomed:
             remove_tree(path)
         if expunge:
-            LocalStore(os.path.abspath(cache_dir) if cache_dir else default_cache_dir()).expunge()
+            from pbuild.engine.gclock import wait_exclusive
+
+            store = LocalStore(os.path.abspath(cache_dir) if cache_dir else default_cache_dir())
+            # As `pbuild system prune`: never from under a running build.
+            with wait_exclusive(store.root, lambda m: print(m, file=sys.stderr, flush=True)):
+                store.expunge()
     except OSError as exc:
         raise PbuildError(f"could not remove {exc.filename}: {exc.strerror}",
                           hint="check the permissions of that path (and whether something is mounted there)") from None
@@ -136,6 +142,7 @@ class EngineCommandContext:
     # The build request of the command's flags, for the workspace found already.
     make_request: Callable[[Sequence[str], Workspace], BuildRequest]
     _workspace: Workspace | None = None
+    _gc_lock: FileLock | None = None
 
     def workspace(self) -> Workspace:
         if self._workspace is None:
@@ -149,6 +156,12 @@ class EngineCommandContext:
         return os.path.abspath(self.args.cache_dir) if self.args.cache_dir else default_cache_dir()
 
     def oci_blobs(self) -> BlobStore:
+        # Held until the command ends (the process exits): a pull stores blobs before the image
+        # that names them, and a prune in between must not take them (pbuild.engine.cachegc).
+        if self._gc_lock is None:
+            from pbuild.engine.gclock import lock_shared
+
+            self._gc_lock = lock_shared(self.cache_dir(), lambda m: print(m, file=sys.stderr))
         return OciBlobs(LocalStore(self.cache_dir()))
 
     def build_one(self, target: str) -> BuiltTarget:

@@ -341,8 +341,12 @@ class Executor:
         res = self.store.get_action(key)
         if res is None:
             return None
+        # A memo entry may name an AC entry evicted since, whose blobs are gone: materializing
+        # then fails (unless pbuild-out still holds the outputs, as the stat index vouches), and
+        # the action runs again: an evicted entry is a miss, never a failure.
         if self._accepts(action, [o.path for o in res.outputs], res.directories, "local cache") \
                 and self.materializer.materialize_result(res):
+            self.store.touch_action(key)  # its last use, for least-recently-used eviction
             return res
         self.store.forget_action(key)
         return None

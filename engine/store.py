@@ -4,7 +4,7 @@ Layout under the cache dir::
 
     cas/ab/<xxh3>        read-only blob (mode 0444)
     cas/ab/<xxh3>.x      the same content, executable (0555): outputs keep their mode
-    ac/ab/<key>          JSON: the outputs of the action with that key
+    ac/ab/<key>          JSON: the outputs of the action with that key; its mtime is its last use
 
 Every write goes to a temp file beside its destination and is renamed into place, so a crash or a
 concurrent build never leaves a half-written entry visible. Blobs are verified against their
@@ -28,6 +28,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ class ActionResult:
 class LocalStore:
     """CAS and AC under ``root``. Safe for concurrent use by threads and processes."""
 
-    def __init__(self, root: str, memo_path: str | None = None) -> None:
+    def __init__(self, root: str, memo_path: str | None = None, uses_path: str | None = None) -> None:
         self.root = root
         # A per-workspace memo of the AC entries this workspace used, read in one go: a large
         # build would otherwise open one AC file per action just to learn nothing changed.
@@ -115,11 +116,21 @@ class LocalStore:
                 ) from None
         self._made: set[str] = set()
         self._lock = threading.Lock()
+        # Bytes this process wrote into the CAS and the AC: the size budget's estimate
+        # (pbuild.engine.budget) grows by it, so that most builds need not measure the cache.
+        self.bytes_added = 0
+        # The AC keys this process used (hits and new entries), and when this workspace last
+        # touched each entry (see touch_action).
+        self.used_keys: set[str] = set()
+        self._uses_path = uses_path
+        self._uses: dict[str, int] | None = None
+        self._uses_dirty = False
+        self._now = time.time()
 
     # -- CAS -------------------------------------------------------------------------------
 
     def blob_path(self, digest: ContentDigest, executable: bool = False) -> str:
-        return os.path.join(self.cas_dir, digest[:2], digest + (".x" if executable else ""))
+        return blob_path(self.cas_dir, digest, executable)
 
     def has_blob(self, digest: ContentDigest, executable: bool = False) -> bool:
         return os.path.exists(self.blob_path(digest, executable))
@@ -151,6 +162,8 @@ class LocalStore:
                 shutil.copyfile(source, tmp)
             os.chmod(tmp, blob_mode(executable))
             atomicio.publish_file(tmp, dest)
+        with self._lock:
+            self.bytes_added += size
         return digest, size
 
     def put_bytes(self, data: bytes, digest: ContentDigest) -> str:
@@ -158,6 +171,8 @@ class LocalStore:
         if not os.path.exists(dest):
             self._ensure_dir(os.path.dirname(dest))
             atomicio.write_bytes(dest, data, mode=blob_mode(False))
+            with self._lock:
+                self.bytes_added += len(data)
         return dest
 
     def verify_blob(self, digest: ContentDigest, executable: bool = False) -> bool:
@@ -219,6 +234,44 @@ class LocalStore:
                 self._memo_dirty = True
         return result
 
+    def touch_action(self, key: ContentDigest) -> None:
+        """Record a use of the AC entry ``key`` (a cache hit): its mtime is its last use, which
+        least-recently-used eviction (:mod:`pbuild.engine.cachegc`) ranks by. AC entries are
+        touched, never blobs: blobs are hard-linked into pbuild-out, whose stamps record them.
+
+        An hour is fine enough for eviction's order, and a metadata write per hit is not free
+        (a thousand of them cost a one-change rebuild a few percent): with a ``uses_path``, the
+        workspace remembers when it last touched each entry and touches it again only an hour
+        later. What this process used is in :attr:`used_keys` either way (eviction after this
+        build keeps it). An entry only the memo still holds (evicted meanwhile) has nothing to
+        touch."""
+        self.used_keys.add(key)
+        uses = self._load_uses()
+        now = int(self._now)
+        if uses is not None:
+            if now - uses.get(key, 0) < TOUCH_EVERY_S:
+                return
+            uses[key] = now
+            self._uses_dirty = True
+        try:
+            os.utime(self._ac_path(key))
+        except OSError:
+            pass
+
+    def _load_uses(self) -> dict[str, int] | None:
+        if self._uses_path is None:
+            return None
+        if self._uses is None:
+            self._uses = {}
+            try:
+                with open(self._uses_path, "rb") as handle:
+                    uses = marshal.load(handle)
+                if isinstance(uses, dict):
+                    self._uses = uses
+            except (OSError, ValueError, EOFError, TypeError):
+                pass
+        return self._uses
+
     def forget_action(self, key: ContentDigest) -> None:
         """Drop a key from the memo (its outputs turned out to be missing or damaged)."""
         memo = self._load_memo()
@@ -226,6 +279,11 @@ class LocalStore:
             self._memo_dirty = True
 
     def save_memo(self) -> None:
+        if self._uses_path and self._uses_dirty and self._uses is not None:
+            os.makedirs(os.path.dirname(self._uses_path), exist_ok=True)
+            with atomicio.writing(self._uses_path) as handle:
+                marshal.dump(self._uses, handle)
+            self._uses_dirty = False
         if not self._memo_path or not self._memo_dirty or self._memo is None:
             return
         os.makedirs(os.path.dirname(self._memo_path), exist_ok=True)
@@ -238,6 +296,13 @@ class LocalStore:
         self._ensure_dir(os.path.dirname(dest))
         data = result.to_json()
         atomicio.write_bytes(dest, data)
+        with self._lock:
+            self.bytes_added += len(data)
+            self.used_keys.add(key)
+            uses = self._load_uses()
+            if uses is not None:  # written just now: its mtime is this use
+                uses[key] = int(self._now)
+                self._uses_dirty = True
         if self._memo_path:
             memo = self._load_memo()
             with self._lock:
@@ -272,7 +337,8 @@ class LocalStore:
 
     def expunge(self) -> None:
         """Remove everything (``pbuild clean --expunge``); an ``OSError`` names what could not go."""
-        for sub in ("cas", "ac", "tmp", "index", OCI_INDEX_DIR):
+        # gc.lock stays: a build waiting on it would hold a lock on a file no one else can see.
+        for sub in ("cas", "ac", "tmp", "index", OCI_INDEX_DIR, "gc.usage"):
             remove_tree(os.path.join(self.root, sub))
 
 
@@ -331,6 +397,15 @@ class OciBlobs:
         os.makedirs(self.dir, exist_ok=True)
         atomicio.write_text(self._entry(digest), cas_digest + "\n")
         return self.store.blob_path(cas_digest)
+
+
+#: How long a touched AC entry counts as just used before a hit touches it again.
+TOUCH_EVERY_S = 3600
+
+
+def blob_path(cas_dir: str, digest: ContentDigest, executable: bool) -> str:
+    """Where the CAS under ``cas_dir`` keeps the blob ``digest`` (``.x``: its executable copy)."""
+    return os.path.join(cas_dir, digest[:2], digest + (".x" if executable else ""))
 
 
 def blob_mode(executable: bool) -> int:

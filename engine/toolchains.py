@@ -20,6 +20,7 @@ launcher would run it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -74,9 +75,15 @@ class ToolchainTrees:
         ``layers`` may be a function, called only when the tree must be made (finding the
         verified blobs costs a hash of each when nothing vouches for them)."""
         path = os.path.join(self.top, digest)
-        if digest in self._ready or os.path.isdir(path):
+        if digest in self._ready:
+            return path
+        if os.path.isdir(path):
             with self._guard:
                 self._ready.add(digest)
+            # Its last use, once per build, for least-recently-used eviction: on the lock file
+            # beside it, as the folder's own mtime is in `pbuild run` stamps.
+            with contextlib.suppress(OSError):
+                os.utime(path + ".lock")
             return path
         os.makedirs(self.top, exist_ok=True)
         self._clean_stale_once()
@@ -106,7 +113,7 @@ class ToolchainTrees:
         except OSError:
             return
         for digest in {d for d in map(atomicio.temp_target, names) if d is not None}:
-            lock = _try_lock(os.path.join(self.top, digest + ".lock"))
+            lock = try_lock(os.path.join(self.top, digest + ".lock"))
             if lock is None:
                 continue  # being unpacked right now
             try:
@@ -174,8 +181,9 @@ class _locked:
         os.close(self.fd)  # releases the lock
 
 
-def _try_lock(path: str) -> int | None:
-    """An fd holding ``path``'s flock, or None when another unpacker holds it."""
+def try_lock(path: str) -> int | None:
+    """An fd holding ``path``'s flock, or None when another holds it (an unpacker; for
+    `pbuild system prune`, also a program on the tree holding it shared)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError:

@@ -119,9 +119,18 @@ def write_stamp(path: str, recorder: DependencyRecorder, outputs: Iterable[str],
     entries = recorder.items()
     entries.extend((p, FILE, _stat_key(p)) for p in _code_paths())
     entries.extend((p, FILE, _stat_key(p)) for p in outputs)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomicio.writing(path) as handle:
-        marshal.dump((_VERSION, entries, list(events), extra), handle)
+    record = (_VERSION, entries, list(events), extra)
+    for attempt in (1, 2):
+        # Written after the build's session let go of the cache: a `pbuild system prune` may
+        # take the index folder away meanwhile. Made again, once: the stamp only saves time.
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            with atomicio.writing(path) as handle:
+                marshal.dump(record, handle)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
 
 
 def save_analysis(path: str, recorder: DependencyRecorder, payload: bytes) -> None:
@@ -159,9 +168,15 @@ def check_stamp_with_extra(path: str) -> tuple[list[Event], Any] | None:
             version, entries, events, extra = marshal.load(handle)
     except (OSError, ValueError, EOFError, TypeError):
         return None
-    if version != _VERSION:
+    if version != _VERSION or not _unchanged(entries):
         return None
-    return (events, extra) if _unchanged(entries) else None
+    # A no-op build opens no AC entry: the stamp's mtime stands for the use of every key it
+    # lists (pbuild.engine.cachegc), one utime instead of one per action.
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+    return events, extra
 
 
 def _unchanged(entries: Iterable[tuple[str, int, StatKey]]) -> bool:

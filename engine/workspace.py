@@ -119,6 +119,12 @@ def default_cache_dir() -> str:
     return os.path.join(xdg, "pbuild")
 
 
+def user_config_path() -> str:
+    """The user's config file: ``$XDG_CONFIG_HOME/pbuild/config.toml``, else ``~/.config/...``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "pbuild", "config.toml")
+
+
 def current_package(workspace: Workspace, cwd: str) -> str:
     """The package the user stands in ('' at the root or outside), for relative labels."""
     rel = os.path.relpath(os.path.abspath(cwd), workspace.root)

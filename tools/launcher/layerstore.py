@@ -9,6 +9,14 @@ A layer is unpacked into a locked temporary directory (:func:`dirs.scratch_dir`)
 into place, so a crash or a concurrent launcher never leaves a half-unpacked layer visible; two
 launchers racing on one layer both unpack and one rename wins. Temporaries of killed launchers
 are removed by the next launcher.
+
+Layers are removed only by ``pbuild system prune``, never while a container may use them. A
+launcher holds a shared lock on ``gc.lock`` (:func:`lock_store`) from before it reads the image
+until its container is running with the layers' diff_ids in its record (``extra["layers"]``);
+the pruner holds it exclusive while it lists containers and removes layers none of them names.
+So a layer is never taken from under a container being set up, and a running one names its own.
+A layer is removed by renaming it into ``tmp`` first: a pruner killed halfway leaves a stale
+temporary, never a half-removed layer that ``isdir`` would take for a whole one.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import os
 from collections.abc import Callable
 from typing import IO, cast
 
-from pbuild.lib import atomicio
+from pbuild.lib import atomicio, filelock
 from pbuild.tools.launcher import dirs
 from pbuild.tools.launcher.errors import LauncherError, RefusedLayer
 from pbuild.tools.launcher.image import Image, Layer
@@ -30,6 +38,61 @@ def store_root() -> str:
         return os.path.abspath(explicit)
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(data, "pbuild", "layers")
+
+
+LOCK_FILE = "gc.lock"
+
+
+def lock_store(
+    root: str, *, exclusive: bool, on_wait: Callable[[], None] | None = None
+) -> filelock.FileLock:
+    """Hold the store's ``gc.lock`` (creating the store, private, if needed): shared while a
+    container is set up, exclusive while layers are pruned. ``on_wait`` is called once if the
+    lock is busy."""
+    try:
+        dirs.ensure_private_dir(root)
+        lock = filelock.acquire(os.path.join(root, LOCK_FILE), exclusive=exclusive, on_wait=on_wait)
+    except OSError as e:
+        raise LauncherError(
+            f"cannot lock the layer store {root}: {e.strerror}",
+            hint="set PBUILD_LAYER_STORE or XDG_DATA_HOME to a directory you can write",
+        ) from None
+    assert lock is not None  # blocking
+    return lock
+
+
+def stored_layers(root: str) -> dict[str, str]:
+    """diff_id -> directory of every layer in the store at ``root``."""
+    found: dict[str, str] = {}
+    try:
+        algorithms = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return found
+    for algorithm in algorithms:
+        folder = os.path.join(root, algorithm)
+        if algorithm == "tmp" or not algorithm.isalnum() or not os.path.isdir(folder):
+            continue
+        for hexdigest in sorted(os.listdir(folder)):
+            path = os.path.join(folder, hexdigest)
+            if hexdigest.isalnum() and os.path.isdir(path) and not os.path.islink(path):
+                found[f"{algorithm}:{hexdigest}"] = path
+    return found
+
+
+def remove_layer(root: str, diff_id: str) -> None:
+    """Remove one layer (the caller holds the exclusive :func:`lock_store`): renamed into
+    ``tmp`` first, so it leaves the store in one step, then deleted."""
+    from pbuild.tools.fstree import remove_tree
+
+    path = layer_path(root, diff_id)
+    tmp = os.path.join(root, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    doomed = os.path.join(tmp, f"removed-{os.urandom(6).hex()}")  # no lock file: stale if we die
+    try:
+        os.rename(path, doomed)  # atomicio-exempt: a removal, out of its place to a fresh name
+    except FileNotFoundError:
+        return
+    remove_tree(doomed)
 
 
 def layer_path(root: str, diff_id: str) -> str:

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from pbuild.lib import atomicio
+from pbuild.lib.filelock import FileLock
 from pbuild.tools.launcher import cgroups, identity, process, seccomp
 from pbuild.tools.launcher.config import ContainerSpec, RunOptions, resolve_spec
 from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
 from pbuild.tools.launcher.flatten import flatten
 from pbuild.tools.launcher.image import load_image
-from pbuild.tools.launcher.layerstore import ensure_layers, store_root
+from pbuild.tools.launcher.layerstore import ensure_layers, lock_store, store_root
 from pbuild.tools.launcher.mounts import RootFs, generated_files, plan_container
 from pbuild.tools.launcher.state import ContainerState, ContainerStore, process_start_time
 from pbuild.tools.sandbox import linux
@@ -132,9 +133,14 @@ class _Prepared(NamedTuple):
     launch: process.Launch
     store: ContainerStore
     idmap: identity.IdMap
+    layer_lock: FileLock
 
     def release(self) -> None:
-        """The launcher's copies of the holder's namespaces and the bound ports (after the fork)."""
+        """The launcher's copies of the holder's namespaces and the bound ports, and the layer
+        store's lock (after the fork: the container is running, its record names its layers;
+        the monitor closed its copy of the lock's descriptor with every other one it does not
+        keep)."""
+        self.layer_lock.release()
         _release(self.launch.holder, self.launch.listeners)
 
 
@@ -182,8 +188,29 @@ def _prepare_container(
     holder: join_mod.Holder | None,
     listeners: tuple[forward.Listener, ...],
 ) -> _Prepared:
-    image = load_image(options.image, options.platform)
     layers_root = store_root()
+    # Held from before the image is read until the container runs (_Prepared.release): `pbuild
+    # system prune` removes layers (and images) only under this lock taken exclusive.
+    layer_lock = lock_store(layers_root, exclusive=False, on_wait=lambda: notice(
+        "waiting for `pbuild system prune` to finish with the layer store"))
+    try:
+        return _prepare_locked(options, limits, capabilities, policy, holder, listeners, layers_root, layer_lock)
+    except BaseException:
+        layer_lock.release()
+        raise
+
+
+def _prepare_locked(
+    options: RunOptions,
+    limits: cgroups.Limits,
+    capabilities: int,
+    policy: seccomp.Policy,
+    holder: join_mod.Holder | None,
+    listeners: tuple[forward.Listener, ...],
+    layers_root: str,
+    layer_lock: FileLock,
+) -> _Prepared:
+    image = load_image(options.image, options.platform)
     layer_dirs = ensure_layers(image, layers_root, notify=notice)
     store = ContainerStore()
     program = seccomp.build_program(
@@ -197,6 +224,8 @@ def _prepare_container(
         "user": spec.user,
         "single_map": single_map,
         "image_digest": image.digest,
+        # What `pbuild system prune` keeps while this container exists (layerstore's lock).
+        "layers": [layer.diff_id for layer in image.layers],
         "capabilities": capabilities,
         "seccomp": policy.record(),
     }
@@ -262,7 +291,7 @@ def _prepare_container(
         holder=holder,
         listeners=listeners,
     )
-    return _Prepared(launch, store, idmap)
+    return _Prepared(launch, store, idmap, layer_lock)
 
 
 def start_container(options: RunOptions, stdio: process.Stdio) -> StartedContainer:
