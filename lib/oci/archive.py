@@ -33,7 +33,7 @@ from pbuild.lib.digest import OciDigest, oci_hex
 from pbuild.lib.oci import layout as oci_layout
 from pbuild.lib.oci import mediatypes
 from pbuild.lib.oci.descriptor import Descriptor
-from pbuild.lib.oci.errors import ArchiveError, InvalidReference
+from pbuild.lib.oci.errors import ImageArchiveError, InvalidReference
 from pbuild.lib.oci.reference import Reference
 
 #: The largest ``manifest.json``, ``index.json``, ``oci-layout`` or ``repositories`` accepted.
@@ -143,8 +143,8 @@ class LoadedArchive:
     kind: str  # "docker-archive" or "oci-archive"
 
 
-def _refuse(archive: str, problem: str, hint: str | None = None) -> ArchiveError:
-    return ArchiveError(f"image archive {archive}: {problem}; nothing was loaded",
+def _refuse(archive: str, problem: str, hint: str | None = None) -> ImageArchiveError:
+    return ImageArchiveError(f"image archive {archive}: {problem}; nothing was loaded",
                         hint=hint or "load an archive written by `pbuild save`, `docker save`, `podman save` "
                                      "or `skopeo copy ... docker-archive:FILE`")
 
@@ -165,7 +165,7 @@ def _member_name(archive: str, member: tarfile.TarInfo) -> str:
 
 def unpack(archive: str, dest: str) -> LoadedArchive:
     """Unpack ``archive`` (plain, gzip or other compression tarfile reads) into the new folder
-    ``dest`` and make an OCI layout of its image there; :class:`ArchiveError` if it is refused."""
+    ``dest`` and make an OCI layout of its image there; :class:`ImageArchiveError` if it is refused."""
     os.mkdir(dest, 0o700)
     root = os.path.join(dest, "files")
     os.mkdir(root, 0o700)
@@ -174,7 +174,7 @@ def unpack(archive: str, dest: str) -> LoadedArchive:
     try:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed below
     except FileNotFoundError:
-        raise ArchiveError(f"image archive {archive} does not exist", hint="check the path given to -i") from None
+        raise ImageArchiveError(f"image archive {archive} does not exist", hint="check the path given to -i") from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise _refuse(archive, f"not a tar archive ({exc})") from None
     try:

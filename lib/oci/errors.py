@@ -31,5 +31,5 @@ class RegistryError(OciError):
     exit_code = 1
 
 
-class ArchiveError(OciError):
+class ImageArchiveError(OciError):
     """An image archive (docker-archive, OCI archive) that is damaged or hostile (exit 2)."""

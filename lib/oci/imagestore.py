@@ -324,7 +324,7 @@ class ImageStore:
                     meta = {"created": time.time(), "source": source}
                     atomicio.write_bytes(os.path.join(tmp, _META), determinism.canonical_json(meta), mode=0o600)
                     os.makedirs(os.path.dirname(folder), mode=0o700, exist_ok=True)
-                    os.rename(tmp, folder)
+                    atomicio.publish_dir(tmp, folder)  # under the lock: nobody else publishes it
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
@@ -388,7 +388,7 @@ class ImageStore:
                 folder = self._image_dir(digest)
                 if os.path.isdir(folder):
                     gone = self._tmp_dir()
-                    os.rename(folder, gone)
+                    os.rename(folder, gone)  # atomicio-exempt: out of sight first, then deleted
                     shutil.rmtree(gone, ignore_errors=True)
         return Removal(untagged, tuple(delete))
 
