@@ -80,7 +80,7 @@ def _from_config(config: Mapping[str, Any], shown: str, path: str) -> Budget | N
                           hint="[cache] knows max_size")
     if "max_size" not in section:
         return None
-    from pbuild.engine.diskuse import parse_size
+    from pbuild.lib.sizes import parse_size
 
     value = section["max_size"]
     size = parse_size(value)
@@ -172,7 +172,7 @@ def after_build(cache_dir: str, budget: Budget, added: int, started: float, say:
         with contextlib.suppress(Exception):
             say(f"pbuild: warning: the cache's size budget was not enforced: {exc}")
         return
-    from pbuild.engine.diskuse import format_size
+    from pbuild.lib.sizes import format_size
 
     removed = ", ".join(f"{n} {what}" for what, n in sorted(done.counts.items())) or "nothing"
     text = (f"pbuild: the build cache was over its budget ({format_size(done.size_before)} > "

@@ -323,6 +323,26 @@ def _program_args(plan: ProgramPlan, extra: Sequence[str]) -> list[str]:
 _TOOLCHAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def _hold_tree(tree: str, label: str) -> None:
+    """Hold the tree's lock shared for the program's life: `pbuild system prune` removes a tree
+    only when it can take that lock exclusive. The descriptor is left open across the exec on
+    purpose (the program, or the fork backend's waiting parent, keeps it, and the kernel drops it
+    when they end)."""
+    import fcntl
+
+    from pbuild.engine.errors import BuildFailed
+
+    try:
+        fd = os.open(tree + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError as exc:
+        raise BuildFailed(f"cannot lock toolchain {label}'s tree {tree}: {exc.strerror}",
+                          hint="check that the cache dir is yours and writable") from None
+    if not os.path.isdir(tree):  # a prune removed it while we waited for the lock
+        raise BuildFailed(f"toolchain {label}'s tree was removed by `pbuild system prune` meanwhile",
+                          hint="run the command again: the tree is unpacked anew")
+
+
 def _exec_on_toolchain(plan: ProgramPlan, toolchain: ToolchainRoot, extra: Sequence[str], *, user_umask: int) -> int:
     """Start the program of a toolchain plan in its root (``pbuild.tools.sandbox.exec_on_root``)."""
     from pbuild.engine.errors import BuildFailed
@@ -333,6 +353,7 @@ def _exec_on_toolchain(plan: ProgramPlan, toolchain: ToolchainRoot, extra: Seque
         raise BuildFailed(f"cannot start {program}: toolchain {label} has no such program",
                           hint=f"add the Debian package that provides it to the packages of {label}, "
                                "then run `./pbuild lock --debian`")
+    _hold_tree(tree, label)
     cwd = os.getcwd()
     env = dict(os.environ)
     env.update(plan.env)

@@ -203,15 +203,7 @@ class LocalStore:
 
     def _load_memo(self) -> dict[str, bytes]:
         if self._memo is None:
-            self._memo = {}
-            if self._memo_path:
-                try:
-                    with open(self._memo_path, "rb") as handle:
-                        memo = marshal.load(handle)
-                    if isinstance(memo, dict):
-                        self._memo = memo
-                except (OSError, ValueError, EOFError, TypeError):
-                    pass
+            self._memo = _read_marshalled_dict(self._memo_path) if self._memo_path else {}
         return self._memo
 
     def get_action(self, key: ContentDigest) -> ActionResult | None:
@@ -262,14 +254,7 @@ class LocalStore:
         if self._uses_path is None:
             return None
         if self._uses is None:
-            self._uses = {}
-            try:
-                with open(self._uses_path, "rb") as handle:
-                    uses = marshal.load(handle)
-                if isinstance(uses, dict):
-                    self._uses = uses
-            except (OSError, ValueError, EOFError, TypeError):
-                pass
+            self._uses = _read_marshalled_dict(self._uses_path)
         return self._uses
 
     def forget_action(self, key: ContentDigest) -> None:
@@ -406,6 +391,17 @@ TOUCH_EVERY_S = 3600
 def blob_path(cas_dir: str, digest: ContentDigest, executable: bool) -> str:
     """Where the CAS under ``cas_dir`` keeps the blob ``digest`` (``.x``: its executable copy)."""
     return os.path.join(cas_dir, digest[:2], digest + (".x" if executable else ""))
+
+
+def _read_marshalled_dict(path: str) -> dict[Any, Any]:
+    """A per-workspace side file (the AC memo, the last-use notes), or {} when it is missing or
+    damaged: both are hints the build can do without."""
+    try:
+        with open(path, "rb") as handle:
+            data = marshal.load(handle)
+    except (OSError, ValueError, EOFError, TypeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def blob_mode(executable: bool) -> int:

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING
 
 from pbuild.engine import cachegc, gclock
 from pbuild.engine.budget import Budget, read_budget, set_usage
-from pbuild.engine.diskuse import Tally, format_size
+from pbuild.engine.diskuse import Tally
 from pbuild.engine.errors import PbuildError
 from pbuild.lib.digest import OciDigest
 from pbuild.lib.oci.imagestore import IMAGES_DIR, StoredImage
+from pbuild.lib.sizes import format_size
 from pbuild.tools.launcher import layerstore
 from pbuild.tools.launcher.state import ContainerState, ContainerStore
 

@@ -19,6 +19,7 @@ from pbuild.lib.digest import OciDigest, oci_hex
 from pbuild.lib.oci import layout as oci_layout
 from pbuild.lib.oci.imagestore import ImageStore, StoredImage, describe
 from pbuild.lib.oci.reference import Reference
+from pbuild.lib.sizes import format_size
 
 
 def store_of(ctx: CommandContext) -> ImageStore:
@@ -68,13 +69,6 @@ def _ago(created: float) -> str:
             count = seconds // size
             return f"{count} {unit}{'s' if count > 1 else ''} ago"
     return "less than a minute ago" if seconds >= 1 else "now"
-
-
-def _size(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f}{unit}"
-    return f"{size}B"
 
 
 def _built_images(ctx: CommandContext) -> list[dict[str, object]]:
@@ -138,10 +132,10 @@ def list_images(ctx: CommandContext) -> int:
     for target in built:
         tags = [str(t) for t in target["names"]] if isinstance(target["names"], list) else []
         rows.append((str(target["target"]), ",".join(tags) or "<none>", shown(str(target["id"])), "built",
-                     _size(int(str(target["size"])))))
+                     format_size(int(str(target["size"])))))
     for image in stored:
         for repository, tag in [_split(n) for n in image.names] or [("<none>", "<none>")]:
-            rows.append((repository, tag, shown(image.digest), _ago(image.created), _size(image.size)))
+            rows.append((repository, tag, shown(image.digest), _ago(image.created), format_size(image.size)))
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(_HEADER)]
     for row in [_HEADER, *rows]:
         ctx.out("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -102,7 +102,7 @@ def test_prune_removes_the_build_cache_says_what_it_freed_and_builds_still_work(
     result = pbuild("system", "prune", "-f", cwd=root, env=sys_env)
     assert result.code == 0, str(result)
     assert "Deleted build cache: 2 action cache entries" in result.out, str(result)
-    from pbuild.engine.diskuse import format_size
+    from pbuild.lib.sizes import format_size
 
     assert f"Total reclaimed space: {format_size(expected)}" in result.out, str(result)
     assert not [p for p in (pbuild.cache / "cas").rglob("*") if p.is_file()]

@@ -151,3 +151,45 @@ def test_prune_takes_dangling_images_and_with_all_every_image_no_running_contain
     assert all(blobs.get(d, None) is not None for d in used.blobs)
     works = user.launch("exec", "user", "cat", "/app/hello.txt")
     assert works.returncode == 0 and works.stdout.strip(), works.stderr
+
+
+def test_a_program_running_on_its_toolchain_keeps_the_tree_through_a_prune(tmp_path: Path) -> None:
+    """`pbuild run` of a py_binary holds its toolchain tree's lock for the program's life: a prune
+    meanwhile leaves the tree, and the next prune (the program gone) removes it."""
+    from tests.support.imageclone import clone_app_workspace
+    from tests.support.runner import Runner
+
+    ws = clone_app_workspace(tmp_path / "ws")
+    (ws / "sleeper").mkdir()
+    (ws / "sleeper" / "BUILD.toml").write_text('[bin]\nrule = "py_binary"\nsrcs = ["main.py"]\nmain = "main.py"\n')
+    (ws / "sleeper" / "main.py").write_text(
+        "import pathlib, sys, time\n"
+        "marker, release = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
+        "marker.write_text('started')\n"
+        "while not release.exists():\n"
+        "    time.sleep(0.05)\n"
+        "print(pathlib.Path('/etc/os-release').read_text().splitlines()[0])\n")
+    run = Runner(tmp_path)
+    trees = run.cache / "toolchains"
+    marker, release = tmp_path / "started", tmp_path / "release"
+    program = run.popen("run", "//sleeper:bin", str(marker), str(release), cwd=ws)
+    try:
+        deadline = time.monotonic() + 600  # the first run unpacks the Python toolchain
+        while not marker.exists() and program.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), program.communicate()
+        held = sorted(p.name for p in trees.iterdir() if p.is_dir())
+        assert held, "the program runs on no toolchain tree"
+        pruned = run("system", "prune", "-a", "-f", cwd=ws)
+        assert pruned.code == 0, str(pruned)
+        assert sorted(p.name for p in trees.iterdir() if p.is_dir()) == held
+        release.write_text("")
+        out, err = program.communicate(timeout=60)
+        assert program.returncode == 0 and out.startswith("PRETTY_NAME="), err
+    finally:
+        release.write_text("")
+        if program.poll() is None:
+            program.kill()
+            program.wait()
+    assert run("system", "prune", "-a", "-f", cwd=ws).code == 0
+    assert not [p for p in trees.iterdir() if p.is_dir()]

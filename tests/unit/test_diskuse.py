@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from pbuild.engine.diskuse import Tally, format_size, parse_size
+from pbuild.engine.diskuse import Tally
+from pbuild.lib.sizes import format_size, parse_size
 
 
 @pytest.mark.parametrize(("value", "expected"), [
