@@ -335,6 +335,7 @@ def _hold_tree(tree: str, label: str) -> None:
     try:
         fd = os.open(tree + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         fcntl.flock(fd, fcntl.LOCK_SH)
+        os.set_inheritable(fd, True)  # Python opens descriptors close-on-exec
     except OSError as exc:
         raise BuildFailed(f"cannot lock toolchain {label}'s tree {tree}: {exc.strerror}",
                           hint="check that the cache dir is yours and writable") from None

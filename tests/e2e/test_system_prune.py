@@ -171,7 +171,7 @@ def test_a_program_running_on_its_toolchain_keeps_the_tree_through_a_prune(tmp_p
         "print(pathlib.Path('/etc/os-release').read_text().splitlines()[0])\n")
     run = Runner(tmp_path)
     trees = run.cache / "toolchains"
-    marker, release = tmp_path / "started", tmp_path / "release"
+    marker, release = ws / "started", ws / "release"  # the program sees the workspace, not /tmp
     program = run.popen("run", "//sleeper:bin", str(marker), str(release), cwd=ws)
     try:
         deadline = time.monotonic() + 600  # the first run unpacks the Python toolchain
