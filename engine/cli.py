@@ -337,7 +337,7 @@ def _dispatch(args: argparse.Namespace, user_umask: int) -> int:
     command = args.command
     family_command: Command | None = getattr(args, "family_command", None)
     if family_command is not None:
-        from pbuild.engine.commands import EngineCommandContext
+        from pbuild.engine.commandcontext import EngineCommandContext
 
         return family_command.run(EngineCommandContext(
             args, os.getcwd(), make_request=lambda patterns, workspace: _request(args, patterns, workspace)))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pbuild.engine import cli
 from pbuild.engine.api import Command, CommandContext, DefaultInfo, PbuildError
-from pbuild.engine.commands import EngineCommandContext
+from pbuild.engine.commandcontext import EngineCommandContext
 
 from tests.support.peers import Registry, docker_registry
 from tests.support.runner import Runner, WorkspaceFactory, assert_user_error
