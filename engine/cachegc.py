@@ -294,16 +294,14 @@ def remove_tree_unless_held(remover: Remover, path: str) -> bool:
     from pbuild.engine.toolchains import try_lock
 
     lock_path = path + ".lock"
-    fd = try_lock(lock_path)
-    if fd is None:
+    lock = try_lock(lock_path)
+    if lock is None:
         return False
-    try:
+    with lock:
         removed = remover.tree(path, "toolchain trees")
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
         return removed
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

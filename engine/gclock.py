@@ -21,7 +21,6 @@ def lock_shared(cache_dir: str, say: Callable[[str], None] | None = None) -> fil
     os.makedirs(cache_dir, exist_ok=True)
     lock = filelock.acquire(os.path.join(cache_dir, GC_LOCK), exclusive=False, on_wait=None if say is None else (
         lambda: say("pbuild: waiting for the cache's garbage collection (pbuild system prune) to finish")))
-    assert lock is not None
     return lock
 
 
@@ -30,10 +29,9 @@ def wait_exclusive(cache_dir: str, say: Callable[[str], None]) -> filelock.FileL
     os.makedirs(cache_dir, exist_ok=True)
     lock = filelock.acquire(os.path.join(cache_dir, GC_LOCK), exclusive=True, on_wait=lambda: say(
         "pbuild: builds are running (they hold the cache's gc.lock); waiting for them to finish"))
-    assert lock is not None
     return lock
 
 
 def try_exclusive(cache_dir: str) -> filelock.FileLock | None:
     """The cleaner's hold if nobody uses the cache right now, else None."""
-    return filelock.acquire(os.path.join(cache_dir, GC_LOCK), exclusive=True, blocking=False)
+    return filelock.try_acquire(os.path.join(cache_dir, GC_LOCK), exclusive=True)

@@ -328,14 +328,11 @@ def _hold_tree(tree: str, label: str) -> None:
     only when it can take that lock exclusive. The descriptor is left open across the exec on
     purpose (the program, or the fork backend's waiting parent, keeps it, and the kernel drops it
     when they end)."""
-    import fcntl
-
     from pbuild.engine.errors import BuildFailed
+    from pbuild.lib import filelock
 
     try:
-        fd = os.open(tree + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        os.set_inheritable(fd, True)  # Python opens descriptors close-on-exec
+        filelock.acquire(tree + ".lock", exclusive=False).keep_across_exec()
     except OSError as exc:
         raise BuildFailed(f"cannot lock toolchain {label}'s tree {tree}: {exc.strerror}",
                           hint="check that the cache dir is yours and writable") from None

@@ -21,7 +21,6 @@ launcher would run it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import threading
@@ -32,7 +31,7 @@ from typing import IO, cast
 from pbuild.engine.api import Action, File
 from pbuild.engine.errors import BuildFailed
 from pbuild.engine.hashing import digest_bytes
-from pbuild.lib import atomicio
+from pbuild.lib import atomicio, filelock
 from pbuild.lib.digest import ContentDigest
 from pbuild.tools.fstree import remove_tree
 
@@ -87,7 +86,7 @@ class ToolchainTrees:
             return path
         os.makedirs(self.top, exist_ok=True)
         self._clean_stale_once()
-        with _locked(os.path.join(self.top, digest + ".lock")):
+        with filelock.acquire(os.path.join(self.top, digest + ".lock"), exclusive=True):
             if not os.path.isdir(path):
                 _remove_temps(self.top, digest)  # a crashed unpacker's leftovers: never reused
                 tmp = atomicio.temp_name(path)
@@ -116,10 +115,8 @@ class ToolchainTrees:
             lock = try_lock(os.path.join(self.top, digest + ".lock"))
             if lock is None:
                 continue  # being unpacked right now
-            try:
+            with lock:
                 _remove_temps(self.top, digest)
-            finally:
-                os.close(lock)
 
 
 def _unpack(layers: Sequence[LayerFiles], tmp: str, label: object) -> str:
@@ -166,34 +163,13 @@ def _read_meta(layer: LayerFiles, label: object) -> tuple[str, str]:
                           label=label, hint="build again; the layer's action writes it") from None
 
 
-class _locked:
-    """``with _locked(path):`` holds an exclusive flock on ``path`` (created if needed)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd = -1
-
-    def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)  # releases the lock
-
-
-def try_lock(path: str) -> int | None:
-    """An fd holding ``path``'s flock, or None when another holds it (an unpacker; for
-    `pbuild system prune`, also a program on the tree holding it shared)."""
+def try_lock(path: str) -> filelock.FileLock | None:
+    """``path``'s flock held exclusive, or None when another holds it (an unpacker; for `pbuild
+    system prune`, also a program on the tree holding it shared) or it cannot be opened."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return filelock.try_acquire(path, exclusive=True)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def _remove_temps(top: str, digest: str) -> None:

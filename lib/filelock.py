@@ -8,6 +8,7 @@ opened close-on-exec, and forked children that outlive the holder must close the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -33,6 +34,10 @@ class FileLock:
             os.close(self._fd)  # closing the last descriptor drops the lock
             self._fd = -1
 
+    def keep_across_exec(self) -> None:
+        """Let a program this process execs inherit the lock (and hold it for its life)."""
+        os.set_inheritable(self._fd, True)
+
     def __enter__(self) -> FileLock:
         return self
 
@@ -40,11 +45,20 @@ class FileLock:
         self.release()
 
 
-def acquire(path: str, *, exclusive: bool, blocking: bool = True,
-            on_wait: Callable[[], None] | None = None) -> FileLock | None:
-    """Lock ``path`` (created 0600 if missing). Without ``blocking``, None when another holds it
-    in a conflicting mode; with it, ``on_wait`` is called once before waiting, so the caller can
-    say why nothing happens."""
+def acquire(path: str, *, exclusive: bool, on_wait: Callable[[], None] | None = None) -> FileLock:
+    """Lock ``path`` (created 0600 if missing), waiting while another holds it in a conflicting
+    mode; ``on_wait`` is called once before waiting, so the caller can say why nothing happens."""
+    lock = _lock(path, exclusive, on_wait, blocking=True)
+    assert lock is not None  # a blocking lock is always had in the end
+    return lock
+
+
+def try_acquire(path: str, *, exclusive: bool) -> FileLock | None:
+    """:func:`acquire`, or None at once when another holds ``path`` in a conflicting mode."""
+    return _lock(path, exclusive, None, blocking=False)
+
+
+def _lock(path: str, exclusive: bool, on_wait: Callable[[], None] | None, *, blocking: bool) -> FileLock | None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     try:
@@ -60,10 +74,7 @@ def acquire(path: str, *, exclusive: bool, blocking: bool = True,
                 on_wait()
             fcntl.flock(fd, mode)
     except BaseException:
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with contextlib.suppress(OSError):
+            os.close(fd)
         raise
     return FileLock(path, fd, exclusive)

@@ -20,7 +20,6 @@ Contract of issue 13 (helper "store" implements it; others call it):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pbuild.lib import atomicio, determinism
+from pbuild.lib import atomicio, determinism, filelock
 from pbuild.lib.digest import DigestError, OciDigest, oci_digest, oci_hex
 from pbuild.lib.oci import layout as oci_layout
 from pbuild.lib.oci.blobstore import BlobStore, sha256_of_file
@@ -264,12 +263,8 @@ class ImageStore:
     def locked(self) -> Iterator[None]:
         """Hold the store's lock (one writer at a time; a prune holds it to keep pulls out)."""
         self._ensure_root()
-        fd = os.open(os.path.join(self.root, _LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with filelock.acquire(os.path.join(self.root, _LOCK), exclusive=True):
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def _write_names(self, names: dict[str, OciDigest]) -> None:
         atomicio.write_bytes(os.path.join(self.root, _NAMES), determinism.canonical_json(names), mode=0o600)

@@ -57,7 +57,6 @@ def lock_store(
             f"cannot lock the layer store {root}: {e.strerror}",
             hint="set PBUILD_LAYER_STORE or XDG_DATA_HOME to a directory you can write",
         ) from None
-    assert lock is not None  # blocking
     return lock
 
 
