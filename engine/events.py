@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-STATUSES = ("cached", "remote_cached", "executed", "failed")
+STATUSES = ("cached", "remote_cached", "executed", "remote_executed", "failed")
 
 
 @dataclass
@@ -109,7 +109,7 @@ class Reporter:
             self._events.write(json.dumps({
                 "type": "summary", "actions": self.summary.actions, "cached": counts["cached"],
                 "remote_cached": counts["remote_cached"], "executed": counts["executed"],
-                "failed": counts["failed"], "wall_ms": round(self.summary.wall_ms, 3),
+                "remote_executed": counts["remote_executed"], "failed": counts["failed"], "wall_ms": round(self.summary.wall_ms, 3),
             }) + "\n")
             self._events.close()
             self._events = None

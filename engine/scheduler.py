@@ -55,6 +55,7 @@ class ActionStatus(enum.Enum):
     CACHED = "cached"  # a local action cache hit
     REMOTE_CACHED = "remote_cached"  # downloaded from the remote cache
     EXECUTED = "executed"  # run in this build
+    REMOTE_EXECUTED = "remote_executed"  # run in this build by a remote executor's worker
     FAILED = "failed"
 
     @property

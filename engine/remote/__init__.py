@@ -29,7 +29,12 @@ if TYPE_CHECKING:
 # Everything heavy (hashlib, urllib, grpc, the indexes) is imported where it is used.
 
 __all__ = [
+    "ExecInput",
+    "ExecutorUnavailable",
     "RemoteActionResult",
+    "RemoteExecRequest",
+    "RemoteExecution",
+    "RemoteExecutor",
     "RemoteCache",
     "RemoteOutput",
     "RemoteSettings",
@@ -78,6 +83,10 @@ class RemoteSettings:
     headers: tuple[tuple[str, str], ...] = ()
     timeout_s: float = 60.0
     retries: int = 3
+    # grpc(s)://HOST:PORT of a REAPI Execution service; None = actions run here. When set and
+    # ``url`` is not, the executor's endpoint is the cache too.
+    executor: str | None = None
+    local_fallback: bool = False  # an unreachable executor: one warning, then run locally
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,82 @@ class RemoteCache(Protocol):
 
     def close(self) -> None:
         """Persist what is known to be present remotely and release connections."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExecInput:
+    """One input file of a remotely executed action: where it sits in the input root and where
+    its bytes are on this machine (a checked CAS blob or a source file)."""
+
+    path: str  # exec-root-relative, as the action sees it
+    local_path: str
+    digest: str  # pbuild's xxh3 digest (the key material's); the executor maps it to sha256
+    size: int
+    executable: bool
+
+
+@dataclass(frozen=True)
+class RemoteExecRequest:
+    """Everything a worker needs to run one process action as it would run here.
+
+    The input root is laid out as :mod:`pbuild.engine.remote.actionformat` describes: the
+    inputs at their paths, ``empty_dirs`` created, and the toolchain's layer files (bottom
+    first) under its toolchain folder; an action without toolchain runs on the worker's host
+    root, and ``host_fingerprint`` (its key's) goes into the platform so that only a worker on
+    an identical host takes it.
+    """
+
+    label: str  # for messages
+    mnemonic: str
+    key_sha256: str  # the action's remote cache key (the outputs are cached under it too)
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]  # the full environment, sorted
+    workdir: str
+    output_files: tuple[str, ...]
+    output_dirs: tuple[str, ...]
+    inputs: tuple[ExecInput, ...]
+    empty_dirs: tuple[str, ...]
+    toolchain_layers: tuple[tuple[ExecInput, ExecInput], ...]  # (blob, sidecar JSON), bottom first
+    host_fingerprint: str | None
+    timeout_s: float | None
+
+
+@dataclass(frozen=True)
+class RemoteExecution:
+    """What a remote execution returned: the result (output directories flattened into their
+    files below the directory's path) and which worker ran it, when the server says."""
+
+    result: RemoteActionResult
+    worker: str = ""
+    cached: bool = False  # the server answered from its action cache without running it
+
+
+class ExecutorUnavailable(Exception):
+    """The executor cannot be used (unreachable, refused, no Execution service): the caller
+    falls back to local execution when allowed, else fails the action with this message."""
+
+
+class RemoteExecutor(Protocol):
+    """A REAPI Execution service. Safe to call from several threads."""
+
+    name: str
+
+    def execute(self, request: RemoteExecRequest) -> RemoteExecution:
+        """Upload what the server lacks, run the action remotely, return its (unverified) result.
+
+        Raises :class:`ExecutorUnavailable` when the service cannot be used; an action that ran
+        and failed is a result with a non-zero exit code, not an exception.
+        """
+        ...
+
+    def fetch_blob(self, sha256: str, size: int, dest_path: str) -> bool:
+        """Download an output blob, verified by sha256 and size, written atomically (as
+        :meth:`RemoteCache.fetch_blob`)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
         ...
 
 
