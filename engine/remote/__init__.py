@@ -251,7 +251,8 @@ def open_remote(settings: RemoteSettings, *, cache_dir: str, warn: Callable[[str
 
 def add_remote_flags(parser: argparse.ArgumentParser) -> None:
     """Add ``--remote-cache``, ``--remote-instance-name``, ``--[no-]remote-upload``,
-    ``--remote-header`` and ``--remote-timeout`` to a sub-command's parser."""
+    ``--remote-header``, ``--remote-timeout``, ``--remote-executor`` and
+    ``--[no-]remote-local-fallback`` to a sub-command's parser."""
     from pbuild.engine.remote._settings import add_remote_flags as add
 
     add(parser)

@@ -65,3 +65,65 @@ def test_bad_flags_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixtu
         _args(*argv)
     assert info.value.code == 2
     assert "expected" in capsys.readouterr().err
+
+
+def test_executor_is_the_cache_unless_another_is_named() -> None:
+    merged = resolve_remote_settings(_args("--remote-executor", "grpc://grid.example:50051",
+                                           "--remote-instance-name", "main", "--remote-header", "X-Team=b",
+                                           "--remote-timeout", "7"), {}, {})
+    assert merged == RemoteSettings(url="grpc://grid.example:50051", instance_name="main",
+                                    headers=(("X-Team", "b"),), timeout_s=7.0,
+                                    executor="grpc://grid.example:50051", local_fallback=False)
+    other = resolve_remote_settings(_args("--remote-executor", "grpcs://grid.example:443",
+                                          "--remote-cache", "http://cache.example/c"), {}, {})
+    assert other.url == "http://cache.example/c" and other.executor == "grpcs://grid.example:443"
+    # A cache named in the workspace is kept too; an empty --remote-cache means no cache lookups.
+    workspace = {"remote": {"url": "grpc://cache.example:8980", "executor": "grpc://grid.example:1",
+                            "local-fallback": True}}
+    merged = resolve_remote_settings(_args(), workspace, {})
+    assert merged.url == "grpc://cache.example:8980" and merged.executor == "grpc://grid.example:1"
+    assert merged.local_fallback
+    assert resolve_remote_settings(_args("--remote-cache="), workspace, {}).url is None
+    assert resolve_remote_settings(_args("--remote-cache="), workspace, {}).executor == "grpc://grid.example:1"
+
+
+def test_executor_and_fallback_flags_win_over_the_files() -> None:
+    user = {"remote": {"executor": "grpc://user.example:1", "local_fallback": False}}
+    workspace = {"remote": {"executor": "grpc://ws.example:2"}}
+    assert resolve_remote_settings(_args(), workspace, user).executor == "grpc://ws.example:2"
+    merged = resolve_remote_settings(_args("--remote-executor", "grpc://flag.example:3",
+                                           "--remote-local-fallback"), workspace, user)
+    assert merged.executor == "grpc://flag.example:3" and merged.url == "grpc://flag.example:3"
+    assert merged.local_fallback
+    assert not resolve_remote_settings(_args("--no-remote-local-fallback"), {},
+                                       {"remote": {"local-fallback": True}}).local_fallback
+    # --remote-executor= runs actions here for one build, and the executor is then no cache.
+    off = resolve_remote_settings(_args("--remote-executor="), workspace, user)
+    assert off.executor is None and off.url is None
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("http://grid.example:8080", "REAPI execution is gRPC only"),
+    ("https://grid.example", "REAPI execution is gRPC only"),
+    ("unix:///run/grid.sock", "not usable"),
+    ("grpc://", "not usable"),
+    ("grpc://grid.example:70000", "bad port"),
+    ("grpc://grid.example:1/main", "has a path"),
+])
+def test_bad_executors_are_refused(value: str, message: str) -> None:
+    with pytest.raises(WorkspaceError) as info:
+        resolve_remote_settings(_args(), {"remote": {"executor": value}}, {})
+    assert message in info.value.message and "WORKSPACE.toml" in info.value.message
+    with pytest.raises(WorkspaceError) as info:
+        resolve_remote_settings(_args("--remote-executor", value), {}, {})
+    assert message in info.value.message and "--remote-executor" in info.value.message
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"executor": 5}, "expected a grpc(s)://HOST:PORT string"),
+    ({"local-fallback": "yes"}, "expected true or false"),
+])
+def test_bad_executor_values_are_reported(table: dict[str, object], message: str) -> None:
+    with pytest.raises(WorkspaceError) as info:
+        resolve_remote_settings(_args(), {"remote": table}, {})
+    assert message in info.value.message
