@@ -11,12 +11,17 @@ Version 1:
   unpacks them once per tree into its own cache, as a local build does, and the action sees that
   tree as ``/``. Without that folder the action runs on the worker's host root;
 * the Command's arguments, environment (sorted), working directory and output paths are the
-  action's; the outputs' parent folders are the writable ones, as locally;
+  action's; the outputs' parent folders are the writable ones, as locally. As REAPI defines
+  them, output paths (in the Command and in the ActionResult) are relative to the working
+  directory, so a genrule's (working directory ``pkg``) read ``../pbuild-out/pkg/x``:
+  :func:`command_path` and :func:`result_path` convert;
 * the platform properties below are in both the Command and the Action, so that a server
   matches actions to workers that advertise the same values.
 """
 
 from __future__ import annotations
+
+import posixpath
 
 FORMAT_VERSION = "1"
 TOOLCHAIN_DIR = ".pbuild/toolchain"
@@ -49,3 +54,13 @@ def layer_paths(index: int) -> tuple[str, str]:
     """Where layer ``index`` (0 = bottom) of the toolchain sits in the input root: (blob, meta)."""
     folder = f"{TOOLCHAIN_DIR}/{index:02d}"
     return f"{folder}/blob", f"{folder}/meta"
+
+
+def command_path(path: str, workdir: str) -> str:
+    """An exec-root-relative output path as the Command names it (relative to ``workdir``)."""
+    return posixpath.relpath(path, workdir) if workdir else path
+
+
+def result_path(path: str, workdir: str) -> str:
+    """An ActionResult's output path (relative to ``workdir``) as an exec-root-relative one."""
+    return posixpath.normpath(posixpath.join(workdir, path)) if workdir else path
