@@ -54,11 +54,14 @@ def run_process_action(action: ProcessAction, work: str, *, store: LocalStore, w
                 with open(part, "rb") as handle:
                     shutil.copyfileobj(handle, log)
     if outcome.exit_code != 0:
-        raise _process_failure(action, outcome, workspace_root)
+        raise process_failure(action, outcome, workspace_root)
     return collect_outputs(action, exec_root, store)
 
 
-def _process_failure(action: ProcessAction, outcome: ProcessOutcome, workspace_root: str) -> BuildFailed:
+def process_failure(action: ProcessAction, outcome: ProcessOutcome, workspace_root: str) -> BuildFailed:
+    """The error of a process action that exited non-zero, from its captured stdout and stderr
+    (files here, whether it ran here or on a remote worker): what it printed, and why when
+    pbuild can tell. A test action's log is written too."""
     with open(outcome.stderr_path, "rb") as handle:
         stderr = handle.read().decode("utf-8", "replace")
     with open(outcome.stdout_path, "rb") as handle:

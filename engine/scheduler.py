@@ -45,8 +45,9 @@ from pbuild.lib.errors import UserError
 from pbuild.tools.fstree import remove_tree
 
 if TYPE_CHECKING:
-    from pbuild.engine.remote import RemoteCache
+    from pbuild.engine.remote import RemoteCache, RemoteExecutor, RemoteOutput
     from pbuild.engine.remote._index import Sha256Index
+    from pbuild.engine.remoterun import RemoteRunner
 
 
 class ActionStatus(enum.Enum):
@@ -141,6 +142,8 @@ class Executor:
         sha_index: Sha256Index | None = None,
         hide_paths: Sequence[str] = (),
         recorder: DependencyRecorder | None = None,
+        remote_executor: RemoteExecutor | None = None,
+        local_fallback: bool = False,
     ) -> None:
         self.recorder = recorder or DependencyRecorder()
         self.root = workspace_root
@@ -156,6 +159,12 @@ class Executor:
         self._records: dict[str, OutputRecord] = {}
         self._dir_files: dict[str, list[OutputRecord]] = {}
         self._env = base_env(options.source_date_epoch)
+        self.env = self._env  # every process action's base environment (remote execution sends it)
+        self._remote_run: RemoteRunner | None = None
+        if remote_executor is not None:
+            from pbuild.engine.remoterun import RemoteRunner  # only with an executor: off the local path
+
+            self._remote_run = RemoteRunner(self, remote_executor, local_fallback=local_fallback)
         self._exec_slots = threading.BoundedSemaphore(max(1, options.jobs))
         self.toolchain_trees = ToolchainTrees(os.path.dirname(store.tmp_dir))
 
@@ -181,7 +190,7 @@ class Executor:
         # Local work is limited to --jobs by a semaphore; with a remote, more lookups may be in
         # flight at once, since they mostly wait on the network.
         jobs = max(1, self.options.jobs)
-        in_flight = jobs if self.remote is None else max(jobs, 16)
+        in_flight = jobs if self.remote is None and self._remote_run is None else max(jobs, 16)
         pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="pbuild")
 
         def finish(action: Action, status: ActionStatus, key: ContentDigest | None, res: ActionResult | None,
@@ -345,14 +354,14 @@ class Executor:
         # A memo entry may name an AC entry evicted since, whose blobs are gone: materializing
         # then fails (unless pbuild-out still holds the outputs, as the stat index vouches), and
         # the action runs again: an evicted entry is a miss, never a failure.
-        if self._accepts(action, [o.path for o in res.outputs], res.directories, "local cache") \
+        if self.accepts(action, [o.path for o in res.outputs], res.directories, "local cache") \
                 and self.materializer.materialize_result(res):
             self.store.touch_action(key)  # its last use, for least-recently-used eviction
             return res
         self.store.forget_action(key)
         return None
 
-    def _accepts(self, action: Action, paths: Sequence[str], directories: Sequence[str], where: str) -> bool:
+    def accepts(self, action: Action, paths: Sequence[str], directories: Sequence[str], where: str) -> bool:
         """Whether a cached result writes exactly ``action``'s declared outputs; warns when not."""
         problem = undeclared_outputs(
             paths, directories,
@@ -372,6 +381,16 @@ class Executor:
             if res is not None:
                 self.store.put_action(key, res)
                 return ActionStatus.REMOTE_CACHED, res
+        if self._remote_run is not None and self._remote_run.wanted(action):
+            assert isinstance(action, ProcessAction)
+            self.reporter.action_started(id(action), action.progress)
+            ran = self._remote_run.run(action, key, material)
+            if ran is not None:
+                res, server_cached = ran
+                self.store.put_action(key, res)
+                if self.remote is not None and self.remote.upload_enabled:
+                    self._upload(self.remote, material, res)
+                return (ActionStatus.REMOTE_CACHED if server_cached else ActionStatus.REMOTE_EXECUTED), res
         with self._exec_slots:
             self.reporter.action_started(id(action), action.progress)
             return ActionStatus.EXECUTED, self._run(action, key, material)
@@ -382,13 +401,20 @@ class Executor:
             return None
         declared_dirs = tuple(f.path for f in action.outputs if f.is_directory)
         # Checked before anything is downloaded: a result naming other paths is not used at all.
-        if not self._accepts(action, [o.path for o in remote_result.outputs], declared_dirs,
-                             f"remote cache {remote.name}"):
+        if not self.accepts(action, [o.path for o in remote_result.outputs], declared_dirs,
+                            f"remote cache {remote.name}"):
             return None
+        return self.download_outputs(remote, remote_result.outputs, declared_dirs)
+
+    def download_outputs(self, source: RemoteCache | RemoteExecutor, outputs: Sequence[RemoteOutput],
+                         declared_dirs: tuple[str, ...], extra: Sequence[OutputRecord] = ()) -> ActionResult | None:
+        """Download ``outputs`` from a remote cache or executor (each verified by sha256 and
+        size), store them in the CAS and materialize them with ``extra`` (records stored
+        already); ``None`` when a download or the materialization failed."""
         records = []
-        for out in remote_result.outputs:
+        for out in outputs:
             tmp = os.path.join(self.store.tmp_dir, f"dl-{out.sha256}-{os.getpid()}-{id(out)}")
-            if not remote.fetch_blob(out.sha256, out.size, tmp):
+            if not source.fetch_blob(out.sha256, out.size, tmp):
                 return None
             digest, size = self.store.put_file(tmp, executable=out.executable, move=True)
             record = OutputRecord(out.path, digest, size, out.executable)
@@ -396,6 +422,7 @@ class Executor:
             if self.sha_index is not None:
                 self.sha_index.remember(digest, out.sha256)
             records.append(record)
+        records.extend(extra)
         res = ActionResult(tuple(records), declared_dirs)
         if not self.materializer.materialize_result(res):
             return None

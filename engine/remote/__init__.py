@@ -102,6 +102,7 @@ class RemoteStats:
     misses: int = 0
     errors: int = 0
     disabled: bool = False  # the remote stopped being used during the build after failures
+    executed: int = 0  # actions a remote executor ran for this build
 
 
 class RemoteCache(Protocol):
@@ -178,6 +179,8 @@ class RemoteExecRequest:
     toolchain_layers: tuple[tuple[ExecInput, ExecInput], ...]  # (blob, sidecar JSON), bottom first
     host_fingerprint: str | None
     timeout_s: float | None
+    # Run it even if the server's action cache has a result (the one it had was wrong).
+    skip_cache_lookup: bool = False
 
 
 @dataclass(frozen=True)
