@@ -121,7 +121,8 @@ class Command:
     output_paths: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
-        body = b"".join(enc_str(1, a) for a in self.arguments)
+        # A repeated string keeps its empty items (``bash -c CMD ""``): enc_str would drop them.
+        body = b"".join(enc_msg(1, a.encode()) for a in self.arguments)
         body += b"".join(enc_msg(2, enc_str(1, n) + enc_str(2, v)) for n, v in self.environment)
         body += b"".join(enc_str(3, p) for p in self.output_files)
         body += b"".join(enc_str(4, p) for p in self.output_directories)

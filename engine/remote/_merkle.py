@@ -16,16 +16,15 @@ the :class:`~pbuild.engine.remote._index.Sha256Index` (xxh3 -> sha256).
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pbuild.engine.errors import PbuildError
 from pbuild.engine.remote import ExecInput, RemoteExecRequest, actionformat
+from pbuild.engine.remote._execwire import Action, Command, Directory, DirectoryNode, FileNode, digest_of
 from pbuild.engine.remote._index import Sha256Index
-from pbuild.engine.remote._wire import Digest, enc_bool, enc_msg, enc_str, enc_varint
+from pbuild.engine.remote._wire import Digest
 
 
 @dataclass(frozen=True)
@@ -56,63 +55,6 @@ class ActionMessages:
         out = [Digest(sha, len(data)) for sha, data in self.messages.items()]
         out.extend(Digest(b.sha256, b.size) for b in self.files.values())
         return out
-
-
-def _digest(data: bytes) -> Digest:
-    return Digest(hashlib.sha256(data).hexdigest(), len(data))
-
-
-# --- encoders (field numbers of build.bazel.remote.execution.v2) -------------------------------
-
-
-def encode_file_node(name: str, digest: Digest, executable: bool) -> bytes:
-    """FileNode: name=1, digest=2, is_executable=4."""
-    return enc_str(1, name) + enc_msg(2, digest.encode()) + enc_bool(4, executable)
-
-
-def encode_directory_node(name: str, digest: Digest) -> bytes:
-    """DirectoryNode: name=1, digest=2."""
-    return enc_str(1, name) + enc_msg(2, digest.encode())
-
-
-def encode_directory(files: Iterable[bytes], directories: Iterable[bytes]) -> bytes:
-    """Directory: files=1, directories=2 (each already sorted by name)."""
-    return b"".join(enc_msg(1, f) for f in files) + b"".join(enc_msg(2, d) for d in directories)
-
-
-def encode_platform(properties: Iterable[tuple[str, str]]) -> bytes:
-    """Platform: properties=1 (name=1, value=2), sorted by name."""
-    return b"".join(enc_msg(1, enc_str(1, n) + enc_str(2, v)) for n, v in properties)
-
-
-def encode_command(argv: Iterable[str], env: Iterable[tuple[str, str]], output_files: Iterable[str],
-                   output_dirs: Iterable[str], platform: bytes, workdir: str) -> bytes:
-    """Command: arguments=1, environment_variables=2 (name=1, value=2), output_files=3,
-    output_directories=4, platform=5, working_directory=6, output_paths=7.
-
-    The deprecated output_files/output_directories go beside output_paths: servers older than
-    REAPI 2.1 read only those, newer ones only output_paths."""
-    files = sorted(output_files)
-    dirs = sorted(output_dirs)
-    body = b"".join(enc_str(1, a) if a else enc_msg(1, b"") for a in argv)
-    body += b"".join(enc_msg(2, enc_str(1, n) + enc_str(2, v)) for n, v in sorted(env))
-    body += b"".join(enc_msg(3, p.encode()) for p in files)
-    body += b"".join(enc_msg(4, p.encode()) for p in dirs)
-    body += enc_msg(5, platform)
-    body += enc_str(6, workdir)
-    body += b"".join(enc_msg(7, p.encode()) for p in sorted(files + dirs))
-    return body
-
-
-def encode_action(command: Digest, input_root: Digest, timeout_s: float | None, platform: bytes) -> bytes:
-    """Action: command_digest=1, input_root_digest=2, timeout=6 (Duration: seconds=1,
-    nanos=2), do_not_cache=7 (false: left out), platform=10."""
-    body = enc_msg(1, command.encode()) + enc_msg(2, input_root.encode())
-    if timeout_s is not None:
-        seconds = int(timeout_s)
-        nanos = int(round((timeout_s - seconds) * 1e9))
-        body += enc_msg(6, enc_varint(1, seconds) + enc_varint(2, nanos))
-    return body + enc_msg(10, platform)
 
 
 # --- the input tree ----------------------------------------------------------------------------
@@ -175,11 +117,10 @@ def _encode_tree(node: _Dir, messages: dict[str, bytes]) -> Digest:
     dirs = []
     for name in sorted(node.dirs):
         child = node.dirs[name]
-        digest = child if isinstance(child, Digest) else _encode_tree(child, messages)
-        dirs.append(encode_directory_node(name, digest))
-    files = [encode_file_node(name, *node.files[name]) for name in sorted(node.files)]
-    data = encode_directory(files, dirs)
-    digest = _digest(data)
+        dirs.append(DirectoryNode(name, child if isinstance(child, Digest) else _encode_tree(child, messages)))
+    files = tuple(FileNode(name, *node.files[name]) for name in sorted(node.files))
+    data = Directory(files, tuple(dirs)).encode()
+    digest = digest_of(data)
     messages[digest.hash] = data
     return digest
 
@@ -234,14 +175,19 @@ class MerkleBuilder:
         for path in (request.workdir, *request.empty_dirs):
             _add_dir(root, path, request.label)
         input_root = _encode_tree(root, messages)
-        platform = encode_platform(actionformat.platform_properties(request.host_fingerprint))
-        command = encode_command(request.argv, request.env,
-                                 [actionformat.command_path(p, request.workdir) for p in request.output_files],
-                                 [actionformat.command_path(p, request.workdir) for p in request.output_dirs],
-                                 platform, request.workdir)
-        command_digest = _digest(command)
-        action = encode_action(command_digest, input_root, request.timeout_s, platform)
-        action_digest = _digest(action)
+        platform = actionformat.platform_properties(request.host_fingerprint)
+        out_files = sorted(actionformat.command_path(p, request.workdir) for p in request.output_files)
+        out_dirs = sorted(actionformat.command_path(p, request.workdir) for p in request.output_dirs)
+        # The deprecated output_files/output_directories go beside output_paths: servers older
+        # than REAPI 2.1 read only those, newer ones only output_paths.
+        command = Command(arguments=request.argv, environment=tuple(sorted(request.env)),
+                          output_files=tuple(out_files), output_directories=tuple(out_dirs), platform=platform,
+                          working_directory=request.workdir,
+                          output_paths=tuple(sorted(out_files + out_dirs))).encode()
+        command_digest = digest_of(command)
+        # do_not_cache stays false: the server's action cache then answers a repeated Execute.
+        action = Action(command_digest, input_root, timeout_s=request.timeout_s, platform=platform).encode()
+        action_digest = digest_of(action)
         messages[command_digest.hash] = command
         messages[action_digest.hash] = action
         return ActionMessages(action_digest, command_digest, input_root, action, command, messages, files)
