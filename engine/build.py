@@ -70,6 +70,8 @@ class Session:
     index_base: str
     remote: Any = None
     sha_index: Any = None
+    executor: Any = None  # a RemoteExecutor, when actions run remotely
+    local_fallback: bool = False
     # The build timestamp, read from SOURCE_DATE_EPOCH and validated once, in open_session.
     epoch: int = 0
     # The shared hold on the cache that keeps eviction and `pbuild system prune` out while the
@@ -88,6 +90,8 @@ class Session:
                 self.sha_index.save()
             if self.remote is not None:
                 self.remote.close()
+            if self.executor is not None:
+                self.executor.close()
         finally:
             if self.gc_lock is not None:
                 self.gc_lock.release()
@@ -124,11 +128,16 @@ def open_session(request: BuildRequest, *, warn: Any = None, workspace: Workspac
         session = Session(workspace, loader, analyzer, store, StatIndex(index_base + ".stat"), cache_dir, index_base,
                           epoch=epoch, gc_lock=gc_lock, budget=budget, started=started, say=say)
         settings = request.remote_settings
-        if settings is not None and getattr(settings, "url", None):
-            from pbuild.engine.remote import Sha256Index, open_remote
+        if settings is not None and (getattr(settings, "url", None) or getattr(settings, "executor", None)):
+            from pbuild.engine.remote import Sha256Index, connect_executor, open_remote
 
-            session.remote = open_remote(settings, cache_dir=cache_dir, warn=say)
             session.sha_index = Sha256Index(cache_dir)
+            if settings.url:
+                session.remote = open_remote(settings, cache_dir=cache_dir, warn=say)
+            if settings.executor:
+                session.executor = connect_executor(settings, cache_dir=cache_dir, warn=say,
+                                                    sha_index=session.sha_index)
+                session.local_fallback = settings.local_fallback
     except BaseException:
         gc_lock.release()
         raise
@@ -177,6 +186,8 @@ def execute(session: Session, actions: Sequence[Action], request: BuildRequest, 
         sha_index=session.sha_index,
         hide_paths=(session.workspace.root, session.cache_dir),
         recorder=session.loader.recorder,
+        remote_executor=session.executor,
+        local_fallback=session.local_fallback,
     )
     mark_output_folder(session.workspace.path(OUT_DIR))
     result = executor.execute(actions)
@@ -303,8 +314,9 @@ def build(request: BuildRequest, *, reporter: Reporter | None = None,
         session.close()
         raise
     reporter.finish()
-    if session.remote is not None and not request.quiet:
-        reporter.message(remote_summary(session.remote.stats()))
+    if (session.remote is not None or session.executor is not None) and not request.quiet:
+        reporter.message(remote_summary(session.remote.stats() if session.remote is not None else None,
+                                        session.executor.stats() if session.executor is not None else None))
     session.close()
     if not result.ok:
         raise BuildFailed(
@@ -315,17 +327,25 @@ def build(request: BuildRequest, *, reporter: Reporter | None = None,
     return session, analyzed, result
 
 
-def remote_summary(stats: Any) -> str:
-    """One line on the remote cache's traffic: ``remote: 12 hits, 3 misses, 4.1 MB down, 0 B up``."""
+def remote_summary(stats: Any, executed: Any = None) -> str:
+    """One line on the remote's traffic: ``remote: 12 hits, 3 misses, 4.1 MB down, 0 B up``, and
+    with an executor (``executed``: its stats) how many actions ran remotely."""
 
     def size(n: int) -> str:
         return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} B"
 
-    text = (f"remote: {stats.hits} hits, {stats.misses} misses, {size(stats.bytes_downloaded)} down, "
-            f"{size(stats.bytes_uploaded)} up")
-    if stats.errors:
-        text += f", {stats.errors} errors"
-    if stats.disabled:
+    down = (stats.bytes_downloaded if stats else 0) + (executed.bytes_downloaded if executed else 0)
+    up = (stats.bytes_uploaded if stats else 0) + (executed.bytes_uploaded if executed else 0)
+    text = "remote: "
+    if stats is not None:
+        text += f"{stats.hits} hits, {stats.misses} misses, "
+    text += f"{size(down)} down, {size(up)} up"
+    if executed is not None:
+        text += f", {executed.executed} executed remotely"
+    errors = (stats.errors if stats else 0) + (executed.errors if executed else 0)
+    if errors:
+        text += f", {errors} errors"
+    if stats is not None and stats.disabled:
         text += " (disabled after errors; the build went on locally)"
     return text
 

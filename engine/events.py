@@ -88,7 +88,7 @@ class Reporter:
                     "type": "action", "label": label, "mnemonic": mnemonic, "key": key,
                     "status": status, "duration_ms": round(duration_ms, 3),
                 }) + "\n")
-            if status == "executed" and not self.interactive and not self.quiet:
+            if status in ("executed", "remote_executed") and not self.interactive and not self.quiet:
                 self.stream.write(f"[{self._done}/{self._total}] {description or mnemonic + ' ' + label}\n")
 
     def message(self, text: str) -> None:

@@ -28,6 +28,7 @@ from pbuild.engine.hashing import host_fingerprint
 from pbuild.engine.keys import remote_key
 from pbuild.engine.remote import (
     ExecInput,
+    ExecutionFailed,
     ExecutorUnavailable,
     RemoteActionResult,
     RemoteExecRequest,
@@ -97,6 +98,9 @@ class RemoteRunner:
                     return None
                 raise BuildFailed(f"remote executor {self.executor.name} is unavailable: {exc}",
                                   label=action.owner, hint=FALLBACK_HINT) from None
+            except ExecutionFailed as exc:
+                raise BuildFailed(f"{action.mnemonic} failed on remote executor {self.executor.name}: {exc}",
+                                  label=action.owner) from None
             result = execution.result
             if result.exit_code != 0:
                 raise self._failure(action, result, execution.worker)

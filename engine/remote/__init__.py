@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ExecInput",
+    "ExecutionFailed",
     "ExecutorUnavailable",
     "RemoteActionResult",
     "RemoteExecRequest",
@@ -41,6 +42,7 @@ __all__ = [
     "RemoteStats",
     "Sha256Index",
     "add_remote_flags",
+    "connect_executor",
     "open_remote",
     "resolve_remote_settings",
 ]
@@ -198,10 +200,21 @@ class ExecutorUnavailable(Exception):
     falls back to local execution when allowed, else fails the action with this message."""
 
 
+class ExecutionFailed(Exception):
+    """The executor was usable but this action did not complete on it (it timed out, or the
+    worker's result is unusable: hostile paths, a Tree that is not what it claims): the caller
+    fails the action with this message. Not a fallback case: running it here would only hide
+    the problem."""
+
+
 class RemoteExecutor(Protocol):
     """A REAPI Execution service. Safe to call from several threads."""
 
     name: str
+
+    def stats(self) -> RemoteStats:
+        """The traffic so far (``executed``: actions it ran for this build)."""
+        ...
 
     def execute(self, request: RemoteExecRequest) -> RemoteExecution:
         """Upload what the server lacks, run the action remotely, return its (unverified) result.
@@ -250,6 +263,46 @@ def open_remote(settings: RemoteSettings, *, cache_dir: str, warn: Callable[[str
     warn(f"remote cache {settings.url!r}: unsupported scheme (expected http://, https://, grpc:// or "
          f"grpcs://); building without a remote cache")
     return None
+
+
+class _Unreachable:
+    """The executor of a build whose start found it unusable: every execution raises
+    :class:`ExecutorUnavailable` with that reason (the scheduler falls back or fails)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    def execute(self, request: RemoteExecRequest) -> RemoteExecution:
+        raise ExecutorUnavailable(self.reason)
+
+    def fetch_blob(self, sha256: str, size: int, dest_path: str) -> bool:
+        return False
+
+    def stats(self) -> RemoteStats:
+        return RemoteStats()
+
+    def close(self) -> None:
+        pass
+
+
+def connect_executor(settings: RemoteSettings, *, cache_dir: str, warn: Callable[[str], None],
+                     sha_index: Sha256Index) -> RemoteExecutor:
+    """The executor ``settings.executor`` names, checked: one that cannot run actions (down,
+    no Execution service, no SHA256) is returned as one whose every execution raises
+    :class:`ExecutorUnavailable` with the reason, so that only a build that has something to run
+    remotely falls back or fails, and says why."""
+    from pbuild.engine.remote._base import display_url
+    from pbuild.engine.remote._exec import open_executor
+
+    assert settings.executor
+    try:
+        return open_executor(settings, cache_dir=cache_dir, warn=warn, sha_index=sha_index)
+    except ExecutorUnavailable as exc:
+        name = display_url(settings.executor)
+        if settings.instance_name:
+            name += f" (instance {settings.instance_name!r})"
+        return _Unreachable(name, str(exc))
 
 
 def add_remote_flags(parser: argparse.ArgumentParser) -> None:

@@ -78,9 +78,12 @@ class Corrupt(RemoteFailure):
 
 @dataclass(frozen=True)
 class BlobToUpload:
+    """A blob to write to a CAS: its bytes are in the file ``path``, or in ``data`` (messages)."""
+
     sha256: str
     size: int
     path: str
+    data: bytes | None = None
 
 
 def display_url(url: str) -> str:
@@ -159,7 +162,7 @@ def from_wire(data: bytes) -> RemoteActionResult:
                       "does not write")
     outputs = []
     for f in wire.output_files:
-        _check_digest(f.digest)
+        check_digest(f.digest)
         path = f.path
         if (not path or path.startswith("/") or posixpath.normpath(path) != path
                 or path == ".." or path.startswith("../")):
@@ -167,7 +170,7 @@ def from_wire(data: bytes) -> RemoteActionResult:
         outputs.append(RemoteOutput(path, f.digest.hash, f.digest.size_bytes, f.is_executable))
     for stream in (wire.stdout_digest, wire.stderr_digest):
         if stream is not None:
-            _check_digest(stream)
+            check_digest(stream)
     return RemoteActionResult(
         outputs=tuple(outputs),
         exit_code=wire.exit_code,
@@ -178,7 +181,8 @@ def from_wire(data: bytes) -> RemoteActionResult:
     )
 
 
-def _check_digest(digest: Digest) -> None:
+def check_digest(digest: Digest) -> None:
+    """Refuse (:class:`Corrupt`) a digest that is not lowercase sha256 hex with a size."""
     if not _HEX64.fullmatch(digest.hash) or digest.size_bytes < 0:
         raise Corrupt(f"action result has a malformed digest {digest.hash!r}/{digest.size_bytes}")
 
@@ -190,6 +194,8 @@ def _check_digest(digest: Digest) -> None:
 class RemoteBase:
     """Policy shared by the protocol clients; subclasses implement the ``_``-prefixed hooks."""
 
+    role = "remote cache"  # how messages name what this client talks to
+
     def __init__(self, settings: RemoteSettings, *, cache_dir: str, warn: Callable[[str], None]) -> None:
         self.settings = settings
         self.name = display_url(settings.url or "")
@@ -199,7 +205,7 @@ class RemoteBase:
         self._lock = threading.Lock()
         self._counters: dict[str, int] = dict.fromkeys(
             ("bytes_uploaded", "blobs_uploaded", "bytes_downloaded", "blobs_downloaded",
-             "action_results_uploaded", "hits", "misses", "errors"), 0)
+             "action_results_uploaded", "hits", "misses", "errors", "executed"), 0)
         self._consecutive_failures = 0
         self._disabled = False
         self._upload_enabled = settings.upload
@@ -242,7 +248,7 @@ class RemoteBase:
     def disable_uploads(self, reason: str) -> None:
         with self._lock:
             self._upload_enabled = False
-        self.warn_once("upload-refused", f"remote cache {self.name}: {reason}; not uploading for the rest "
+        self.warn_once("upload-refused", f"{self.role} {self.name}: {reason}; not uploading for the rest "
                                          f"of this build (use --no-remote-upload for a read-only cache)")
 
     def _succeeded(self) -> None:
@@ -263,7 +269,7 @@ class RemoteBase:
             if isinstance(exc, Refused) or self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 self._disabled = True
         if isinstance(exc, Refused):
-            self.warn_once("refused", f"remote cache {self.name}: {exc}; building without the remote cache "
+            self.warn_once("refused", f"{self.role} {self.name}: {exc}; building without the remote cache "
                                       f"(check the credentials in the URL, --remote-header or ${CREDENTIALS_ENV})")
         elif isinstance(exc, Corrupt | Missing):
             # Each damaged or missing blob is worth its own warning (it names what was wrong),
@@ -273,9 +279,9 @@ class RemoteBase:
                 shown = self._damage_reports
             if shown <= MAX_DAMAGE_WARNINGS:
                 more = "; further ones are not reported" if shown == MAX_DAMAGE_WARNINGS else ""
-                self._warn(f"remote cache {self.name}: {what}: {exc}; doing the work locally{more}")
+                self._warn(f"{self.role} {self.name}: {what}: {exc}; doing the work locally{more}")
         else:
-            self.warn_once("failure", f"remote cache {self.name}: {what} failed ({exc}); continuing with "
+            self.warn_once("failure", f"{self.role} {self.name}: {what} failed ({exc}); continuing with "
                                       f"local work (the remote is skipped after {MAX_CONSECUTIVE_FAILURES} "
                                       f"failures in a row)")
 
@@ -329,7 +335,7 @@ class RemoteBase:
             self._failed(f"blob {sha256[:12]}… ({size} bytes)", exc)
             return False
         except OSError as exc:
-            self.warn_once(f"local-{dest_path}", f"remote cache {self.name}: cannot write {dest_path}: {exc}")
+            self.warn_once(f"local-{dest_path}", f"{self.role} {self.name}: cannot write {dest_path}: {exc}")
             return False
         self._succeeded()
         self._known.add_blob(sha256)
@@ -344,7 +350,7 @@ class RemoteBase:
             needed = self._blobs_of(result, blobs)
         except (OSError, KeyError) as exc:
             self.warn_once(f"local-upload-{key_sha256}",
-                           f"remote cache {self.name}: not uploading action {key_sha256[:12]}…: "
+                           f"{self.role} {self.name}: not uploading action {key_sha256[:12]}…: "
                            f"its local output is unreadable ({exc})")
             return
         encoded = to_wire(result, {b.sha256: b.size for b in needed}).encode()
@@ -357,7 +363,7 @@ class RemoteBase:
             if not all(sha256_file(b.path) == (b.sha256, b.size) for b in needed if b.sha256 in damaged):
                 # Overwriting the server's copy with bytes that are wrong too would help nobody.
                 self.warn_once(f"local-upload-{key_sha256}",
-                               f"remote cache {self.name}: not uploading action {key_sha256[:12]}…: "
+                               f"{self.role} {self.name}: not uploading action {key_sha256[:12]}…: "
                                f"its local output does not match its digest either")
                 return
             todo = [b for b in needed if b.sha256 in damaged or not self._known.has_blob(b.sha256)]
@@ -376,7 +382,7 @@ class RemoteBase:
             return
         except OSError as exc:
             self.warn_once(f"local-upload-{key_sha256}",
-                           f"remote cache {self.name}: not uploading action {key_sha256[:12]}…: {exc}")
+                           f"{self.role} {self.name}: not uploading action {key_sha256[:12]}…: {exc}")
             return
         self._succeeded()
         self._known.add_result(key_sha256, encoded_sha)

@@ -88,7 +88,7 @@ def test_many_blobs_are_batched_within_the_limits(buildgrid: BuildGrid, tmp_path
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(grpc_remote, "_FIND_MISSING_BATCH", 50)
     remote = _open(buildgrid.url, tmp_path / "cache", Warnings())
-    remote._batch_limit = 64 * 1024  # as if the server allowed only 64 KiB per batch
+    remote.rpc.batch_limit = 64 * 1024  # as if the server allowed only 64 KiB per batch
     contents = {f"pbuild-out/f{i:03}": os.urandom(3000 + i) for i in range(120)}
     contents["pbuild-out/mid"] = os.urandom(100_000)  # above that limit: ByteStream
     key, result, blobs = action_result(tmp_path / "out", "batched", contents)
@@ -96,7 +96,7 @@ def test_many_blobs_are_batched_within_the_limits(buildgrid: BuildGrid, tmp_path
     assert remote.stats().blobs_uploaded == 121 and remote.stats().errors == 0
 
     reader = _open(buildgrid.url, tmp_path / "reader", Warnings())
-    reader._batch_limit = 64 * 1024
+    reader.rpc.batch_limit = 64 * 1024
     got = reader.get_action_result(key)
     assert got is not None and len(got.outputs) == 121
     for output in got.outputs:
