@@ -154,7 +154,7 @@ def from_wire(data: bytes) -> RemoteActionResult:
         wire = ActionResult.decode(data)
     except (WireError, UnicodeDecodeError) as exc:
         raise Corrupt(f"undecodable action result ({exc})") from None
-    if wire.has_unsupported_outputs:
+    if wire.has_unsupported_outputs or wire.output_directories:
         raise Corrupt("action result has output directories, symlinks or inline data, which pbuild "
                       "does not write")
     outputs = []

@@ -184,44 +184,145 @@ class OutputFile:
 
 
 @dataclass(frozen=True)
+class Timestamp:
+    """``google.protobuf.Timestamp``: seconds=1, nanos=2."""
+
+    seconds: int = 0
+    nanos: int = 0
+
+    @classmethod
+    def of(cls, unix_time: float) -> Timestamp:
+        whole = int(unix_time)
+        return cls(whole, int((unix_time - whole) * 1e9))
+
+    @property
+    def unix_time(self) -> float:
+        return self.seconds + self.nanos / 1e9
+
+    def encode(self) -> bytes:
+        return enc_varint(1, self.seconds) + enc_varint(2, self.nanos)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Timestamp:
+        seconds = nanos = 0
+        for number, _, value in fields(data):
+            if number == 1:
+                seconds = _as_int(value)
+            elif number == 2:
+                nanos = _int32(_as_int(value))
+        return cls(seconds, nanos)
+
+
+# ExecutedActionMetadata's timestamp fields, in field-number order from 2.
+TIMESTAMP_FIELDS = ("queued", "worker_start", "worker_completed", "input_fetch_start", "input_fetch_completed",
+                    "execution_start", "execution_completed", "output_upload_start", "output_upload_completed")
+
+
+@dataclass(frozen=True)
+class ExecutedActionMetadata:
+    """``ExecutedActionMetadata``: worker=1, then the timestamps of :data:`TIMESTAMP_FIELDS` as
+    fields 2..10 (queued, worker start/completed, input fetch, execution, output upload)."""
+
+    worker: str = ""
+    timestamps: tuple[tuple[str, Timestamp], ...] = ()  # (name from TIMESTAMP_FIELDS, when)
+
+    def encode(self) -> bytes:
+        body = enc_str(1, self.worker)
+        for name, stamp in self.timestamps:
+            body += enc_msg(2 + TIMESTAMP_FIELDS.index(name), stamp.encode())
+        return body
+
+    @classmethod
+    def decode(cls, data: bytes) -> ExecutedActionMetadata:
+        worker = ""
+        stamps: list[tuple[str, Timestamp]] = []
+        for number, _, value in fields(data):
+            if number == 1:
+                worker = _as_bytes(value).decode(errors="replace")
+            elif 2 <= number < 2 + len(TIMESTAMP_FIELDS):
+                stamps.append((TIMESTAMP_FIELDS[number - 2], Timestamp.decode(_as_bytes(value))))
+        return cls(worker, tuple(stamps))
+
+    def seconds_between(self, start: str, end: str) -> float | None:
+        """The time from timestamp ``start`` to ``end`` (names of :data:`TIMESTAMP_FIELDS`), if both are set."""
+        found = dict(self.timestamps)
+        if start not in found or end not in found:
+            return None
+        return found[end].unix_time - found[start].unix_time
+
+
+@dataclass(frozen=True)
+class OutputDirectory:
+    """``OutputDirectory``: path=1, tree_digest=3 (a ``Tree`` message in the CAS),
+    is_topologically_sorted=4."""
+
+    path: str
+    tree_digest: Digest
+
+    def encode(self) -> bytes:
+        return enc_str(1, self.path) + enc_msg(3, self.tree_digest.encode())
+
+    @classmethod
+    def decode(cls, data: bytes) -> OutputDirectory:
+        path, digest = "", Digest("", 0)
+        for number, _, value in fields(data):
+            if number == 1:
+                path = _as_bytes(value).decode()
+            elif number == 3:
+                digest = Digest.decode(_as_bytes(value))
+        return cls(path, digest)
+
+
+@dataclass(frozen=True)
 class ActionResult:
     """``ActionResult``: output_files=2, output_directories=3, exit_code=4, stdout_digest=6,
-    stderr_digest=8 (plus the symlink fields 10-12, which pbuild does not produce but must not
-    silently ignore when another client wrote them)."""
+    stderr_digest=8, execution_metadata=9 (plus the symlink fields 10-12, which pbuild does not
+    produce but must not silently ignore when another client wrote them)."""
 
     output_files: tuple[OutputFile, ...] = ()
     exit_code: int = 0
     stdout_digest: Digest | None = None
     stderr_digest: Digest | None = None
     has_unsupported_outputs: bool = False
+    output_directories: tuple[OutputDirectory, ...] = ()
+    execution_metadata: ExecutedActionMetadata | None = None
 
     def encode(self) -> bytes:
         body = b"".join(enc_msg(2, f.encode()) for f in self.output_files)
+        body += b"".join(enc_msg(3, d.encode()) for d in self.output_directories)
         body += enc_varint(4, self.exit_code)
         if self.stdout_digest is not None:
             body += enc_msg(6, self.stdout_digest.encode())
         if self.stderr_digest is not None:
             body += enc_msg(8, self.stderr_digest.encode())
+        if self.execution_metadata is not None:
+            body += enc_msg(9, self.execution_metadata.encode())
         return body
 
     @classmethod
     def decode(cls, data: bytes) -> ActionResult:
         files: list[OutputFile] = []
+        directories: list[OutputDirectory] = []
         exit_code = 0
         stdout = stderr = None
+        metadata = None
         unsupported = False
         for number, _, value in fields(data):
             if number == 2:
                 files.append(OutputFile.decode(_as_bytes(value)))
+            elif number == 3:
+                directories.append(OutputDirectory.decode(_as_bytes(value)))
             elif number == 4:
                 exit_code = _int32(_as_int(value))
             elif number == 6:
                 stdout = Digest.decode(_as_bytes(value))
             elif number == 8:
                 stderr = Digest.decode(_as_bytes(value))
-            elif number in (3, 10, 11, 12):  # directories and symlinks: not produced by pbuild
+            elif number == 9:
+                metadata = ExecutedActionMetadata.decode(_as_bytes(value))
+            elif number in (10, 11, 12):  # symlinks: not produced by pbuild
                 unsupported = True
-        return cls(tuple(files), exit_code, stdout, stderr, unsupported)
+        return cls(tuple(files), exit_code, stdout, stderr, unsupported, tuple(directories), metadata)
 
 
 @dataclass(frozen=True)

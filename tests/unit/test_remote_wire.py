@@ -36,7 +36,8 @@ def test_decoding_flags_outputs_pbuild_cannot_write() -> None:
     theirs = pb.ActionResult(output_directories=[pb.OutputDirectory(path="d")])
     theirs.execution_metadata.worker = "w"  # unknown to us: skipped
     decoded = wire.ActionResult.decode(theirs.SerializeToString())
-    assert decoded.has_unsupported_outputs
+    assert decoded.output_directories == (wire.OutputDirectory("d", wire.Digest("", 0)),)
+    assert decoded.execution_metadata == wire.ExecutedActionMetadata("w")
     symlink = pb.ActionResult(output_symlinks=[pb.OutputSymlink(path="l", target="t")])
     assert wire.ActionResult.decode(symlink.SerializeToString()).has_unsupported_outputs
 
