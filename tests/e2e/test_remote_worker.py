@@ -270,3 +270,52 @@ def test_the_worker_refuses_a_bad_executor_url(tmp_path: Path) -> None:
                           text=True, env=base_env(tmp_path), timeout=30)
     assert proc.returncode != 0
     assert "expected grpc://HOST:PORT" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _layer_files(raw_tar: bytes, *, diff_id: str | None = None) -> tuple[bytes, bytes]:
+    """A toolchain layer as pbuild's action format carries it: the gzipped blob and its sidecar."""
+    import gzip
+    import json
+
+    blob = gzip.compress(raw_tar, mtime=0)
+    meta = {"diff_id": diff_id or f"sha256:{hashlib.sha256(raw_tar).hexdigest()}",
+            "media_type": "application/vnd.oci.image.layer.v1.tar+gzip"}
+    return blob, json.dumps(meta).encode()
+
+
+def test_an_action_on_a_toolchain_runs_on_its_tree(tmp_path: Path, grid: BuildGridExecution,
+                                                   client: ReapiClient) -> None:
+    from tests.support.testimages import busybox_layer, file, tar_layer
+
+    base_blob, base_meta = _layer_files(busybox_layer())
+    top_blob, top_meta = _layer_files(tar_layer([file("etc/greeting", "hello from the toolchain\n")]))
+    files: dict[str, bytes | tuple[bytes, bool]] = {
+        ".pbuild/toolchain/00/blob": base_blob, ".pbuild/toolchain/00/meta": base_meta,
+        ".pbuild/toolchain/01/blob": top_blob, ".pbuild/toolchain/01/meta": top_meta,
+        "pkg/in.txt": b"input\n",
+    }
+    root = client.directory(files)
+    script = "cat /etc/greeting in.txt; test -e /usr/bin/python3 && echo host-visible; ls /execroot"
+    first = client.action(["/bin/sh", "-c", script], root, workdir="pkg")
+    again = client.action(["/bin/sh", "-c", "cat /etc/greeting"], root, workdir="pkg")
+    client.upload_all()
+    with workers(tmp_path, grid.url, ("w1",)) as (w1,):
+        response = client.run(first)
+        assert response.status.code == 0, response.status
+        assert response.result.exit_code == 0, client.read(response.result.stderr_digest)
+        # The tree is the action's /, the host's root is not; the layers are not in the exec root.
+        assert client.read(response.result.stdout_digest) == b"hello from the toolchain\ninput\npkg\n"
+        assert client.run(again).result.exit_code == 0
+        wait_until(lambda: len(w1.lease_lines()) == 2, 10, "the second lease")
+        assert " for 0 input bytes" in w1.lease_lines()[1]
+        trees = [p for p in (w1.cache / "toolchains").iterdir() if p.is_dir()]
+        assert len(trees) == 1, trees  # unpacked once, for both actions
+
+        damaged_blob, damaged_meta = _layer_files(tar_layer([file("x", "y")]), diff_id="sha256:" + "0" * 64)
+        bad_root = client.directory({".pbuild/toolchain/00/blob": damaged_blob,
+                                     ".pbuild/toolchain/00/meta": damaged_meta})
+        bad = client.action(["/bin/true"], bad_root)
+        client.upload_all()
+        refused = client.run(bad)
+        assert refused.status.code == CODE_INVALID_ARGUMENT
+        assert "toolchain layers cannot be unpacked" in refused.status.message
