@@ -20,7 +20,7 @@ VERSION = "0.1.0"
 
 _DESCRIPTION = "pbuild: hermetic, content-hashed builds of Python programs and reproducible OCI images."
 # The engine's own commands: a command line starting with one never imports the families' commands.
-_ENGINE_COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock", "system")
+_ENGINE_COMMANDS = ("build", "run", "test", "query", "clean", "version", "lock", "system", "worker")
 _LAUNCHER_COMMANDS = ("ps", "logs", "exec", "stop", "rm")
 # `pbuild ps` and `pbuild logs NAME` go straight to the launcher (no parser, no families: fast);
 # with a label or a Compose file they are the stack family's commands.
@@ -121,6 +121,13 @@ def make_parser(family_commands: Sequence[Command] | None = None) -> argparse.Ar
     _add_common(p)
 
     _add_system(sub)
+
+    from pbuild.engine.remote.worker import DESCRIPTION as worker_description
+    from pbuild.engine.remote.worker import configure as configure_worker
+
+    p = sub.add_parser("worker", help="run a remote execution server's actions here (a REAPI worker)",
+                       description=worker_description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure_worker(p)
 
     taken: set[str] = set()
     for command in family_commands:
@@ -373,6 +380,10 @@ def _dispatch(args: argparse.Namespace, user_umask: int) -> int:
         return clean(workspace=args.workspace, cache_dir=args.cache_dir, expunge=args.expunge)
     if command == "system":
         return _system(args)
+    if command == "worker":
+        from pbuild.engine.remote.worker import main as worker_main
+
+        return worker_main(args)
     if command == "lock":
         from pbuild.engine.commands import lock
 

@@ -1,8 +1,10 @@
-"""The launcher tests' fixtures: a busybox image and a layer store per test module, and the
-environment of one test's launcher runs (its own runtime dir, containers killed afterwards)."""
+"""The e2e tests' shared fixtures: a busybox image and a layer store per test module, the
+environment of one test's launcher runs (its own runtime dir, containers killed afterwards), and
+for remote execution one PostgreSQL per test session with a fresh database per test."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.launcher import kill_leftovers
+from tests.support.peers import Postgres, postgres_server
 from tests.support.testimages import make_busybox_image
 
 
@@ -28,3 +31,20 @@ def env(tmp_path: Path, layer_store: Path) -> Iterator[dict[str, str]]:
     runtime = tmp_path / "runtime"
     yield {**os.environ, "PBUILD_LAYER_STORE": str(layer_store), "PBUILD_RUNTIME_DIR": str(runtime)}
     kill_leftovers(runtime)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the session (per xdist worker): starting one costs ~1 s."""
+    with postgres_server(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def fresh_db(postgres: Postgres) -> str:
+    """A new, empty database on the session's cluster: what one test's BuildGrid keeps its
+    scheduler state in, so no job or bot of another test is seen."""
+    return postgres.create_database(f"t{os.getpid()}_{next(_databases)}")

@@ -294,6 +294,256 @@ def buildgrid_server(base: Path, *, instance_name: str = "", allow_updates: bool
 
 
 # ---------------------------------------------------------------------------------------------
+# PostgreSQL and BuildGrid's Execution service (REAPI remote execution, the Bots API)
+
+
+def _postgres_program(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else in Debian's versioned folder (the package puts
+    initdb and pg_ctl there and links only the client programs into /usr/bin)."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    import glob
+
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        candidate = Path(folder) / name
+        if candidate.exists():
+            return str(candidate)
+    pytest.skip(f"{name} is not installed (Debian package postgresql; see .ci/install)")
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running PostgreSQL cluster on 127.0.0.1 (trust authentication, superuser ``user``).
+
+    ``create_database()`` makes a fresh database, so tests can share one server."""
+
+    host: str
+    port: int
+    user: str
+    db: str
+    data_dir: Path
+    _run_as: str | None = None
+
+    def url(self, db: str | None = None, *, driver: str = "") -> str:
+        """``postgresql[+DRIVER]://USER@HOST:PORT/DB`` (SQLAlchemy wants ``+psycopg2``)."""
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://{self.user}@{self.host}:{self.port}/{db or self.db}"
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` (owned by ``user``); return its name."""
+        createdb = _postgres_program("createdb")
+        subprocess.run([createdb, "-h", self.host, "-p", str(self.port), "-U", self.user, name],
+                       check=True, capture_output=True, user=self._run_as)
+        return name
+
+
+@contextlib.contextmanager
+def postgres_server(base: Path, *, db: str = "pbuild") -> Iterator[Postgres]:
+    """initdb + ``pg_ctl start`` on a free port; ``createdb db``; stopped and removed on exit.
+
+    PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres`` user in a
+    folder of its own under the system temp dir (pytest's ``tmp_path`` is private to root);
+    ``base`` then only holds the log's copy. Connections use trust authentication on loopback.
+    """
+    import tempfile
+
+    initdb, pg_ctl = _postgres_program("initdb"), _postgres_program("pg_ctl")
+    base.mkdir(parents=True, exist_ok=True)
+    run_as: str | None = None
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root needs the postgres user (Debian package postgresql)")
+        run_as = "postgres"
+        home = Path(tempfile.mkdtemp(prefix="pbuild-pg-"))
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+    else:
+        home = Path(tempfile.mkdtemp(prefix="pbuild-pg-", dir=base))
+    data = home / "data"
+    user = "pbuild"
+    log = home / "postgres.log"
+    try:
+        subprocess.run([initdb, "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync"],
+                       check=True, capture_output=True, user=run_as, cwd=home)
+        for attempt in range(3):
+            port = free_port()
+            # Unix sockets in our own folder: the system one (/var/run/postgresql) may not exist.
+            opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {home} -c fsync=off -c max_connections=200"
+            started = subprocess.run([pg_ctl, "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "30",
+                                      "start"], capture_output=True, user=run_as, cwd=home)
+            if started.returncode == 0:
+                break
+            if attempt == 2:
+                raise RuntimeError(f"PostgreSQL did not start:\n{started.stderr.decode(errors='replace')}\n"
+                                   f"{_tail(log)}")
+        server = Postgres(host="127.0.0.1", port=port, user=user, db=db, data_dir=data, _run_as=run_as)
+        try:
+            server.create_database(db)
+            yield server
+        finally:
+            subprocess.run([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True,
+                           user=run_as)
+            with contextlib.suppress(OSError):
+                shutil.copy(log, base / "postgres.log")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+_BUILDGRID_EXEC_CONF = """
+server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+authorization:
+  method: none
+connections:
+  - !sql-connection &sql
+    connection-string: "{sql_url}"
+    pool-size: 10
+    max-overflow: 20
+storages:
+  - !lru-storage &cas
+    size: 1024M
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: true
+    cache-failed-actions: true
+schedulers:
+  - !sql-scheduler &scheduler
+    sql: *sql
+    storage: *cas
+    action-cache: *ac
+    property-set: !dynamic-property-set
+      match-property-keys: [{match_keys}]
+    bot-session-keepalive-timeout: {keepalive}
+    session-expiry-timer-interval: 1.0
+    poll-interval: 0.1
+    max-job-attempts: 5
+    assigners:
+      - !priority-age-assigner
+        count: 2
+        interval: 0.05
+        busy-sleep-factor: 0.01
+instances:
+  - name: "{instance}"
+    services:
+      - !execution
+        scheduler: *scheduler
+        operation-stream-keepalive-timeout: 10
+        endpoints: [execution, operations]
+      - !bots
+        scheduler: *scheduler
+      - !action-cache
+        cache: *ac
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+"""
+
+# The platform keys pbuild's actions carry beside REAPI's OSFamily and ISA (see
+# pbuild.engine.remote.actionformat); BuildGrid refuses an action with an unregistered key.
+PBUILD_PLATFORM_KEYS = ("pbuild-action-format", "pbuild-host")
+
+
+class BuildGridExecution:
+    """A running ``bgd server`` with Execution and Bots on one instance (CAS in memory, job state
+    in PostgreSQL). :meth:`stop` and :meth:`start` restart it on the same port and database, as
+    a server restart looks to its clients and workers (the in-memory CAS starts empty again)."""
+
+    def __init__(self, conf: Path, log: Path, port: int, instance_name: str) -> None:
+        self.conf = conf
+        self.log = log
+        self.port = port
+        self.instance_name = instance_name
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the server (again) and wait until it listens; raises when it does not."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        with open(self.log, "ab") as log_file:
+            self._proc = subprocess.Popen([require("bgd"), "server", "start", str(self.conf)], stdout=log_file,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True)
+        _wait_for_port(self.port, self._proc, self.log)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop(self._proc)
+        # The port must be free again before start(): wait until nobody listens on it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    pass
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+
+@contextlib.contextmanager
+def buildgrid_execution_server(base: Path, postgres: Postgres, *, instance_name: str = "",
+                               database: str | None = None, keepalive_s: int = 8
+                               ) -> Iterator[BuildGridExecution]:
+    """BuildGrid 0.4's remote execution: ``bgd migrate apply`` on ``database`` (default: the
+    server's own), then ``bgd server start`` with the Execution, Operations, Bots, CAS,
+    ByteStream and ActionCache services (Capabilities comes with them) on ``instance_name``.
+
+    ``keepalive_s`` is how long the scheduler waits to hear from a bot before it gives the bot's
+    leases to another: short, so that a killed worker's action is retried within the test (the
+    bots' long-poll lasts 80 % of it, and BuildGrid wants that to be at least 3 s).
+    """
+    bgd = require("bgd")
+    base.mkdir(parents=True, exist_ok=True)
+    db = database or postgres.db
+    migrate = subprocess.run([bgd, "migrate", "apply", postgres.url(db)], capture_output=True)
+    if migrate.returncode != 0:
+        raise RuntimeError(f"bgd migrate apply failed:\n{migrate.stdout.decode(errors='replace')}"
+                           f"{migrate.stderr.decode(errors='replace')}")
+    conf = base / "buildgrid-exec.yml"
+    log = base / "buildgrid.log"
+    keys = ", ".join(f'"{k}"' for k in PBUILD_PLATFORM_KEYS)
+    server: BuildGridExecution | None = None
+    for attempt in range(3):
+        port = free_port()
+        conf.write_text(_BUILDGRID_EXEC_CONF.format(port=port, sql_url=postgres.url(db, driver="psycopg2"),
+                                                    match_keys=keys, keepalive=keepalive_s,
+                                                    instance=instance_name))
+        server = BuildGridExecution(conf, log, port, instance_name)
+        try:
+            server.start()
+            break
+        except RuntimeError:
+            server.stop()
+            if attempt == 2:
+                raise
+    assert server is not None
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
 # docker-registry: the OCI registry
 
 

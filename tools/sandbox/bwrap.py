@@ -318,6 +318,8 @@ def _run_bwrap_once(request: SandboxRequest, binary: str) -> SandboxResult:
             )
         finally:
             os.close(status_w)
+        if request.on_start is not None:
+            request.on_start(process.pid)
         timed_out = False
         try:
             remaining = (

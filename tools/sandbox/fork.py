@@ -191,6 +191,8 @@ def run_forked(request: SandboxRequest) -> SandboxResult:
     for fd in opened:
         if fd != read_end:
             os.close(fd)
+    if request.on_start is not None:
+        request.on_start(pid)
     return _wait(pid, read_end, request.timeout_s, start)
 
 

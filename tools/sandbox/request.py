@@ -4,8 +4,8 @@ messages both backends write when the action's program is missing."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 EXEC_ROOT = "/execroot"
 """Where the exec root appears inside the sandbox; fixed so outputs carry no host paths."""
@@ -43,6 +43,9 @@ class SandboxRequest:
     backend: str = "auto"
     """``bwrap`` (bubblewrap, the default when installed), ``fork`` (our own namespace setup in a
     forked child), or ``auto``; ``$PBUILD_SANDBOX_BACKEND`` overrides ``auto``."""
+    on_start: Callable[[int], None] | None = field(default=None, compare=False)
+    """Called (in the calling thread) with the pid of the sandbox's top process once it runs:
+    SIGKILL to that pid ends the whole sandbox (``pbuild worker`` does so for a cancelled lease)."""
 
 
 @dataclass(frozen=True)
