@@ -55,24 +55,25 @@ class ServerChannel(GrpcRemoteCache):
 
     def __init__(self, settings: RemoteSettings, *, cache_dir: str, warn: Callable[[str], None]) -> None:
         super().__init__(settings, cache_dir=cache_dir, warn=warn)
+        self._methods: dict[str, grpc.UnaryUnaryMultiCallable] = {}
 
     def _method(self, method: str) -> grpc.UnaryUnaryMultiCallable:
-        call = self._unary.get(method)
+        call = self._methods.get(method)
         if call is None:
-            call = self._channel.unary_unary(method, request_serializer=_identity, response_deserializer=_identity)
-            self._unary[method] = call
+            call = self.rpc.channel.unary_unary(method, request_serializer=_identity, response_deserializer=_identity)
+            self._methods[method] = call
         return call
 
     def unary(self, method: str, request: bytes, *, timeout_s: float) -> bytes:
         """One call of a unary method not among the cache's (``/package.Service/Method``);
         raises ``grpc.RpcError``."""
-        response: bytes = self._method(method)(request, timeout=timeout_s, metadata=self._metadata)
+        response: bytes = self._method(method)(request, timeout=timeout_s, metadata=self.rpc.metadata)
         return response
 
     def unary_future(self, method: str, request: bytes, *, timeout_s: float) -> grpc.Future:
         """The same call as a cancellable future (the Bots long-poll is cut short when a lease
         ends, so that its completion is reported at once)."""
-        future: grpc.Future = self._method(method).future(request, timeout=timeout_s, metadata=self._metadata)
+        future: grpc.Future = self._method(method).future(request, timeout=timeout_s, metadata=self.rpc.metadata)
         return future
 
     def read_into(self, digest: Digest, dest: str) -> None:
@@ -84,14 +85,14 @@ class ServerChannel(GrpcRemoteCache):
         """BatchReadBlobs of several small blobs: sha256 -> bytes (unverified) of those found;
         raises :class:`Missing` naming every blob the server reported absent."""
         request = wire.batch_read_blobs_request(self._instance, digests)
-        data = self.attempt(lambda: self._call(_BATCH_READ, request, "BatchReadBlobs"))
+        data = self.attempt(lambda: self.rpc.call(_BATCH_READ, request, "BatchReadBlobs"))
         found: dict[str, bytes] = {}
         absent: list[str] = []
         for entry in wire.decode_batch_read_blobs_response(data):
             if entry.status.code == 5:
                 absent.append(entry.digest.hash)
                 continue
-            self._raise_for_status(entry.status, "BatchReadBlobs")
+            self.rpc.raise_for_status(entry.status, "BatchReadBlobs")
             found[entry.digest.hash] = entry.data
         absent += [d.hash for d in digests if d.hash not in found and d.hash not in absent]
         if absent:
@@ -99,7 +100,7 @@ class ServerChannel(GrpcRemoteCache):
         return found
 
     def fits_batch(self, size: int) -> bool:
-        return self._fits_batch(size)
+        return self.rpc.fits_batch(size)
 
     def upload(self, blobs: list[BlobToUpload]) -> None:
         """Make sure the server holds ``blobs`` (asks FindMissingBlobs first)."""
@@ -147,7 +148,7 @@ class WorkerCas:
         missing: list[Digest] = []
         batch: list[Digest] = []
         budget = 0
-        limit = self.channel._batch_limit // 2  # noqa: SLF001 - the server's stated limit, halved for overhead
+        limit = self.channel.rpc.batch_limit // 2  # the server's stated limit, halved for overhead
         for digest in small:
             if batch and (budget + digest.size_bytes > limit or len(batch) >= _BATCH_DIGESTS):
                 missing += self._fetch_batch(batch)
