@@ -60,7 +60,6 @@ from pbuild.engine.remote._execwire import (
     FileNode,
     Operation,
     RichStatus,
-    Tree,
     check_name,
     execute_request,
     wait_execution_request,
@@ -276,7 +275,9 @@ class GrpcRemoteExecutor(RemoteBase):
             raise Corrupt(f"it names the output path {path!r}, outside the exec root")
         return full
 
-    def _tree(self, digest: wire.Digest) -> Tree:
+    def _tree(self, digest: wire.Digest) -> tuple[Directory, dict[str, Directory]]:
+        """An output directory's Tree, verified: its root and its children by the digest of
+        each child's bytes as the server sent them (not as re-encoded here)."""
         chunks: list[bytes] = []
 
         def read() -> None:
@@ -290,21 +291,32 @@ class GrpcRemoteExecutor(RemoteBase):
         data = b"".join(chunks)
         if len(data) != digest.size_bytes or hashlib.sha256(data).hexdigest() != digest.hash:
             raise Corrupt(f"its output Tree {digest.hash[:12]}… does not match its digest")
+        root: Directory | None = None
+        children: dict[str, Directory] = {}
         try:
-            return Tree.decode(data)
+            for number, _, value in wire.fields(data):
+                if number == 1 and isinstance(value, bytes):
+                    root = Directory.decode(value)
+                elif number == 2 and isinstance(value, bytes):
+                    children[hashlib.sha256(value).hexdigest()] = Directory.decode(value)
         except (wire.WireError, UnicodeDecodeError) as exc:
             raise Corrupt(f"its output Tree {digest.hash[:12]}… is undecodable ({exc})") from None
+        if root is None:
+            raise Corrupt(f"its output Tree {digest.hash[:12]}… has no root directory")
+        return root, children
 
     @staticmethod
-    def _flatten(top: str, tree: Tree) -> Iterator[RemoteOutput]:
+    def _flatten(top: str, tree: tuple[Directory, dict[str, Directory]]) -> Iterator[RemoteOutput]:
         """Every file of ``tree`` as an output below ``top``; names checked, no symlinks, each
-        child Directory found by the digest of its encoding."""
-        children = {hashlib.sha256(c.encode()).hexdigest(): c for c in tree.children}
-        stack: list[tuple[str, Directory, int]] = [(top, tree.root, 0)]
+        child Directory found by its digest."""
+        root, children = tree
+        stack: list[tuple[str, Directory, int]] = [(top, root, 0)]
+        total = 0
         while stack:
             prefix, directory, depth = stack.pop()
-            if depth > 256:
-                raise Corrupt(f"its output directory {top} nests deeper than 256 levels")
+            total += 1
+            if depth > 256 or total > 1_000_000:
+                raise Corrupt(f"its output directory {top} nests deeper than 256 levels or holds too many folders")
             if directory.symlinks:
                 raise Corrupt(f"its output directory {prefix} holds a symlink {directory.symlinks[0].name!r}")
             seen: set[str] = set()

@@ -1,0 +1,181 @@
+"""`pbuild build --remote-executor` against the real engine: PostgreSQL, BuildGrid's Execution
+service and two real ``pbuild worker`` processes. The client's outputs must be those of a local
+build, its statuses and counts must say where the work happened, and a missing executor must
+end in one warning and a local build, or in a clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.peers import BuildGridExecution, Postgres, buildgrid_execution_server, free_port
+from tests.support.runner import Runner, WorkspaceFactory, cache_is_consistent, tree_digest
+from tests.support.workers import WorkerProcess, workers
+
+pytestmark = pytest.mark.slow
+
+FILES: dict[str, str | bytes] = {
+    "lib/BUILD.toml": """
+        [upper]
+        rule = "genrule"
+        srcs = ["words.txt"]
+        outs = ["upper.txt"]
+        cmd = "tr a-z A-Z < $< > $@"
+
+        [count]
+        rule = "genrule"
+        srcs = [":upper"]
+        outs = ["count.txt", "tool.sh"]
+        cmd = "set -- $(OUTS); wc -c < $< > $1 && printf '#!/bin/sh\\necho hi\\n' > $2 && chmod +x $2"
+    """,
+    "app/BUILD.toml": """
+        [report]
+        rule = "genrule"
+        srcs = ["//lib:count", "//lib:upper"]
+        outs = ["report.txt"]
+        cmd = "cat $(SRCS) > $@ && echo done >> $@"
+    """,
+    "lib/words.txt": "remote execution runs actions elsewhere\n",
+}
+
+FAILING: dict[str, str | bytes] = {
+    "bad/BUILD.toml": """
+        [boom]
+        rule = "genrule"
+        outs = ["never.txt"]
+        cmd = "echo 'the worker says no' >&2; exit 3"
+    """,
+}
+
+
+@pytest.fixture
+def grid(tmp_path: Path, postgres: Postgres, fresh_db: str) -> Iterator[BuildGridExecution]:
+    with buildgrid_execution_server(tmp_path / "bg", postgres, database=fresh_db) as server:
+        yield server
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, grid: BuildGridExecution) -> Iterator[list[WorkerProcess]]:
+    with workers(tmp_path / "workers", grid.url, ("w1", "w2")) as started:
+        yield started
+
+
+def _summary(events: Path) -> dict[str, int]:
+    return next(json.loads(line) for line in events.read_text().splitlines() if '"summary"' in line)
+
+
+def _statuses(events: Path) -> dict[str, str]:
+    return {e["label"]: e["status"] for e in map(json.loads, events.read_text().splitlines())
+            if e.get("type") == "action"}
+
+
+def _leases(pool: list[WorkerProcess]) -> int:
+    return sum(len(w.lease_lines()) for w in pool)
+
+
+def _local_reference(workspace: WorkspaceFactory, pbuild: Runner, tmp_path: Path, files: dict[str, str | bytes],
+                     target: str) -> dict[str, tuple[bytes, int]]:
+    ws = workspace(files, name="local")
+    result = pbuild("build", target, cwd=ws, cache=tmp_path / "local-cache")
+    assert result.code == 0, str(result)
+    return tree_digest(ws / "pbuild-out")
+
+
+def test_a_genrule_chain_built_remotely_is_the_local_build(workspace: WorkspaceFactory, pbuild: Runner,
+                                                           tmp_path: Path, grid: BuildGridExecution,
+                                                           two_workers: list[WorkerProcess]) -> None:
+    expected = _local_reference(workspace, pbuild, tmp_path, FILES, "//app:report")
+    ws = workspace(FILES)
+    events = tmp_path / "events.json"
+    result = pbuild("build", "//app:report", "--remote-executor", grid.url, "--build-event-json", str(events),
+                    cwd=ws, cache=tmp_path / "cache")
+    assert result.code == 0, str(result)
+    assert result.summary.startswith("3 actions: 3 remote executed"), str(result)
+    assert "3 executed remotely" in result.err, str(result)
+    assert _statuses(events) == {"//lib:upper": "remote_executed", "//lib:count": "remote_executed",
+                                 "//app:report": "remote_executed"}
+    assert (_summary(events)["remote_executed"], _summary(events)["executed"]) == (3, 0)
+    assert tree_digest(ws / "pbuild-out") == expected  # same bytes, same executable bits
+    assert (ws / "pbuild-out/lib/tool.sh").stat().st_mode & 0o111
+    assert cache_is_consistent(tmp_path / "cache") == []
+    assert _leases(two_workers) == 3, [w.text() for w in two_workers]
+
+    # The same build again: the local cache.
+    again = pbuild("build", "//app:report", "--remote-executor", grid.url, cwd=ws, cache=tmp_path / "cache")
+    assert again.code == 0 and "3 cached" in again.summary, str(again)
+
+    # Another machine: the executor's endpoint is the cache, under the actions' remote keys; nothing runs.
+    shutil.rmtree(ws / "pbuild-out")
+    events2 = tmp_path / "events2.json"
+    other = pbuild("build", "//app:report", "--remote-executor", grid.url, "--build-event-json", str(events2),
+                   cwd=ws, cache=tmp_path / "other-cache")
+    assert other.code == 0, str(other)
+    assert other.summary.startswith("3 actions: 3 remote cached"), str(other)
+    assert tree_digest(ws / "pbuild-out") == expected
+    assert _leases(two_workers) == 3
+    # ... also for a build that has the cache only.
+    shutil.rmtree(ws / "pbuild-out")
+    cache_only = pbuild("build", "//app:report", "--remote-cache", grid.url, cwd=ws, cache=tmp_path / "third-cache")
+    assert cache_only.summary.startswith("3 actions: 3 remote cached"), str(cache_only)
+    assert tree_digest(ws / "pbuild-out") == expected
+
+
+def test_a_failing_command_shows_what_it_printed_on_the_worker(workspace: WorkspaceFactory, pbuild: Runner,
+                                                               tmp_path: Path, grid: BuildGridExecution,
+                                                               two_workers: list[WorkerProcess]) -> None:
+    local = pbuild("build", "//bad:boom", cwd=workspace(FAILING, name="local"), cache=tmp_path / "local-cache")
+    ws = workspace(FAILING)
+    result = pbuild("build", "//bad:boom", "--remote-executor", grid.url, cwd=ws, cache=tmp_path / "cache")
+    assert result.code == local.code != 0
+    assert "Genrule failed (exit code 3)" in result.err and "the worker says no" in result.err, str(result)
+    # The message is the local one, line for line (the paths of the two workspaces aside).
+    assert [line for line in result.err.splitlines() if "worker says no" in line or "failed (" in line] == \
+        [line for line in local.err.splitlines() if "worker says no" in line or "failed (" in line]
+    assert _leases(two_workers) == 1
+
+
+def test_executor_down_with_fallback_builds_locally_after_one_warning(workspace: WorkspaceFactory, pbuild: Runner,
+                                                                      tmp_path: Path) -> None:
+    expected = _local_reference(workspace, pbuild, tmp_path, FILES, "//app:report")
+    ws = workspace(FILES)
+    down = f"grpc://127.0.0.1:{free_port()}"
+    events = tmp_path / "events.json"
+    result = pbuild("build", "//app:report", "--remote-executor", down, "--remote-local-fallback",
+                    "--remote-cache=", "--remote-timeout", "5", "--build-event-json", str(events),
+                    cwd=ws, cache=tmp_path / "cache")
+    assert result.code == 0, str(result)
+    warnings = [line for line in result.err.splitlines() if line.startswith("warning: remote executor")]
+    assert len(warnings) == 1 and "running actions locally" in warnings[0], str(result)
+    assert "127.0.0.1" in warnings[0] and "cannot reach" in warnings[0]
+    assert result.summary.startswith("3 actions: 3 executed"), str(result)
+    assert _summary(events)["remote_executed"] == 0
+    assert tree_digest(ws / "pbuild-out") == expected
+
+
+def test_executor_down_without_fallback_is_a_clear_error(workspace: WorkspaceFactory, pbuild: Runner,
+                                                         tmp_path: Path) -> None:
+    ws = workspace(FILES)
+    down = f"grpc://127.0.0.1:{free_port()}"
+    result = pbuild("build", "//lib:upper", "--remote-executor", down, "--remote-cache=", "--remote-timeout", "5",
+                    cwd=ws, cache=tmp_path / "cache")
+    assert result.code != 0
+    assert "Traceback" not in result.err, str(result)
+    assert f"remote executor {down} is unavailable" in result.err and "cannot reach" in result.err, str(result)
+    assert "--remote-local-fallback" in result.err
+    assert not (ws / "pbuild-out/lib/upper.txt").exists()
+
+
+def test_a_cache_only_server_is_no_executor(workspace: WorkspaceFactory, pbuild: Runner, tmp_path: Path) -> None:
+    from tests.support.peers import buildgrid_server
+
+    ws = workspace(FILES)
+    with buildgrid_server(tmp_path / "cas") as cas:
+        result = pbuild("build", "//lib:upper", "--remote-executor", cas.url, "--remote-local-fallback",
+                        cwd=ws, cache=tmp_path / "cache")
+    assert result.code == 0, str(result)
+    assert "no Execution service" in result.err or "does not execute actions" in result.err, str(result)
+    assert "1 executed" in result.summary
