@@ -60,6 +60,7 @@ def grid(tmp_path: Path, postgres: Postgres, fresh_db: str) -> Iterator[BuildGri
 
 @pytest.fixture
 def two_workers(tmp_path: Path, grid: BuildGridExecution) -> Iterator[list[WorkerProcess]]:
+    (tmp_path / "workers").mkdir()
     with workers(tmp_path / "workers", grid.url, ("w1", "w2")) as started:
         yield started
 

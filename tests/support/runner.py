@@ -18,7 +18,7 @@ from pathlib import Path
 
 PBUILD = (sys.executable, "-m", "pbuild.engine.cli")
 SUMMARY_LINE = re.compile(
-    r"^(\d+) actions?: (?:nothing to do|(?:\d+ (?:cached|remote cached|executed|failed)(?:, )?)+) in \d+\.\d\d s$",
+    r"^(\d+) actions?: (?:nothing to do|(?:\d+ (?:cached|remote cached|executed|remote executed|failed)(?:, )?)+) in \d+\.\d\d s$",
     re.M,
 )
 
