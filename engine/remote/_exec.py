@@ -339,6 +339,18 @@ class GrpcRemoteExecutor(RemoteBase):
 
     # --- RemoteBase hooks (downloads go through RemoteBase.fetch_blob, verified) ------------------
 
+    def _failed(self, what: str, exc: Exception) -> None:
+        """A download that failed: an output that is not what the worker reported (missing, or
+        other bytes) is said once per build, since the scheduler re-runs the action; anything
+        else as for a cache."""
+        if isinstance(exc, Corrupt | Missing):
+            self.count("errors")
+            self.warn_once("bad-output", f"{self.role} {self.name}: a worker's output {what} is not what it "
+                                         f"reported ({exc}); running the action again (once more remotely, "
+                                         f"then locally; further ones are not reported)")
+            return
+        super()._failed(what, exc)
+
     def _read_blob(self, sha256: str, size: int, sink: Callable[[bytes], None]) -> None:
         self.rpc.read_blob(sha256, size, sink)
 

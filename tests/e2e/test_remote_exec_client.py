@@ -180,3 +180,52 @@ def test_a_cache_only_server_is_no_executor(workspace: WorkspaceFactory, pbuild:
     assert result.code == 0, str(result)
     assert "no Execution service" in result.err or "does not execute actions" in result.err, str(result)
     assert "1 executed" in result.summary
+
+
+def test_outputs_that_are_not_what_the_worker_reported_are_rerun(workspace: WorkspaceFactory, pbuild: Runner,
+                                                                 tmp_path: Path, grid: BuildGridExecution) -> None:
+    from tests.support.lyingbot import LyingBot
+
+    expected = _local_reference(workspace, pbuild, tmp_path, FILES, "//lib:upper")
+    ws = workspace(FILES)
+    bot = LyingBot(grid.target).start()
+    try:
+        result = pbuild("build", "//lib:upper", "--remote-executor", grid.url, cwd=ws, cache=tmp_path / "cache")
+    finally:
+        bot.stop()
+    assert result.code == 0, str(result)
+    warnings = [line for line in result.err.splitlines() if "is not what it reported" in line]
+    assert len(warnings) == 1, str(result)
+    # Once more on the server without its action cache (the liar again), then here.
+    assert bot.forged == 2
+    assert result.summary.startswith("1 action: 1 executed"), str(result)
+    assert tree_digest(ws / "pbuild-out") == expected
+
+
+def _chain_link(i: int) -> str:
+    """Genrule s<i> of a chain, each half a second long, s0 first."""
+    srcs = "[]" if i == 0 else f'[":s{i - 1}"]'
+    first = "echo start" if i == 0 else "cat $<"
+    return f'[s{i}]\nrule = "genrule"\nsrcs = {srcs}\nouts = ["s{i}.txt"]\ncmd = "sleep 0.5; {first} > $@; echo {i} >> $@"\n\n'
+
+
+def test_an_executor_lost_mid_build_falls_back_once(workspace: WorkspaceFactory, pbuild: Runner, tmp_path: Path,
+                                                    grid: BuildGridExecution, two_workers: list[WorkerProcess]) -> None:
+    chain: dict[str, str | bytes] = {"chain/BUILD.toml": "".join(_chain_link(i) for i in range(5))}
+    expected = _local_reference(workspace, pbuild, tmp_path, chain, "//chain:s4")
+    ws = workspace(chain)
+    events = tmp_path / "events.json"
+    proc = pbuild.popen("build", "//chain:s4", "--remote-executor", grid.url, "--remote-local-fallback",
+                        "--remote-cache=", "--remote-timeout", "5", "--build-event-json", str(events),
+                        cwd=ws, cache=tmp_path / "cache")
+    from tests.support.workers import wait_until
+
+    wait_until(lambda: _leases(two_workers) >= 1, 60, "the first remote action")
+    grid.stop()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: remote executor")]
+    assert len(warnings) == 1 and "running actions locally" in warnings[0], err
+    statuses = _statuses(events)
+    assert statuses["//chain:s0"] == "remote_executed" and statuses["//chain:s4"] == "executed", statuses
+    assert tree_digest(ws / "pbuild-out") == expected
