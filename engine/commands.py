@@ -50,6 +50,8 @@ def run_tests(request: BuildRequest, *, no_cache: bool) -> int:
             lines.append(f"{label}  PASSED (cached)")
         elif status is ActionStatus.EXECUTED:
             lines.append(f"{label}  PASSED")
+        elif status is ActionStatus.REMOTE_EXECUTED:
+            lines.append(f"{label}  PASSED (remote)")
         else:
             failed += 1
             failure = result.failure_of(action)
