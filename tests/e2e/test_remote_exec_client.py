@@ -229,3 +229,31 @@ def test_an_executor_lost_mid_build_falls_back_once(workspace: WorkspaceFactory,
     statuses = _statuses(events)
     assert statuses["//chain:s0"] == "remote_executed" and statuses["//chain:s4"] == "executed", statuses
     assert tree_digest(ws / "pbuild-out") == expected
+
+
+def test_a_worker_killed_mid_build_costs_a_retry_not_the_build(workspace: WorkspaceFactory, pbuild: Runner,
+                                                               tmp_path: Path, grid: BuildGridExecution,
+                                                               two_workers: list[WorkerProcess]) -> None:
+    import signal
+
+    from tests.support.workers import wait_until
+
+    slow: dict[str, str | bytes] = {"slow/BUILD.toml": """
+        [nap]
+        rule = "genrule"
+        outs = ["nap.txt"]
+        cmd = "sleep 3; echo rested > $@"
+    """}
+    ws = workspace(slow)
+    events = tmp_path / "events.json"
+    proc = pbuild.popen("build", "//slow:nap", "--remote-executor", grid.url, "--build-event-json", str(events),
+                        cwd=ws, cache=tmp_path / "cache")
+    wait_until(lambda: any(w.busy() for w in two_workers), 60, "a worker running the action")
+    victim = next(w for w in two_workers if w.busy())
+    victim.signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert _statuses(events) == {"//slow:nap": "remote_executed"}
+    assert (ws / "pbuild-out/slow/nap.txt").read_text() == "rested\n"
+    survivor = next(w for w in two_workers if w is not victim)
+    assert len(survivor.lease_lines()) == 1, survivor.text()
