@@ -328,7 +328,10 @@ class GrpcRemoteExecutor(RemoteBase):
                 if node.name in seen:
                     raise Corrupt(f"its output directory {prefix} names {node.name!r} twice")
                 seen.add(node.name)
-                check_digest(node.digest)
+                try:
+                    check_digest(node.digest)
+                except Corrupt as exc:
+                    raise Corrupt(f"its output directory {prefix}, entry {node.name!r}: {exc}") from None
             for f in directory.files:
                 yield RemoteOutput(posixpath.join(prefix, f.name), f.digest.hash, f.digest.size_bytes, f.is_executable)
             for d in directory.directories:
