@@ -71,8 +71,9 @@ from pbuild.engine.remote._merkle import ActionMessages, MerkleBuilder
 _EXECUTE = "/build.bazel.remote.execution.v2.Execution/Execute"
 _WAIT_EXECUTION = "/build.bazel.remote.execution.v2.Execution/WaitExecution"
 _NO_TIMEOUT_S = 3600.0  # the deadline of an action without a timeout of its own
-_MAX_RECONNECTS = 5  # dropped streams resumed per execution before the executor counts as gone
 _STATUS_DETAILS = "grpc-status-details-bin"
+_CODE_NOT_FOUND, _CODE_DATA_LOSS = 5, 15
+_LOST_CODES = {CODE_FAILED_PRECONDITION, _CODE_NOT_FOUND, _CODE_DATA_LOSS}  # retried once after re-uploading
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
@@ -130,12 +131,15 @@ class GrpcRemoteExecutor(RemoteBase):
         limit = (request.timeout_s or _NO_TIMEOUT_S) + self.settings.timeout_s
         deadline = time.monotonic() + limit
         response = self._run(messages, request.skip_cache_lookup, deadline, limit)
-        if response.status.code == CODE_FAILED_PRECONDITION:
+        if response.status.code in _LOST_CODES:
             # The server lacks blobs it was said (or said) to hold: evicted, or restarted with an
-            # empty CAS. Upload them again, without trusting this build's memory, and retry once.
+            # empty CAS (then a job it kept in its database may name outputs that are gone:
+            # DATA_LOSS). Upload them again, without trusting this build's memory, and run once
+            # more, past the server's action cache when what it had is lost.
             self._forget(messages, response.status)
             self._upload(messages)
-            response = self._run(messages, request.skip_cache_lookup, deadline, limit)
+            skip = request.skip_cache_lookup or response.status.code != CODE_FAILED_PRECONDITION
+            response = self._run(messages, skip, deadline, limit)
         status = response.status
         if status.code == CODE_DEADLINE_EXCEEDED and (response.result is None or response.result.exit_code == 0):
             raise ExecutionFailed(f"{request.label} timed out on the worker"
@@ -188,7 +192,7 @@ class GrpcRemoteExecutor(RemoteBase):
     def _run(self, messages: ActionMessages, skip_cache: bool, deadline: float, limit: float) -> ExecuteResponse:
         """Execute (and resume with WaitExecution) until the operation is done."""
         name: str | None = None
-        drops = 0
+        lost_since: float | None = None  # when the connection was lost, while it stays lost
         delay = 0.05
         while True:
             remaining = deadline - time.monotonic()
@@ -203,6 +207,7 @@ class GrpcRemoteExecutor(RemoteBase):
                     stream = self._wait(wait_execution_request(name), timeout=remaining, metadata=self.rpc.metadata)
                 for raw in stream:
                     operation = Operation.decode(raw)
+                    lost_since, delay = None, 0.05
                     if operation.name:
                         name = operation.name
                     if operation.done:
@@ -222,9 +227,11 @@ class GrpcRemoteExecutor(RemoteBase):
                 name = None  # the server forgot the operation (restarted): execute it again
             elif not isinstance(failure, Transient):
                 raise ExecutorUnavailable(str(failure))
-            drops += 1
-            if drops > _MAX_RECONNECTS:
-                raise ExecutorUnavailable(f"the connection dropped {drops} times ({failure})")
+            # A server restarting (or a network blip) is waited out for up to --remote-timeout.
+            now = time.monotonic()
+            lost_since = now if lost_since is None else lost_since
+            if now - lost_since > self.settings.timeout_s:
+                raise ExecutorUnavailable(f"lost for more than {self.settings.timeout_s:.0f} s ({failure})")
             time.sleep(delay * (1.0 + random.random()))
             delay = min(delay * 2, 2.0)
 

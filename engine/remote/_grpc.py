@@ -20,6 +20,9 @@ from typing import Any, cast
 # restarts its threads in every forked child; the children never use gRPC (they exec), so it is
 # turned off. gRPC reads the variable when it is first imported, hence before the import.
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+# gRPC's core logs connection events (a server's GOAWAY on restart) to stderr at INFO unless told
+# otherwise; pbuild says what matters itself, in one line.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc  # noqa: E402
 from pbuild.engine.remote import RemoteSettings

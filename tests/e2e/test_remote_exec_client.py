@@ -257,3 +257,27 @@ def test_a_worker_killed_mid_build_costs_a_retry_not_the_build(workspace: Worksp
     assert (ws / "pbuild-out/slow/nap.txt").read_text() == "rested\n"
     survivor = next(w for w in two_workers if w is not victim)
     assert len(survivor.lease_lines()) == 1, survivor.text()
+
+
+def test_a_server_restart_mid_build_is_ridden_out(workspace: WorkspaceFactory, pbuild: Runner, tmp_path: Path,
+                                                  grid: BuildGridExecution,
+                                                  two_workers: list[WorkerProcess]) -> None:
+    """The server restarts with an empty CAS while the build runs: the client's streams drop,
+    its operation is forgotten, the blobs it knew were there are gone. Without fallback, the build
+    must still finish remotely: resumed, re-executed, inputs uploaded again."""
+    from tests.support.workers import wait_until
+
+    chain: dict[str, str | bytes] = {"chain/BUILD.toml": "".join(_chain_link(i) for i in range(4))}
+    expected = _local_reference(workspace, pbuild, tmp_path, chain, "//chain:s3")
+    ws = workspace(chain)
+    events = tmp_path / "events.json"
+    proc = pbuild.popen("build", "//chain:s3", "--remote-executor", grid.url, "--build-event-json", str(events),
+                        cwd=ws, cache=tmp_path / "cache")
+    wait_until(lambda: _leases(two_workers) >= 1, 60, "the first remote action")
+    grid.stop()
+    grid.start()
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert set(_statuses(events).values()) == {"remote_executed"}, (_statuses(events), err)
+    assert tree_digest(ws / "pbuild-out") == expected
