@@ -388,6 +388,12 @@ class Executor:
             if ran is not None:
                 res, server_cached = ran
                 self.store.put_action(key, res)
+                if self.remote is not None and self.sha_index is not None \
+                        and self.remote.name == self._remote_run.executor.name:
+                    # The cache is the executor's endpoint: the outputs just downloaded are there
+                    # (a test's log is made here from the streams: it is not).
+                    shas = (self.sha_index.get(r.digest) for r in res.outputs if r.path != action.stdout_to)
+                    self.remote.note_present(sha for sha in shas if sha is not None)
                 if self.remote is not None and self.remote.upload_enabled:
                     self._upload(self.remote, material, res)
                 return (ActionStatus.REMOTE_CACHED if server_cached else ActionStatus.REMOTE_EXECUTED), res

@@ -16,7 +16,7 @@ remote is configured, so a build without one never loads grpc.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -133,6 +133,11 @@ class RemoteCache(Protocol):
 
     def stats(self) -> RemoteStats:
         """The traffic so far."""
+        ...
+
+    def note_present(self, sha256s: Iterable[str]) -> None:
+        """Blobs known to be on this remote already (an executor on the same endpoint wrote
+        them): the next upload naming them skips asking."""
         ...
 
     @property

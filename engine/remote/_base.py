@@ -388,6 +388,11 @@ class RemoteBase:
         self._known.add_result(key_sha256, encoded_sha)
         self.count("action_results_uploaded")
 
+    def note_present(self, sha256s: Iterable[str]) -> None:
+        for sha in sha256s:
+            if not self._known.has_blob(sha):
+                self._known.add_blob(sha)
+
     def close(self) -> None:
         self._known.save()
         self._close()
