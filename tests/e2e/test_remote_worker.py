@@ -145,20 +145,25 @@ def test_an_undeclared_file_or_the_network_fails_as_locally(tmp_path: Path, grid
 def test_a_hostile_directory_is_refused_and_nothing_is_written_outside(tmp_path: Path, grid: BuildGridExecution,
                                                                        client: ReapiClient) -> None:
     payload = client.put(b"escaped\n")
-    for name in ("../x", "a/b", ".."):
-        hostile = re_pb2.Directory()
-        hostile.files.add(name=name, digest=payload)
-        root = client.raw_directory(hostile)
-        action = client.action(["/bin/true"], root, salt=name.encode())
-        client.upload_all()
-        with workers(tmp_path, grid.url, (f"w-{len(name)}",)) as (w,):
+    with workers(tmp_path, grid.url, ("w1",)) as (w1,):
+        # "../../../../x" would land in this test's folder, beside the worker's cache: looked for below.
+        for number, name in enumerate(("../x", "a/b", "..", "../../../../x", "link")):
+            hostile = re_pb2.Directory()
+            if name == "link":  # a symlink out of the root
+                hostile.symlinks.add(name=name, target="../../etc")
+            else:
+                hostile.files.add(name=name, digest=payload)
+            root = client.raw_directory(hostile)
+            action = client.action(["/bin/true"], root, salt=name.encode())
+            client.upload_all()
             response = client.run(action)
             assert response.status.code == CODE_INVALID_ARGUMENT, response.status
             assert repr(name) in response.status.message and "refused" in response.status.message
-            assert f"failed: action {action.hash[:12]}" in w.wait_for(" failed: ")
-        leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p.name in ("x", "b")
-                  and p.read_bytes() == b"escaped\n"]
-        assert not leaked, leaked
+            wait_until(lambda n=number: len([line for line in w1.lease_lines() if " failed: " in line]) == n + 1,
+                       10, "the lease's log line")
+            assert f"failed: action {action.hash[:12]}" in w1.lease_lines()[-1]
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p.name in ("x", "b") and p.read_bytes() == b"escaped\n"]
+    assert not leaked, leaked
 
 
 def test_a_worker_killed_mid_action_its_lease_runs_on_the_other(tmp_path: Path, grid: BuildGridExecution,
@@ -319,3 +324,15 @@ def test_an_action_on_a_toolchain_runs_on_its_tree(tmp_path: Path, grid: BuildGr
         refused = client.run(bad)
         assert refused.status.code == CODE_INVALID_ARGUMENT
         assert "toolchain layers cannot be unpacked" in refused.status.message
+
+
+def test_a_worker_serves_a_named_instance(tmp_path: Path, postgres: Postgres, fresh_db: str) -> None:
+    with buildgrid_execution_server(tmp_path / "bg", postgres, database=fresh_db, instance_name="ci/main") as grid:
+        client = ReapiClient(grid.target, "ci/main")
+        action = client.action(["/bin/echo", "on ci/main"], client.directory({}))
+        client.upload_all()
+        with workers(tmp_path, grid.url, ("w1",), instance_name="ci/main") as (w1,):
+            response = client.run(action)
+            assert client.read(response.result.stdout_digest) == b"on ci/main\n"
+            assert "session ci/main/" in w1.text()
+        client.close()

@@ -159,6 +159,7 @@ class WorkerSession:
         return bots.BOT_TERMINATING if self.stopping else bots.BOT_OK
 
     def _create(self) -> None:
+        self._changed.clear()
         session = bots.BotSession(self.options.name, self._status(), self._worker())
         request = bots.create_bot_session_request(self.options.instance_name, session)
         reply = self._call(_CREATE, request, long_poll=True)
@@ -172,6 +173,7 @@ class WorkerSession:
 
     def _update(self) -> None:
         assert self._session is not None
+        self._changed.clear()  # before reading the states: a later change cuts the call short
         leases, reported = self._lease_states()
         session = bots.BotSession(self.options.name, self._status(), self._worker(), self._session.name,
                                   leases, self._session.version)
@@ -192,21 +194,19 @@ class WorkerSession:
             full = len(self._running) >= self.options.jobs
         if full or self.stopping:
             self._changed.wait(_HEARTBEAT_S)
-            self._changed.clear()
 
     def _call(self, method: str, request: bytes, *, long_poll: bool) -> bytes | None:
         """One Bots call; a long-poll is cancelled (``None``) as soon as something changes here."""
         if not long_poll:
             return self.channel.unary(method, request, timeout_s=_CALL_TIMEOUT_S)
-        self._changed.clear()
         future = self.channel.unary_future(method, request, timeout_s=_POLL_TIMEOUT_S)
-        done = threading.Event()
-        future.add_done_callback(lambda _f: done.set())
-        while not done.is_set():
-            if self._changed.wait(0.05):
-                self._changed.clear()
-                if future.cancel():
-                    return None
+        future.add_done_callback(lambda _f: self._changed.set())
+        # One event for both: the reply arriving, and a change here (a lease finished, a signal),
+        # which was cleared before the leases' states were read for this request.
+        while not future.done():
+            self._changed.wait()
+            if not future.done() and future.cancel():
+                return None
         reply: bytes = future.result()
         return reply
 
@@ -300,8 +300,9 @@ class WorkerSession:
             what = f"exit {outcome.exit_code}"
         else:
             what = f"failed: {outcome.message}"
-        self.log(f"lease {run.lease_id} action {action}: {what} in {ms:.0f} ms (fetch {t.fetch_s * 1000:.0f}, "
-                 f"sandbox {t.sandbox_s * 1000:.0f}, upload {t.upload_s * 1000:.0f} ms)")
+        self.log(f"lease {run.lease_id} action {action}: {what} in {ms:.0f} ms (fetch {t.fetch_s * 1000:.0f} ms "
+                 f"for {t.bytes_fetched} input bytes, sandbox {t.sandbox_s * 1000:.0f} ms, "
+                 f"upload {t.upload_s * 1000:.0f} ms)")
 
     # --- trouble --------------------------------------------------------------------------------
 
