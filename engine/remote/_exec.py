@@ -373,9 +373,6 @@ class GrpcRemoteExecutor(RemoteBase):
     def _upload_blobs(self, blobs: list[BlobToUpload], replace: frozenset[str]) -> None:
         raise NotImplementedError("the executor uploads inputs itself")
 
-    def close(self) -> None:
-        self.rpc.close()
-
     def _close(self) -> None:
         self.rpc.close()
 

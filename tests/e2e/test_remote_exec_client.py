@@ -282,3 +282,61 @@ def test_a_server_restart_mid_build_is_ridden_out(workspace: WorkspaceFactory, p
     assert "Traceback" not in err
     assert set(_statuses(events).values()) == {"remote_executed"}, (_statuses(events), err)
     assert tree_digest(ws / "pbuild-out") == expected
+
+
+def _toolchain_files() -> tuple[dict[str, str | bytes], str]:
+    """Genrules on the repository's shell toolchain (Debian packages) and on an image toolchain
+    of two layers, with the workspace's [toolchains] naming the shell one."""
+    from tests.cli.test_toolchains import MARKED_OS_RELEASE, SHELL_BUILD
+    from tests.support.paths import REPO
+
+    files: dict[str, str | bytes] = {
+        "third_party/debian/BUILD.toml": SHELL_BUILD,
+        "third_party/debian/debian.lock.json": (REPO / "third_party/debian/debian.lock.json").read_text(),
+        "tc/os-release": MARKED_OS_RELEASE,
+        "tc/BUILD.toml": """
+            [marker]
+            rule = "layer"
+            srcs = ["os-release"]
+            prefix = "/etc"
+
+            [marked]
+            rule = "image"
+            layers = ["//third_party/debian:shell", ":marker"]
+            cmd = ["/bin/bash"]
+        """,
+        "g/BUILD.toml": """
+            [os]
+            rule = "genrule"
+            toolchain = "//tc:marked"
+            outs = ["os.txt"]
+            cmd = "cat /etc/os-release > $@; if test -e /usr/bin/python3.11; then echo host-python >> $@; fi"
+
+            [default]
+            rule = "genrule"
+            srcs = [":os"]
+            outs = ["default.txt"]
+            cmd = "bash --version | head -1 > $@; sed --version | head -1 >> $@; cat $< >> $@"
+        """,
+    }
+    toml = '[workspace]\nname = "fixture"\n[toolchains]\nshell = "//third_party/debian:shell"\n'
+    return files, toml
+
+
+def test_actions_on_toolchains_run_remotely_with_the_local_bytes(workspace: WorkspaceFactory, pbuild: Runner,
+                                                                 tmp_path: Path, grid: BuildGridExecution,
+                                                                 two_workers: list[WorkerProcess]) -> None:
+    files, toml = _toolchain_files()
+    local_ws = workspace(files, name="local", workspace_toml=toml)
+    local = pbuild("build", "//g:default", cwd=local_ws, cache=tmp_path / "local-cache", timeout=600)
+    assert local.code == 0, str(local)
+    ws = workspace(files, workspace_toml=toml)
+    events = tmp_path / "events.json"
+    result = pbuild("build", "//g:default", "--remote-executor", grid.url, "--build-event-json", str(events),
+                    cwd=ws, cache=tmp_path / "cache", timeout=600)
+    assert result.code == 0, str(result)
+    statuses = _statuses(events)
+    assert statuses["//g:os"] == statuses["//g:default"] == "remote_executed", statuses
+    assert tree_digest(ws / "pbuild-out/g") == tree_digest(local_ws / "pbuild-out/g")
+    text = (ws / "pbuild-out/g/default.txt").read_text()
+    assert text.startswith("GNU bash") and "toolchain fixture" in text and "host-python" not in text
