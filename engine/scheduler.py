@@ -2,8 +2,9 @@
 
 For each action: compute its key from its inputs' digests; a local AC hit whose blobs are intact
 is materialized; else a remote AC hit is downloaded (verified); else the action runs (sandboxed
-for process actions, :mod:`pbuild.engine.runners`) and its outputs go to the CAS, the AC and,
-when allowed, the remote. This module schedules and decides; the stages it drives have their own
+for process actions, :mod:`pbuild.engine.runners`; on a remote executor's workers when one is
+configured, :mod:`pbuild.engine.remoterun`) and its outputs go to the CAS, the AC and, when
+allowed, the remote. This module schedules and decides; the stages it drives have their own
 modules: :mod:`~pbuild.engine.outputs` (collecting and checking declared outputs) and
 :mod:`~pbuild.engine.materialize` (outputs into pbuild-out, checked blobs into exec roots).
 
