@@ -336,3 +336,39 @@ def test_a_worker_serves_a_named_instance(tmp_path: Path, postgres: Postgres, fr
             assert client.read(response.result.stdout_digest) == b"on ci/main\n"
             assert "session ci/main/" in w1.text()
         client.close()
+
+
+def test_a_refusing_server_is_retried_with_backoff_not_in_a_loop(tmp_path: Path) -> None:
+    """A server that answers every call RESOURCE_EXHAUSTED (gRPC's own refusal when its
+    concurrent-RPC limit is reached): the worker backs off between attempts and logs a few lines."""
+    from concurrent import futures
+
+    import grpc
+
+    calls: list[str] = []
+
+    class Refuse(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+                calls.append(details.method)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+                return b""  # not reached: abort raises
+
+            return grpc.unary_unary_rpc_method_handler(refuse)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[Refuse()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        worker = WorkerProcess(tmp_path, f"grpc://127.0.0.1:{port}", "refused")
+        try:
+            worker.wait_for("RESOURCE_EXHAUSTED")
+            time.sleep(4)
+            assert worker.proc.poll() is None, worker.text()  # server trouble never ends the worker
+        finally:
+            worker.stop()
+    finally:
+        server.stop(0)
+    # Backoff from 0.1 s doubling to its cap: about ten attempts in four seconds, never hundreds.
+    assert 2 <= len(calls) <= 25, len(calls)
+    assert len(worker.text().splitlines()) <= 5, worker.text()

@@ -398,6 +398,9 @@ server:
   - !channel
     address: "127.0.0.1:{port}"
     insecure-mode: true
+# gRPC's concurrent-RPC limit is this pool's size (default 5 per core): every Execute stream and
+# every worker's long-poll holds one, so a client with 16 actions in flight would lock workers out.
+thread-pool-size: 256
 authorization:
   method: none
 connections:

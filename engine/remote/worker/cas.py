@@ -193,11 +193,7 @@ class WorkerCas:
                            f"(they hash to {actual}/{len(data)})")
         dest = self.path(digest.hash)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
-        tmp = atomicio.temp_name(dest)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, dest)
+        atomicio.write_bytes(dest, data, mode=0o444)
 
     @staticmethod
     def _seal(path: str) -> None:
@@ -215,10 +211,10 @@ class WorkerCas:
         the sandbox mounts the exec root read-only) of a present blob."""
         dest = self.path(digest.hash) + ".x"
         if not os.path.exists(dest):
-            tmp = atomicio.temp_name(dest)
-            shutil.copyfile(self.path(digest.hash), tmp)
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, dest)
+            with atomicio.temp_beside(dest) as tmp:
+                shutil.copyfile(self.path(digest.hash), tmp)
+                os.chmod(tmp, 0o755)
+                atomicio.publish_file(tmp, dest)
         return dest
 
     def put_file(self, path: str) -> Digest:
@@ -233,10 +229,10 @@ class WorkerCas:
         if not self.has(result):
             dest = self.path(result.hash)
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            tmp = atomicio.temp_name(dest)
-            shutil.copyfile(path, tmp)  # a copy: the output's mode must not become the store's
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, dest)
+            with atomicio.temp_beside(dest) as tmp:
+                shutil.copyfile(path, tmp)  # a copy: the output's mode must not become the store's
+                os.chmod(tmp, 0o444)
+                atomicio.publish_file(tmp, dest)
         return result
 
     def put_bytes(self, data: bytes) -> Digest:

@@ -343,7 +343,12 @@ class WorkerSession:
 
     def _backoff(self) -> None:
         delay = min(_MAX_BACKOFF_S, 0.1 * (2 ** min(self._failures, 6))) * (0.5 + random.random() / 2)
-        self._changed.wait(delay)
+        # The failed long-poll's own completion set the event: cleared first, or the wait would
+        # return at once and a refusing server (RESOURCE_EXHAUSTED) would be called in a hot loop.
+        # A signal during the wait sets it again and cuts the wait short, as it should.
+        self._changed.clear()
+        if not self.stopping:
+            self._changed.wait(delay)
         self._changed.clear()
 
     def _hand_back_after_grace(self) -> None:
