@@ -9,9 +9,10 @@ BuildGrid's action cache:
 
 1. **the graph**: bench_engine's synthetic workspace (PACKAGES chains of TARGETS genrules, every
    tenth reading a source: 10 x 100 = 1,000 actions), cold here with ``-j JOBS``, then cold with
-   ``--remote-executor -j JOBS`` (the workers have one slot each); the overhead per remote action
-   is ``(remote wall - local wall) * JOBS / actions``: with JOBS actions in flight on both sides,
-   each extra second of wall is JOBS seconds of action time;
+   ``--remote-executor -j JOBS`` (the client keeps up to max(JOBS, 16) remote actions in flight;
+   the workers have one slot each, WORKERS = JOBS by default); the overhead per remote action is
+   ``(remote wall - local wall) * JOBS / actions``: with JOBS actions running at once on both
+   sides, each extra second of wall is JOBS seconds of action time;
 2. **the chain**: one chain of ``--chain`` genrules, each reading the previous output, so one
    action runs at a time and nothing hides the latency of a remote action.
 

@@ -145,6 +145,8 @@ class Executor:
         try:
             os.makedirs(work)
             stamps.append(("input_fetch_start", _now()))
+            # One round trip for both: the Command and the input root's top Directory.
+            self.cas.fetch((action.command_digest, action.input_root_digest))
             try:
                 command = Command.decode(self.cas.read(action.command_digest))
             except (WireError, UnicodeDecodeError) as exc:
