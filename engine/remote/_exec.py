@@ -165,17 +165,30 @@ class GrpcRemoteExecutor(RemoteBase):
             todo = [b for b in blobs if b.sha256 != EMPTY_SHA256 and b.sha256 not in self._present]
         if not todo:
             return
-        try:
-            if self.rpc.max_blob:
-                big = next((b for b in todo if b.size > self.rpc.max_blob), None)
-                if big is not None:
-                    raise ExecutionFailed(f"an input of {big.size} bytes exceeds the server's "
-                                          f"max_cas_blob_size_bytes ({self.rpc.max_blob})")
-            self.rpc.upload(self.rpc.find_missing(todo))
-        except (Refused, UploadRefused) as exc:
-            raise ExecutorUnavailable(f"uploading the inputs was refused ({exc})") from None
-        except RemoteFailure as exc:
-            raise ExecutorUnavailable(f"uploading the inputs failed ({exc})") from None
+        if self.rpc.max_blob:
+            big = next((b for b in todo if b.size > self.rpc.max_blob), None)
+            if big is not None:
+                raise ExecutionFailed(f"an input of {big.size} bytes exceeds the server's "
+                                      f"max_cas_blob_size_bytes ({self.rpc.max_blob})")
+        lost_since: float | None = None
+        delay = 0.05
+        while True:
+            try:
+                self.rpc.upload(self.rpc.find_missing(todo))
+                break
+            except (Refused, UploadRefused) as exc:
+                raise ExecutorUnavailable(f"uploading the inputs was refused ({exc})") from None
+            except Transient as exc:
+                # A server restarting is waited out for up to --remote-timeout, as in _run.
+                now = time.monotonic()
+                lost_since = now if lost_since is None else lost_since
+                if now - lost_since > self.settings.timeout_s:
+                    raise ExecutorUnavailable(f"uploading the inputs failed for more than "
+                                              f"{self.settings.timeout_s:.0f} s ({exc})") from None
+                time.sleep(delay * (1.0 + random.random()))
+                delay = min(delay * 2, 2.0)
+            except RemoteFailure as exc:
+                raise ExecutorUnavailable(f"uploading the inputs failed ({exc})") from None
         with self._present_lock:
             self._present.update(b.sha256 for b in todo)
 

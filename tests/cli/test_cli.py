@@ -150,15 +150,16 @@ def check_events(path: Path, expected: dict[str, str]) -> dict[str, str]:
     for event in actions:
         assert set(event) == {"type", "label", "mnemonic", "key", "status", "duration_ms"}, event
         assert event["type"] == "action" and event["mnemonic"] == "Genrule"
-        assert event["status"] in ("cached", "remote_cached", "executed", "failed")
+        assert event["status"] in ("cached", "remote_cached", "executed", "remote_executed", "failed")
         assert isinstance(event["duration_ms"], int | float) and event["duration_ms"] >= 0
         assert isinstance(event["key"], str) and re.fullmatch(r"[0-9a-f]{32}", event["key"]), event
         keys[str(event["label"])] = event["key"]
     assert {str(e["label"]): e["status"] for e in actions} == expected
-    assert set(summary) == {"type", "actions", "cached", "remote_cached", "executed", "failed", "wall_ms"}
+    assert set(summary) == {"type", "actions", "cached", "remote_cached", "executed", "remote_executed", "failed",
+                            "wall_ms"}
     assert summary["type"] == "summary"
     assert summary["actions"] == len(actions)
-    for status in ("cached", "remote_cached", "executed", "failed"):
+    for status in ("cached", "remote_cached", "executed", "remote_executed", "failed"):
         assert summary[status] == sum(1 for e in actions if e["status"] == status)
     assert isinstance(summary["wall_ms"], int | float) and summary["wall_ms"] > 0
     return keys  # type: ignore[return-value]
