@@ -7,30 +7,16 @@ in-process and run here, with the same digests either way."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.imageclone import clone_app_workspace
-from tests.support.peers import BuildGridExecution, Postgres, buildgrid_execution_server
+from tests.support.peers import BuildGridExecution
 from tests.support.runner import Runner
-from tests.support.workers import WorkerProcess, workers
+from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def grid(tmp_path: Path, postgres: Postgres, fresh_db: str) -> Iterator[BuildGridExecution]:
-    with buildgrid_execution_server(tmp_path / "bg", postgres, database=fresh_db) as server:
-        yield server
-
-
-@pytest.fixture
-def two_workers(tmp_path: Path, grid: BuildGridExecution) -> Iterator[list[WorkerProcess]]:
-    (tmp_path / "workers").mkdir()
-    with workers(tmp_path / "workers", grid.url, ("w1", "w2")) as started:
-        yield started
 
 
 def _statuses(events: Path) -> dict[tuple[str, str], str]:

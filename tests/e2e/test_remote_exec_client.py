@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.peers import BuildGridExecution, Postgres, buildgrid_execution_server, free_port
+from tests.support.peers import BuildGridExecution, free_port
 from tests.support.runner import Runner, WorkspaceFactory, cache_is_consistent, tree_digest
-from tests.support.workers import WorkerProcess, workers
+from tests.support.workers import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -50,19 +49,6 @@ FAILING: dict[str, str | bytes] = {
         cmd = "echo 'the worker says no' >&2; exit 3"
     """,
 }
-
-
-@pytest.fixture
-def grid(tmp_path: Path, postgres: Postgres, fresh_db: str) -> Iterator[BuildGridExecution]:
-    with buildgrid_execution_server(tmp_path / "bg", postgres, database=fresh_db) as server:
-        yield server
-
-
-@pytest.fixture
-def two_workers(tmp_path: Path, grid: BuildGridExecution) -> Iterator[list[WorkerProcess]]:
-    (tmp_path / "workers").mkdir()
-    with workers(tmp_path / "workers", grid.url, ("w1", "w2")) as started:
-        yield started
 
 
 def _summary(events: Path) -> dict[str, int]:

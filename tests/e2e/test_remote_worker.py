@@ -22,12 +22,6 @@ CODE_INVALID_ARGUMENT = 3
 
 
 @pytest.fixture
-def grid(tmp_path: Path, postgres: Postgres, fresh_db: str) -> Iterator[BuildGridExecution]:
-    with buildgrid_execution_server(tmp_path / "bg", postgres, database=fresh_db) as server:
-        yield server
-
-
-@pytest.fixture
 def client(grid: BuildGridExecution) -> Iterator[ReapiClient]:
     c = ReapiClient(grid.target)
     yield c
