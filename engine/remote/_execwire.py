@@ -36,7 +36,8 @@ from pbuild.engine.remote._wire import (
 __all__ = [
     "STAGE_COMPLETED", "STAGE_EXECUTING", "STAGE_QUEUED", "Action", "AnyMessage", "Command", "Directory",
     "DirectoryNode", "ExecuteResponse", "ExecutionCapabilities", "FileNode", "Operation", "RichStatus",
-    "SymlinkNode", "Tree", "WireError", "check_name", "digest_of", "execute_request", "wait_execution_request",
+    "SymlinkNode", "Tree", "WireError", "check_name", "decode_pair", "digest_of", "encode_pairs",
+    "execute_request", "text_field", "wait_execution_request",
 ]
 
 _TYPE_PREFIX = "type.googleapis.com/"
@@ -58,30 +59,39 @@ def digest_of(data: bytes) -> Digest:
     return Digest(hashlib.sha256(data).hexdigest(), len(data))
 
 
-def _text(value: int | bytes) -> str:
+def text_field(value: int | bytes) -> str:
+    """A string field's value; :class:`WireError` when it is not length-delimited UTF-8."""
     try:
         return _as_bytes(value).decode()
     except UnicodeDecodeError:
         raise WireError("a string field is not UTF-8") from None
 
 
-def _properties(data: bytes) -> tuple[tuple[str, str], ...]:
-    """``Platform``: properties=1 (Property: name=1, value=2)."""
-    props = []
+
+def encode_pairs(number: int, pairs: tuple[tuple[str, str], ...]) -> bytes:
+    """Field ``number`` repeated, each a ``{1: first, 2: second}`` message of two strings (a
+    Platform.Property, a Command.EnvironmentVariable, the Bots API's properties and configs)."""
+    return b"".join(enc_msg(number, enc_str(1, first) + enc_str(2, second)) for first, second in pairs)
+
+
+def decode_pair(data: bytes) -> tuple[str, str]:
+    """One ``{1: first, 2: second}`` message of two strings (see :func:`encode_pairs`)."""
+    first = second = ""
     for number, _, value in fields(data):
         if number == 1:
-            name = val = ""
-            for sub, _, item in fields(_as_bytes(value)):
-                if sub == 1:
-                    name = _text(item)
-                elif sub == 2:
-                    val = _text(item)
-            props.append((name, val))
-    return tuple(props)
+            first = text_field(value)
+        elif number == 2:
+            second = text_field(value)
+    return first, second
+
+
+def _properties(data: bytes) -> tuple[tuple[str, str], ...]:
+    """``Platform``: properties=1 (Property: name=1, value=2)."""
+    return tuple(decode_pair(_as_bytes(value)) for number, _, value in fields(data) if number == 1)
 
 
 def _platform(properties: tuple[tuple[str, str], ...]) -> bytes:
-    return b"".join(enc_msg(1, enc_str(1, name) + enc_str(2, value)) for name, value in properties)
+    return encode_pairs(1, properties)
 
 
 def _duration(seconds: float) -> bytes:
@@ -123,7 +133,7 @@ class Command:
     def encode(self) -> bytes:
         # A repeated string keeps its empty items (``bash -c CMD ""``): enc_str would drop them.
         body = b"".join(enc_msg(1, a.encode()) for a in self.arguments)
-        body += b"".join(enc_msg(2, enc_str(1, n) + enc_str(2, v)) for n, v in self.environment)
+        body += encode_pairs(2, self.environment)
         body += b"".join(enc_str(3, p) for p in self.output_files)
         body += b"".join(enc_str(4, p) for p in self.output_directories)
         if self.platform:
@@ -143,25 +153,19 @@ class Command:
         workdir = ""
         for number, _, value in fields(data):
             if number == 1:
-                args.append(_text(value))
+                args.append(text_field(value))
             elif number == 2:
-                name = val = ""
-                for sub, _, item in fields(_as_bytes(value)):
-                    if sub == 1:
-                        name = _text(item)
-                    elif sub == 2:
-                        val = _text(item)
-                env.append((name, val))
+                env.append(decode_pair(_as_bytes(value)))
             elif number == 3:
-                files.append(_text(value))
+                files.append(text_field(value))
             elif number == 4:
-                dirs.append(_text(value))
+                dirs.append(text_field(value))
             elif number == 5:
                 platform = _properties(_as_bytes(value))
             elif number == 6:
-                workdir = _text(value)
+                workdir = text_field(value)
             elif number == 7:
-                paths.append(_text(value))
+                paths.append(text_field(value))
         return cls(tuple(args), tuple(env), tuple(files), tuple(dirs), platform, workdir, tuple(paths))
 
 
@@ -252,7 +256,7 @@ def _node_parts(data: bytes) -> tuple[str, Digest | None, bool]:
     name, digest, executable = "", None, False
     for number, _, value in fields(data):
         if number == 1:
-            name = _text(value)
+            name = text_field(value)
         elif number == 2:
             digest = Digest.decode(_as_bytes(value))
         elif number == 4:
@@ -287,13 +291,7 @@ class Directory:
                 continue
             raw = _as_bytes(value)
             if number == 3:
-                name = target = ""
-                for sub, _, item in fields(raw):
-                    if sub == 1:
-                        name = _text(item)
-                    elif sub == 2:
-                        target = _text(item)
-                links.append(SymlinkNode(name, target))
+                links.append(SymlinkNode(*decode_pair(raw)))
                 continue
             name, digest, executable = _node_parts(raw)
             if digest is None:
@@ -375,7 +373,7 @@ class AnyMessage:
         type_url, payload = "", b""
         for number, _, value in fields(data):
             if number == 1:
-                type_url = _text(value)
+                type_url = text_field(value)
             elif number == 2:
                 payload = _as_bytes(value)
         return cls(type_url, payload)
@@ -406,9 +404,9 @@ class RichStatus:
                 kind = subject = ""
                 for key, _, item in fields(_as_bytes(violation)):
                     if key == 1:
-                        kind = _text(item)
+                        kind = text_field(item)
                     elif key == 2:
-                        subject = _text(item)
+                        subject = text_field(item)
                 parts = subject.split("/")
                 if kind == "MISSING" and len(parts) == 3 and parts[0] == "blobs" and parts[2].isdigit():
                     missing.append(Digest(parts[1], int(parts[2])))
@@ -471,7 +469,7 @@ class Operation:
         response: ExecuteResponse | None = None
         for number, _, value in fields(data):
             if number == 1:
-                name = _text(value)
+                name = text_field(value)
             elif number == 2:
                 meta = AnyMessage.decode(_as_bytes(value))
                 if meta.type_url == TYPE_EXECUTE_METADATA:

@@ -10,14 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from pbuild.engine.remote._execwire import TYPE_PRECONDITION_FAILURE, AnyMessage, RichStatus
+from pbuild.engine.remote._execwire import (
+    TYPE_PRECONDITION_FAILURE,
+    AnyMessage,
+    RichStatus,
+    decode_pair,
+    encode_pairs,
+)
+from pbuild.engine.remote._execwire import text_field as _text
 from pbuild.engine.remote._wire import (
     Digest,
-    WireError,
     enc_msg,
     enc_str,
     enc_varint,
     fields,
+)
+from pbuild.engine.remote._wire import (
+    _as_bytes as _bytes,
+)
+from pbuild.engine.remote._wire import (
+    _as_int as _int,
 )
 
 # BotStatus
@@ -30,27 +42,6 @@ LEASE_PENDING = 1
 LEASE_ACTIVE = 2
 LEASE_COMPLETED = 4
 LEASE_CANCELLED = 5
-
-def _text(value: int | bytes) -> str:
-    if not isinstance(value, bytes):
-        raise WireError("expected a length-delimited field")
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
-        raise WireError("a string field is not UTF-8") from None
-
-
-def _bytes(value: int | bytes) -> bytes:
-    if not isinstance(value, bytes):
-        raise WireError("expected a length-delimited field")
-    return value
-
-
-def _int(value: int | bytes) -> int:
-    if isinstance(value, bytes):
-        raise WireError("expected a varint field")
-    return value
-
 
 @dataclass(frozen=True)
 class LeaseStatus:
@@ -77,21 +68,6 @@ class LeaseStatus:
         return cls(rich.code, rich.message, rich.missing)
 
 
-def _pairs(number: int, pairs: tuple[tuple[str, str], ...]) -> bytes:
-    """Repeated ``{key=1, value=2}`` messages (Worker.Property, Worker.Config, Device.Property)."""
-    return b"".join(enc_msg(number, enc_str(1, k) + enc_str(2, v)) for k, v in pairs)
-
-
-def _decode_pair(data: bytes) -> tuple[str, str]:
-    key = value = ""
-    for number, _, item in fields(data):
-        if number == 1:
-            key = _text(item)
-        elif number == 2:
-            value = _text(item)
-    return key, value
-
-
 @dataclass(frozen=True)
 class Device:
     """``Device``: handle=1, properties=2 (key=1, value=2)."""
@@ -100,7 +76,7 @@ class Device:
     properties: tuple[tuple[str, str], ...] = ()
 
     def encode(self) -> bytes:
-        return enc_str(1, self.handle) + _pairs(2, self.properties)
+        return enc_str(1, self.handle) + encode_pairs(2, self.properties)
 
     @classmethod
     def decode(cls, data: bytes) -> Device:
@@ -109,7 +85,7 @@ class Device:
             if number == 1:
                 handle = _text(item)
             elif number == 2:
-                props.append(_decode_pair(_bytes(item)))
+                props.append(decode_pair(_bytes(item)))
         return cls(handle, tuple(props))
 
 
@@ -124,8 +100,8 @@ class Worker:
     configs: tuple[tuple[str, str], ...] = ()
 
     def encode(self) -> bytes:
-        return (b"".join(enc_msg(1, d.encode()) for d in self.devices) + _pairs(2, self.properties)
-                + _pairs(3, self.configs))
+        return (b"".join(enc_msg(1, d.encode()) for d in self.devices) + encode_pairs(2, self.properties)
+                + encode_pairs(3, self.configs))
 
     @classmethod
     def decode(cls, data: bytes) -> Worker:
@@ -134,9 +110,9 @@ class Worker:
             if number == 1:
                 devices.append(Device.decode(_bytes(item)))
             elif number == 2:
-                props.append(_decode_pair(_bytes(item)))
+                props.append(decode_pair(_bytes(item)))
             elif number == 3:
-                configs.append(_decode_pair(_bytes(item)))
+                configs.append(decode_pair(_bytes(item)))
         return cls(tuple(devices), tuple(props), tuple(configs))
 
 
