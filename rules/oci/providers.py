@@ -18,9 +18,30 @@ class Layer:
 
 @dataclass(frozen=True)
 class LayerInfo(Provider):
-    """Layers a target contributes to an image, bottom to top."""
+    """Layers a target contributes to an image, bottom to top.
+
+    ``layers`` are the primary platform's. ``platform_layers`` holds every platform's layers for a
+    target whose bytes differ by platform (``deb_packages``: one entry per platform the lock covers);
+    empty for a platform-independent one (``layer``), whose ``layers`` serve every platform.
+    """
 
     layers: tuple[Layer, ...]
+    platform_layers: tuple[tuple[str, tuple[Layer, ...]], ...] = ()
+
+    def for_platform(self, platform: str) -> tuple[Layer, ...] | None:
+        """The layers for ``platform`` (OCI spelling), or None when the target has none for it."""
+        return layers_for_platform(self.layers, self.platform_layers, platform)
+
+
+def layers_for_platform(layers: tuple[Layer, ...], platform_layers: tuple[tuple[str, tuple[Layer, ...]], ...],
+                        platform: str) -> tuple[Layer, ...] | None:
+    """``platform``'s entry of ``platform_layers``; ``layers`` when that is empty (platform-independent)."""
+    if not platform_layers:
+        return layers
+    for name, found in platform_layers:
+        if name == platform:
+            return found
+    return None
 
 
 @dataclass(frozen=True)
@@ -39,8 +60,11 @@ class PythonRuntimeInfo(Provider):
 class ImageInfo(Provider):
     """A built image: ``layout`` is the OCI layout directory, ``tarball`` the docker-archive.
 
-    ``digest`` holds one line, the manifest digest. ``runtime`` is carried over from the base so
-    images stacked on images still know their interpreter.
+    ``digest`` holds one line, the manifest digest (of a multi-platform image: the image index's).
+    ``runtime`` is carried over from the base so images stacked on images still know their
+    interpreter. ``platforms`` are the platforms the image was built for, in order;
+    ``platform_layers`` each one's layers as in :class:`LayerInfo` (``layers``: the primary's).
+    ``sbom`` is the SPDX document beside the layout (the primary platform's).
     """
 
     layout: File
@@ -49,3 +73,10 @@ class ImageInfo(Provider):
     tags: tuple[str, ...]
     layers: tuple[Layer, ...] = ()
     runtime: PythonRuntimeInfo | None = None
+    platforms: tuple[str, ...] = ()
+    platform_layers: tuple[tuple[str, tuple[Layer, ...]], ...] = ()
+    sbom: File | None = None
+
+    def for_platform(self, platform: str) -> tuple[Layer, ...] | None:
+        """The image's layers for ``platform``, or None when it was not built for it."""
+        return layers_for_platform(self.layers, self.platform_layers, platform)

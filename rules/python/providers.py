@@ -9,8 +9,19 @@ from pbuild.engine.api import File, Provider
 
 
 @dataclass(frozen=True, order=True)
+class WheelBuild:
+    """The wheel file a locked project uses on one platform (``linux/arm64``)."""
+
+    platform: str
+    filename: str
+    sha256: str
+    file: File  # the verified ``.whl`` in ``pbuild-out`` (fetched only when an action needs it)
+
+
+@dataclass(frozen=True, order=True)
 class Wheel:
-    """One locked wheel: ``file`` is the verified ``.whl`` in ``pbuild-out``."""
+    """One locked wheel: ``file`` is the verified ``.whl`` in ``pbuild-out``, for the primary platform
+    (:attr:`pbuild.lib.platforms.WorkspacePlatforms.primary`)."""
 
     name: str  # normalized project name (PEP 503)
     version: str
@@ -20,6 +31,16 @@ class Wheel:
     # The wheel installed into an importable tree (purelib/platlib at its top, hash-based .pyc),
     # as a directory output; None for wheels not installed by pbuild.
     site: File | None = None
+    # The project's wheel on every platform the lock covers (a pure wheel: the same file on each);
+    # empty for a wheel that only exists for the primary platform (tool locks).
+    builds: tuple[WheelBuild, ...] = ()
+
+    def for_platform(self, platform: str) -> WheelBuild | None:
+        """The build for ``platform`` (OCI spelling), or None when the lock has none for it."""
+        for build in self.builds:
+            if build.platform == platform:
+                return build
+        return None
 
 
 @dataclass(frozen=True, order=True)
