@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 LAUNCHER = (sys.executable, "-m", "pbuild.tools.launcher")
@@ -16,11 +17,18 @@ def kill_leftovers(runtime: Path) -> None:
     """A failed test must not leave detached containers running."""
     from pbuild.tools.launcher.state import ContainerState, is_alive
 
+    killed = []
     for path in runtime.glob("containers/*/state.json"):
         with contextlib.suppress(OSError, ValueError, TypeError):
             state = ContainerState.from_json(path.read_text())
             if is_alive(state):
                 os.kill(state.pid, signal.SIGKILL)
+                killed.append(state)
+    # A killed container's supervisor still records its exit in the container's folder: wait for
+    # the processes to go, so that removing the folder does not race that last write.
+    deadline = time.monotonic() + 10
+    while any(is_alive(state) for state in killed) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def launch(

@@ -9,11 +9,13 @@ layer store and runtime dir.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +118,20 @@ def user_folder(name: str) -> Iterator[LauncherUser]:
         yield user
     finally:
         kill_leftovers(base / "run")
-        from pbuild.tools.fstree import remove_tree
+        remove_settled_tree(base)
 
-        remove_tree(str(base))
+
+def remove_settled_tree(base: Path, *, settle_s: float = 10.0) -> None:
+    """Remove ``base``; a folder that fills while it is emptied (a container's supervisor writing its
+    exit record after its container was killed) is tried again until ``settle_s`` has passed."""
+    from pbuild.tools.fstree import remove_tree
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            remove_tree(str(base))
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
