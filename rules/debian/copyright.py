@@ -84,7 +84,9 @@ def _flatten_and(parts: Iterable[str]) -> set[str]:
 
 def _split_top(expression: str, operator: str) -> list[str]:
     """``expression`` split at ``operator`` outside parentheses."""
-    out, depth, current = [], 0, []
+    out: list[str] = []
+    current: list[str] = []
+    depth = 0
     for token in expression.split(" "):
         depth += token.count("(") - token.count(")")
         if token == operator and depth == 0:
