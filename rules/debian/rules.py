@@ -232,9 +232,8 @@ def _deb_packages(ctx: RuleContext) -> list[Provider]:
         files += [built[platform].blob, built[platform].meta]
     providers: list[Provider] = [
         DefaultInfo(files=tuple(files)),
-        LayerInfo((built[primary],),
-                  platform_layers=tuple((str(p), (built[p],)) for p in platforms.locks)
-                  if len(platforms.locks) > 1 else ()),
+        # Filled for one platform too: a Debian layer is never platform-independent.
+        LayerInfo((built[primary],), platform_layers=tuple((str(p), (built[p],)) for p in platforms.locks)),
     ]
     if primary_runtime is not None:
         providers.append(primary_runtime)

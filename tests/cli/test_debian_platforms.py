@@ -22,6 +22,12 @@ SPECS = [
     DebSpec("libc6", version="2.36-9", files={"usr/lib/x86_64-linux-gnu/libc.so.6": b"amd64"}),
     DebSpec("libc6", version="2.36-9", architecture="arm64", files={"usr/lib/aarch64-linux-gnu/libc.so.6": b"arm64"}),
     DebSpec("tzdata", version="2024a-0", architecture="all", files={"usr/share/zoneinfo/UTC": b"TZif"}),
+    # A program whose amd64 build uses CPython 3.11 and whose arm64 build 3.12.
+    DebSpec("tool", depends="python3.11-minimal"),
+    DebSpec("tool", architecture="arm64", depends="python3.12-minimal"),
+    DebSpec("python3.11-minimal", version="3.11.2-6", files={"usr/lib/python3.11/os.py": b"X = 1\n"}),
+    DebSpec("python3.12-minimal", version="3.12.1-1", architecture="arm64",
+            files={"usr/lib/python3.12/os.py": b"X = 1\n"}),
 ]
 
 
@@ -120,3 +126,14 @@ def test_architecture_attribute_is_an_error(workspace: WorkspaceFactory, pbuild:
     result = pbuild("build", "//third_party/debian:base", cwd=ws, env=mirror)
     assert_user_error(result, 2, "third_party/debian/BUILD.toml:4", "'architecture'", "[platforms]")
     assert_user_error(pbuild("lock", "--debian", cwd=ws, env=mirror), 2, "sets 'architecture'", "[platforms]")
+
+
+def test_different_cpythons_on_the_platforms(workspace: WorkspaceFactory, pbuild: Runner,
+                                             mirror: dict[str, str]) -> None:
+    # The amd64 interpreter compiles the arm64 bytecode, so both closures need the same python3.X.
+    ws = workspace({"third_party/debian/BUILD.toml": '[tool]\nrule = "deb_packages"\npackages = ["tool"]\n'},
+                   workspace_toml=TWO)
+    assert pbuild("lock", "--debian", cwd=ws, env=mirror).code == 0
+    assert_user_error(pbuild("build", "//third_party/debian:tool", cwd=ws, env=mirror), 2,
+                      "third_party/debian/BUILD.toml:3", "different CPythons (linux/amd64: python3.11; "
+                      "linux/arm64: python3.12)", "same python3.X-minimal")
