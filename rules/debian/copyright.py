@@ -23,8 +23,6 @@ _FORMAT_MARKERS = ("/copyright-format/", "dep.debian.net/deps/dep5", "dep-team.p
 _SHORT_NAMES = {
     "expat": "MIT",
     "psf-2": "PSF-2.0",
-    "psf": "PSF-2.0",
-    "python": "PSF-2.0",
     "artistic": "Artistic-1.0",
     "artistic-1": "Artistic-1.0",
     "artistic-2": "Artistic-2.0",

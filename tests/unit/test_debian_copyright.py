@@ -125,3 +125,13 @@ def test_package_contents_records() -> None:
         {"type": "deb", "name": "tool", "version": "1.0-1", "architecture": "all", "filename": "tool_1.0-1_all.deb",
          "sha256": "a" * 64, "license": None, "source": "tool"},
     ]
+
+
+def test_without_packaging_licenses_the_kept_table_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older packaging (no ``packaging.licenses``) still maps the common names; others become LicenseRefs."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "packaging.licenses", None)  # makes the import raise ImportError
+    assert [spdx_id(n) for n in ("GPL-2+", "LGPL-2.1", "Expat", "bsd-3-clause", "ISC", "Zlib", "public-domain")] == [
+        "GPL-2.0-or-later", "LGPL-2.1-only", "MIT", "BSD-3-Clause", "ISC", "Zlib", "LicenseRef-public-domain"]
+    assert spdx_id("Sleepycat") == "LicenseRef-Sleepycat"
