@@ -32,6 +32,7 @@ from pbuild.rules.debian.lock import (
     DEFAULT_COMPONENTS,
     DEFAULT_SUITES,
     LockedPackage,
+    LockedTarget,
     Request,
     read_locked_target,
 )
@@ -182,63 +183,67 @@ def _deb_packages(ctx: RuleContext) -> list[Provider]:
     fetched: dict[tuple[str, str], File] = {}
     built: dict[Platform, Layer] = {}
     primary_toolchain: Toolchain | None = None
-    primary_runtime: PythonRuntimeInfo | None = None
     for platform in order:
         packages = locked.packages_for(platform)
         prefix = name if platform == primary else f"{name}/{platform.slug}"
         debs = [_fetch(ctx, package, prefix, fetched) for package in packages]
         blob = ctx.declare_file(f"{prefix}/layer.tar" + {"gzip": ".gz", "zstd": ".zst", "none": ""}[ctx.attr.compression])
         meta = ctx.declare_file(f"{prefix}/layer.json")
-        runtime = runtimes[platform]
-        python: dict[str, Any] | None = None
-        if runtime is not None:
-            python = {"interpreter": runtime.interpreter, "version": runtime.version}
-            if platform != primary:
-                python["on_toolchain"] = True
         if platform == primary:
-            primary_toolchain = layer_toolchain(ctx, blob, meta, runtime)
-            if runtime is not None:
-                # Wheel and app layers above are byte-compiled on this layer's tree, by this interpreter.
-                primary_runtime = replace(runtime, toolchain=primary_toolchain)
-        ctx.actions.call(
-            write_deb_layer,
-            version="4",
-            params={
-                "debs": [d.path for d in debs],
-                # The closure's CPython byte-compiles its own modules (rules/debian/python.py); another
-                # platform's is compiled by the primary platform's, the action's toolchain.
-                "python": python,
-                "packages": [{"name": p.name, "version": p.version, "architecture": p.architecture,
-                              "filename": p.basename, "sha256": p.sha256} for p in packages],
-                "codename": locked.os_release.get("codename", request.suites[0]),
-                "release": locked.os_release.get("version", ""),
-                "exclude": list(ctx.attr.exclude),
-                "compression": ctx.attr.compression,
-                "level": effective_level(ctx.attr.compression, ctx.attr.compression_level, FAST_GZIP_LEVEL),
-                "epoch": determinism.source_date_epoch(),
-                "blob": blob.path,
-                "meta": meta.path,
-            },
-            inputs=tuple(debs),
-            outputs=(blob, meta),
-            mnemonic="DebLayer",
-            toolchain=primary_toolchain if platform != primary and runtime is not None else None,
-            progress="" if platform == primary else f"DebLayer {ctx.label} for {platform}",
-        )
+            primary_toolchain = layer_toolchain(ctx, blob, meta, runtimes[primary])
+        # Another platform's CPython cannot run here: the primary layer's compiles its bytecode.
+        on = None if platform == primary or runtimes[platform] is None else primary_toolchain
+        _declare_layer(ctx, locked, packages, debs, blob, meta, runtimes[platform], compile_on=on,
+                       progress="" if platform == primary else f"DebLayer {ctx.label} for {platform}")
         built[platform] = Layer(blob, meta, f"pbuild deb_packages {ctx.label}: {', '.join(sorted(request.packages))}")
     assert primary_toolchain is not None
-    files: list[File] = []
-    for platform in order:
-        files += [built[platform].blob, built[platform].meta]
     providers: list[Provider] = [
-        DefaultInfo(files=tuple(files)),
+        DefaultInfo(files=tuple(f for p in order for f in (built[p].blob, built[p].meta))),
         # Filled for one platform too: a Debian layer is never platform-independent.
         LayerInfo((built[primary],), platform_layers=tuple((str(p), (built[p],)) for p in platforms.locks)),
     ]
+    primary_runtime = runtimes[primary]
     if primary_runtime is not None:
-        providers.append(primary_runtime)
+        # Wheel and app layers above are byte-compiled on the primary layer's tree, by its interpreter.
+        providers.append(replace(primary_runtime, toolchain=primary_toolchain))
     providers.append(ToolchainInfo(primary_toolchain))
     return providers
+
+
+def _declare_layer(ctx: RuleContext, locked: LockedTarget, packages: Sequence[LockedPackage], debs: Sequence[File],
+                   blob: File, meta: File, runtime: PythonRuntimeInfo | None, *, compile_on: Toolchain | None,
+                   progress: str) -> None:
+    """The action that unpacks one platform's closure into its layer; with ``compile_on`` that
+    toolchain's interpreter (the same CPython X.Y) compiles the layer's bytecode."""
+    python: dict[str, Any] | None = None
+    if runtime is not None:
+        python = {"interpreter": runtime.interpreter, "version": runtime.version}
+        if compile_on is not None:
+            python["on_toolchain"] = True
+    ctx.actions.call(
+        write_deb_layer,
+        version="4",
+        params={
+            "debs": [d.path for d in debs],
+            # The closure's CPython byte-compiles its own modules (rules/debian/python.py).
+            "python": python,
+            "packages": [{"name": p.name, "version": p.version, "architecture": p.architecture,
+                          "filename": p.basename, "sha256": p.sha256} for p in packages],
+            "codename": locked.os_release.get("codename", locked.request.get("suites", DEFAULT_SUITES)[0]),
+            "release": locked.os_release.get("version", ""),
+            "exclude": list(ctx.attr.exclude),
+            "compression": ctx.attr.compression,
+            "level": effective_level(ctx.attr.compression, ctx.attr.compression_level, FAST_GZIP_LEVEL),
+            "epoch": determinism.source_date_epoch(),
+            "blob": blob.path,
+            "meta": meta.path,
+        },
+        inputs=tuple(debs),
+        outputs=(blob, meta),
+        mnemonic="DebLayer",
+        toolchain=compile_on,
+        progress=progress,
+    )
 
 
 def _fetch(ctx: RuleContext, package: LockedPackage, prefix: str, fetched: dict[tuple[str, str], File]) -> File:
