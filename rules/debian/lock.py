@@ -4,6 +4,11 @@ One lock per package folder, ``debian.lock.json``, beside the ``BUILD.toml`` tha
 targets. It records, per target, the request it was made from (so analysis can tell that the
 package list changed) and for each package of the closure: name, version, architecture, pool
 file name, sha256, size, suite and dependencies. It never records a mirror or host.
+
+A workspace whose ``[platforms] locks`` names several platforms gets one closure per platform:
+the entry's ``packages`` are the first platform's, ``platforms`` holds the others'
+(``{"linux/arm64": {"packages": [...]}}``), and the request records ``platforms`` instead of
+``architecture``. A single-platform lock is written exactly as before platforms existed.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pbuild.engine.errors import Location, PbuildError
+from pbuild.engine.errors import Location, PbuildError, WorkspaceError
 from pbuild.lib import atomicio
 from pbuild.lib.determinism import pretty_json
+from pbuild.lib.platforms import Platform, PlatformError, WorkspacePlatforms, read_platforms
 from pbuild.lib.tomlpos import load_toml
 from pbuild.rules.debian import sources
 
@@ -29,7 +35,6 @@ LOCK_NAME = "debian.lock.json"
 LOCK_VERSION = 1
 RULE_NAME = "deb_packages"
 DEFAULT_SUITES = ("bookworm",)
-DEFAULT_ARCH = "amd64"
 DEFAULT_COMPONENTS = ("main",)
 #: Environment variable naming the keyring InRelease files are verified with.
 KEYRING_ENV = "PBUILD_DEBIAN_KEYRING"
@@ -40,20 +45,31 @@ class DebianLockError(PbuildError):
     """A missing, unreadable or out-of-date Debian lock."""
 
 
+#: The lock platforms of a workspace without a ``[platforms]`` table.
+DEFAULT_PLATFORMS = WorkspacePlatforms().locks
+
+
 @dataclass(frozen=True)
 class Request:
-    """What a ``deb_packages`` target asks for; the lock stores it to detect staleness."""
+    """What a ``deb_packages`` target asks for; the lock stores it to detect staleness.
+
+    ``platforms`` are the workspace's lock platforms, first one first (its closure is the entry's
+    ``packages``).
+    """
 
     packages: tuple[str, ...]
     suites: tuple[str, ...] = DEFAULT_SUITES
-    architecture: str = DEFAULT_ARCH
+    platforms: tuple[Platform, ...] = DEFAULT_PLATFORMS
     components: tuple[str, ...] = DEFAULT_COMPONENTS
 
     def to_json(self) -> dict[str, Any]:
+        # One platform: the request as it was before platforms (so that lock stays byte-identical).
+        where: dict[str, Any] = ({"architecture": self.platforms[0].debian_arch} if len(self.platforms) == 1
+                                 else {"platforms": [str(p) for p in self.platforms]})
         return {
             "packages": sorted(set(self.packages)),
             "suites": list(self.suites),
-            "architecture": self.architecture,
+            **where,
             "components": list(self.components),
         }
 
@@ -95,11 +111,20 @@ class LockedPackage:
 
 @dataclass(frozen=True)
 class LockedTarget:
-    """A target's entry in the lock."""
+    """A target's entry in the lock: ``packages`` is the first lock platform's closure,
+    ``platform_packages`` every lock platform's (OCI spelling -> closure), the first included."""
 
     request: dict[str, Any]
     packages: tuple[LockedPackage, ...]
     os_release: dict[str, str]
+    platform_packages: tuple[tuple[str, tuple[LockedPackage, ...]], ...] = ()
+
+    def packages_for(self, platform: Platform) -> tuple[LockedPackage, ...]:
+        """The closure locked for ``platform`` (a :class:`KeyError` if the lock has none)."""
+        for name, packages in self.platform_packages:
+            if name == str(platform):
+                return packages
+        raise KeyError(str(platform))
 
 
 def lock_path(workspace_root: str, package: str) -> str:
@@ -127,18 +152,62 @@ def read_locked_target(workspace_root: str, package: str, name: str, request: Re
     entry = data.get("targets", {}).get(name)
     if entry is None:
         raise DebianLockError(f"{rel} has no entry for target {name!r}", location=location, label=label, hint=fix)
-    if entry.get("request") != request.to_json():
-        raise DebianLockError(
-            f"{rel} is out of date with the package list of {name!r}: locked for "
-            f"{json.dumps(entry.get('request'), sort_keys=True)}, the target asks for "
-            f"{json.dumps(request.to_json(), sort_keys=True)}",
-            location=location, label=label, hint=fix,
-        )
+    locked_request = entry.get("request")
+    if locked_request != request.to_json():
+        raise DebianLockError(_stale_message(rel, name, locked_request, request),
+                              location=location, label=label, hint=fix)
+    first = tuple(LockedPackage.from_json(p) for p in entry.get("packages", ()))
+    per_platform = [(str(request.platforms[0]), first)]
+    others = entry.get("platforms", {})
+    for platform in request.platforms[1:]:
+        found = others.get(str(platform)) if isinstance(others, dict) else None
+        if not isinstance(found, dict) or not isinstance(found.get("packages"), list):
+            raise DebianLockError(f"{rel} does not cover platform {platform} for target {name!r}",
+                                  location=location, label=label, hint=fix)
+        per_platform.append((str(platform), tuple(LockedPackage.from_json(p) for p in found["packages"])))
     return LockedTarget(
         request=entry["request"],
-        packages=tuple(LockedPackage.from_json(p) for p in entry.get("packages", ())),
+        packages=first,
         os_release=dict(entry.get("os_release", {})),
+        platform_packages=tuple(per_platform),
     )
+
+
+def _locked_platforms(locked_request: Mapping[str, Any]) -> list[str]:
+    if "platforms" in locked_request:
+        return [str(p) for p in locked_request["platforms"]]
+    return [f"linux/{locked_request.get('architecture', '?')}"]
+
+
+def _stale_message(rel: str, name: str, locked_request: Any, request: Request) -> str:
+    """Why the lock entry does not fit: the platforms (WORKSPACE.toml) or the target's attributes."""
+    wanted = request.to_json()
+    if isinstance(locked_request, dict):
+        locked_platforms = _locked_platforms(locked_request)
+        wanted_platforms = [str(p) for p in request.platforms]
+        rest = {k: v for k, v in locked_request.items() if k not in ("platforms", "architecture")}
+        if locked_platforms != wanted_platforms and rest == {k: v for k, v in wanted.items()
+                                                             if k not in ("platforms", "architecture")}:
+            return (f"{rel} is out of date with [platforms] locks of WORKSPACE.toml: target {name!r} is locked "
+                    f"for {', '.join(locked_platforms)}, the workspace asks for {', '.join(wanted_platforms)}")
+    return (f"{rel} is out of date with the package list of {name!r}: locked for "
+            f"{json.dumps(locked_request, sort_keys=True)}, the target asks for {json.dumps(wanted, sort_keys=True)}")
+
+
+def workspace_platforms(workspace_root: str) -> WorkspacePlatforms:
+    """The ``[platforms]`` of ``WORKSPACE.toml``; a bad table is a :class:`WorkspaceError` there."""
+    path = os.path.join(workspace_root, "WORKSPACE.toml")
+    try:
+        with open(path, "rb") as handle:
+            config = load_toml(handle.read())
+    except FileNotFoundError:
+        return WorkspacePlatforms()
+    except tomllib.TOMLDecodeError as exc:
+        raise WorkspaceError(f"WORKSPACE.toml is not valid TOML: {exc}", location=Location(path)) from None
+    try:
+        return read_platforms(config)
+    except PlatformError as exc:
+        raise WorkspaceError(exc.message, location=Location(path), hint=exc.hint) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,8 +225,8 @@ def _ignored(workspace_root: str) -> Any:
         return pathspec.PathSpec.from_lines("gitignore", handle.read().splitlines())
 
 
-def find_targets(workspace_root: str) -> dict[str, dict[str, Request]]:
-    """Every ``deb_packages`` target of the workspace: ``{package: {name: Request}}``.
+def find_targets(workspace_root: str, platforms: tuple[Platform, ...] = DEFAULT_PLATFORMS) -> dict[str, dict[str, Request]]:
+    """Every ``deb_packages`` target of the workspace: ``{package: {name: Request}}``, each for ``platforms``.
 
     Like package discovery, this skips ``.pbuildignore``d folders and nested workspaces.
     """
@@ -187,15 +256,23 @@ def find_targets(workspace_root: str) -> dict[str, dict[str, Request]]:
             raise DebianLockError(f"{build}: {exc}", hint="fix the TOML syntax") from None
         for name, table in tables.items():
             if isinstance(table, dict) and table.get("rule") == RULE_NAME:
-                found.setdefault(package, {})[name] = request_from_attrs(table)
+                if "architecture" in table:
+                    raise DebianLockError(f"//{package}:{name} sets 'architecture', which deb_packages no longer has",
+                                          location=Location(build), hint=ARCHITECTURE_HINT)
+                found.setdefault(package, {})[name] = request_from_attrs(table, platforms)
     return found
 
 
-def request_from_attrs(attrs: Mapping[str, Any]) -> Request:
+#: What to do instead of the removed ``architecture`` attribute.
+ARCHITECTURE_HINT = ('remove it: the platforms come from WORKSPACE.toml, e.g. [platforms] '
+                     'locks = ["linux/amd64", "linux/arm64"], then run ./pbuild lock --debian')
+
+
+def request_from_attrs(attrs: Mapping[str, Any], platforms: tuple[Platform, ...] = DEFAULT_PLATFORMS) -> Request:
     return Request(
         packages=tuple(attrs.get("packages", ())),
         suites=tuple(attrs.get("suites", DEFAULT_SUITES)),
-        architecture=str(attrs.get("architecture", DEFAULT_ARCH)),
+        platforms=platforms,
         components=tuple(attrs.get("components", DEFAULT_COMPONENTS)),
     )
 
@@ -219,7 +296,8 @@ class _IndexCache:
             self.releases[suite] = archive.read_release(source, suite, keyring=self.keyring)
         return self.releases[suite]
 
-    def index(self, request: Request) -> resolve.Index:
+    def index(self, request: Request, architecture: str) -> resolve.Index:
+        """The packages of ``architecture`` (and ``all``, which every binary-ARCH index lists) of the request's suites."""
         from pbuild.rules.debian import archive, resolve
 
         pairs = []
@@ -227,44 +305,56 @@ class _IndexCache:
             release = self.release(suite)
             source = sources.mirror_for_suite(suite, mirror=self.mirror)
             for component in request.components:
-                key = (suite, component, request.architecture)
+                key = (suite, component, architecture)
                 if key not in self.paragraphs:
-                    self.paragraphs[key] = archive.read_packages(source, suite, component, request.architecture, release)
+                    self.paragraphs[key] = archive.read_packages(source, suite, component, architecture, release)
                 pairs += [(suite, fields) for fields in self.paragraphs[key]]
-        return resolve.Index.from_paragraphs(pairs, request.architecture)
+        return resolve.Index.from_paragraphs(pairs, architecture)
+
+
+def _closure(request: Request, platform: Platform, cache: _IndexCache, *, context: str) -> list[dict[str, Any]]:
+    from pbuild.rules.debian import resolve
+
+    index = cache.index(request, platform.debian_arch)
+    # With several platforms, a failure names the one whose index lacks the package.
+    where = f"{context} for {platform}" if len(request.platforms) > 1 else context
+    closure = resolve.resolve(index, request.packages, context=where)
+    return [
+        LockedPackage(r.package.name, r.package.version, r.package.architecture, r.package.filename,
+                      r.package.sha256, r.package.size, r.package.suite, r.dependencies).to_json()
+        for r in closure
+    ]
 
 
 def lock_target(request: Request, cache: _IndexCache, *, context: str) -> dict[str, Any]:
-    """Resolve one target's request into its lock entry."""
-    from pbuild.rules.debian import resolve
-
-    index = cache.index(request)
-    closure = resolve.resolve(index, request.packages, context=context)
+    """Resolve one target's request, for each of its platforms, into its lock entry."""
     first = cache.release(request.suites[0]).fields
-    return {
+    entry: dict[str, Any] = {
         "request": request.to_json(),
         "os_release": {
             "codename": first.get("Codename", request.suites[0]),
             "version": first.get("Version", ""),
         },
-        "packages": [
-            LockedPackage(r.package.name, r.package.version, r.package.architecture, r.package.filename,
-                          r.package.sha256, r.package.size, r.package.suite, r.dependencies).to_json()
-            for r in closure
-        ],
+        "packages": _closure(request, request.platforms[0], cache, context=context),
     }
+    if len(request.platforms) > 1:
+        entry["platforms"] = {str(p): {"packages": _closure(request, p, cache, context=context)}
+                              for p in request.platforms[1:]}
+    return entry
 
 
 def lock_debian(workspace_root: str, *, mirror: str | None = None, keyring: str | None = None,
                 out: Any = None) -> None:
-    """``pbuild lock --debian``: resolve every ``deb_packages`` target and write each package's lock.
+    """``pbuild lock --debian``: resolve every ``deb_packages`` target, for every ``[platforms] locks``
+    platform, and write each package's lock.
 
     ``mirror`` overrides the host's apt sources (as does ``$PBUILD_DEBIAN_MIRROR``); the lock never
     records it. ``keyring`` (or ``$PBUILD_DEBIAN_KEYRING``) names the keyring InRelease is checked
     with; by default the apt source's Signed-By, else the Debian archive keyring.
     """
     stream = out or sys.stderr
-    targets = find_targets(workspace_root)
+    platforms = workspace_platforms(workspace_root).locks
+    targets = find_targets(workspace_root, platforms)
     if not targets:
         raise DebianLockError("no deb_packages targets in this workspace", hint="declare one in a BUILD.toml first")
     cache = _IndexCache(mirror, keyring or os.environ.get(KEYRING_ENV) or None)
@@ -274,7 +364,10 @@ def lock_debian(workspace_root: str, *, mirror: str | None = None, keyring: str 
             if not request.packages:
                 raise DebianLockError(f"//{package}:{name} lists no packages", hint="set packages = [...]")
             entries[name] = lock_target(request, cache, context=f"//{package}:{name}")
-            print(f"locked //{package}:{name}: {len(entries[name]['packages'])} packages", file=stream)
+            counts = [str(len(entries[name]["packages"]))] + [
+                str(len(p["packages"])) for p in entries[name].get("platforms", {}).values()]
+            where = f" ({' + '.join(counts)} for {', '.join(map(str, platforms))})" if len(platforms) > 1 else ""
+            print(f"locked //{package}:{name}: {len(entries[name]['packages'])} packages{where}", file=stream)
         document = {
             "comment": "Generated by `pbuild lock --debian`; do not edit. No mirror is recorded: "
                        "packages are fetched from the host's apt sources or --mirror.",

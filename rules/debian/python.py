@@ -45,17 +45,22 @@ def compiled_dirs(version: str) -> tuple[str, ...]:
 
 
 def configure_python(io: ActionIO, entries: list[LayerEntry], python: TreePython, *,
-                     jobs: int = 1) -> list[LayerEntry]:
+                     jobs: int = 1, on_toolchain: bool = False) -> list[LayerEntry]:
     """``entries`` as Debian's Python maintainer scripts would leave them (see the module docstring).
 
-    Runs ``python`` on the tree the entries make, unpacked below ``io.tmpdir``.
+    Runs ``python`` on the tree the entries make, unpacked below ``io.tmpdir``; with
+    ``on_toolchain`` on the action's toolchain tree instead (another platform's tree, whose
+    interpreter this machine cannot run: the primary platform's CPython of the same X.Y compiles
+    it, and ``.pyc`` bytes do not depend on the platform).
     """
     added = python_links(entries, python)
     modules = modules_to_compile(entries, python.version)
     if not modules:
         return entries + added
-    tree = os.path.join(io.tmpdir, "tree")
-    unpack_entries(entries + added, tree)
+    tree: str | None = None
+    if not on_toolchain:
+        tree = os.path.join(io.tmpdir, "tree")
+        unpack_entries(entries + added, tree)
     work = [(source, "/" + entry.path) for entry, source in modules]
     results = pyc.compile_on_toolchain(io, work, python=python.interpreter, root=tree, jobs=jobs)
     return entries + added + pyc.pyc_entries([entry for entry, _ in modules], results, python.version)

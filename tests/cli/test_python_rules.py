@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.debianlock import single_platform_lock
 from tests.support.paths import FIXTURES, REPO
 from tests.support.runner import Runner, assert_user_error, write_tree
 from tests.support.wheelmaker import make_wheel
@@ -415,7 +416,7 @@ print("cwd:", os.getcwd())
 def _on_python_toolchain(ws: Path, secret: Path) -> None:
     """Make ``ws`` run its Python targets on the repository's own interpreter packages."""
     (ws / "third_party/debian").mkdir()
-    shutil.copy(REPO / "third_party/debian/debian.lock.json", ws / "third_party/debian/")
+    (ws / "third_party/debian/debian.lock.json").write_text(single_platform_lock())
     (ws / "third_party/debian/BUILD.toml").write_text(
         '[python3]\nrule = "deb_packages"\n'
         'packages = ["python3.11-minimal", "libpython3.11-stdlib", "ca-certificates", "libstdc++6"]\n'

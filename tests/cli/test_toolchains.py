@@ -22,7 +22,7 @@ from pbuild.engine.hashing import host_fingerprint
 from pbuild.engine.keys import key_material
 from pbuild.engine.toolchains import LayerFiles, ToolchainTrees
 
-from tests.support.paths import REPO
+from tests.support.debianlock import single_platform_lock
 from tests.support.runner import Runner, WorkspaceFactory, assert_user_error
 
 SHELL_BUILD = """
@@ -38,7 +38,7 @@ MARKED_OS_RELEASE = 'PRETTY_NAME="pbuild toolchain fixture"\nID=toolchain-fixtur
 def _shell_workspace(workspace: WorkspaceFactory, secret: Path, *, name: str = "ws",
                      files: dict[str, str] | None = None, plugins: str = "") -> Path:
     """A workspace whose genrules default to the shell toolchain, and one on an image toolchain."""
-    lock = (REPO / "third_party/debian/debian.lock.json").read_text()
+    lock = single_platform_lock()
     return workspace({
         "third_party/debian/BUILD.toml": SHELL_BUILD,
         "third_party/debian/debian.lock.json": lock,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.debianlock import single_platform_lock
 from tests.support.peers import BuildGridExecution, free_port
 from tests.support.runner import Runner, WorkspaceFactory, cache_is_consistent, tree_digest
 from tests.support.workers import WorkerProcess
@@ -274,11 +275,10 @@ def _toolchain_files() -> tuple[dict[str, str | bytes], str]:
     """Genrules on the repository's shell toolchain (Debian packages) and on an image toolchain
     of two layers, with the workspace's [toolchains] naming the shell one."""
     from tests.cli.test_toolchains import MARKED_OS_RELEASE, SHELL_BUILD
-    from tests.support.paths import REPO
 
     files: dict[str, str | bytes] = {
         "third_party/debian/BUILD.toml": SHELL_BUILD,
-        "third_party/debian/debian.lock.json": (REPO / "third_party/debian/debian.lock.json").read_text(),
+        "third_party/debian/debian.lock.json": single_platform_lock(),
         "tc/os-release": MARKED_OS_RELEASE,
         "tc/BUILD.toml": """
             [marker]

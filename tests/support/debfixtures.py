@@ -125,28 +125,40 @@ def make_keyring(home: Path) -> Path:
 
 
 def write_archive(root: Path, suite: str, debs: Sequence[DebSpec], *, gnupg_home: Path | None,
-                  component: str = "main", arch: str = "amd64") -> dict[str, bytes]:
-    """Write ``dists/<suite>`` and ``pool/`` for ``debs`` below ``root``; returns name -> .deb bytes."""
+                  component: str = "main", arch: str | Sequence[str] = "amd64") -> dict[str, bytes]:
+    """Write ``dists/<suite>`` and ``pool/`` for ``debs`` below ``root``; returns name -> .deb bytes
+    (``<name>:<architecture>`` for packages of a second architecture).
+
+    ``arch`` is one architecture (its index lists every package) or several: each
+    ``binary-<arch>`` index then lists that architecture's packages and the ``all`` ones, as
+    Debian's do.
+    """
+    arches = [arch] if isinstance(arch, str) else list(arch)
     built: dict[str, bytes] = {}
-    paragraphs = []
+    paragraphs: dict[str, list[str]] = {a: [] for a in arches}
     for spec in debs:
         data = make_deb(spec)
         filename = f"pool/{component}/{spec.name[0]}/{spec.name}/{spec.name}_{spec.version}_{spec.architecture}.deb"
         (root / filename).parent.mkdir(parents=True, exist_ok=True)
         (root / filename).write_bytes(data)
-        built[spec.name] = data
+        built[spec.name if spec.name not in built else f"{spec.name}:{spec.architecture}"] = data
         fields = [line for line in spec.control().splitlines()
                   if not line.startswith(("Maintainer:", "Description:", " "))]
-        paragraphs.append("\n".join(fields) + "\n"
-                          + f"Filename: {filename}\nSize: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}\n")
-    packages = "\n".join(paragraphs).encode()
-    index_dir = root / "dists" / suite / component / f"binary-{arch}"
-    index_dir.mkdir(parents=True, exist_ok=True)
-    xz = lzma.compress(packages)
-    (index_dir / "Packages.xz").write_bytes(xz)
-    rel = f"{component}/binary-{arch}/Packages.xz"
-    release = (f"Origin: Test\nSuite: {suite}\nCodename: {suite}\nVersion: 12.9\nArchitectures: {arch}\n"
-               f"Components: {component}\nSHA256:\n {hashlib.sha256(xz).hexdigest()} {len(xz)} {rel}\n")
+        paragraph = ("\n".join(fields) + "\n"
+                     + f"Filename: {filename}\nSize: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}\n")
+        for a in arches:
+            if len(arches) == 1 or spec.architecture in (a, "all"):
+                paragraphs[a].append(paragraph)
+    hashes = []
+    for a in arches:
+        packages = "\n".join(paragraphs[a]).encode()
+        index_dir = root / "dists" / suite / component / f"binary-{a}"
+        index_dir.mkdir(parents=True, exist_ok=True)
+        xz = lzma.compress(packages)
+        (index_dir / "Packages.xz").write_bytes(xz)
+        hashes.append(f" {hashlib.sha256(xz).hexdigest()} {len(xz)} {component}/binary-{a}/Packages.xz\n")
+    release = (f"Origin: Test\nSuite: {suite}\nCodename: {suite}\nVersion: 12.9\nArchitectures: {' '.join(arches)}\n"
+               f"Components: {component}\nSHA256:\n{''.join(hashes)}")
     release_path = root / "dists" / suite / "Release"
     release_path.write_text(release)
     inrelease = root / "dists" / suite / "InRelease"
