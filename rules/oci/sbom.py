@@ -12,6 +12,7 @@ elements written here is a small, stable part of the specification.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -163,9 +164,13 @@ def collect(contents: Iterable[Mapping[str, Any] | None]) -> tuple[list[PackageR
 
 
 def namespace(image_name: str, image_digest: str) -> str:
-    """The document namespace: the sanitized image name and the manifest digest below pbuild's prefix."""
-    name = _ID_UNSAFE.sub("-", image_name).strip("-") or "image"
-    return f"{NAMESPACE_PREFIX}/{name}-{image_digest.replace(':', '-')}"
+    """The document namespace: the manifest digest and a short hash of the image name below pbuild's prefix.
+
+    The name is hashed, not written, because it usually starts with a registry host (``app:1``
+    and ``registry.example/app:1`` of one manifest still get two namespaces).
+    """
+    name = hashlib.sha256(image_name.encode("utf-8")).hexdigest()[:16]
+    return f"{NAMESPACE_PREFIX}/{image_digest.replace(':', '-')}-{name}"
 
 
 def license_expression(text: str | None) -> str | None:
