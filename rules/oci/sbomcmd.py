@@ -27,7 +27,7 @@ def sbom(ctx: CommandContext) -> int:
     if image.sbom is None:
         raise PbuildError(f"{built.label} has no SBOM",
                           hint="images over a pulled or bare OCI layout still get one; rebuild the target")
-    path = _document_path(ctx, built, image, requested)
+    path = _document_path(ctx, built, built.path(image.sbom), image, requested)
     with open(path, "rb") as handle:
         data = handle.read()
     sys.stdout.buffer.write(data)
@@ -42,9 +42,10 @@ def _parse_platform(text: str) -> Platform:
         raise PbuildError(f"--platform {text}: {exc.message}", hint=exc.hint) from None
 
 
-def _document_path(ctx: CommandContext, built: BuiltTarget, image: ImageInfo, platform: Platform | None) -> str:
-    """The primary platform's document, or ``platform``'s (refused when the image was not built for it)."""
-    primary_path = built.path(image.sbom) if image.sbom is not None else ""
+def _document_path(ctx: CommandContext, built: BuiltTarget, primary_path: str, image: ImageInfo,
+                   platform: Platform | None) -> str:
+    """The primary platform's document (``primary_path``), or ``platform``'s (refused when the image
+    was not built for it)."""
     if platform is None:
         return primary_path
     built_for = image.platforms or (str(_primary(ctx)),)
