@@ -6,6 +6,7 @@ the image action never hashes a layer again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import PbuildError
 from pbuild.lib import determinism
 from pbuild.lib.oci.errors import LayoutError
-from pbuild.rules.oci import layout, pyc
+from pbuild.rules.oci import layout, pyc, sbom
 from pbuild.rules.oci.isolate import run_isolated
 from pbuild.rules.oci.layerwriter import (
     LayerDigests,
@@ -27,11 +28,34 @@ from pbuild.rules.oci.layerwriter import (
 )
 
 
-def _write(io: ActionIO, params: Mapping[str, Any], entries: list[LayerEntry]) -> None:
+def _write(io: ActionIO, params: Mapping[str, Any], entries: list[LayerEntry],
+           contents: Mapping[str, list[dict[str, Any]]] | None = None) -> None:
     digests = write_layer(entries, io.output_path(params["blob"]), compression=params["compression"],
                           level=params.get("level"), mtime=params["epoch"], jobs=io.jobs)
+    sidecar: dict[str, Any] = dict(digests.to_json())
+    if contents is not None:
+        # What the SBOM lists (pbuild.rules.oci.sbom), so that no layer is read again for it.
+        sidecar["contents"] = contents
     with open(io.output_path(params["meta"]), "wb") as handle:
-        handle.write(determinism.canonical_json(digests.to_json()))
+        handle.write(determinism.canonical_json(sidecar))
+
+
+def _file_record(path: str, source: str) -> dict[str, str]:
+    """A first-party file of ``contents``: its in-image path and SHA1 and SHA256 (both SPDX asks for)."""
+    sha1, sha256 = hashlib.sha1(usedforsecurity=False), hashlib.sha256()
+    with open(source, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            sha1.update(chunk)
+            sha256.update(chunk)
+    return {"path": path.strip("/"), "sha1": sha1.hexdigest(), "sha256": sha256.hexdigest()}
+
+
+def _files_contents(entries: list[LayerEntry], jobs: int) -> dict[str, list[dict[str, Any]]]:
+    """``contents`` listing the regular files of ``entries`` that come from the host (sorted by path)."""
+    sources = sorted((e.path, e.source) for e in entries if e.kind == "file" and e.source is not None)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        files = list(pool.map(lambda item: _file_record(*item), sources))
+    return {"files": files}
 
 
 def write_file_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
@@ -59,7 +83,7 @@ def write_file_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
                              hint="keys of modes are destinations inside the image")
         entries = [LayerEntry(e.path, e.kind, modes.get(e.path.strip("/"), e.mode), e.source, e.data, e.target, e.origin)
                    for e in entries]
-    _write(io, params, entries)
+    _write(io, params, entries, _files_contents(entries, io.jobs))
 
 
 def write_wheel_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
@@ -71,14 +95,18 @@ def write_wheel_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
 
 
 def _write_wheel_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
-    from pbuild.rules.oci import wheels  # installer is imported only when a wheel layer is written
+    # installer is imported only when a wheel layer is written
+    from pbuild.rules.oci import wheelmeta, wheels
 
     entries: list[LayerEntry] = []
+    packages: list[dict[str, Any]] = []
     for wheel in params["wheels"]:
         entries += wheels.wheel_entries(io.input_path(wheel), site_packages=params["site_packages"],
                                         interpreter=params["interpreter"], python_version=params["python_version"],
                                         jobs=io.jobs, bytecode=params["bytecode_mode"], io=io)
-    _write(io, params, entries)
+        packages.append(wheelmeta.wheel_package(io.input_path(wheel)))
+    packages.sort(key=lambda p: (p["name"], p["version"], p["filename"]))
+    _write(io, params, entries, {"packages": packages})
 
 
 def write_app_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
@@ -89,9 +117,10 @@ def write_app_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
                    origin=item["input"])
         for item in params["sources"]
     ]
-    _write(io, params, pyc.add_pyc(entries, io=io, python=params["interpreter"],
-                                   python_version=params["python_version"], jobs=io.jobs,
-                                   mode=params["bytecode_mode"]))
+    contents = _files_contents(entries, io.jobs)  # the sources only: the .pyc are generated from them
+    with_pyc = pyc.add_pyc(entries, io=io, python=params["interpreter"], python_version=params["python_version"],
+                           jobs=io.jobs, mode=params["bytecode_mode"])
+    _write(io, params, with_pyc, contents)
 
 
 def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
@@ -108,9 +137,13 @@ def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
             shown = params["base"] if os.path.isdir(io.input_path(params["base"])) else os.path.dirname(params["base"])
             raise PbuildError(exc.message.replace(base_dir, shown), label=io.label, hint=exc.hint) from None
     layers = []
+    contents: list[dict[str, Any]] = []
     for item in params["layers"]:
         with open(io.input_path(item["meta"]), "rb") as handle:
-            digests = LayerDigests.from_json(json.load(handle))
+            sidecar = json.load(handle)
+        digests = LayerDigests.from_json(sidecar)
+        if sidecar.get("contents"):
+            contents.append(sidecar["contents"])
         layers.append(layout.BlobRef(digests, io.input_path(item["blob"]), item["created_by"]))
     cfg = params["config"]
     run = layout.RunConfig(
@@ -142,3 +175,10 @@ def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
             future.result()
     with open(io.output_path(params["digest"]), "w", encoding="ascii") as handle:
         handle.write(image.manifest_digest + "\n")
+    if params.get("sbom"):
+        # The image's own layers' contents; a base image's packages are not listed yet.
+        document = sbom.spdx_document(image_name=params["sbom_name"], image_digest=image.manifest_digest,
+                                      platform=params["platform"], contents=contents, epoch=params["epoch"],
+                                      tool_version=params["tool_version"])
+        with open(io.output_path(params["sbom"]), "wb") as handle:
+            handle.write(document)

@@ -1,4 +1,4 @@
-"""The image family's commands: ``pbuild push``, ``images``, ``pull``, ``rmi``, ``tag``, ``save``, ``load``.
+"""The image family's commands: ``pbuild push``, ``images``, ``pull``, ``rmi``, ``tag``, ``save``, ``load``, ``sbom``.
 
 Registered in ``COMMANDS`` (read by the engine's CLI), the way ``RULES`` registers rules; the
 heavy parts (the registry client, the image store, archives) are imported only when a command
@@ -77,6 +77,19 @@ def _configure_load(parser: argparse.ArgumentParser) -> None:
                         help="a docker-archive or an OCI archive (detected)")
 
 
+def _configure_sbom(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="TARGET", help="an image target (//app:image)")
+    parser.add_argument("--platform", metavar="OS/ARCH",
+                        help="the platform's document of a multi-platform image (default: the primary platform's)")
+
+
+def sbom(ctx: CommandContext) -> int:
+    """``pbuild sbom TARGET [--platform OS/ARCH]``: build the image target, print its SPDX document."""
+    from pbuild.rules.oci.sbomcmd import sbom as print_sbom
+
+    return print_sbom(ctx)
+
+
 def _lazy(name: str) -> Callable[[CommandContext], int]:
     def run(ctx: CommandContext) -> int:
         from pbuild.rules.oci import imagecmds
@@ -107,4 +120,8 @@ COMMANDS = [
     Command("load", help="load an image archive into the image store",
             description="Load a docker-archive or OCI archive; a damaged or hostile one is refused whole.",
             run=_lazy("load"), configure=_configure_load),
+    Command("sbom", help="print an image's SBOM (SPDX 2.3 JSON)",
+            description="Build an image target and print its software bill of materials: the SPDX 2.3 JSON "
+                        "document of its Debian packages, wheels and first-party files, with their licenses.",
+            run=sbom, configure=_configure_sbom, build_flags=True),
 ]

@@ -21,7 +21,8 @@ from pbuild.engine.api import (
 )
 from pbuild.engine.errors import PbuildError
 from pbuild.lib import determinism
-from pbuild.rules.oci import actions, pyc
+from pbuild.lib.platforms import PlatformError, read_platforms
+from pbuild.rules.oci import actions, pyc, sbom
 from pbuild.rules.oci.layerwriter import clean_path
 from pbuild.rules.oci.providers import ImageInfo, Layer, LayerInfo, PythonRuntimeInfo
 from pbuild.rules.python.providers import PyBinaryInfo, PyInfo, Wheel
@@ -29,8 +30,8 @@ from pbuild.rules.python.providers import PyBinaryInfo, PyInfo, Wheel
 COMPRESSIONS = ("gzip", "none", "zstd")
 _SUFFIX = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
 #: Bumped whenever an action function's output changes for the same inputs and params.
-LAYER_VERSION = "6"
-IMAGE_VERSION = "1"
+LAYER_VERSION = "7"  # 7: the sidecars gained "contents" (the SBOM's)
+IMAGE_VERSION = "2"  # 2: writes sbom.spdx.json
 
 #: gzip level for the large generated layers (wheels, Debian packages): level 1 is about 3.5x as
 #: fast as 6 and only 10-15% larger on these mostly-binary files; set compression_level for smaller.
@@ -256,6 +257,7 @@ def _image(ctx: RuleContext) -> list[Provider]:
     out_layout = ctx.declare_directory(f"{name}/oci")
     out_tar = ctx.declare_file(f"{name}/image.tar")
     out_digest = ctx.declare_file(f"{name}/digest")
+    out_sbom = ctx.declare_file(f"{name}/sbom.spdx.json")
     ctx.actions.call(
         actions.write_image,
         version=IMAGE_VERSION,
@@ -273,15 +275,20 @@ def _image(ctx: RuleContext) -> list[Provider]:
             "layout": out_layout.path,
             "tarball": out_tar.path,
             "digest": out_digest.path,
+            "sbom": out_sbom.path,
+            "sbom_name": tags[0],
+            "platform": _primary_platform(ctx),
+            "tool_version": sbom.tool_version(),
         },
         inputs=inputs,
-        outputs=(out_layout, out_tar, out_digest),
+        outputs=(out_layout, out_tar, out_digest, out_sbom),
         mnemonic="Image",
     )
     base_layers = base_target[ImageInfo].layers if base_target is not None and ImageInfo in base_target else ()
     providers: list[Provider] = [
-        DefaultInfo(files=(out_layout, out_tar, out_digest)),
-        ImageInfo(out_layout, out_digest, out_tar, tuple(tags), tuple(base_layers) + tuple(layers), runtime),
+        DefaultInfo(files=(out_layout, out_tar, out_digest, out_sbom)),
+        ImageInfo(out_layout, out_digest, out_tar, tuple(tags), tuple(base_layers) + tuple(layers), runtime,
+                  sbom=out_sbom),
     ]
     # An image is a toolchain when pbuild knows all its layers (not over a bare OCI layout or a pull).
     if base_target is None or ToolchainInfo in base_target:
@@ -289,6 +296,14 @@ def _image(ctx: RuleContext) -> list[Provider]:
             ctx.label, tuple(ToolchainLayer(layer.blob, layer.meta) for layer in (*base_layers, *layers)),
             python=runtime.interpreter if runtime else "", python_version=runtime.version if runtime else "")))
     return providers
+
+
+def _primary_platform(ctx: RuleContext) -> str:
+    """The workspace's primary platform (OCI spelling), which the single-platform image is built for."""
+    try:
+        return str(read_platforms({"platforms": ctx.config("platforms")}).primary)
+    except PlatformError as exc:
+        ctx.fail(exc.message, attr=None, hint=exc.hint)
 
 
 def _python_entrypoint(ctx: RuleContext, interpreter: str, binary: PyBinaryInfo) -> list[str]:
