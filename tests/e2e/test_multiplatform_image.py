@@ -214,3 +214,18 @@ def test_push_sends_the_index_every_manifest_and_the_sboms_with_the_referrers_ta
         same: dict[str, Any] = json.loads(_skopeo("inspect", "--tls-verify=false", "--raw",
                                                   f"docker://{registry.host}/mp:sha256-{arm.partition(':')[2]}"))
         assert same == referrers
+
+
+def test_images_and_save_read_the_index_and_skip_the_artifacts(built: Path, tmp_path: Path, pbuild: Runner) -> None:
+    ws = built.parent.parent
+    listed = pbuild("images", "--format", "json", cwd=ws)
+    assert listed.code == 0, listed
+    rows = {row["target"]: row for row in json.loads(listed.out)["built"]}
+    assert rows["//pkg:image"]["names"] == [TAG] and rows["//pkg:single"]["names"] == ["pkg/single:latest"]
+    layer_bytes = (built / "tools.tar.gz").stat().st_size + (built / "files.tar.gz").stat().st_size
+    assert int(rows["//pkg:image"]["size"]) > 2 * layer_bytes  # both platforms' manifests counted
+    saved = pbuild("save", "-o", str(tmp_path / "image.tar"), "//pkg:image", cwd=ws)
+    assert saved.code == 0, saved
+    host = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
+    inspect = json.loads(_skopeo("inspect", f"docker-archive:{tmp_path / 'image.tar'}"))
+    assert inspect["Architecture"] == host
