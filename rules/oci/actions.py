@@ -16,7 +16,7 @@ from pbuild.engine.api import ActionIO
 from pbuild.engine.errors import PbuildError
 from pbuild.lib import determinism
 from pbuild.lib.oci.errors import LayoutError
-from pbuild.rules.oci import layout, pyc
+from pbuild.rules.oci import layout, pyc, sbom
 from pbuild.rules.oci.isolate import run_isolated
 from pbuild.rules.oci.layerwriter import (
     LayerDigests,
@@ -131,8 +131,6 @@ def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
     """Assemble each platform's config and manifest (and, for several platforms, the image index
     over them) and the SBOM of each; write the OCI layout, the docker-archive of the primary
     platform, the SBOM files and the digest file."""
-    from pbuild.rules.oci import sbom
-
     cfg = params["config"]
     run = layout.RunConfig(
         entrypoint=tuple(cfg["entrypoint"]) if cfg.get("entrypoint") is not None else None,
