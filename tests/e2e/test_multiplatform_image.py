@@ -229,3 +229,64 @@ def test_images_and_save_read_the_index_and_skip_the_artifacts(built: Path, tmp_
     host = {"x86_64": "amd64", "aarch64": "arm64"}[os.uname().machine]
     inspect = json.loads(_skopeo("inspect", f"docker-archive:{tmp_path / 'image.tar'}"))
     assert inspect["Architecture"] == host
+
+
+def test_an_image_on_a_two_platform_base(tmp_path: Path, pbuild: Runner) -> None:
+    from tests.support.multiplatform import BUILD
+
+    build = BUILD + """
+[extra]
+rule = "layer"
+srcs = ["extra.txt"]
+
+[child]
+rule = "image"
+base = ":image"
+layers = [":extra"]
+platforms = ["linux/amd64", "linux/arm64"]
+
+[child_amd64]
+rule = "image"
+base = ":image"
+layers = [":extra"]
+"""
+    ws = make_workspace(tmp_path / "ws", build=build)
+    (ws / "pkg/extra.txt").write_text("extra\n")
+    assert (result := pbuild("build", "//pkg:child", "//pkg:child_amd64", "//pkg:image", cwd=ws)).code == 0, result
+    out = ws / "pbuild-out/pkg"
+    base_index = document(out / "image/oci", (out / "image/digest").read_text().strip())
+    child_index = document(out / "child/oci", (out / "child/digest").read_text().strip())
+    for base_entry, entry in zip(base_index["manifests"], child_index["manifests"], strict=True):
+        assert entry["platform"] == base_entry["platform"]
+        base_manifest = document(out / "image/oci", base_entry["digest"])
+        manifest = document(out / "child/oci", entry["digest"])
+        assert manifest["layers"][:-1] == base_manifest["layers"] and len(manifest["layers"]) == 3
+        config = document(out / "child/oci", manifest["config"]["digest"])
+        assert config["architecture"] == entry["platform"]["architecture"]
+        assert config["config"]["Cmd"] == ["/bin/busybox", "uname", "-m"]  # inherited from the base
+    # A single-platform image on it takes the base's linux/amd64 manifest.
+    single = document(out / "child_amd64/oci", (out / "child_amd64/digest").read_text().strip())
+    assert single["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert single == document(out / "child/oci", child_index["manifests"][0]["digest"])
+
+
+def test_a_single_platform_base_layout_for_two_platforms_is_refused(tmp_path: Path, pbuild: Runner) -> None:
+    from tests.support.multiplatform import BUILD
+    from tests.support.peers import make_oci_layout
+
+    build = BUILD + """
+[base_files]
+rule = "filegroup"
+srcs = { glob = ["base/**"] }
+
+[on_layout]
+rule = "image"
+base = ":base_files"
+layers = [":files"]
+platforms = ["linux/amd64", "linux/arm64"]
+"""
+    ws = make_workspace(tmp_path / "ws", build=build)
+    make_oci_layout(ws / "pkg/base", [{"etc/base.txt": b"base\n"}])  # linux/amd64 only
+    result = pbuild("build", "//pkg:on_layout", cwd=ws)
+    assert result.code != 0 and "Traceback" not in result.err, result
+    assert "its base holds an image for linux/amd64, not linux/arm64" in result.err, result
