@@ -41,7 +41,7 @@ import runcheck  # noqa: E402
 
 WORK = REPO / "bench" / "workspaces" / "multiplatform"
 SINGLE, BOTH = "//app:image", "//app:image_multiplatform"
-FIGURES = {SINGLE: "cold, linux/amd64 (//app:image)", BOTH: "cold, amd64 + arm64 (//app:image_multiplatform)"}
+FIGURES = {SINGLE: "cold, linux/amd64 (image)", BOTH: "cold, amd64 + arm64 (image_multiplatform)"}
 #: The actions a cold image build must have executed for its figure to mean what it says.
 CLAIMED = ("Image", "DebLayer", "WheelLayer")
 GOAL = 1.6
