@@ -17,6 +17,10 @@ class Descriptor:
     media_type: str
     digest: OciDigest
     size: int
+    #: ``artifactType`` of an artifact manifest (an SBOM); None for an image or an index.
+    artifact_type: str | None = None
+    #: ``(os, architecture)`` of an image index's entry; None elsewhere.
+    platform: tuple[str, str] | None = None
 
     @classmethod
     def from_json(cls, doc: Any, where: str, *, error: type[OciError] = LayoutError) -> Descriptor:
@@ -30,8 +34,14 @@ class Descriptor:
         if digest is None or not isinstance(size, int) or isinstance(size, bool) or size < 0 \
                 or not isinstance(media_type, str):
             raise error(f"{where}: not a valid sha256 descriptor: {json.dumps(doc, default=str)[:200]}")
-        return cls(media_type, digest, size)
+        artifact_type = doc.get("artifactType")
+        return cls(media_type, digest, size, artifact_type if isinstance(artifact_type, str) else None)
 
     def to_json(self) -> dict[str, Any]:
         """The descriptor as it appears in a manifest or an index."""
-        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        doc: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type is not None:
+            doc["artifactType"] = self.artifact_type
+        if self.platform is not None:
+            doc["platform"] = {"os": self.platform[0], "architecture": self.platform[1]}
+        return doc

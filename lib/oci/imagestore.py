@@ -283,7 +283,9 @@ class ImageStore:
         store's), so its layer blobs are linked as they are instead of hashed once more.
         """
         full_names = [normalize_name(n) for n in names]
-        image = oci_layout.read_image(layout)  # manifest and config checked by digest, layers by size
+        # Manifest and config checked by digest, layers by size; of a multi-platform layout (an image
+        # index) the store keeps this machine's platform, the one `pbuild run` would pick.
+        image = oci_layout.read_image(layout, platform=_host_platform())
         config = oci_layout.descriptor(image.manifest.get("config"), "image config", layout,
                                        f"the image manifest {image.digest}")
         blobs = [image.manifest_blob, config, *(layer.blob for layer in image.layers)]
@@ -410,3 +412,10 @@ def describe(image: StoredImage) -> dict[str, Any]:
     """An image as ``pbuild images --format json`` prints it."""
     return {"id": image.digest, "names": list(image.names), "size": image.size, "created": image.created,
             "source": image.source, "layout": image.layout}
+
+
+def _host_platform() -> str:
+    """This machine's platform as OCI spells it (``linux/amd64``)."""
+    from pbuild.lib.platforms import host_platform
+
+    return str(host_platform())

@@ -10,6 +10,10 @@ base, ``pbuild push``, the launcher running ``oci:PATH``):
   layer blobs, which are large, by whoever streams them (:meth:`Blob.check`);
 - JSON documents are read only up to :data:`MAX_DOCUMENT` bytes.
 
+``index.json`` may also list artifacts (an SBOM's OCI 1.1 artifact manifest, untagged, carrying
+``artifactType``) beside the images; :func:`read_index` leaves them out unless asked, so every
+reader of images skips them in one place.
+
 Writing puts the blobs first and ``index.json`` last, each file through
 :mod:`pbuild.lib.atomicio`, and :func:`publish_layout` builds a whole layout beside its
 destination and renames it into place.
@@ -183,9 +187,15 @@ class IndexEntry:
     blob: Blob
     ref_name: str | None
 
+    @property
+    def artifact_type(self) -> str | None:
+        """The ``artifactType`` of an artifact entry (an SBOM), None for an image or index."""
+        return self.blob.descriptor.artifact_type
 
-def read_index(layout: str) -> list[IndexEntry]:
-    """The entries of ``index.json``, after checking the ``oci-layout`` marker; at least one."""
+
+def read_index(layout: str, *, artifacts: bool = False) -> list[IndexEntry]:
+    """The image entries of ``index.json`` (with ``artifacts``, the artifact entries as well),
+    after checking the ``oci-layout`` marker; at least one image."""
     if not os.path.isdir(layout):
         raise LayoutError(f"OCI layout {layout} is not a directory",
                           hint="build the image first, or check the path (a layout holds oci-layout, "
@@ -208,7 +218,11 @@ def read_index(layout: str) -> list[IndexEntry]:
         name = annotations.get(mediatypes.REF_NAME) if isinstance(annotations, dict) else None
         entries.append(IndexEntry(descriptor(doc, f"manifest {number}", layout, "index.json"),
                                   name if isinstance(name, str) else None))
-    return entries
+    images = [e for e in entries if e.artifact_type is None]
+    if not images:
+        raise _invalid(layout, "index.json lists only artifacts, no image",
+                       hint="build it with pbuild, or export one with `skopeo copy ... oci:DIR`")
+    return entries if artifacts else images
 
 
 def pick_image(layout: str, ref_name: str | None = None) -> Blob:
@@ -273,7 +287,7 @@ def read_image(layout: str, *, ref_name: str | None = None, platform: str | None
         nested = read_document(top)
         os_name, _, arch = platform.partition("/")
         for doc in nested.get("manifests") or []:
-            if _platform_matches(doc, os_name, arch):
+            if isinstance(doc, dict) and "artifactType" not in doc and _platform_matches(doc, os_name, arch):
                 top = descriptor(doc, "image manifest", layout, f"the image index {top.digest}")
                 break
         else:
@@ -316,12 +330,15 @@ class BlobFile:
     linkable: bool = True
 
 
-def index_json(manifests: Iterable[Descriptor], tags: Sequence[str] = ()) -> bytes:
-    """``index.json``: per manifest, one entry per tag (``ref.name`` = the tag), or one untagged."""
+def index_json(manifests: Iterable[Descriptor], tags: Sequence[str] = (),
+               artifacts: Sequence[Descriptor] = ()) -> bytes:
+    """``index.json``: per manifest, one entry per tag (``ref.name`` = the tag), or one untagged;
+    then each artifact (``artifactType`` set), untagged."""
     entries: list[dict[str, Any]] = []
     for manifest in manifests:
         plain = manifest.to_json()
         entries += [{**plain, "annotations": {mediatypes.REF_NAME: tag}} for tag in tags] or [plain]
+    entries += [artifact.to_json() for artifact in artifacts]
     return determinism.canonical_json({"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": entries})
 
 
@@ -346,8 +363,10 @@ def _place(source: BlobFile, dest: str) -> None:
 
 
 def write_layout(out_dir: str, top: Descriptor, *, documents: Mapping[OciDigest, bytes] | None = None,
-                 files: Mapping[OciDigest, BlobFile] | None = None, tags: Sequence[str] = ()) -> None:
-    """Write an OCI layout of the image (or index) ``top`` into the folder ``out_dir``.
+                 files: Mapping[OciDigest, BlobFile] | None = None, tags: Sequence[str] = (),
+                 artifacts: Sequence[Descriptor] = ()) -> None:
+    """Write an OCI layout of the image (or index) ``top`` into the folder ``out_dir``; ``artifacts``
+    (manifests among ``documents``) are listed in ``index.json`` untagged after it.
 
     ``documents`` are blobs given as bytes (manifests, configs), ``files`` blobs already on disk
     (layers). ``index.json`` goes last, so a reader never sees an index naming a missing blob.
@@ -359,7 +378,7 @@ def write_layout(out_dir: str, top: Descriptor, *, documents: Mapping[OciDigest,
     for digest, data in sorted((documents or {}).items()):
         atomicio.write_bytes(blob_path(out_dir, digest), data)
     atomicio.write_bytes(os.path.join(out_dir, "oci-layout"), layout_marker())
-    atomicio.write_bytes(os.path.join(out_dir, "index.json"), index_json([top], tags))
+    atomicio.write_bytes(os.path.join(out_dir, "index.json"), index_json([top], tags, artifacts))
 
 
 def publish_layout(dest: str, top: Descriptor, *, documents: Mapping[OciDigest, bytes] | None = None,

@@ -8,6 +8,12 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
+#: The empty config of an artifact manifest (OCI 1.1) and its two-byte blob ``{}``.
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_BLOB = b"{}"
+#: An SPDX 2.3 JSON document: an SBOM's media type and its artifact manifest's ``artifactType``.
+SPDX_JSON = "application/spdx+json"
+
 #: Documents that describe one image (config and layers).
 MANIFEST_TYPES = frozenset((OCI_MANIFEST, DOCKER_MANIFEST))
 #: Documents that list manifests (one per platform).

@@ -123,28 +123,43 @@ def write_app_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
     _write(io, params, with_pyc, contents)
 
 
+def _read_base(io: ActionIO, item: Mapping[str, Any]) -> layout.BaseImage | None:
+    """The base image of one platform (a layout with an image index: that platform's manifest)."""
+    if not item.get("base"):
+        return None
+    base_dir = io.input_path(item["base"])
+    if not os.path.isdir(base_dir):
+        base_dir = os.path.dirname(base_dir)  # the base was given as the layout's index.json
+    try:
+        base = layout.read_layout(base_dir, linkable=not item.get("base_is_source", False),
+                                  platform=item["platform"])
+    except LayoutError as exc:
+        # Name the base as the user wrote it, not by this machine's absolute path.
+        shown = item["base"] if os.path.isdir(io.input_path(item["base"])) else os.path.dirname(item["base"])
+        raise PbuildError(exc.message.replace(base_dir, shown), label=io.label, hint=exc.hint) from None
+    if item.get("check_base_platform") and f"{base.os}/{base.architecture}" != item["platform"]:
+        raise PbuildError(f"image {io.label}: its base holds an image for {base.os}/{base.architecture}, "
+                          f"not {item['platform']}", label=io.label,
+                          hint="give a base with an image index covering every platform of the image, "
+                               "or build the image for the base's platform only (platforms = [...])")
+    return base
+
+
+def _contents(io: ActionIO, metas: list[str]) -> list[Mapping[str, Any]]:
+    """The ``contents`` objects of the layers' sidecars, bottom to top (sidecars without one skipped)."""
+    found = []
+    for meta in metas:
+        with open(io.input_path(meta), "rb") as handle:
+            contents = json.load(handle).get("contents")
+        if isinstance(contents, Mapping):
+            found.append(contents)
+    return found
+
+
 def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
-    """Assemble config and manifest, and write the OCI layout, the docker-archive and the digest file."""
-    base = None
-    if params.get("base"):
-        base_dir = io.input_path(params["base"])
-        if not os.path.isdir(base_dir):
-            base_dir = os.path.dirname(base_dir)  # the base was given as the layout's index.json
-        try:
-            base = layout.read_layout(base_dir, linkable=not params.get("base_is_source", False))
-        except LayoutError as exc:
-            # Name the base as the user wrote it, not by this machine's absolute path.
-            shown = params["base"] if os.path.isdir(io.input_path(params["base"])) else os.path.dirname(params["base"])
-            raise PbuildError(exc.message.replace(base_dir, shown), label=io.label, hint=exc.hint) from None
-    layers = []
-    contents: list[dict[str, Any]] = []
-    for item in params["layers"]:
-        with open(io.input_path(item["meta"]), "rb") as handle:
-            sidecar = json.load(handle)
-        digests = LayerDigests.from_json(sidecar)
-        if sidecar.get("contents"):
-            contents.append(sidecar["contents"])
-        layers.append(layout.BlobRef(digests, io.input_path(item["blob"]), item["created_by"]))
+    """Assemble each platform's config and manifest (and, for several platforms, the image index
+    over them) and the SBOM of each; write the OCI layout, the docker-archive of the primary
+    platform, the SBOM files and the digest file."""
     cfg = params["config"]
     run = layout.RunConfig(
         entrypoint=tuple(cfg["entrypoint"]) if cfg.get("entrypoint") is not None else None,
@@ -155,30 +170,48 @@ def write_image(io: ActionIO, params: Mapping[str, Any]) -> None:
         labels=cfg.get("labels", {}),
         exposed_ports=tuple(cfg.get("exposed_ports", ())),
     )
-    image, all_layers = layout.build_image(base=base, layers=layers, run=run, epoch=params["epoch"],
-                                           annotations=params.get("annotations", {}))
-    config = json.loads(image.config)["config"]
-    if not config.get("Entrypoint") and not config.get("Cmd"):
-        raise PbuildError(
-            f"image {io.label} has neither an entrypoint nor a cmd (nor does its base)",
-            label=io.label,
-            hint="set entrypoint = [...] or cmd = [...], or put a py_binary in layers",
-        )
+    built: list[layout.PlatformImage] = []
+    artifacts: list[layout.Artifact] = []
+    for item in params["images"]:
+        base = _read_base(io, item)
+        layers = []
+        for entry in item["layers"]:
+            with open(io.input_path(entry["meta"]), "rb") as handle:
+                digests = LayerDigests.from_json(json.load(handle))
+            layers.append(layout.BlobRef(digests, io.input_path(entry["blob"]), entry["created_by"]))
+        image, all_layers = layout.build_image(base=base, layers=layers, run=run, epoch=params["epoch"],
+                                               annotations=params.get("annotations", {}),
+                                               architecture=item["platform"].partition("/")[2])
+        config = json.loads(image.config)["config"]
+        if not config.get("Entrypoint") and not config.get("Cmd"):
+            raise PbuildError(
+                f"image {io.label} has neither an entrypoint nor a cmd (nor does its base)",
+                label=io.label,
+                hint="set entrypoint = [...] or cmd = [...], or put a py_binary in layers",
+            )
+        built.append(layout.PlatformImage(item["platform"], image, tuple(all_layers)))
+        document = sbom.spdx_document(image_name=params["image_name"], image_digest=image.manifest_digest,
+                                      platform=item["platform"], contents=_contents(io, item["contents"]),
+                                      epoch=params["epoch"], tool_version=params["tool_version"])
+        with open(io.output_path(item["sbom"]), "wb") as handle:
+            handle.write(document)
+        if params.get("primary_sbom") and len(built) - 1 == params["primary"]:
+            with open(io.output_path(params["primary_sbom"]), "wb") as handle:
+                handle.write(document)
+        if params["sbom_artifact"]:
+            artifacts.append(layout.artifact_manifest(document, sbom.SPDX_MEDIA_TYPE,
+                                                      layout.manifest_descriptor(image)))
+    index = layout.image_index(built) if params["index"] else None
+    primary = built[params["primary"]]
     tags = params.get("tags", [])
     with ThreadPoolExecutor(2) as pool:
         done = [
-            pool.submit(layout.write_layout, io.output_path(params["layout"]), image, all_layers, tags),
-            pool.submit(layout.write_docker_archive, io.output_path(params["tarball"]), image, all_layers, tags,
-                        mtime=params["epoch"]),
+            pool.submit(layout.write_multi_layout, io.output_path(params["layout"]), built, index, tags, artifacts),
+            pool.submit(layout.write_docker_archive, io.output_path(params["tarball"]), primary.image,
+                        list(primary.layers), tags, mtime=params["epoch"]),
         ]
         for future in done:
             future.result()
+    top = layout.sha256_digest(index) if index is not None else primary.image.manifest_digest
     with open(io.output_path(params["digest"]), "w", encoding="ascii") as handle:
-        handle.write(image.manifest_digest + "\n")
-    if params.get("sbom"):
-        # The image's own layers' contents; a base image's packages are not listed yet.
-        document = sbom.spdx_document(image_name=params["sbom_name"], image_digest=image.manifest_digest,
-                                      platform=params["platform"], contents=contents, epoch=params["epoch"],
-                                      tool_version=params["tool_version"])
-        with open(io.output_path(params["sbom"]), "wb") as handle:
-            handle.write(document)
+        handle.write(top + "\n")

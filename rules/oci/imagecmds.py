@@ -17,6 +17,7 @@ from pbuild.engine.api import OUT_DIR, BuiltTarget, CommandContext, PbuildError
 from pbuild.engine.errors import WorkspaceError
 from pbuild.lib.digest import OciDigest, oci_hex
 from pbuild.lib.oci import layout as oci_layout
+from pbuild.lib.oci import mediatypes
 from pbuild.lib.oci.imagestore import ImageStore, StoredImage, describe
 from pbuild.lib.oci.reference import Reference
 from pbuild.lib.sizes import format_size
@@ -102,9 +103,15 @@ def _layout_size_and_tags(layout: str, digest: str) -> tuple[int, list[str]]:
         named = [e for e in entries if e.blob.digest == digest]
         if not named:
             return 0, []
-        manifest = oci_layout.read_document(named[0].blob)
-        size = named[0].blob.size + int(manifest.get("config", {}).get("size", 0))
-        size += sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
+        top = oci_layout.read_document(named[0].blob)
+        size = named[0].blob.size
+        # An image index (a multi-platform image): the sum over its platforms' manifests.
+        manifests = [oci_layout.read_document(oci_layout.descriptor(m, "image manifest", layout, "the index"))
+                     for m in top.get("manifests", []) if "artifactType" not in m] \
+            if named[0].blob.descriptor.media_type in mediatypes.INDEX_TYPES else [top]
+        for manifest in manifests:
+            size += int(manifest.get("config", {}).get("size", 0))
+            size += sum(int(layer.get("size", 0)) for layer in manifest.get("layers", []))
         return size, [e.ref_name for e in entries if e.ref_name]
     except (UserError, ValueError, TypeError, AttributeError):
         return 0, []
@@ -193,7 +200,7 @@ def save(ctx: CommandContext) -> int:
     names: Sequence[str]
     if _is_label(given):
         _, layout = _built_image(ctx, given)
-        image = oci_layout.read_image(layout)
+        image = oci_layout.read_image(layout, platform=_host_platform())  # of an index: this machine's
         names = []
         for entry in oci_layout.read_index(layout):
             if entry.ref_name:
@@ -207,6 +214,12 @@ def save(ctx: CommandContext) -> int:
     write_archive(ctx.args.output, image, sorted(set(names)), archive_format=ctx.args.format)
     ctx.out(f"saved {image.digest} to {ctx.args.output} ({ctx.args.format})")
     return 0
+
+
+def _host_platform() -> str:
+    from pbuild.lib.oci.registry.pull import host_platform_name
+
+    return host_platform_name()
 
 
 def _name_or_none(text: str) -> str | None:

@@ -55,12 +55,14 @@ class BaseImage:
     os: str = "linux"
 
 
-def read_layout(layout: str, *, ref: str | None = None, linkable: bool = True) -> BaseImage:
-    """Read the single image of an OCI layout (or the one whose ref name is ``ref``), checking digests.
+def read_layout(layout: str, *, ref: str | None = None, linkable: bool = True,
+                platform: str | None = None) -> BaseImage:
+    """Read the single image of an OCI layout (or the one whose ref name is ``ref``), checking digests;
+    of a layout whose top is an image index, ``platform``'s image.
 
     The layout is read by :func:`pbuild.lib.oci.layout.read_image`, the reader every caller shares.
     """
-    image = oci_layout.read_image(layout, ref_name=ref)
+    image = oci_layout.read_image(layout, ref_name=ref, platform=platform)
     config = image.config
     history = [h for h in config.get("history", []) if isinstance(h, dict)]
     real_history = [h for h in history if not h.get("empty_layer")]
@@ -167,13 +169,91 @@ def build_image(
     return WrittenImage(sha256_digest(manifest), manifest, sha256_digest(config), config), all_layers
 
 
-def write_layout(out_dir: str, image: WrittenImage, layers: Sequence[BlobRef], tags: Sequence[str]) -> None:
+@dataclass(frozen=True)
+class PlatformImage:
+    """One platform's image of a (possibly multi-platform) image: ``platform`` is ``os/arch``."""
+
+    platform: str
+    image: WrittenImage
+    layers: tuple[BlobRef, ...]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An OCI 1.1 artifact manifest (an SBOM) and the blobs it names."""
+
+    manifest: bytes
+    artifact_type: str
+    blobs: Mapping[str, bytes]  # digest -> bytes (the empty config, the document)
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return Descriptor(MANIFEST_TYPE, OciDigest(sha256_digest(self.manifest)), len(self.manifest),
+                          artifact_type=self.artifact_type)
+
+
+def artifact_manifest(document: bytes, media_type: str, subject: Descriptor) -> Artifact:
+    """An OCI 1.1 artifact manifest holding ``document`` (one layer), about ``subject``.
+
+    Its config is the empty descriptor (``application/vnd.oci.empty.v1+json``, the blob ``{}``),
+    and ``artifactType`` is the document's media type, as the image spec's guidance for
+    artifacts asks.
+    """
+    empty = mediatypes.EMPTY_BLOB
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "artifactType": media_type,
+        "config": {"mediaType": mediatypes.OCI_EMPTY, "digest": sha256_digest(empty), "size": len(empty)},
+        "layers": [{"mediaType": media_type, "digest": sha256_digest(document), "size": len(document)}],
+        "subject": Descriptor(subject.media_type, subject.digest, subject.size).to_json(),
+    }
+    return Artifact(determinism.canonical_json(doc), media_type,
+                    {sha256_digest(empty): empty, sha256_digest(document): document})
+
+
+def image_index(images: Sequence[PlatformImage]) -> bytes:
+    """The OCI image index over ``images``, each manifest with its ``platform``, in the given order."""
+    manifests = []
+    for item in images:
+        os_name, _, arch = item.platform.partition("/")
+        manifests.append(Descriptor(MANIFEST_TYPE, OciDigest(item.image.manifest_digest), len(item.image.manifest),
+                                    platform=(os_name, arch)).to_json())
+    return determinism.canonical_json({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": manifests})
+
+
+def write_layout(out_dir: str, image: WrittenImage, layers: Sequence[BlobRef], tags: Sequence[str],
+                 artifacts: Sequence[Artifact] = ()) -> None:
     """Write the OCI image layout (``oci-layout``, ``index.json``, ``blobs/sha256/...``) into ``out_dir``."""
-    oci_layout.write_layout(
-        out_dir, _manifest_descriptor(image),
-        documents={OciDigest(image.config_digest): image.config, OciDigest(image.manifest_digest): image.manifest},
-        files={OciDigest(layer.digests.digest): oci_layout.BlobFile(layer.path, layer.linkable) for layer in layers},
-        tags=tags)
+    write_multi_layout(out_dir, [PlatformImage("", image, tuple(layers))], None, tags, artifacts)
+
+
+def write_multi_layout(out_dir: str, images: Sequence[PlatformImage], index: bytes | None, tags: Sequence[str],
+                       artifacts: Sequence[Artifact] = ()) -> None:
+    """Write a layout whose ``index.json`` names ``index`` (an image index over ``images``) per tag,
+    or, without one, the single image's manifest; then the artifacts, untagged."""
+    documents: dict[OciDigest, bytes] = {}
+    files: dict[OciDigest, oci_layout.BlobFile] = {}
+    for item in images:
+        documents[OciDigest(item.image.config_digest)] = item.image.config
+        documents[OciDigest(item.image.manifest_digest)] = item.image.manifest
+        for layer in item.layers:
+            files[OciDigest(layer.digests.digest)] = oci_layout.BlobFile(layer.path, layer.linkable)
+    for artifact in artifacts:
+        documents[artifact.descriptor.digest] = artifact.manifest
+        documents.update({OciDigest(d): data for d, data in artifact.blobs.items()})
+    if index is not None:
+        top = Descriptor(INDEX_TYPE, OciDigest(sha256_digest(index)), len(index))
+        documents[top.digest] = index
+    else:
+        top = _manifest_descriptor(images[0].image)
+    oci_layout.write_layout(out_dir, top, documents=documents, files=files, tags=tags,
+                            artifacts=[a.descriptor for a in artifacts])
+
+
+def manifest_descriptor(image: WrittenImage) -> Descriptor:
+    """The descriptor of ``image``'s manifest (what an index or an artifact's subject names)."""
+    return _manifest_descriptor(image)
 
 
 def _manifest_descriptor(image: WrittenImage) -> Descriptor:

@@ -21,6 +21,11 @@ def push_main(layout_dir: str, reference: str, *, plain_http: bool, out: Callabl
         else f"pushed {report.reference}")
     out(f"  {report.blobs_uploaded} blob(s) uploaded ({report.bytes_uploaded:,} bytes, {_human(report.bytes_uploaded)}), "
         f"{report.blobs_skipped} already present, {report.blobs_mounted} mounted from other repositories")
+    out(f"  {report.manifests_pushed} manifest(s) and index(es) pushed")
+    for artifact in report.artifacts:
+        out(f"  artifact {artifact} (the SBOM of a platform's manifest)")
+    for tag in report.referrers_tags:
+        out(f"  referrers index tagged {tag} (the registry has no referrers API)")
     return 0
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pbuild.engine.api import (
     Attr,
@@ -21,17 +22,18 @@ from pbuild.engine.api import (
 )
 from pbuild.engine.errors import PbuildError
 from pbuild.lib import determinism
-from pbuild.lib.platforms import PlatformError, read_platforms
+from pbuild.lib.platforms import Platform, PlatformError, WorkspacePlatforms, read_platforms
 from pbuild.rules.oci import actions, pyc, sbom
 from pbuild.rules.oci.layerwriter import clean_path
 from pbuild.rules.oci.providers import ImageInfo, Layer, LayerInfo, PythonRuntimeInfo
 from pbuild.rules.python.providers import PyBinaryInfo, PyInfo, Wheel
 
 COMPRESSIONS = ("gzip", "none", "zstd")
+_T = TypeVar("_T")
 _SUFFIX = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
 #: Bumped whenever an action function's output changes for the same inputs and params.
 LAYER_VERSION = "7"  # 7: the sidecars gained "contents" (the SBOM's)
-IMAGE_VERSION = "2"  # 2: writes sbom.spdx.json
+IMAGE_VERSION = "2"  # 2: image indexes and SBOMs
 
 #: gzip level for the large generated layers (wheels, Debian packages): level 1 is about 3.5x as
 #: fast as 6 and only 10-15% larger on these mostly-binary files; set compression_level for smaller.
@@ -149,15 +151,15 @@ def _layer(ctx: RuleContext) -> list[Provider]:
 _WHEEL_TAGS = re.compile(r"-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<plat>[^-]+)\.whl$")
 
 
-def _check_wheel_python(ctx: RuleContext, wheel: Wheel, version: str) -> None:
-    match = _WHEEL_TAGS.search(wheel.filename)
+def _check_wheel_python(ctx: RuleContext, wheel: Wheel, filename: str, version: str) -> None:
+    match = _WHEEL_TAGS.search(filename)
     if not match:
         return
     tags = match["py"].split(".")
     want = "cp" + version.replace(".", "")
     ok = any(t in (want, "py3", "py2.py3") or t.startswith("py3") for t in tags) or match["abi"] == "abi3"
     if not ok:
-        ctx.fail(f"wheel {wheel.filename} is not for the image's Python {version}", attr="layers",
+        ctx.fail(f"wheel {filename} is not for the image's Python {version}", attr="layers",
                  hint=f"lock wheels for CPython {version} (WORKSPACE.toml [python] version) or use another interpreter")
 
 
@@ -186,25 +188,48 @@ def _check_wheel_python(ctx: RuleContext, wheel: Wheel, version: str) -> None:
                                 "(its deb_packages tree): skip-tests (every module but those in "
                                 "tests/ or test/ packages), all, or none.", default="skip-tests",
                                 values=pyc.BYTECODE_MODES),
+        "platforms": attr.string_list("Platforms to build (\"linux/amd64\", \"linux/arm64\"); more than one "
+                                      "makes an OCI image index. Default: [platforms] images of WORKSPACE.toml. "
+                                      "Each must be one [platforms] locks covers."),
+        "sbom": attr.boolean("Store each platform's SPDX document in the layout as an OCI artifact whose "
+                             "subject is that platform's manifest (the sbom*.spdx.json files beside the "
+                             "layout are written either way).", default=True),
         **compression_attrs(FAST_GZIP_LEVEL),
     },
-    doc="A reproducible OCI image: pbuild-out/<pkg>/<name>/oci (layout), image.tar (docker-archive), digest.",
+    doc="A reproducible OCI image: pbuild-out/<pkg>/<name>/oci (layout; for several platforms an image "
+        "index), image.tar (docker-archive of the primary platform), digest, sbom.spdx.json.",
 )
 def _image(ctx: RuleContext) -> list[Provider]:
     name = ctx.label.name
     compression = ctx.attr.compression
     level = effective_level(compression, ctx.attr.compression_level, FAST_GZIP_LEVEL)
     epoch = determinism.source_date_epoch()
+    workspace, platforms = _image_platforms(ctx)
+    primary = workspace.primary if workspace.primary in platforms else platforms[0]
     base_target: Target | None = ctx.attr.base
     base_input: File | None = None
     inputs: list[File] = []
     runtime: PythonRuntimeInfo | None = None
+    base_layers: dict[Platform, tuple[Layer, ...]] = {p: () for p in platforms}
+    # A bare layout (or a pull) says its platforms only when read: the action checks them.
+    check_base_platform = len(platforms) > 1
     if base_target is not None:
         info = base_target.get(ImageInfo)
         if info is not None:
             base_input = info.layout
             inputs.append(info.layout)
             runtime = info.runtime
+            if info.platforms:
+                check_base_platform = False
+                for platform in platforms:
+                    found = info.for_platform(str(platform)) if str(platform) in info.platforms else None
+                    if found is None:
+                        ctx.fail(f"the base {base_target.label} was not built for {platform} (it has "
+                                 f"{', '.join(info.platforms)})", attr="base",
+                                 hint=f"add \"{platform}\" to the platforms of {base_target.label}")
+                    base_layers[platform] = found
+            else:
+                base_layers = {p: tuple(info.layers) for p in platforms}
         else:
             files = ctx.files.base
             dirs = [f for f in files if f.is_directory]
@@ -218,7 +243,7 @@ def _image(ctx: RuleContext) -> list[Provider]:
                          f"{len(files)} files)", attr="base",
                          hint="use an image target, or a filegroup of an OCI layout's files")
             inputs += files
-    layers: list[Layer] = []
+    layers: dict[Platform, list[Layer]] = {p: [] for p in platforms}
     binaries: list[tuple[Target, PyBinaryInfo, PyInfo]] = []
     override = _interpreter_override(ctx)
     for target in ctx.attr.layers:
@@ -226,17 +251,30 @@ def _image(ctx: RuleContext) -> list[Provider]:
         if PyBinaryInfo in target:
             binary, pyinfo = target[PyBinaryInfo], target.get(PyInfo) or PyInfo()
             binaries.append((target, binary, pyinfo))
-            layers += _python_layers(ctx, target, binary, pyinfo, runtime, len(ctx.attr.layers), compression, level, epoch)
-        elif LayerInfo in target:
-            layers += target[LayerInfo].layers
-        elif ImageInfo in target:
-            layers += target[ImageInfo].layers
-            runtime = override or target[ImageInfo].runtime or runtime
-        else:
+            per_platform = _python_layers(ctx, target, pyinfo, runtime, len(ctx.attr.layers), compression, level,
+                                          epoch, platforms, primary, workspace)
+            for platform in platforms:
+                layers[platform] += per_platform[platform]
+            continue
+        provider: LayerInfo | ImageInfo | None = target.get(LayerInfo) or target.get(ImageInfo)
+        if provider is None:
             ctx.fail(f"{target.label} provides no layers", attr="layers",
                      hint="layers takes layer, deb_packages, py_binary or image targets")
-    for layer in layers:
-        inputs += [layer.blob, layer.meta]
+        if isinstance(provider, ImageInfo):
+            runtime = override or provider.runtime or runtime
+        for platform in platforms:
+            if isinstance(provider, ImageInfo) and provider.platforms and str(platform) not in provider.platforms:
+                chosen = None
+            else:
+                chosen = provider.for_platform(str(platform))
+            if chosen is None:
+                ctx.fail(f"{target.label} has no layers for {platform}", attr="layers",
+                         hint=f"add {platform} to [platforms] locks of WORKSPACE.toml and run "
+                              "./pbuild lock --python --debian (an image target: add it to its platforms)")
+            layers[platform] += chosen
+    for platform in platforms:
+        for layer in layers[platform] + list(base_layers[platform]):
+            inputs += [layer.blob, layer.meta]
     entrypoint: list[str] | None = list(ctx.attr.entrypoint) or None
     cmd: list[str] | None = list(ctx.attr.cmd) or None
     env = dict(ctx.attr.env)
@@ -257,15 +295,38 @@ def _image(ctx: RuleContext) -> list[Provider]:
     out_layout = ctx.declare_directory(f"{name}/oci")
     out_tar = ctx.declare_file(f"{name}/image.tar")
     out_digest = ctx.declare_file(f"{name}/digest")
-    out_sbom = ctx.declare_file(f"{name}/sbom.spdx.json")
+    multi = len(platforms) > 1
+    sboms = {p: ctx.declare_file(f"{name}/sbom.spdx.json" if p == primary else f"{name}/sbom.{p.slug}.spdx.json")
+             for p in platforms}
+    if multi:  # every platform's document under its own name, the primary's under both
+        sboms[primary] = ctx.declare_file(f"{name}/sbom.{primary.slug}.spdx.json")
+        primary_sbom = ctx.declare_file(f"{name}/sbom.spdx.json")
+    else:
+        primary_sbom = sboms[primary]
+    images = [{
+        "platform": str(p),
+        "base": base_input.path if base_input else None,
+        "base_is_source": bool(base_input and base_input.is_source),
+        "check_base_platform": check_base_platform,
+        "layers": [{"blob": layer.blob.path, "meta": layer.meta.path, "created_by": layer.created_by}
+                   for layer in layers[p]],
+        "contents": [layer.meta.path for layer in (*base_layers[p], *layers[p])],
+        "sbom": sboms[p].path,
+    } for p in platforms]
+    outputs = [out_layout, out_tar, out_digest, *(sboms[p] for p in platforms)]
+    if multi:
+        outputs.append(primary_sbom)
     ctx.actions.call(
         actions.write_image,
         version=IMAGE_VERSION,
         params={
-            "base": base_input.path if base_input else None,
-            "base_is_source": bool(base_input and base_input.is_source),
-            "layers": [{"blob": layer.blob.path, "meta": layer.meta.path, "created_by": layer.created_by}
-                       for layer in layers],
+            "images": images,
+            "index": multi,
+            "primary": platforms.index(primary),
+            "primary_sbom": primary_sbom.path if multi else None,
+            "sbom_artifact": ctx.attr.sbom,
+            "image_name": tags[0],
+            "tool_version": sbom.tool_version(),
             "config": {"entrypoint": entrypoint, "cmd": cmd, "env": env, "workdir": workdir,
                        "user": ctx.attr.user or None, "labels": dict(ctx.attr.labels),
                        "exposed_ports": list(ctx.attr.exposed_ports)},
@@ -275,35 +336,24 @@ def _image(ctx: RuleContext) -> list[Provider]:
             "layout": out_layout.path,
             "tarball": out_tar.path,
             "digest": out_digest.path,
-            "sbom": out_sbom.path,
-            "sbom_name": tags[0],
-            "platform": _primary_platform(ctx),
-            "tool_version": sbom.tool_version(),
         },
         inputs=inputs,
-        outputs=(out_layout, out_tar, out_digest, out_sbom),
+        outputs=tuple(outputs),
         mnemonic="Image",
     )
-    base_layers = base_target[ImageInfo].layers if base_target is not None and ImageInfo in base_target else ()
+    every = {p: tuple(base_layers[p]) + tuple(layers[p]) for p in platforms}
     providers: list[Provider] = [
-        DefaultInfo(files=(out_layout, out_tar, out_digest, out_sbom)),
-        ImageInfo(out_layout, out_digest, out_tar, tuple(tags), tuple(base_layers) + tuple(layers), runtime,
-                  sbom=out_sbom),
+        DefaultInfo(files=tuple(outputs)),
+        ImageInfo(out_layout, out_digest, out_tar, tuple(tags), every[primary], runtime,
+                  platforms=tuple(str(p) for p in platforms),
+                  platform_layers=tuple((str(p), every[p]) for p in platforms), sbom=primary_sbom),
     ]
     # An image is a toolchain when pbuild knows all its layers (not over a bare OCI layout or a pull).
     if base_target is None or ToolchainInfo in base_target:
         providers.append(ToolchainInfo(Toolchain(
-            ctx.label, tuple(ToolchainLayer(layer.blob, layer.meta) for layer in (*base_layers, *layers)),
+            ctx.label, tuple(ToolchainLayer(layer.blob, layer.meta) for layer in every[primary]),
             python=runtime.interpreter if runtime else "", python_version=runtime.version if runtime else "")))
     return providers
-
-
-def _primary_platform(ctx: RuleContext) -> str:
-    """The workspace's primary platform (OCI spelling), which the single-platform image is built for."""
-    try:
-        return str(read_platforms({"platforms": ctx.config("platforms")}).primary)
-    except PlatformError as exc:
-        ctx.fail(exc.message, attr=None, hint=exc.hint)
 
 
 def _python_entrypoint(ctx: RuleContext, interpreter: str, binary: PyBinaryInfo) -> list[str]:
@@ -315,7 +365,7 @@ def _python_entrypoint(ctx: RuleContext, interpreter: str, binary: PyBinaryInfo)
     ctx.fail("the py_binary in layers has neither main_module nor entry_point", attr="layers")
 
 
-def group_wheels(wheels_: Sequence[Wheel], budget: int) -> list[list[Wheel]]:
+def group_wheels(wheels_: Sequence[_T], budget: int) -> list[list[_T]]:
     """One group per wheel while ``budget`` layers last; past it, the remaining wheels share the last one.
 
     Wheels come sorted by name, so adding a wheel moves at most the shared layer.
@@ -339,19 +389,66 @@ def _interpreter_override(ctx: RuleContext) -> PythonRuntimeInfo | None:
     return PythonRuntimeInfo(ctx.attr.interpreter, v, f"/usr/local/lib/python{v}/dist-packages")
 
 
-def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinfo: PyInfo,
-                   runtime: PythonRuntimeInfo | None, other_layers: int, compression: str,
-                   level: int | None, epoch: int) -> list[Layer]:
-    """One layer per locked wheel (grouped past the budget) and one app layer for a py_binary."""
+def _image_platforms(ctx: RuleContext) -> tuple[WorkspacePlatforms, list[Platform]]:
+    """The workspace's ``[platforms]`` and the image's platforms (its attribute, else ``images``),
+    each checked to be one the locks cover."""
+    try:
+        workspace = read_platforms({"platforms": ctx.config("platforms")})
+    except PlatformError as exc:
+        ctx.fail(f"WORKSPACE.toml: {exc.message}", hint=exc.hint)
+    if not ctx.attr.platforms:
+        return workspace, list(workspace.images)
+    platforms: list[Platform] = []
+    for text in ctx.attr.platforms:
+        try:
+            platform = Platform.parse(text)
+        except PlatformError as exc:
+            ctx.fail(exc.message, attr="platforms", hint=exc.hint)
+        if platform in platforms:
+            ctx.fail(f"platforms names {platform} twice", attr="platforms")
+        if not workspace.covers(platform):
+            ctx.fail(f"platform {platform} is not covered by the locks ([platforms] locks of WORKSPACE.toml: "
+                     f"{', '.join(map(str, workspace.locks))})", attr="platforms",
+                     hint="add it to [platforms] locks and run ./pbuild lock --python --debian")
+        platforms.append(platform)
+    return workspace, platforms
+
+
+@dataclass(frozen=True)
+class _WheelFile:
+    """The file one wheel of a group is on one platform."""
+
+    filename: str
+    sha256: str
+    file: File
+
+
+def _wheel_file(ctx: RuleContext, wheel: Wheel, platform: Platform, workspace: WorkspacePlatforms) -> _WheelFile:
+    build = wheel.for_platform(str(platform))
+    if build is not None:
+        return _WheelFile(build.filename, build.sha256, build.file)
+    if not wheel.builds and platform == workspace.primary:
+        return _WheelFile(wheel.filename, wheel.sha256, wheel.file)  # a lock of the primary platform only
+    ctx.fail(f"the lock has no wheel of {wheel.name} {wheel.version} for {platform}", attr="layers",
+             hint="add the platform to [platforms] locks of WORKSPACE.toml and run ./pbuild lock --python")
+
+
+def _python_layers(ctx: RuleContext, target: Target, pyinfo: PyInfo, runtime: PythonRuntimeInfo | None,
+                   other_layers: int, compression: str, level: int | None, epoch: int,
+                   platforms: Sequence[Platform], primary: Platform,
+                   workspace: WorkspacePlatforms) -> dict[Platform, list[Layer]]:
+    """Per platform: one layer per locked wheel (grouped past the budget) and one app layer for a
+    py_binary. A group whose files are the primary's reuses its layer; the app layer is shared."""
     if runtime is None:
         ctx.fail(f"{target.label} is a py_binary, but no layer before it provides a Python interpreter",
                  attr="layers", hint="put a deb_packages target with python3.X-minimal (e.g. "
                                      "//third_party/debian:python3) before it, or set interpreter")
     name = ctx.label.name
     wheel_list = sorted(set(pyinfo.wheels), key=lambda w: (w.name, w.version))
-    for wheel in wheel_list:
-        _check_wheel_python(ctx, wheel, runtime.version)
-    groups = group_wheels(wheel_list, ctx.attr.max_layers - other_layers - 1)
+    files = {p: [_wheel_file(ctx, w, p, workspace) for w in wheel_list] for p in platforms}
+    for wheel, file in zip(wheel_list, files[primary], strict=True):
+        _check_wheel_python(ctx, wheel, file.filename, runtime.version)
+    groups = group_wheels(list(range(len(wheel_list))), ctx.attr.max_layers - other_layers - 1)
     suffix = _SUFFIX[compression]
     common = {"site_packages": runtime.site_packages, "interpreter": runtime.interpreter,
               "python_version": runtime.version, "compression": compression, "level": level, "epoch": epoch,
@@ -359,22 +456,34 @@ def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinf
               # without one, by the host's interpreter, whose identity must be in the key.
               "bytecode": "toolchain" if runtime.toolchain else pyc.host_bytecode_key(runtime.version),
               "bytecode_mode": ctx.attr.bytecode}
-    layers: list[Layer] = []
+    layers: dict[Platform, list[Layer]] = {p: [] for p in platforms}
     for group in groups:
-        stem = group[0].name if len(group) == 1 else f"{group[0].name}-and-{len(group) - 1}-more"
-        blob = ctx.declare_file(f"{name}/layers/wheel-{stem}{suffix}")
-        meta = ctx.declare_file(f"{name}/layers/wheel-{stem}.json")
-        ctx.actions.call(
-            actions.write_wheel_layer,
-            version=LAYER_VERSION,
-            params={**common, "wheels": [w.file.path for w in group], "blob": blob.path, "meta": meta.path},
-            inputs=[w.file for w in group],
-            outputs=(blob, meta),
-            mnemonic="WheelLayer",
-            toolchain=runtime.toolchain,
-            progress=f"installing {', '.join(w.filename for w in group)}",
-        )
-        layers.append(Layer(blob, meta, "pbuild wheel " + " ".join(f"{w.name}=={w.version}" for w in group)))
+        first = wheel_list[group[0]]
+        stem = first.name if len(group) == 1 else f"{first.name}-and-{len(group) - 1}-more"
+        created_by = "pbuild wheel " + " ".join(f"{wheel_list[i].name}=={wheel_list[i].version}" for i in group)
+        declared: dict[tuple[str, ...], Layer] = {}
+        # The primary platform first: its layer keeps today's path, and others reuse it when equal.
+        for platform in sorted(platforms, key=lambda p: p != primary):
+            chosen = [files[platform][i] for i in group]
+            same = tuple(f.sha256 for f in chosen)
+            if same in declared:
+                layers[platform].append(declared[same])
+                continue
+            folder = f"{name}/layers" if platform == primary else f"{name}/{platform.slug}/layers"
+            blob = ctx.declare_file(f"{folder}/wheel-{stem}{suffix}")
+            meta = ctx.declare_file(f"{folder}/wheel-{stem}.json")
+            ctx.actions.call(
+                actions.write_wheel_layer,
+                version=LAYER_VERSION,
+                params={**common, "wheels": [f.file.path for f in chosen], "blob": blob.path, "meta": meta.path},
+                inputs=[f.file for f in chosen],
+                outputs=(blob, meta),
+                mnemonic="WheelLayer",
+                toolchain=runtime.toolchain,
+                progress=f"installing {', '.join(f.filename for f in chosen)}",
+            )
+            declared[same] = Layer(blob, meta, created_by)
+            layers[platform].append(declared[same])
     blob = ctx.declare_file(f"{name}/layers/app-{target.label.name}{suffix}")
     meta = ctx.declare_file(f"{name}/layers/app-{target.label.name}.json")
     sources = sorted(pyinfo.sources, key=lambda s: s.import_path)
@@ -389,7 +498,7 @@ def _python_layers(ctx: RuleContext, target: Target, binary: PyBinaryInfo, pyinf
         mnemonic="AppLayer",
         toolchain=runtime.toolchain,
     )
-    layers.append(Layer(blob, meta, f"pbuild py_binary {target.label}"))
+    app = Layer(blob, meta, f"pbuild py_binary {target.label}")
+    for platform in platforms:
+        layers[platform].append(app)
     return layers
-
-

@@ -26,7 +26,7 @@ def test_app_image_prints_18(tmp_path: Path, pbuild: Runner) -> None:
     assert built.code == 0, built
     out = ws / "pbuild-out/app/image"
     digest = (out / "digest").read_text().strip()
-    inspect = json.loads(subprocess.run(["skopeo", "inspect", f"oci:{out / 'oci'}"], capture_output=True,
+    inspect = json.loads(subprocess.run(["skopeo", "inspect", f"oci:{out / 'oci'}:pbuild.local/app:latest"], capture_output=True,
                                         text=True, check=True).stdout)
     assert inspect["Digest"] == digest and inspect["Created"] == "1970-01-01T00:00:00Z"
     bundle = tmp_path / "bundle"

@@ -92,7 +92,9 @@ def test_layer_and_image(workspace: WorkspaceFactory, pbuild: Runner) -> None:
     again = pbuild("build", "//srv:image", "//srv:child", cwd=ws)
     assert again.code == 0 and " executed" not in again.summary, again
     if shutil.which("skopeo"):
-        subprocess.run(["skopeo", "inspect", f"oci:{out / 'child/oci'}"], check=True, capture_output=True)
+        # By its tag: the layout's index.json also lists the image's SBOM artifact (untagged).
+        subprocess.run(["skopeo", "inspect", f"oci:{out / 'child/oci'}:srv/child:latest"], check=True,
+                       capture_output=True)
 
 
 @pytest.mark.parametrize(

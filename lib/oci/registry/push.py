@@ -3,7 +3,14 @@
 Every blob is first checked with ``HEAD`` and skipped when present; a blob this machine pushed
 to another repository of the same registry is cross-mounted instead of uploaded; the rest is
 uploaded monolithically (one ``PUT``) or, above ``chunk_size``, in ``PATCH`` chunks. The
-manifest goes last, so a tag never names an image whose blobs are incomplete. The layout is read
+manifest goes last, so a tag never names an image whose blobs are incomplete; an image index
+goes after every platform's manifest.
+
+Artifacts the layout lists (an SBOM's OCI 1.1 artifact manifest, whose ``subject`` is a platform's
+manifest) are pushed by digest after the image. A registry that answers the referrers API
+(``GET /v2/<name>/referrers/<digest>``) finds them by their subject itself; for one that does not
+(Debian's docker-registry), the OCI 1.1 fallback: an image index tagged ``sha256-<subject hex>``
+lists the subject's referrers, merged with the one already there. The layout is read
 through :mod:`pbuild.lib.oci.layout`, so every blob is held to its descriptor before it is sent.
 """
 
@@ -58,6 +65,8 @@ class PushReport:
     blobs_mounted: int = 0
     manifests_pushed: int = 1
     chunks_uploaded: int = 0  # PATCH requests of chunked uploads (blobs above chunk_size)
+    artifacts: tuple[str, ...] = ()  # artifact manifests pushed by digest (the SBOMs)
+    referrers_tags: tuple[str, ...] = ()  # ``sha256-<hex>`` tags written (no referrers API)
 
 
 class _MountHistory:
@@ -116,6 +125,11 @@ def push_layout(layout_dir: str, reference: str, *, plain_http: bool = False,
     pusher = _Pusher(client, ref, layout_dir, history, chunk_size)
     try:
         digest = pusher.push_manifest(top, tag=ref.tag or ref.digest or "latest")
+        artifacts = [e.blob for e in oci_layout.read_index(layout_dir, artifacts=True) if e.artifact_type]
+        for number, artifact in enumerate(artifacts, 1):
+            blob = oci_layout.Blob(layout_dir, artifact.descriptor, f"artifact {number}", "index.json")
+            pusher.push_artifact(blob)
+        pusher.push_referrers_tags()
     except LayoutError as exc:
         raise RegistryError(exc.message, hint=exc.hint) from None
     finally:
@@ -128,7 +142,13 @@ def push_layout(layout_dir: str, reference: str, *, plain_http: bool = False,
     return PushReport(reference=str(ref), digest=digest, bytes_uploaded=pusher.bytes_uploaded,
                       blobs_uploaded=pusher.blobs_uploaded, blobs_skipped=pusher.blobs_skipped,
                       blobs_mounted=pusher.blobs_mounted, manifests_pushed=pusher.manifests_pushed,
-                      chunks_uploaded=pusher.chunks_uploaded)
+                      chunks_uploaded=pusher.chunks_uploaded, artifacts=tuple(pusher.artifacts),
+                      referrers_tags=tuple(pusher.referrers_tags))
+
+
+def referrers_tag(subject: str) -> str:
+    """The tag of the referrers fallback for ``subject`` (``sha256:<hex>`` -> ``sha256-<hex>``)."""
+    return subject.replace(":", "-")
 
 
 class _Pusher:
@@ -145,6 +165,61 @@ class _Pusher:
         self.bytes_uploaded = self.blobs_uploaded = self.blobs_skipped = self.blobs_mounted = 0
         self.manifests_pushed = self.chunks_uploaded = 0
         self._done: set[str] = set()
+        self.artifacts: list[str] = []
+        self.referrers_tags: list[str] = []
+        self._referrers: dict[str, list[dict[str, object]]] = {}  # subject digest -> descriptors
+
+    def push_artifact(self, blob: oci_layout.Blob) -> None:
+        """Push an artifact manifest by digest and remember it as a referrer of its subject."""
+        body = oci_layout.read_blob(blob)
+        self.push_manifest(blob, tag=blob.digest)
+        self.artifacts.append(blob.digest)
+        doc = json.loads(body)
+        subject = doc.get("subject") if isinstance(doc, dict) else None
+        if not isinstance(subject, dict):
+            return
+        subject_desc = Descriptor.from_json(subject, f"the artifact {blob.digest}", error=RegistryError)
+        entry: dict[str, object] = {"mediaType": media_type_of(body, mediatypes.OCI_MANIFEST),
+                                    "digest": blob.digest, "size": blob.size}
+        artifact_type = doc.get("artifactType") or (doc.get("config") or {}).get("mediaType")
+        if isinstance(artifact_type, str):
+            entry["artifactType"] = artifact_type
+        if isinstance(doc.get("annotations"), dict):
+            entry["annotations"] = doc["annotations"]
+        self._referrers.setdefault(subject_desc.digest, []).append(entry)
+
+    def push_referrers_tags(self) -> None:
+        """For each subject: nothing if the registry has the referrers API, else the tag fallback."""
+        for subject, entries in sorted(self._referrers.items()):
+            api = self.client.request("GET", self.client.url(f"/v2/{self.ref.repository}/referrers/{subject}"),
+                                      scopes=(self.scope,), headers={"Accept": mediatypes.OCI_INDEX})
+            if api.status == 200:
+                continue  # the registry lists referrers by their subject itself
+            tag = referrers_tag(subject)
+            url = self.client.url(f"/v2/{self.ref.repository}/manifests/{tag}")
+            existing = self.client.request("GET", url, scopes=(self.scope,),
+                                           headers={"Accept": mediatypes.OCI_INDEX})
+            manifests: list[dict[str, object]] = []
+            if existing.status == 200:
+                try:
+                    old = json.loads(existing.body)
+                    manifests = [m for m in old.get("manifests", []) if isinstance(m, dict)]
+                except (ValueError, AttributeError):
+                    manifests = []  # not an index we can read: replaced by ours
+            elif existing.status != 404:
+                raise refused(self.ref, f"GET of the referrers tag {tag}", existing)
+            known = {m.get("digest") for m in manifests}
+            added = [e for e in entries if e["digest"] not in known]
+            if not added and existing.status == 200:
+                continue
+            body = determinism.canonical_json({"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX,
+                                               "manifests": manifests + added})
+            resp = self.client.request("PUT", url, scopes=(self.scope,),
+                                       headers={"Content-Type": mediatypes.OCI_INDEX}, body=body)
+            if resp.status not in (200, 201):
+                raise refused(self.ref, f"the referrers index {tag} for {self.ref}", resp)
+            self.manifests_pushed += 1
+            self.referrers_tags.append(tag)
 
     def push_manifest(self, blob: oci_layout.Blob, *, tag: str) -> str:
         body = oci_layout.read_blob(blob)  # held to its descriptor: size and digest
