@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from pathlib import Path
@@ -16,11 +17,13 @@ from tests.support.debfixtures import DebSpec, make_deb
 
 def _io(tmp_path: Path, deb: bytes) -> tuple[ActionIO, dict[str, object]]:
     (tmp_path / "in.deb").write_bytes(deb)
+    locked = {"name": "tool", "version": "1.0-1", "architecture": "amd64", "filename": "in.deb",
+              "sha256": hashlib.sha256(deb).hexdigest()}
     io = ActionIO({"in.deb": str(tmp_path / "in.deb")},
                   {"l.tar.gz": str(tmp_path / "l.tar.gz"), "l.json": str(tmp_path / "l.json")},
                   str(tmp_path), Label("third_party/debian", "t"), jobs=2)
     params = {"debs": ["in.deb"], "codename": "bookworm", "release": "12.1", "exclude": [], "compression": "gzip",
-              "level": 1, "epoch": 0, "blob": "l.tar.gz", "meta": "l.json"}
+              "level": 1, "epoch": 0, "blob": "l.tar.gz", "meta": "l.json", "packages": [locked]}
     return io, params
 
 
@@ -29,6 +32,7 @@ def test_layer_written_by_a_worker(tmp_path: Path) -> None:
     write_deb_layer(io, params)
     meta = json.loads((tmp_path / "l.json").read_text())
     assert meta["digest"].startswith("sha256:")
+    assert [(p["name"], p["sha256"]) for p in meta["contents"]["packages"]] == [("tool", params["packages"][0]["sha256"])]
     with tarfile.open(tmp_path / "l.tar.gz") as tar:
         assert "usr/bin/tool" in tar.getnames()
 
