@@ -92,8 +92,8 @@ def lock_python(workspace_root: str) -> None:
 def resolve(requirements_in: str, target: PythonTarget, *, requirements_path: str) -> Lock:
     """Resolve with pip for ``target`` and return the :class:`Lock` (nothing is written)."""
     with tempfile.TemporaryDirectory(prefix="pbuild-lock-") as tmp:
-        report = _pip_report(target, requirements_path, tmp)
-        return lock_from_report(report, target, inputs_digest(requirements_in))
+        return lock_from_report(_target_report(target, requirements_path, tmp), target,
+                                inputs_digest(requirements_in))
 
 
 def resolve_platforms(requirements_in: str, target: PythonTarget, platforms: Sequence[Platform], *,
@@ -102,13 +102,13 @@ def resolve_platforms(requirements_in: str, target: PythonTarget, platforms: Seq
     digest = inputs_digest(requirements_in)
     targets = [target.for_platform(platform, where=where) for platform in platforms]
     with tempfile.TemporaryDirectory(prefix="pbuild-lock-") as tmp:
-        first = lock_from_report(_pip_report(targets[0], requirements_path, tmp), targets[0], digest)
+        first = lock_from_report(_target_report(targets[0], requirements_path, tmp), targets[0], digest)
         constraints = os.path.join(tmp, "constraints.txt")
         with open(constraints, "w", encoding="utf-8") as handle:
             handle.write(constraints_text(first))
         locks = [first]
         for platform, other in zip(platforms[1:], targets[1:], strict=True):
-            report = _pip_report(other, requirements_path, tmp, constraints=constraints, platform=platform)
+            report = _target_report(other, requirements_path, tmp, constraints=constraints, platform=platform)
             locks.append(lock_from_report(report, other, digest))
     return merge_platform_locks(locks, platforms, target.describe_platforms(platforms), digest)
 
@@ -151,8 +151,23 @@ def merge_platform_locks(locks: Sequence[Lock], platforms: Sequence[Platform], t
                 platforms=tuple(str(p) for p in platforms))
 
 
+def _target_report(target: PythonTarget, requirements_path: str, tmp: str, *, constraints: str = "",
+                   platform: Platform | None = None) -> dict[str, Any]:
+    """pip's report for ``target``, re-resolved with the dependencies pip's host markers dropped
+    (:func:`missing_requirements`) added as requirements until none is missing."""
+    extra: list[str] = []
+    for _ in range(10):  # each round adds at least one requirement; real graphs settle in one or two
+        report = _pip_report(target, requirements_path, tmp, constraints=constraints, platform=platform, extra=extra)
+        missing = [r for r in missing_requirements(report, target) if r not in extra]
+        if not missing:
+            return report
+        extra += missing
+    raise PythonLockError(f"the dependencies for {target.describe()} did not settle: {', '.join(extra)}",
+                          location=Location(requirements_path))
+
+
 def _pip_report(target: PythonTarget, requirements_path: str, tmp: str, *, constraints: str = "",
-                platform: Platform | None = None) -> dict[str, Any]:
+                platform: Platform | None = None, extra: Sequence[str] = ()) -> dict[str, Any]:
     """pip's installation report of resolving ``requirements_path`` for ``target`` (downloads only metadata)."""
     report_path = os.path.join(tmp, f"report-{target.platform}.json")
     argv = [
@@ -161,7 +176,7 @@ def _pip_report(target: PythonTarget, requirements_path: str, tmp: str, *, const
         *(["--quiet"] if not constraints else []),
         "--no-input", "--progress-bar", "off", "--report", report_path,
         "--target", os.path.join(tmp, "target"), *target.pip_args(), "-r", requirements_path,
-        *(["-c", constraints] if constraints else []),
+        *(["-c", constraints] if constraints else []), *extra,
     ]
     result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp, check=False)
     if result.returncode != 0:
@@ -206,8 +221,21 @@ def wheel_versions(name: str, version: str, target: PythonTarget, tmp: str) -> l
     return [v.strip() for v in match.group(1).split(",") if v.strip() and v.strip() != "none"]
 
 
-def lock_from_report(report: Mapping[str, Any], target: PythonTarget, inputs_sha256: str) -> Lock:
-    """Turn pip's installation report into a :class:`Lock` with each project's direct deps."""
+def missing_requirements(report: Mapping[str, Any], target: PythonTarget) -> list[str]:
+    """Requirements that apply on ``target`` but that pip left out of ``report``, without their markers.
+
+    pip evaluates environment markers for the machine it runs on even with ``--platform``, so a
+    dependency marked ``platform_machine == "aarch64"`` is dropped when an x86_64 host locks for arm64.
+    """
+    missing: set[str] = set()
+    _edges(report, target, missing)
+    return sorted(missing)
+
+
+def _edges(report: Mapping[str, Any], target: PythonTarget,
+           missing: set[str] | None = None) -> tuple[dict[str, Any], dict[str, set[str]]]:
+    """The report's projects and each one's direct deps on ``target``; requirements that apply there
+    but name no project of the report are added to ``missing`` (marker dropped)."""
     items = {normalize_name(item["metadata"]["name"]): item for item in report.get("install", [])}
     extras = {name: {normalize_name(e) for e in item.get("requested_extras") or ()} for name, item in items.items()}
     environment = target.marker_environment()
@@ -220,12 +248,21 @@ def lock_from_report(report: Mapping[str, Any], target: PythonTarget, inputs_sha
             for requirement in _applicable(item["metadata"].get("requires_dist") or (), extras[name], environment):
                 dep = normalize_name(requirement.name)
                 if dep not in items:
-                    continue  # satisfied elsewhere or excluded by pip (should not happen with --dry-run)
+                    if missing is not None:
+                        requirement.marker = None
+                        missing.add(str(requirement))
+                    continue
                 edges[name].add(dep)
                 wanted = {normalize_name(e) for e in requirement.extras}
                 if not wanted <= extras[dep]:
                     extras[dep] |= wanted
                     changed = True
+    return items, edges
+
+
+def lock_from_report(report: Mapping[str, Any], target: PythonTarget, inputs_sha256: str) -> Lock:
+    """Turn pip's installation report into a :class:`Lock` with each project's direct deps."""
+    items, edges = _edges(report, target)
     projects = []
     for name, item in items.items():
         url = item["download_info"]["url"]
