@@ -108,7 +108,8 @@ def resolve_platforms(requirements_in: str, target: PythonTarget, platforms: Seq
             handle.write(constraints_text(first))
         locks = [first]
         for platform, other in zip(platforms[1:], targets[1:], strict=True):
-            report = _target_report(other, requirements_path, tmp, constraints=constraints, platform=platform)
+            report = _target_report(other, requirements_path, tmp, constraints=constraints, platform=platform,
+                                    pins={project.name: project.version for project in first.projects})
             locks.append(lock_from_report(report, other, digest))
     return merge_platform_locks(locks, platforms, target.describe_platforms(platforms), digest)
 
@@ -152,12 +153,13 @@ def merge_platform_locks(locks: Sequence[Lock], platforms: Sequence[Platform], t
 
 
 def _target_report(target: PythonTarget, requirements_path: str, tmp: str, *, constraints: str = "",
-                   platform: Platform | None = None) -> dict[str, Any]:
+                   platform: Platform | None = None, pins: Mapping[str, str] | None = None) -> dict[str, Any]:
     """pip's report for ``target``, re-resolved with the dependencies pip's host markers dropped
     (:func:`missing_requirements`) added as requirements until none is missing."""
     extra: list[str] = []
     for _ in range(10):  # each round adds at least one requirement; real graphs settle in one or two
-        report = _pip_report(target, requirements_path, tmp, constraints=constraints, platform=platform, extra=extra)
+        report = _pip_report(target, requirements_path, tmp, constraints=constraints, platform=platform, extra=extra,
+                             pins=pins or {})
         missing = [r for r in missing_requirements(report, target) if r not in extra]
         if not missing:
             return report
@@ -167,7 +169,8 @@ def _target_report(target: PythonTarget, requirements_path: str, tmp: str, *, co
 
 
 def _pip_report(target: PythonTarget, requirements_path: str, tmp: str, *, constraints: str = "",
-                platform: Platform | None = None, extra: Sequence[str] = ()) -> dict[str, Any]:
+                platform: Platform | None = None, extra: Sequence[str] = (),
+                pins: Mapping[str, str] | None = None) -> dict[str, Any]:
     """pip's installation report of resolving ``requirements_path`` for ``target`` (downloads only metadata)."""
     report_path = os.path.join(tmp, f"report-{target.platform}.json")
     argv = [
@@ -182,7 +185,7 @@ def _pip_report(target: PythonTarget, requirements_path: str, tmp: str, *, const
     if result.returncode != 0:
         output = result.stderr + result.stdout
         if constraints and platform is not None:
-            raise _constraint_error(output, target, platform, requirements_path, tmp)
+            raise _constraint_error(output, target, platform, requirements_path, tmp, pins or {})
         raise _resolution_error(output, target, requirements_path)
     with open(report_path, encoding="utf-8") as handle:
         report: dict[str, Any] = json.load(handle)
@@ -190,10 +193,21 @@ def _pip_report(target: PythonTarget, requirements_path: str, tmp: str, *, const
 
 
 def _constraint_error(output: str, target: PythonTarget, platform: Platform, requirements_path: str,
-                      tmp: str) -> PythonLockError:
+                      tmp: str, pins: Mapping[str, str]) -> PythonLockError:
     """Why a platform could not use the first platform's versions: a :class:`NoWheelError` for the
-    pinned project that has no wheel there at that version, else pip's own words."""
-    for name, version in _CONSTRAINT_RE.findall(output):
+    pinned project that has no wheel there at that version, else pip's own words.
+
+    pip names it as an unmet constraint (``(constraint) name==1.0``) or, when requirements.in pins
+    the version itself, as ``No matching distribution found for name==1.0``."""
+    candidates = list(_CONSTRAINT_RE.findall(output))
+    for spec in _NO_MATCH_RE.findall(output):
+        try:
+            name = normalize_name(Requirement(spec).name)
+        except InvalidRequirement:
+            continue
+        if name in pins:
+            candidates.append((name, pins[name]))
+    for name, version in candidates:
         versions = wheel_versions(name, version, target, tmp)
         if versions is None:
             continue
