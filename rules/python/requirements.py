@@ -153,7 +153,7 @@ def _check_lock_target(ctx: RuleContext, target: PythonTarget) -> tuple[tuple[Pl
     primary = primary or (wanted[0] if wanted else "linux/amd64")
     locked = ctx.attr.lock_target
     if locked and locked != expected:
-        if described_platforms(locked) != wanted:
+        if platforms is not None and described_platforms(locked) != wanted:
             ctx.fail(f"the lock covers {' '.join(described_platforms(locked)) or locked} but WORKSPACE.toml "
                      f"[platforms] locks {' '.join(wanted) or 'is not set'}", attr="lock_target", hint=RELOCK_HINT)
         ctx.fail(f"the lock was made for {locked} but WORKSPACE.toml [python] targets {expected}",
