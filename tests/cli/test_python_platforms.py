@@ -22,9 +22,10 @@ def index(tmp_path: Path) -> Path:
     folder = tmp_path / "index"
     folder.mkdir()
     for tag, machine in ((X86_TAG, "x86_64"), (ARM_TAG, "aarch64")):
-        make_wheel(str(folder), "native", "1.0", tag=tag, requires=["helper"],
+        make_wheel(str(folder), "native", "1.0", tag=tag, requires=["helper", "armextra; platform_machine == 'aarch64'"],
                    files={"native/__init__.py": f"MACHINE = {machine!r}\n"})
     make_wheel(str(folder), "helper", "1.0")
+    make_wheel(str(folder), "armextra", "0.5", tag=ARM_TAG)
     return folder
 
 
@@ -52,15 +53,19 @@ def test_lock_build_and_run_for_two_platforms(tmp_path: Path, pbuild: Runner, in
     env = _env(index)
     locked = pbuild("lock", "--python", cwd=ws, env=env)
     assert locked.code == 0, str(locked)
-    assert "locked 2 projects for linux/amd64" in locked.err and "locked 2 projects for linux/arm64" in locked.err
+    assert "locked 2 projects for linux/amd64" in locked.err and "locked 3 projects for linux/arm64" in locked.err
     text = (ws / LOCK).read_text()
     assert "# pbuild-lock-version: 2" in text
     assert f"# wheel linux/arm64: native-1.0-{ARM_TAG}.whl" in text and "# wheel: helper-1.0-py3-none-any.whl" in text
-    built = pbuild("build", "//third_party/python:native", "//third_party/python:helper", cwd=ws, env=env)
+    assert f"# wheel linux/arm64: armextra-0.5-{ARM_TAG}.whl" in text
+    built = pbuild("build", "//third_party/python:native", "//third_party/python:helper",
+                   "//third_party/python:armextra", cwd=ws, env=env)
     assert built.code == 0, str(built)
     wheels = sorted(os.listdir(ws / "pbuild-out/third_party/python/wheels"))
-    assert wheels == sorted(["helper-1.0-py3-none-any.whl", f"native-1.0-{X86_TAG}.whl", f"native-1.0-{ARM_TAG}.whl"])
-    assert not (ws / "pbuild-out/third_party/python/site/native").joinpath("linux-arm64").exists()
+    assert wheels == sorted(["helper-1.0-py3-none-any.whl", f"native-1.0-{X86_TAG}.whl", f"native-1.0-{ARM_TAG}.whl",
+                             f"armextra-0.5-{ARM_TAG}.whl"])
+    # The arm64-only project is fetched (for arm64 images) but installed for no x86_64 program.
+    assert sorted(os.listdir(ws / "pbuild-out/third_party/python/site")) == ["helper", "native"]
     # Only the primary platform's wheel is installed: the host's, x86_64 here.
     ran = pbuild("run", "//bin:show", cwd=ws, env=env)
     assert ran.code == 0, str(ran)
