@@ -7,17 +7,21 @@ without the table targets CPython 3.11 on manylinux_2_28 x86_64.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pbuild.engine.errors import Location, WorkspaceError
+from pbuild.lib.platforms import ARCHITECTURES, Platform, PlatformError, read_platforms
 
 _KEYS = ("version", "implementation", "abi", "platform", "interpreter")
 # Sub-tables of [python] that are not part of the target: [python.tools.<tool>] (see tools.py).
 _TABLES = ("tools",)
 _VERSION_RE = re.compile(r"^3\.\d{1,2}$")
 _MANYLINUX_RE = re.compile(r"^manylinux_2_(\d+)_(\w+)$")
+# A manylinux tag's family (``manylinux_2_28``, ``manylinux2014``) and machine (``x86_64``).
+_FAMILY_RE = re.compile(r"^(manylinux_2_\d+|manylinux2014)_(\w+)$")
+_FOR_PLATFORMS = " for "
 _LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
 _OTHER_SYSTEMS = {"macosx": ("Darwin", "darwin"), "win": ("Windows", "win32")}
 _IMPLEMENTATIONS = {"cp": ("cpython", "CPython"), "pp": ("pypy", "PyPy")}
@@ -127,6 +131,49 @@ class PythonTarget:
         """One line for lock headers and error messages."""
         return f"{self.interpreter_tag} abi {self.abi} on {self.platform}"
 
+    def for_platform(self, platform: Platform, *, where: str = "WORKSPACE.toml") -> PythonTarget:
+        """The same interpreter with the wheel platform tag of ``platform``'s machine
+        (``manylinux_2_28_x86_64`` -> ``manylinux_2_28_aarch64`` for ``linux/arm64``).
+
+        Only manylinux tags name a family that exists for every machine pbuild builds; any other tag
+        is kept when its machine already is ``platform``'s and refused otherwise.
+        """
+        if self.machine == platform.machine:
+            return self
+        match = _FAMILY_RE.match(self.platform)
+        if not match:
+            raise WorkspaceError(
+                f"[python] platform {self.platform!r} is not a manylinux tag, so pbuild cannot tell its "
+                f"counterpart for {platform} ([platforms] locks)",
+                location=Location(where),
+                hint='use a manylinux tag such as "manylinux_2_28_x86_64", or lock only '
+                     f"for {self.machine} in [platforms] locks",
+            )
+        return replace(self, platform=f"{match.group(1)}_{platform.machine}")
+
+    def describe_platforms(self, platforms: Sequence[Platform]) -> str:
+        """The lock header's target for ``platforms``: one platform reads as :meth:`describe` of
+        :meth:`for_platform`; several as ``cp311 abi cp311 on manylinux_2_28 for linux/amd64 linux/arm64``."""
+        if len(platforms) == 1:
+            return self.for_platform(platforms[0]).describe()
+        match = _FAMILY_RE.match(self.for_platform(platforms[0]).platform)
+        family = match.group(1) if match else self.platform
+        return (f"{self.interpreter_tag} abi {self.abi} on {family}{_FOR_PLATFORMS}"
+                + " ".join(str(p) for p in platforms))
+
+
+def described_platforms(description: str) -> tuple[str, ...]:
+    """The platforms (OCI spelling) a lock header's target covers: those after `` for ``, or the one
+    whose machine ends a single-platform target (``...manylinux_2_28_x86_64`` -> ``linux/amd64``);
+    () when the tag names no machine pbuild knows."""
+    if _FOR_PLATFORMS in description:
+        return tuple(description.split(_FOR_PLATFORMS, 1)[1].split())
+    tag = description.rsplit(" ", 1)[-1]
+    for arch, (_, machine) in ARCHITECTURES.items():
+        if tag.endswith("_" + machine) and "linux" in tag:
+            return (f"linux/{arch}",)
+    return ()
+
 
 def read_python_target(workspace_config: Mapping[str, Any], *, where: str = "WORKSPACE.toml") -> PythonTarget:
     """The :class:`PythonTarget` of a parsed ``WORKSPACE.toml``."""
@@ -134,3 +181,21 @@ def read_python_target(workspace_config: Mapping[str, Any], *, where: str = "WOR
     if not isinstance(table, Mapping):
         raise WorkspaceError("[python] must be a table", location=Location(where))
     return PythonTarget.from_config(table, where=where)
+
+
+def lock_platforms(workspace_config: Mapping[str, Any]) -> tuple[Platform, ...] | None:
+    """``[platforms] locks`` of a parsed ``WORKSPACE.toml``, or None when it has no (or an empty)
+    ``[platforms]`` table: such a workspace locks for ``[python] platform`` alone, as before the table
+    existed. Raises :class:`~pbuild.lib.platforms.PlatformError` for a malformed table."""
+    if not workspace_config.get("platforms"):
+        return None
+    return read_platforms(workspace_config).locks
+
+
+def read_lock_platforms(workspace_config: Mapping[str, Any], *,
+                        where: str = "WORKSPACE.toml") -> tuple[Platform, ...] | None:
+    """:func:`lock_platforms`, a malformed table reported as a :class:`WorkspaceError` at ``where``."""
+    try:
+        return lock_platforms(workspace_config)
+    except PlatformError as exc:
+        raise WorkspaceError(exc.message, location=Location(where), hint=exc.hint) from None

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from pbuild.engine.api import (
     DefaultInfo,
+    File,
     GeneratedTarget,
     GeneratorContext,
     Provider,
@@ -19,10 +20,12 @@ from pbuild.engine.api import (
     rule,
     target_generator,
 )
-from pbuild.rules.python.config import PythonTarget
+from pbuild.engine.errors import WorkspaceError
+from pbuild.lib.platforms import Platform, PlatformError, read_platforms
+from pbuild.rules.python.config import PythonTarget, described_platforms, lock_platforms
 from pbuild.rules.python.library import toolchain_python
-from pbuild.rules.python.lockfile import LockedProject, PythonLockError, inputs_digest, parse_lock
-from pbuild.rules.python.providers import PyInfo, Wheel
+from pbuild.rules.python.lockfile import Lock, LockedProject, PythonLockError, inputs_digest, parse_lock
+from pbuild.rules.python.providers import PyInfo, Wheel, WheelBuild
 from pbuild.rules.python.wheels import FETCH_VERSION, INSTALL_VERSION, fetch_wheel, install_wheel
 
 RELOCK_HINT = "run ./pbuild lock --python"
@@ -68,10 +71,24 @@ def py_requirements(ctx: GeneratorContext) -> Sequence[GeneratedTarget]:
                 "sha256": project.sha256,
                 "lock_target": lock.target,
                 "deps": [f":{dep}" for dep in project.requires],
+                # Only a lock for several platforms adds the attribute, so a single-platform
+                # workspace's generated targets are what they were.
+                **({"wheels": platform_wheels(lock, project)} if lock.platforms else {}),
             },
         )
         for project in lock.projects
     ]
+
+
+def platform_wheels(lock: Lock, project: LockedProject) -> list[str]:
+    """``"<platform> <filename> <sha256>"`` for each lock platform the project has a wheel for, in the
+    lock's platform order (a pure wheel repeats its one file)."""
+    found = []
+    for platform in lock.platforms:
+        wheel = project.wheel_for(platform)
+        if wheel is not None:
+            found.append(f"{platform} {wheel.filename} {wheel.sha256}")
+    return found
 
 
 @rule(
@@ -82,6 +99,8 @@ def py_requirements(ctx: GeneratorContext) -> Sequence[GeneratedTarget]:
         "filename": attr.string("File name of the locked wheel.", required=True),
         "sha256": attr.string("sha256 of the locked wheel.", required=True),
         "lock_target": attr.string("The target the lock was resolved for (from its header).", default=""),
+        "wheels": attr.string_list("The wheel on each platform of a lock for several platforms, as "
+                                   "`<platform> <filename> <sha256>` (empty: `filename` on the only platform)."),
         "deps": attr.label_list("The project's locked dependencies.", providers=[PyInfo]),
     },
     toolchain="python",
@@ -91,19 +110,75 @@ def py_requirements(ctx: GeneratorContext) -> Sequence[GeneratedTarget]:
 )
 def py_wheel(ctx: RuleContext) -> Sequence[Provider]:
     target = PythonTarget.from_config(ctx.config("python"))
-    if ctx.attr.lock_target and ctx.attr.lock_target != target.describe():
-        ctx.fail(f"the lock was made for {ctx.attr.lock_target} but WORKSPACE.toml [python] targets "
-                 f"{target.describe()}", hint=RELOCK_HINT)
-    own = declare_locked_wheel(ctx, LockedProject(name=ctx.attr.project, version=ctx.attr.version,
-                                                  filename=ctx.attr.filename, sha256=ctx.attr.sha256), target)
-    wheel_file, site = own.file, own.site
-    wheels = {own}
+    platforms, primary = _check_lock_target(ctx, target)
+    builds = _builds(ctx, platforms)
+    # One fetch per distinct file, with the options of the first platform that uses it (a pure
+    # wheel: the first lock platform, so its action is the one a single-platform lock declares).
+    files: dict[str, File] = {}
+    for platform, filename, sha256 in builds:
+        if filename not in files:
+            files[filename] = _declare_fetch(ctx, ctx.attr.project, ctx.attr.version, filename, sha256,
+                                             _platform_target(target, platform, platforms))
+    wheel_builds = tuple(WheelBuild(platform, filename, sha256, files[filename])
+                         for platform, filename, sha256 in builds)
+    own_build = next((build for build in wheel_builds if build.platform == primary), None)
+    wheels: set[Wheel] = set()
+    runfiles: tuple[File, ...] = ()
+    if own_build is not None:
+        site = _declare_install(ctx, ctx.attr.project, ctx.attr.version, own_build.file,
+                                _platform_target(target, primary, platforms))
+        wheels.add(Wheel(name=ctx.attr.project, version=ctx.attr.version, filename=own_build.filename,
+                         sha256=own_build.sha256, file=own_build.file, site=site, builds=wheel_builds))
+        runfiles = (site,)
+    # else: a project only other platforms need (an environment marker); it is fetched but neither
+    # installed nor given to the primary platform's binaries.
     for dep in ctx.attr.deps:
         wheels.update(dep[PyInfo].wheels)
     return [
         PyInfo(sources=(), wheels=tuple(sorted(wheels))),
-        DefaultInfo(files=(wheel_file,), runfiles=(site,) if site is not None else ()),
+        DefaultInfo(files=tuple(files.values()), runfiles=runfiles),
     ]
+
+
+def _check_lock_target(ctx: RuleContext, target: PythonTarget) -> tuple[tuple[Platform, ...] | None, str]:
+    """The workspace's lock platforms (None without a ``[platforms]`` table) and the primary one; fails
+    when the lock was made for another interpreter or other platforms than WORKSPACE.toml asks for."""
+    try:
+        platforms = lock_platforms({"platforms": ctx.config("platforms")})
+        expected = target.describe() if platforms is None else target.describe_platforms(platforms)
+        primary = str(read_platforms({"platforms": ctx.config("platforms")}).primary) if platforms else ""
+    except (PlatformError, WorkspaceError) as exc:
+        ctx.fail(f"WORKSPACE.toml: {exc.message}", hint=exc.hint)
+    wanted = tuple(str(p) for p in platforms) if platforms else described_platforms(target.describe())
+    primary = primary or (wanted[0] if wanted else "linux/amd64")
+    locked = ctx.attr.lock_target
+    if locked and locked != expected:
+        if platforms is not None and described_platforms(locked) != wanted:
+            ctx.fail(f"the lock covers {' '.join(described_platforms(locked)) or locked} but WORKSPACE.toml "
+                     f"[platforms] locks {' '.join(wanted) or 'is not set'}", attr="lock_target", hint=RELOCK_HINT)
+        ctx.fail(f"the lock was made for {locked} but WORKSPACE.toml [python] targets {expected}",
+                 hint=RELOCK_HINT)
+    return platforms, primary
+
+
+def _builds(ctx: RuleContext, platforms: tuple[Platform, ...] | None) -> list[tuple[str, str, str]]:
+    """(platform, filename, sha256) of each lock platform the project has a wheel for."""
+    if not ctx.attr.wheels:
+        only = str(platforms[0]) if platforms else (described_platforms(ctx.attr.lock_target) or ("linux/amd64",))[0]
+        return [(only, ctx.attr.filename, ctx.attr.sha256)]
+    builds = []
+    for entry in ctx.attr.wheels:
+        parts = entry.split()
+        if len(parts) != 3:
+            ctx.fail(f"bad wheels entry {entry!r} (expected '<platform> <filename> <sha256>')", attr="wheels",
+                     hint=RELOCK_HINT)
+        builds.append((parts[0], parts[1], parts[2]))
+    return builds
+
+
+def _platform_target(target: PythonTarget, platform: str, platforms: tuple[Platform, ...] | None) -> PythonTarget:
+    """The [python] target for ``platform``; without a ``[platforms]`` table, [python] as it is."""
+    return target if platforms is None else target.for_platform(Platform.parse(platform))
 
 
 def declare_locked_wheel(ctx: RuleContext, project: LockedProject, target: PythonTarget, *,
@@ -114,11 +189,20 @@ def declare_locked_wheel(ctx: RuleContext, project: LockedProject, target: Pytho
     package; ``relock`` is the command that re-locks a tool lock (messages only; '' for
     requirements.lock, whose action keys stay as they were).
     """
-    name = project.name
-    wheel_file = ctx.declare_file(f"{folder}wheels/{project.filename}")
+    wheel_file = _declare_fetch(ctx, project.name, project.version, project.filename, project.sha256, target,
+                                folder=folder, relock=relock)
+    site = _declare_install(ctx, project.name, project.version, wheel_file, target, folder=folder)
+    return Wheel(name=project.name, version=project.version, filename=project.filename, sha256=project.sha256,
+                 file=wheel_file, site=site)
+
+
+def _declare_fetch(ctx: RuleContext, name: str, version: str, filename: str, sha256: str, target: PythonTarget,
+                   *, folder: str = "", relock: str = "") -> File:
+    """Declare the action that fetches ``<folder>wheels/<filename>`` for ``target`` and checks its sha256."""
+    wheel_file = ctx.declare_file(f"{folder}wheels/{filename}")
     params = {
-        "name": name, "version": project.version, "filename": project.filename,
-        "sha256": project.sha256, "pip_args": target.pip_args(), "platform": target.platform,
+        "name": name, "version": version, "filename": filename,
+        "sha256": sha256, "pip_args": target.pip_args(), "platform": target.platform,
         "output": wheel_file.path,
     }
     if relock:
@@ -131,8 +215,14 @@ def declare_locked_wheel(ctx: RuleContext, project: LockedProject, target: Pytho
         outputs=(wheel_file,),
         mnemonic="PyFetch",
         network=True,
-        progress=f"fetching {project.filename}",
+        progress=f"fetching {filename}",
     )
+    return wheel_file
+
+
+def _declare_install(ctx: RuleContext, name: str, version: str, wheel_file: File, target: PythonTarget, *,
+                     folder: str = "") -> File:
+    """Declare the action that installs ``wheel_file`` into ``<folder>site/<name>`` (compiled)."""
     site = ctx.declare_directory(f"{folder}site/{name}")
     ctx.actions.call(
         install_wheel,
@@ -142,9 +232,7 @@ def declare_locked_wheel(ctx: RuleContext, project: LockedProject, target: Pytho
         inputs=(wheel_file,),
         outputs=(site,),
         mnemonic="PyInstall",
-        progress=f"installing {name} {project.version}",
+        progress=f"installing {name} {version}",
         toolchain=ctx.toolchain,
     )
-    return Wheel(name=name, version=project.version, filename=project.filename, sha256=project.sha256,
-                 file=wheel_file, site=site)
-
+    return site
