@@ -127,11 +127,17 @@ def test_pbuild_sbom_lists_the_closure_and_the_program(built: tuple[Path, Runner
         {"algorithm": "SHA1", "checksumValue": hashlib.sha1(program).hexdigest()},
         {"algorithm": "SHA256", "checksumValue": hashlib.sha256(program).hexdigest()}]
     assert not any(name.endswith(".pyc") for name in files)
-    # The Debian packages come from the deb layer's contents (written by rules/debian), when it has them.
-    debian = json.loads((ws / "pbuild-out/third_party/debian/python3/layer.json").read_text()).get("contents")
-    if debian:
-        listed = {(p["name"], p["versionInfo"]) for p in document["packages"]}
-        assert {(p["name"], p["version"]) for p in debian["packages"]} <= listed
+    # Every package of the Debian lock's python3 closure, with the .deb's sha256 the lock pins.
+    lock = json.loads((ws / "third_party/debian/debian.lock.json").read_text())["targets"]["python3"]
+    debs = {p["name"]: p for p in document["packages"]
+            if p["externalRefs"][0]["referenceLocator"].startswith("pkg:deb/")}
+    assert set(debs) == {p["name"] for p in lock["packages"]}
+    for pinned in lock["packages"]:
+        package = debs[pinned["name"]]
+        assert package["versionInfo"] == pinned["version"], pinned["name"]
+        assert package["checksums"] == [{"algorithm": "SHA256", "checksumValue": pinned["sha256"]}], pinned["name"]
+    # Machine-readable copyright files give licences (zlib1g's is DEP-5: Zlib).
+    assert debs["zlib1g"]["licenseDeclared"] == "Zlib"
     again = pbuild("sbom", "//app:image", "-q", cwd=ws, timeout=600)
     assert again.code == 0 and again.out == result.out
 
