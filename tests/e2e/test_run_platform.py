@@ -151,7 +151,7 @@ def test_an_arm64_only_image_runs_without_platform(env: dict[str, str], images: 
     refused = launch(env, "run", "--rm", "--platform", "linux/amd64", f"docker-archive:{archive}", "uname", "-m")
     assert refused.returncode == 125, refused
     assert f"docker-archive:{archive} is a linux/arm64 image, not linux/amd64" in refused.stderr
-    assert "use --platform linux/arm64, or leave --platform out" in refused.stderr
+    assert "use --platform linux/arm64 or leave --platform out" in refused.stderr
 
 
 def test_an_index_without_the_platform_lists_the_ones_it_has(env: dict[str, str], images: Path, tmp_path: Path,
@@ -187,6 +187,16 @@ def test_the_messages_when_this_machine_cannot_emulate(env: dict[str, str], imag
     for line in ("apt-get install qemu-user-static", f"mount -t binfmt_misc binfmt_misc {BINFMT}",
                  f"> {BINFMT}/register"):
         assert line in unmounted.stderr, unmounted.stderr
+    # exec into a running emulated container checks again
+    run_ok(env, "run", "-d", "--name", "emulated-gone", "--platform", "linux/arm64", f"oci:{images / 'multi'}",
+           "sleep", "60")
+    try:
+        gone = _in_private_binfmt(env, f"umount {BINFMT}", "exec", "emulated-gone", "uname", "-m")
+        assert gone.returncode == 125 and gone.stdout == "", gone
+        assert "container emulated-gone holds linux/arm64 programs: this machine" in gone.stderr, gone.stderr
+        assert run_ok(env, "exec", "emulated-gone", "uname", "-m") == "aarch64\n"
+    finally:
+        launch(env, "rm", "-f", "emulated-gone")
     real = Path(BINFMT, "qemu-aarch64").read_text() if Path(BINFMT, "qemu-aarch64").exists() else None
     if real is None:
         pytest.skip("the handler is not named qemu-aarch64 here")

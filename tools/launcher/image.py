@@ -91,7 +91,8 @@ def _check_platform(image: Image, platform: str | None) -> Image:
     if own is not None and platform is not None and own != platform:
         raise LauncherError(
             f"{image.reference} is a {own} image, not {platform}",
-            hint=f"use --platform {own}, or leave --platform out",
+            hint=f"use --platform {own} or leave --platform out; an image target built for {platform} too "
+                 "holds both (docs/platforms.md)",
         )
     if own is None or own == host:
         return image
