@@ -17,19 +17,14 @@ Both default to ``["linux/amd64"]``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pbuild.lib.architectures import ARCHITECTURES as ARCHITECTURES  # re-exported: the table lives there
+from pbuild.lib.architectures import host_architecture
 from pbuild.lib.errors import UserError
 
-#: OCI architecture -> (Debian architecture, the machine name wheels and ``uname -m`` use).
-ARCHITECTURES: dict[str, tuple[str, str]] = {
-    "amd64": ("amd64", "x86_64"),
-    "arm64": ("arm64", "aarch64"),
-}
-_MACHINES = {machine: arch for arch, (_, machine) in ARCHITECTURES.items()}
 _KEYS = ("locks", "images")
 DEFAULT = ("linux/amd64",)
 
@@ -77,8 +72,7 @@ class Platform:
 
 def host_platform() -> Platform:
     """The platform of this machine; an unknown machine keeps its ``uname -m`` name."""
-    machine = os.uname().machine
-    return Platform("linux", _MACHINES.get(machine, machine))
+    return Platform("linux", host_architecture())
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,10 @@ def busybox_layer() -> bytes:
     return tar_layer(entries)
 
 
-def write_oci(layout: Path, layers: Sequence[bytes], config: dict[str, Any], compress: bool = True) -> Path:
-    """Write an OCI image layout with ``layers`` (uncompressed tars, bottom first)."""
+def write_oci(layout: Path, layers: Sequence[bytes], config: dict[str, Any], compress: bool = True,
+              architecture: str = "amd64") -> Path:
+    """Write an OCI image layout with ``layers`` (uncompressed tars, bottom first); its config
+    names ``architecture``."""
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
 
@@ -105,7 +107,7 @@ def write_oci(layout: Path, layers: Sequence[bytes], config: dict[str, Any], com
         media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compress else "")
         descriptors.append({"mediaType": media, "digest": digest, "size": size})
     image_config = {
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},

@@ -44,6 +44,9 @@ class Image(NamedTuple):
     """The manifest digest (OCI) or the config digest (docker-archive): the image's identity."""
     config: dict[str, Any]
     layers: tuple[Layer, ...]
+    emulated: str | None = None
+    """The platform when it is another architecture than this machine's (its programs run under
+    qemu through binfmt_misc), else None."""
 
     @property
     def run_config(self) -> dict[str, Any]:
@@ -60,13 +63,69 @@ def load_image(reference: str, platform: str | None = None) -> Image:
             hint="use oci:PATH (an OCI layout directory) or docker-archive:PATH (a tar file)",
         )
     if kind == "oci":
-        return _load_oci(reference, rest, platform)
+        return _check_platform(_load_oci(reference, rest, platform), platform)
     if kind == "docker-archive":
-        return _load_docker_archive(reference, rest)
+        return _check_platform(_load_docker_archive(reference, rest), platform)
     raise LauncherError(
         f"unknown image transport {kind!r} in {reference!r}",
         hint="use oci:PATH or docker-archive:PATH; a label such as //app:image is run through `pbuild run`",
     )
+
+
+def image_platform(config: dict[str, Any]) -> str | None:
+    """The ``os/architecture`` an image config names (``linux/arm64``), or None when it names none."""
+    arch = config.get("architecture")
+    if not isinstance(arch, str) or not arch:
+        return None
+    os_name = config.get("os")
+    return f"{os_name if isinstance(os_name, str) and os_name else 'linux'}/{arch}"
+
+
+def _check_platform(image: Image, platform: str | None) -> Image:
+    """The image's own platform against the one asked for (``--platform``, already checked to be
+    runnable) or, without one, this machine's: another architecture runs only under emulation,
+    and :mod:`.binfmt` says whether it can. A platform pbuild does not know is left to the kernel
+    (an i386 image runs on amd64)."""
+    own = image_platform(image.config)
+    host = host_platform()
+    if own is not None and platform is not None and own != platform:
+        raise LauncherError(
+            f"{image.reference} is a {own} image, not {platform}",
+            hint=f"use --platform {own} or leave --platform out; an image target built for {platform} too "
+                 "holds both (docs/platforms.md)",
+        )
+    if own is None or own == host:
+        return image
+    from pbuild.lib.platforms import Platform, PlatformError
+
+    try:
+        foreign = Platform.parse(own)
+    except PlatformError:
+        return image
+    if str(foreign) == host:
+        return image
+    if platform is None:
+        from pbuild.tools.launcher import binfmt
+
+        binfmt.require(foreign, what=f"{image.reference} is a {own} image: ")
+    return image._replace(emulated=str(foreign))
+
+
+def _index_platforms(layout: str, ref_name: str | None) -> list[str] | None:
+    """The platforms of the image index a layout's image is, or None if it is no (readable) index."""
+    try:
+        top = oci_layout.pick_image(layout, ref_name)
+        if top.what != "image index":
+            return None
+        entries = oci_layout.read_document(top).get("manifests") or []
+    except UserError:
+        return None
+    found = []
+    for entry in entries:
+        platform = entry.get("platform") if isinstance(entry, dict) else None
+        if isinstance(platform, dict) and platform.get("architecture"):
+            found.append(f"{platform.get('os') or 'linux'}/{platform['architecture']}")
+    return found
 
 
 def _load_oci(reference: str, rest: str, platform: str | None) -> Image:
@@ -78,6 +137,14 @@ def _load_oci(reference: str, rest: str, platform: str | None) -> Image:
     except AmbiguousLayout as e:
         raise LauncherError(e.message, hint=f"pick one with oci:{layout}:NAME ({e.names})") from None
     except UserError as e:  # the shared reader's message, with the launcher's exit code
+        wanted = platform or host_platform()
+        platforms = _index_platforms(layout, ref_name)
+        if platforms is not None and wanted not in platforms:
+            raise LauncherError(
+                f"{reference} has no image for {wanted}: its index holds {', '.join(platforms) or 'no platform'}",
+                hint=f"run one of those with --platform {platforms[0]}" if platforms else
+                     "rebuild the image for this platform",
+            ) from None
         raise LauncherError(e.message, hint=e.hint) from None
     layers = []
     for layer in image.layers:

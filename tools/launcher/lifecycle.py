@@ -204,6 +204,12 @@ def exec_in(store: ContainerStore, name: str, argv: list[str], interactive: bool
         raise LauncherError("exec needs a command", hint=f"e.g. `pbuild exec {name} /bin/sh`")
     if workdir is not None and not workdir.startswith("/"):
         raise LauncherError(f"working directory {workdir!r} must be absolute", hint="e.g. -w /tmp")
+    emulated = state.extra.get("emulated")
+    if isinstance(emulated, str):  # another architecture: its handler may have been removed since the run
+        from pbuild.lib.platforms import Platform
+        from pbuild.tools.launcher import binfmt
+
+        binfmt.require(Platform.parse(emulated), what=f"container {name} holds {emulated} programs: ")
     # The container's own capabilities and filter (Docker's exec keeps both).
     capabilities = int(state.extra.get("capabilities", identity.DEFAULT_CAP_MASK))
     program = seccomp.build_program(

@@ -60,7 +60,8 @@ def add_run_options(group: _Adds) -> list[argparse.Action]:
         add("--security-opt", action="append", default=[], metavar="OPT",
             help="seccomp=unconfined (no syscall filter) or seccomp=PROFILE.json (Docker's format)"),
         add("--platform", metavar="OS/ARCH",
-            help=f"the platform to pick from a multi-platform image; this machine runs {host_platform()}"),
+            help=f"the platform to pick from a multi-platform image; this machine is {host_platform()}, "
+                 "another runs under emulation (qemu-user-static)"),
     ]
 
 
@@ -88,16 +89,32 @@ def image_command(table: OptionTable, rest: Sequence[str], kind: str, usage: str
 
 
 def checked_platform(platform: str | None) -> str | None:
-    """``--platform``: this machine's own platform (or None); any other is refused."""
+    """``--platform``: None, this machine's own platform, or another one pbuild knows whose
+    programs this machine can run under emulation (qemu-user-static through a binfmt_misc handler
+    with the F flag, :mod:`.binfmt`); returned in OCI's spelling. Anything else is refused, with
+    how to set the emulation up. Checked here, before a target is built for a run that cannot start."""
     if platform is None:
         return None
     host = host_platform()
-    if platform != host:
+    if platform == host:
+        return platform
+    from pbuild.lib.architectures import ARCHITECTURES
+    from pbuild.lib.platforms import Platform, PlatformError  # only for another platform: dataclasses
+
+    try:
+        wanted = Platform.parse(platform)
+    except PlatformError:
+        others = [f"linux/{arch}" for arch in ARCHITECTURES if f"linux/{arch}" != host]
         raise LauncherError(
-            f"--platform {platform}: this machine runs {host} images only",
-            hint=f"use --platform {host}, or leave --platform out",
-        )
-    return platform
+            f"--platform {platform}: not a platform pbuild runs",
+            hint=f"use --platform {host} (this machine's), {' or '.join(others)} (under emulation), "
+                 "or leave --platform out",
+        ) from None
+    if str(wanted) != host:
+        from pbuild.tools.launcher import binfmt
+
+        binfmt.require(wanted, what=f"--platform {platform}: ")
+    return str(wanted)
 
 
 def run_options(ns: argparse.Namespace, image: str, command: Sequence[str]) -> RunOptions:

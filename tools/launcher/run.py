@@ -229,6 +229,8 @@ def _prepare_locked(
         "capabilities": capabilities,
         "seccomp": policy.record(),
     }
+    if image.emulated:  # `exec` checks the emulation again (a handler may be gone by then)
+        extra["emulated"] = image.emulated
     if options.labels:
         extra["labels"] = dict(options.labels)
     if options.publish:
@@ -280,7 +282,9 @@ def _prepare_locked(
             seccomp=program,
         ),
         namespaces=namespaces,
-        init=options.init,
+        # An emulated command is never PID 1: qemu dies of a guest's fatal signal by sending it to
+        # itself, which the kernel ignores for a namespace's PID 1 (it would hang); the init is PID 1.
+        init=options.init or image.emulated is not None,
         detached=options.detach,
         state=state,
         store_root=store.root,
