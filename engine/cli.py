@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, PbuildError
 from pbuild.lib.errors import UserError
+from pbuild.lib.version import VERSION as VERSION  # re-exported: what `pbuild version` prints
 
 if TYPE_CHECKING:
     from pbuild.engine.api import Command
     from pbuild.engine.build import BuildRequest
     from pbuild.engine.workspace import Workspace
-
-VERSION = "0.1.0"
 
 _DESCRIPTION = "pbuild: hermetic, content-hashed builds of Python programs and reproducible OCI images."
 # The engine's own commands: a command line starting with one never imports the families' commands.

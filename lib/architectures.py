@@ -14,7 +14,11 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "amd64": ("amd64", "x86_64"),
     "arm64": ("arm64", "aarch64"),
 }
-MACHINES: dict[str, str] = {machine: arch for arch, (_, machine) in ARCHITECTURES.items()}
+MACHINES: dict[str, str] = {
+    **{machine: arch for arch, (_, machine) in ARCHITECTURES.items()},
+    # Machines pbuild builds nothing for, named for `pbuild pull` (which picks the host's image).
+    "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "i686": "386",
+}
 """``uname -m`` -> OCI architecture."""
 
 

@@ -136,13 +136,10 @@ def spdx_document(*, image_name: str, image_digest: str, platform: str,
 
 
 def tool_version() -> str:
-    """pbuild's version, for ``creators`` (from its installed metadata: rules do not read the engine's)."""
-    from importlib.metadata import PackageNotFoundError, version
+    """pbuild's version, for ``creators`` (:mod:`pbuild.lib.version`, the one the CLI prints)."""
+    from pbuild.lib.version import VERSION
 
-    try:
-        return version("pbuild")
-    except PackageNotFoundError:
-        return "unknown"
+    return VERSION
 
 
 def collect(contents: Iterable[Mapping[str, Any] | None]) -> tuple[list[PackageRecord], list[FileRecord]]:

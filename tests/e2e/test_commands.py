@@ -72,9 +72,9 @@ def test_the_families_register_their_commands() -> None:
     from pbuild.rules.oci import COMMANDS as IMAGE_COMMANDS
     from pbuild.rules.stack import COMMANDS as STACK_COMMANDS
 
-    assert [c.name for c in IMAGE_COMMANDS] == ["push", "images", "pull", "rmi", "tag", "save", "load"]
+    assert [c.name for c in IMAGE_COMMANDS] == ["push", "images", "pull", "rmi", "tag", "save", "load", "sbom"]
     assert [c.name for c in STACK_COMMANDS] == ["up", "down", "ps", "logs"]
-    assert [c.name for c in family_commands()] == ["push", "images", "pull", "rmi", "tag", "save", "load", "up", "down",
+    assert [c.name for c in family_commands()] == ["push", "images", "pull", "rmi", "tag", "save", "load", "sbom", "up", "down",
                                                    "ps", "logs"]
     assert "push" not in cli.make_parser(()).format_help()  # the engine alone has no push
 

@@ -13,11 +13,11 @@ import contextlib
 import hashlib
 import json
 import os
-import platform as host_platform
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pbuild.lib.architectures import host_architecture
 from pbuild.lib.digest import OciDigest
 from pbuild.lib.http import Response
 from pbuild.lib.oci import layout as oci_layout
@@ -32,14 +32,9 @@ from pbuild.lib.oci.registry.transport import Client, Credentials, refused
 #: The largest manifest or index a registry may send (registries themselves refuse above 4 MiB).
 MAX_MANIFEST = 4 * 1024 * 1024
 
-_MACHINES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
-             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "i686": "386"}
-
-
 def host_platform_name() -> str:
     """This machine's platform as OCI names it (``linux/amd64``): what ``docker pull`` picks."""
-    machine = host_platform.machine().lower()
-    return f"linux/{_MACHINES.get(machine, machine)}"
+    return f"linux/{host_architecture()}"
 
 
 def parse_pull_reference(text: str) -> Reference:
