@@ -3,7 +3,11 @@
 
 The files are the numpy site-packages: the locked numpy wheel (from pbuild-out, so build
 //app:image or //app:program first) unpacked into a temporary folder. Both writers run
-alternately in one process run; medians are reported. Usage:
+alternately in one process run; medians are reported. No pbuild build is timed, so there are
+no build events to check; what each figure claims is checked on its output instead: every
+case's archive (gzip or zstd) must hold exactly the unpacked files, each with its size, as the
+folder does (a writer that dropped or truncated files would be fast for the wrong reason), or
+no figure is printed. Usage:
 
     .venv/bin/python bench/bench_layer.py [--runs N] [--wheel PATH]
 """
@@ -11,17 +15,39 @@ alternately in one process run; medians are reported. Usage:
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
+import zstandard
 from pbuild.rules.oci.layerwriter import entries_from_tree, write_layer
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import runcheck  # noqa: E402
+
+
+def tree_files(root: Path) -> dict[str, int]:
+    """``{relative path: size}`` of the regular files under ``root``."""
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def archive_files(path: Path) -> dict[str, int]:
+    """``{path: size}`` of the regular files in a gzip or zstd layer (``./`` prefixes dropped)."""
+    data = path.read_bytes()
+    if data[:4] == b"\x28\xb5\x2f\xfd":  # zstd's magic number
+        data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name.removeprefix("./"): m.size for m in tar.getmembers() if m.isfile()}
 
 
 def find_wheel() -> Path:
@@ -67,6 +93,7 @@ def main() -> None:
                 entries_from_tree(str(site)), str(out), jobs=jobs, compression="zstd"
             ),
         }
+        expected = tree_files(site)
         times: dict[str, list[float]] = {name: [] for name in cases}
         sizes: dict[str, int] = {}
         for _ in range(args.runs):
@@ -75,6 +102,13 @@ def main() -> None:
                 run()
                 times[name].append(time.perf_counter() - start)
                 sizes[name] = out.stat().st_size
+                written = archive_files(out)
+                if written != expected:
+                    missing, extra = sorted(expected.keys() - written.keys()), sorted(written.keys() - expected.keys())
+                    resized = sorted(k for k in expected.keys() & written.keys() if expected[k] != written[k])
+                    raise runcheck.refuse(name, f"a layer of the {len(expected)} unpacked files",
+                                          f"it holds {len(written)}: missing {missing[:3]}, extra {extra[:3]}, "
+                                          f"other sizes {resized[:3]}")
         for name, values in times.items():
             print(
                 f"{name:32} median {statistics.median(values):6.3f} s  "

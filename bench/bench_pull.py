@@ -6,11 +6,15 @@ In a copy of this repository (the working tree is never touched), //app:image is
 pushed to a fresh docker-registry (tests/support/peers.py, the helper the tests use). Then, per
 run, alternating so both see the same machine state:
 
-1. cold ``pbuild pull REF --plain-http`` into an empty ``--cache-dir`` (wall time; the run must
-   report bytes downloaded > 0, or no figure is printed);
-2. cold ``skopeo copy docker://REF oci:DIR`` into an empty folder (wall time; the layout's blobs
-   must add up to what pbuild downloaded);
-3. warm ``pbuild pull REF`` with the cache of step 1 (it must download no blob: one manifest GET).
+1. cold ``pbuild pull REF --plain-http`` into an empty ``--cache-dir`` (wall time);
+2. cold ``skopeo copy docker://REF oci:DIR`` into an empty folder (wall time);
+3. warm ``pbuild pull REF`` with the cache of step 1.
+
+``pbuild pull`` writes no build events; its report line says what it did, and
+``runcheck.expect_pull`` checks it before any figure is printed: the cold pull downloaded every
+blob (bytes > 0, none from the cache), the warm one none (every blob from the cache), both the
+same image digest. Skopeo's layout must hold at least the bytes pbuild downloaded (the same
+image, not an empty copy).
 
 Medians over the runs, and the ratio pbuild / skopeo of the cold medians.
 """
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -32,12 +35,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PBUILD = str(REPO / "pbuild")
 sys.path.insert(0, str(REPO))  # the tests package: its support helpers start the registry
+sys.path.insert(0, str(HERE))
+
+import runcheck  # noqa: E402
 
 from tests.support.peers import docker_registry  # noqa: E402
 
 _COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "pbuild-out", "__pycache__", "workspaces", "*.egg-info",
                                       ".mypy_cache", ".ruff_cache", ".pytest_cache")
-_DOWNLOADED = re.compile(r"(\d+) blob\(s\) downloaded \(([\d,]+) bytes\)")
 
 
 def _timed(argv: list[str], cwd: Path) -> tuple[float, str]:
@@ -49,13 +54,10 @@ def _timed(argv: list[str], cwd: Path) -> tuple[float, str]:
     return wall, done.stdout
 
 
-def _pull(ref: str, cache: Path, cwd: Path) -> tuple[float, int, int]:
-    """Wall time, blobs and bytes downloaded of one ``pbuild pull``."""
+def _pull(ref: str, cache: Path, cwd: Path, *, cold: bool) -> tuple[float, runcheck.PullReport]:
+    """Wall time and the checked report of one ``pbuild pull`` (cold: into an empty cache)."""
     wall, out = _timed([PBUILD, "pull", ref, "--plain-http", "--cache-dir", str(cache)], cwd)
-    match = _DOWNLOADED.search(out)
-    if match is None:
-        raise SystemExit(f"unexpected pbuild pull output:\n{out}")
-    return wall, int(match.group(1)), int(match.group(2).replace(",", ""))
+    return wall, runcheck.expect_pull(out, f"pbuild pull, {'cold' if cold else 'warm'}", cold=cold)
 
 
 def _blob_bytes(layout: Path) -> int:
@@ -81,21 +83,22 @@ def main() -> int:
             image_bytes = 0
             for run in range(args.runs):
                 cache = scratch / f"cache-{run}"
-                wall, blobs, downloaded = _pull(ref, cache, scratch)
-                if blobs == 0 or downloaded == 0:
-                    raise SystemExit(f"bench: refusing to report a cold pull: run {run} downloaded nothing")
+                wall, pulled = _pull(ref, cache, scratch, cold=True)
+                downloaded = pulled.bytes_downloaded
                 cold.append(wall)
                 dest = scratch / f"skopeo-{run}"
                 wall, _ = _timed([skopeo, "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{dest}"],
                                  scratch)
                 copied = _blob_bytes(dest)
                 if copied < downloaded:
-                    raise SystemExit(f"bench: skopeo's layout holds {copied} bytes, pbuild downloaded {downloaded}")
+                    raise runcheck.refuse("skopeo copy, cold", f"at least the {downloaded:,} bytes pbuild downloaded",
+                                          f"skopeo's layout holds {copied:,}")
                 copies.append(wall)
                 image_bytes = downloaded
-                wall, blobs, downloaded = _pull(ref, cache, scratch)
-                if blobs != 0 or downloaded != 0:
-                    raise SystemExit(f"bench: refusing to report a warm pull: run {run} downloaded {blobs} blob(s)")
+                wall, again = _pull(ref, cache, scratch, cold=False)
+                if again.digest != pulled.digest:
+                    raise runcheck.refuse("pbuild pull, warm", f"the cold pull's image {pulled.digest}",
+                                          f"it pulled {again.digest}")
                 warm.append(wall)
                 shutil.rmtree(cache)
                 shutil.rmtree(dest)

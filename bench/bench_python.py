@@ -8,8 +8,16 @@
 4. `pbuild test` of cached py_test results, per target.
 
 The benchmark workspaces live in bench/workspaces/ (ignored by git) and are copied from this
-repo: app/program.py, third_party/python and WORKSPACE.toml. Network is needed for the first
-fetch of numpy (through your pip configuration) and to lock. Usage:
+repo: app/program.py, third_party/python, third_party/debian and WORKSPACE.toml. Network is needed for the first
+fetch of numpy (through your pip configuration) and to lock.
+
+Each figure's premise is checked before it is printed (bench/runcheck.py): the cold lock wrote a
+lock pinning numpy, with pip's cache off (``PIP_NO_CACHE_DIR=1``) into a workspace with no lock
+yet; every timed ``pbuild run`` prints numpy's answer (18) and its build events say nothing ran
+("nothing to rebuild": no events at all is run's fast path, the recorded run plan started
+without a build, see ``runcheck.expect_noop_run``) or exactly the edited program's chain ran
+(``EDIT_CHAIN``: one PyStage, nothing of numpy or the tree); every timed ``pbuild test`` took each of its py_test
+results from the cache and ran nothing. The venv's python3 must print the same answer. Usage:
 
     .venv/bin/python bench/bench_python.py [--runs N] [--skip-lock]
 """
@@ -26,9 +34,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import runcheck  # noqa: E402
+
+REPO = HERE.parent
 WORK = REPO / "bench" / "workspaces" / "python"
 PBUILD = (sys.executable, "-m", "pbuild.engine.cli")
+#: What an edit of program.py rebuilds: its staged sources, nothing else (not numpy, not the tree).
+EDIT_CHAIN = {"PyStage": 1}
 
 
 def timed(
@@ -52,7 +67,9 @@ def make_workspace(root: Path, *, program: bool = True) -> Path:
         shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     shutil.copy(REPO / "WORKSPACE.toml", root / "WORKSPACE.toml")
-    shutil.copytree(REPO / "third_party" / "python", root / "third_party" / "python")
+    # third_party/debian too: WORKSPACE.toml's [toolchains] name its trees
+    for folder in ("python", "debian"):
+        shutil.copytree(REPO / "third_party" / folder, root / "third_party" / folder)
     if program:
         (root / "app").mkdir()
         shutil.copy(REPO / "app" / "program.py", root / "app" / "program.py")
@@ -69,13 +86,23 @@ def env_with_cache(cache: Path) -> dict[str, str]:
     return env
 
 
+def events_path(name: str) -> Path:
+    return WORK / f"{name}.events.jsonl"
+
+
 def bench_lock(runs: int) -> None:
     samples = []
     for _ in range(runs):
         root = make_workspace(WORK / "lock", program=False)
         (root / "third_party/python/requirements.in").write_text("numpy\n")
+        lock = root / "third_party/python/requirements.lock"
+        lock.unlink(missing_ok=True)  # the lock must be this run's, not the copied one
         env = {**os.environ, "PIP_NO_CACHE_DIR": "1"}
         samples.append(timed([*PBUILD, "lock", "--python"], cwd=root, env=env))
+        pinned = lock.exists() and any(line.startswith("numpy==") for line in lock.read_text().splitlines())
+        if not pinned:
+            raise runcheck.refuse("cold lock of numpy", "a requirements.lock pinning numpy",
+                                  f"{lock} {'does not pin numpy' if lock.exists() else 'was not written'}")
     print(
         f"cold lock of numpy (pbuild lock --python, no pip cache): median {statistics.median(samples):.2f} s "
         f"of {runs} {fmt(samples)}"
@@ -95,14 +122,23 @@ def venv_with_numpy() -> Path:
     return python
 
 
+def run_program(root: Path, env: dict[str, str], events: Path) -> float:
+    """One timed ``pbuild run //app:program`` writing its build events to ``events``."""
+    argv = [*PBUILD, "run", "--build-event-json", runcheck.fresh(events), "//app:program"]
+    return timed(argv, cwd=root, env=env, check_out="18")
+
+
 def bench_run(runs: int) -> None:
     root = make_workspace(WORK / "run")
     env = env_with_cache(WORK / "cache")
-    timed([*PBUILD, "run", "//app:program"], cwd=root, env=env, check_out="18")  # fetch, install, stage
+    events = events_path("run")
+    run_program(root, env, events)  # fetch, install, stage
+    runcheck.expect_built(events, "pbuild run //app:program, first build")
     python = venv_with_numpy()
     pbuild_samples, python_samples = [], []
     for _ in range(runs):  # alternate, so both see the same machine load
-        pbuild_samples.append(timed([*PBUILD, "run", "//app:program"], cwd=root, env=env, check_out="18"))
+        pbuild_samples.append(run_program(root, env, events))
+        runcheck.expect_noop_run(events, "pbuild run //app:program, nothing to rebuild")
         python_samples.append(timed([str(python), "app/program.py"], cwd=root, check_out="18"))
     p, q = statistics.median(pbuild_samples), statistics.median(python_samples)
     print(f"pbuild run //app:program, nothing to rebuild: median {p:.3f} s {fmt(pbuild_samples)}")
@@ -111,10 +147,14 @@ def bench_run(runs: int) -> None:
     program = root / "app" / "program.py"
     original = program.read_text()
     edit_samples = []
-    for i in range(runs):
-        program.write_text(original + f"# edit {i} {time.time_ns()}\n")
-        edit_samples.append(timed([*PBUILD, "run", "//app:program"], cwd=root, env=env, check_out="18"))
-    program.write_text(original)
+    figure = "pbuild run //app:program after editing program.py"
+    try:
+        for i in range(runs):
+            program.write_text(original + f"# edit {i} {time.time_ns()}\n")
+            edit_samples.append(run_program(root, env, events))
+            runcheck.expect_mnemonics(events, figure, EDIT_CHAIN)
+    finally:
+        program.write_text(original)
     e = statistics.median(edit_samples)
     print(f"pbuild run //app:program after editing program.py: median {e:.3f} s {fmt(edit_samples)}")
     print(f"  difference to python3: {e - q:+.3f} s (budget +0.500 s)")
@@ -130,13 +170,16 @@ def bench_cached_tests(runs: int, targets: int = 10) -> None:
         build.append(f'[test_t{i}]\nrule = "py_test"\nsrcs = ["test_t{i}.py"]\n')
     (tests / "BUILD.toml").write_text("\n".join(build))
     env = env_with_cache(WORK / "cache")
+    events = events_path("test")
     timed([*PBUILD, "test", "//tests:all"], cwd=root, env=env)
-    all_median, all_samples = median_of(
-        runs, lambda: timed([*PBUILD, "test", "//tests:all"], cwd=root, env=env)
-    )
-    one_median, one_samples = median_of(
-        runs, lambda: timed([*PBUILD, "test", "//tests:test_t0"], cwd=root, env=env)
-    )
+
+    def cached_test(pattern: str, count: int) -> float:
+        took = timed([*PBUILD, "test", "--build-event-json", runcheck.fresh(events), pattern], cwd=root, env=env)
+        runcheck.expect_tests_cached(events, f"pbuild test {pattern}, cached results", count)
+        return took
+
+    all_median, all_samples = median_of(runs, lambda: cached_test("//tests:all", targets))
+    one_median, one_samples = median_of(runs, lambda: cached_test("//tests:test_t0", 1))
     print(
         f"pbuild test of {targets} cached py_test targets: median {all_median:.3f} s "
         f"= {all_median / targets:.3f} s per target {fmt(all_samples)}"

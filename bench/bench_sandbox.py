@@ -6,6 +6,12 @@ of each and the overhead (sandbox median minus plain median); the goal is <= 15 
 run, each backend runs the action on a toolchain root (a small merged-/usr tree of host programs,
 ``tests/support/hosttree.py``, or with ``--tree DIR`` a real unpacked toolchain such as
 ``<cache>/toolchains/<digest>``) against the host root; the goal is toolchain <= host + 2 ms.
+
+No pbuild build is timed, so the premises are checked on the sandboxes themselves before any
+figure is printed (bench/runcheck.py's ``refuse``): every sandboxed contender exits 0 with no
+sandbox error on each run, and, run once untimed with ``ls -a /`` instead of ``/bin/true``, each
+"toolchain root" contender lists the tree's own top-level entries and each host-root one the
+host's folders (``--tree`` must hold an ``ls``), so a root the backend ignored cannot pass for one it used.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import runcheck  # noqa: E402
 from pbuild.tools.sandbox import SandboxRequest, run_sandboxed
 
 from tests.support.hosttree import build_tree  # noqa: E402 - after the path above
@@ -83,7 +91,30 @@ def main() -> None:
 
         def sandboxed(backend: str = "auto", root: str | None = None) -> None:
             result = run_sandboxed(dataclasses.replace(request, backend=backend, root=root))
-            assert result.exit_code == 0 and result.error is None, result
+            if result.exit_code != 0 or result.error is not None:
+                raise runcheck.refuse(f"run_sandboxed, backend={backend}", "/bin/true exiting 0", f"it gave {result}")
+
+        def listing(backend: str, root: str | None) -> set[str]:
+            """``ls -a /`` in the sandbox: which root it really ran on."""
+            result = run_sandboxed(dataclasses.replace(request, argv=("ls", "-a", "/"), backend=backend, root=root))
+            if result.exit_code != 0 or result.error is not None:
+                raise runcheck.refuse(f"backend={backend}, {'toolchain' if root else 'host'} root",
+                                      "`ls -a /` in the sandbox to show its root",
+                                      f"it gave {result}: {Path(request.stderr_path).read_text()[-500:]}")
+            return set(Path(request.stdout_path).read_text().split()) - {".", ".."}
+
+        def check_roots(backend: str) -> None:
+            """The toolchain-root contender runs on the tree, the host-root one on the host."""
+            on_tree, on_host = listing(backend, tree), listing(backend, None)
+            # the host's folders: the sandbox's host root shows those, not files at the top of /
+            wanted_tree = set(os.listdir(tree))
+            wanted_host = {n for n in os.listdir("/") if os.path.isdir(os.path.join("/", n))}
+            if not wanted_tree <= on_tree or on_tree == on_host:
+                raise runcheck.refuse(f"backend={backend}, toolchain root", f"the tree's root {sorted(wanted_tree)}",
+                                      f"`ls -a /` listed {sorted(on_tree)}")
+            if not wanted_host <= on_host:
+                raise runcheck.refuse(f"backend={backend}, host root", f"the host's root {sorted(wanted_host)}",
+                                      f"`ls -a /` listed {sorted(on_host)}")
 
         contenders: dict[str, Callable[[], object]] = {
             "plain subprocess.run(/bin/true)": lambda: subprocess.run(["/bin/true"], check=True),
@@ -100,6 +131,8 @@ def main() -> None:
             contenders["  backend=bwrap"] = lambda: sandboxed("bwrap")
             contenders["  backend=bwrap, toolchain root"] = lambda: sandboxed("bwrap", tree)
             contenders["bare bwrap, similar isolation"] = lambda: subprocess.run(argv, check=True)
+        for backend in ("fork", "bwrap") if bwrap else ("fork",):
+            check_roots(backend)
         result = medians_ms(contenders, args.runs)
         cpu = {name: cpu_ms(fn, max(10, args.runs // 5)) for name, fn in contenders.items()}
         plain = result["plain subprocess.run(/bin/true)"]

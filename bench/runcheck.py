@@ -5,13 +5,19 @@ layers from a cache, a "no-op" that rebuilt, a "one change" that ran everything.
 passes ``--build-event-json FILE`` to the build it times and calls one of the checks below on that
 file; a check that fails raises :class:`WrongRunKind` (a ``SystemExit``), so the script stops
 before it prints the figure, saying what the run was instead.
+
+Figures that are not of a build (a pull, a sandbox start, the layer writer, the launcher on a
+prepared image) check their own premise and call :func:`refuse` when it does not hold, so every
+refusal reads alike. ``pbuild pull`` writes no build events: :func:`expect_pull` reads the
+report line it prints (blobs downloaded, blobs from the cache).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +27,14 @@ EXECUTED = "executed"
 class WrongRunKind(SystemExit):
     """The timed run was not the kind its figure claims: no figure is printed."""
 
-    def __init__(self, figure: str, expected: str, events: BuildEvents) -> None:
-        super().__init__(
-            f"bench: refusing to report {figure!r}: expected {expected}, but the run's events say "
-            f"{events.describe()}"
-        )
+    def __init__(self, figure: str, expected: str, events: BuildEvents | str) -> None:
+        found = f"the run's events say {events.describe()}" if isinstance(events, BuildEvents) else events
+        super().__init__(f"bench: refusing to report {figure!r}: expected {expected}, but {found}")
+
+
+def refuse(figure: str, expected: str, found: str) -> WrongRunKind:
+    """The refusal of a figure whose premise is not a build's (``raise refuse(...)``)."""
+    return WrongRunKind(figure, expected, found)
 
 
 @dataclass(frozen=True)
@@ -103,3 +112,82 @@ def expect_all_remote(path: Path | str, figure: str) -> BuildEvents:
     if not events.summary or not events.actions or any(a.status != "remote_cached" for a in events.actions):
         raise WrongRunKind(figure, "every action from the remote cache", events)
     return events
+
+
+def expect_built(path: Path | str, figure: str) -> BuildEvents:
+    """The build finished and nothing failed, whatever ran: the premise of a figure taken on its
+    outputs (an unpacked image, a wheel), not of the build's own time."""
+    events = BuildEvents.read(path)
+    if not events.summary or any(a.status == "failed" for a in events.actions):
+        raise WrongRunKind(figure, "a finished build with no failed action", events)
+    return events
+
+
+def expect_mnemonics(path: Path | str, figure: str, executed: Mapping[str, int]) -> BuildEvents:
+    """Exactly ``executed`` ran (``{mnemonic: count}``), every other action came from the cache:
+    an incremental build's own chain, named, not only counted."""
+    events = BuildEvents.read(path)
+    ran = Counter(a.mnemonic for a in events.executed())
+    failed = any(a.status == "failed" for a in events.actions)
+    if not events.summary or failed or ran != Counter(executed):
+        wanted = ", ".join(f"{n} {m}" for m, n in sorted(executed.items())) or "nothing"
+        raise WrongRunKind(figure, f"exactly {wanted} executed", events)
+    return events
+
+
+def expect_tests_cached(path: Path | str, figure: str, tests: int) -> BuildEvents:
+    """``pbuild test`` of ``tests`` targets took every result (and every build action) from the
+    local cache: no test ran, none is missing."""
+    events = BuildEvents.read(path)
+    results = [a for a in events.actions if a.mnemonic == "TestRunner"]
+    if (not events.summary or events.executed() or len(results) != tests
+            or any(a.status != "cached" for a in events.actions)):
+        raise WrongRunKind(figure, f"{tests} cached TestRunner results and nothing executed", events)
+    return events
+
+
+_PULLED = re.compile(r"digest (sha256:[0-9a-f]{64}) \(([^)]*)\), (\d+) blob\(s\) downloaded \(([\d,]+) bytes\), "
+                     r"(\d+) from the cache")
+
+
+@dataclass(frozen=True)
+class PullReport:
+    """What one ``pbuild pull`` says it did."""
+
+    digest: str
+    downloaded: int
+    bytes_downloaded: int
+    cached: int
+
+
+def expect_pull(output: str, figure: str, *, cold: bool) -> PullReport:
+    """A cold pull downloaded every blob (none from the cache, some bytes); a warm one none
+    (every blob from the cache)."""
+    match = _PULLED.search(output)
+    if match is None:
+        raise refuse(figure, "pbuild pull's report line", f"it printed {output.strip()!r}")
+    report = PullReport(match.group(1), int(match.group(3)), int(match.group(4).replace(",", "")),
+                        int(match.group(5)))
+    honest = (report.downloaded > 0 and report.bytes_downloaded > 0 and report.cached == 0 if cold
+              else report.downloaded == 0 and report.bytes_downloaded == 0 and report.cached > 0)
+    if not honest:
+        expected = "every blob downloaded, none from the cache" if cold else "no blob downloaded, all from the cache"
+        raise refuse(figure, expected, f"the pull says {match.group(0)!r}")
+    return report
+
+
+def fresh(path: Path | str) -> str:
+    """``path`` with no file left there: a build that writes no events must not pass for the
+    last run's (pass what this returns to ``--build-event-json``)."""
+    Path(path).unlink(missing_ok=True)
+    return str(path)
+
+
+def expect_noop_run(path: Path | str, figure: str) -> BuildEvents | None:
+    """``pbuild run`` of a target with nothing to rebuild. Its fast path (the recorded run plan
+    of an identical earlier run, engine/run.py) starts the program without building and writes
+    no events at all, so no file at ``path`` (removed before the run: :func:`fresh`) means that
+    path; a file, that a build ran, which then must have executed nothing."""
+    if not Path(path).exists():
+        return None
+    return expect_noop(path, figure)
