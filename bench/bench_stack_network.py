@@ -10,6 +10,11 @@ Usage: ``python bench/bench_stack_network.py [--runs N] [--image oci:PATH]``. Wi
   detached container until its command was exec'd, on a network of its own (``--network
   none``), joined to the stack's bridge, and joined with one published port (bound on the host,
   relay forked).
+
+No pbuild build is timed; each start's premise is checked on the container before any figure is
+printed (bench/runcheck.py's ``refuse``): a plain container's network has a loopback only, a
+joined one's an ``eth0`` (its veth to the stack's bridge); with a port, 127.0.0.1:PORT accepts a
+connection.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import statistics
 import sys
 import tempfile
@@ -24,10 +30,33 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import runcheck  # noqa: E402
 
 
 def since(start: float) -> float:
     return (time.perf_counter() - start) * 1000
+
+
+def interfaces(pid: int) -> set[str]:
+    """The network interfaces of ``pid``'s network namespace."""
+    lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+    return {line.split(":", 1)[0].strip() for line in lines}
+
+
+def check_start(kind: str, pid: int, port: int) -> None:
+    """The container started as ``kind`` claims: on its own network, the stack's, with the port."""
+    links = interfaces(pid)
+    joined = "eth0" in links  # the veth to the stack's bridge (tools/launcher/join.py)
+    if joined != (kind != "start plain"):
+        expected = "an eth0 on the stack's bridge" if kind != "start plain" else "a loopback only"
+        raise runcheck.refuse(kind, expected, f"the container's network has {sorted(links)}")
+    if kind.endswith("port"):
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                raise runcheck.refuse(kind, f"127.0.0.1:{port} published", "nothing accepts connections there")
 
 
 def main() -> int:
@@ -67,6 +96,7 @@ def main() -> int:
             start = time.perf_counter()
             started = run.start_container(options, process.Stdio(null, null, null))
             figures.setdefault(kind, []).append(since(start))
+            check_start(kind, started.state.pid, base_port + i)
             os.kill(started.state.pid, signal.SIGKILL)
             os.waitpid(started.monitor_pid, 0)
             lifecycle.remove_container(store, store.find(started.state.name))

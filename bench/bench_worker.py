@@ -9,6 +9,10 @@ the median round trip as the client sees it and, from the worker's own log line 
 median of the worker's part: fetch (Command, input root, inputs), sandbox, upload (outputs,
 stdout/stderr, FindMissingBlobs); the rest is BuildGrid (queueing, assignment, the Bots
 long-poll, the operation stream) and gRPC.
+
+Premise, checked before any figure is printed (bench/runcheck.py's ``refuse``): every timed
+action ran at the worker (exit 0, not served from BuildGrid's action cache), and the worker
+logged one lease line per action (the warm-up's and each timed one's).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))  # the tests package: its support helpers start the peers
+
+sys.path.insert(0, str(HERE))
+
+import runcheck  # noqa: E402
 
 from tests.support.peers import buildgrid_execution_server, postgres_server  # noqa: E402
 from tests.support.reapi_client import ReapiClient  # noqa: E402
@@ -52,7 +60,9 @@ def main() -> int:
                 start = time.perf_counter()
                 response = client.run(action)
                 trips.append((time.perf_counter() - start) * 1000)
-                assert response.result.exit_code == 0
+                if response.result.exit_code != 0 or response.cached_result:
+                    raise runcheck.refuse("round trip", "each action executed at the worker, exit 0",
+                                          f"exit {response.result.exit_code}, cached_result={response.cached_result}")
                 m = response.result.execution_metadata
 
                 def ms(a: object, b: object) -> float:
@@ -70,6 +80,9 @@ def main() -> int:
             parts = [tuple(int(x) for x in m.groups()) for line in worker.lease_lines()[1:]
                      if (m := _LINE.search(line))]
             client.close()
+            if len(parts) != args.runs:
+                raise runcheck.refuse("worker's part", f"{args.runs} lease lines after the warm-up's",
+                                      f"the worker logged {len(parts)}: {worker.lease_lines()[-3:]}")
     med = statistics.median
     print(f"round trip, client Execute to result: median {med(trips):.0f} ms over {len(trips)} "
           f"(min {min(trips):.0f}, max {max(trips):.0f})")
