@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,7 +53,10 @@ def image_diff_ids(image: str) -> set[str]:
     if not image.startswith("oci:"):
         return set()
     layout = Path(image[4:])
-    blob = lambda digest: json.loads((layout / "blobs" / digest.replace(":", "/", 1)).read_bytes())  # noqa: E731
+
+    def blob(digest: str) -> dict[str, Any]:
+        return json.loads((layout / "blobs" / digest.replace(":", "/", 1)).read_bytes())  # type: ignore[no-any-return]
+
     manifest = blob(json.loads((layout / "index.json").read_bytes())["manifests"][0]["digest"])
     return set(blob(manifest["config"]["digest"])["rootfs"]["diff_ids"])
 
