@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     import argparse
 
     from pbuild.engine.build import Analyzed, BuildRequest
-    from pbuild.engine.uptodate import Event as StampEvent
     from pbuild.engine.scheduler import Executor
+    from pbuild.engine.uptodate import Event as StampEvent
     from pbuild.engine.workspace import Workspace
     from pbuild.lib.cmdline import OptionTable
     from pbuild.tools.launcher.config import RunOptions
