@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pbuild.engine.errors import EXIT_BAD_INPUT, EXIT_BUILD_FAILED, PbuildError
 from pbuild.lib.errors import UserError
@@ -247,6 +247,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
+def exit_process(code: int) -> NoReturn:
+    """End the ``pbuild`` process with ``code`` (the ``./pbuild`` wrapper's exit).
+
+    After a container of ``pbuild run`` ended, the interpreter's teardown (freeing every module
+    the launcher loaded, a last GC pass) is all that is left, and it cost 13-40 ms of the run's
+    wall time (strace: monitor reaped -> exit_group). It is skipped then, output flushed first,
+    but only when it has nothing anyone could see to do: no atexit callback and no other thread.
+    Any other command exits normally."""
+    import threading
+
+    from pbuild.engine import run
+
+    if run.container_ended and threading.active_count() == 1 and _atexit_callbacks() == 0:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):  # a reader that left, a closed stream: exit as sys.exit would
+            sys.exit(code)
+        os._exit(code)
+    sys.exit(code)
+
+
+def _atexit_callbacks() -> int:
+    import atexit
+
+    count = getattr(atexit, "_ncallbacks", None)  # CPython's; unknown elsewhere: assume some
+    return int(count()) if count is not None else 1
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     # Actions must not depend on the user's umask: the same key must give the same file modes.
     # (`pbuild run` gives the user's umask back to the program it starts.)
@@ -364,7 +393,7 @@ def _dispatch(args: argparse.Namespace, user_umask: int) -> int:
             target=args.target, args=tuple(args.args), cwd=os.getcwd(), workspace_dir=args.workspace,
             cache_dir=args.cache_dir, user_umask=user_umask,
             make_build_request=lambda workspace: _request(args, [args.target], workspace),
-            container=args.container, build_options=args.build_options))
+            container=args.container, build_options=args.build_options, event_file=args.build_event_json))
     if command == "test":
         from pbuild.engine.commands import run_tests
 
@@ -417,4 +446,4 @@ def _launcher(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

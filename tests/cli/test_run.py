@@ -98,3 +98,26 @@ def test_a_run_plan_survives_the_stamp(plan: RunPlan) -> None:
 def test_a_stamp_of_another_format_is_no_plan() -> None:
     assert plan_from_data(("exec", ["/bin/sh"], {}, False, "/ws")) is None
     assert plan_from_data(None) is None
+
+
+def test_a_run_with_nothing_to_rebuild_replays_the_build_events(run_ws: Path, pbuild: Runner, tmp_path: Path) -> None:
+    """--build-event-json on the fast path: what the run built, every action cached (a bench
+    checks from these that its "nothing to rebuild" figure executed nothing)."""
+    import json
+
+    first, again = tmp_path / "first.json", tmp_path / "again.json"
+    built = pbuild("run", "--build-event-json", str(first), "//p:hello", cwd=run_ws)
+    replayed = pbuild("run", "--build-event-json", str(again), "//p:hello", cwd=run_ws)
+    assert built.code == 0 and replayed.code == 0, (str(built), str(replayed))
+    assert replayed.out == built.out and replayed.err == ""  # the fast path stays quiet
+
+    def events(path: Path) -> list[dict[str, object]]:
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    actions = [(e["label"], e["mnemonic"], e["key"]) for e in events(first) if e["type"] == "action"]
+    assert actions, "the first run built something"
+    again_events = events(again)
+    assert [(e["label"], e["mnemonic"], e["key"]) for e in again_events if e["type"] == "action"] == actions
+    assert {e["status"] for e in again_events if e["type"] == "action"} == {"cached"}
+    summary = again_events[-1]
+    assert summary["type"] == "summary" and summary["executed"] == 0 and summary["cached"] == len(actions)

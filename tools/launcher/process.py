@@ -437,14 +437,22 @@ def _container_init(launch: Launch, stdio: Stdio, errpipe: int, timing_fd: int) 
 
 def write_id_maps(pid: int, idmap: identity.IdMap) -> None:
     """From the parent namespace: the maps of the user namespace process ``pid`` created."""
-    import subprocess  # only for newuidmap: keep it off the common path
+    if idmap.helper:
+        _run_id_map_helpers(pid, idmap)
+        return
+    try:
+        linux.write_id_maps(str(pid), idmap.uid_map, idmap.gid_map, deny_setgroups=idmap.single)
+    except OSError as e:
+        raise LauncherError(f"cannot write the user namespace id maps: {e}") from None
+
+
+def _run_id_map_helpers(pid: int, idmap: identity.IdMap) -> None:
+    """newuidmap and newgidmap (a user without a range of its own ids has no other way)."""
+    import subprocess  # only for the helpers: the common path writes the maps itself
 
     try:
-        if idmap.helper:
-            for tool, mapping in (("newuidmap", idmap.uid_map), ("newgidmap", idmap.gid_map)):
-                subprocess.run([tool, str(pid), *mapping.split()], check=True, capture_output=True, text=True)
-        else:
-            linux.write_id_maps(str(pid), idmap.uid_map, idmap.gid_map, deny_setgroups=idmap.single)
+        for tool, mapping in (("newuidmap", idmap.uid_map), ("newgidmap", idmap.gid_map)):
+            subprocess.run([tool, str(pid), *mapping.split()], check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as e:
         raise LauncherError(f"{e.cmd[0]} failed: {e.stderr.strip()}") from None
     except OSError as e:

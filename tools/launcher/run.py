@@ -19,7 +19,6 @@ from pbuild.lib.filelock import FileLock
 from pbuild.tools.launcher import cgroups, identity, process, seccomp
 from pbuild.tools.launcher.config import ContainerSpec, RunOptions, resolve_spec
 from pbuild.tools.launcher.errors import EXIT_LAUNCHER, LauncherError
-from pbuild.tools.launcher.flatten import flatten
 from pbuild.tools.launcher.image import load_image
 from pbuild.tools.launcher.layerstore import ensure_layers, lock_store, store_root
 from pbuild.tools.launcher.mounts import RootFs, generated_files, plan_container
@@ -258,6 +257,10 @@ def _prepare_locked(
         if overlay_supported(layers_root):
             rootfs = RootFs(cdir, tuple(layer_dirs))
         else:
+            # Only without overlayfs: flatten's layer reader (tarfile and all) stays off the
+            # common path's imports.
+            from pbuild.tools.launcher.flatten import flatten
+
             flat = os.path.join(cdir, "flat")
             os.mkdir(flat)
             flatten(layer_dirs, flat)
