@@ -255,11 +255,12 @@ def exit_process(code: int) -> NoReturn:
     wall time (strace: monitor reaped -> exit_group). It is skipped then, output flushed first,
     but only when it has nothing anyone could see to do: no atexit callback and no other thread.
     Any other command exits normally."""
+    run = sys.modules.get("pbuild.engine.run")  # only `pbuild run` loads it: other commands pay no import
+    if run is None or not run.container_ended:
+        sys.exit(code)
     import threading
 
-    from pbuild.engine import run
-
-    if run.container_ended and threading.active_count() == 1 and _atexit_callbacks() == 0:
+    if threading.active_count() == 1 and _atexit_callbacks() == 0:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
