@@ -168,8 +168,6 @@ class Executor:
             self._remote_run = RemoteRunner(self, remote_executor, local_fallback=local_fallback)
         self._exec_slots = threading.BoundedSemaphore(max(1, options.jobs))
         self.toolchain_trees = ToolchainTrees(os.path.dirname(store.tmp_dir))
-        # Removes finished actions' work folders off the critical path (see _run); one per execute().
-        self._janitor: ThreadPoolExecutor | None = None
 
     # -- public ----------------------------------------------------------------------------
 
@@ -195,7 +193,6 @@ class Executor:
         jobs = max(1, self.options.jobs)
         in_flight = jobs if self.remote is None and self._remote_run is None else max(jobs, 16)
         pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="pbuild")
-        self._janitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pbuild-cleanup")
 
         def finish(action: Action, status: ActionStatus, key: ContentDigest | None, res: ActionResult | None,
                    started: float) -> None:
@@ -265,13 +262,8 @@ class Executor:
             # Do not wait for running actions: the CLI exits at once, and the kernel kills each
             # sandbox with its parent (PDEATHSIG, PID namespace). Every cache write is atomic.
             pool.shutdown(wait=False, cancel_futures=True)
-            self._janitor.shutdown(wait=False, cancel_futures=True)  # leftovers go with the stale temp dirs
             raise
         pool.shutdown(wait=True, cancel_futures=True)
-        # Every work folder is gone and every linked blob's ctime accepted before the caller
-        # saves the stat index.
-        self._janitor.shutdown(wait=True)
-        self._janitor = None
         return BuildResult(tuple(outcomes), tuple(failures), skipped=len(actions) - len(outcomes))
 
     def files_of(self, path: str) -> list[OutputRecord]:
@@ -458,14 +450,13 @@ class Executor:
                                             jobs=self.options.jobs, toolchain_root=self._toolchain_root(action),
                                             oci_blobs=OciBlobs(self.store))
         finally:
-            linked = [record for f in action.inputs if not f.is_source for record in self.files_of(f.path)] \
-                if isinstance(action, ProcessAction) else []
-            if self._janitor is not None:
-                # Removing the exec root (a few unlinks and rmdirs, ~1 ms and more under load) is
-                # no part of the action's result: a dependent need not wait for it.
-                self._janitor.submit(self._clean_up, work, linked)
-            else:
-                self._clean_up(work, linked)
+            remove_tree(work, ignore_errors=True)  # a leftover is removed with the stale temp dirs
+            if isinstance(action, ProcessAction):
+                # The exec root linked these inputs' blobs: only their ctime changed.
+                for f in action.inputs:
+                    if not f.is_source:
+                        for record in self.files_of(f.path):
+                            self.materializer.refresh_linked(record)
         for record in res.outputs:
             self.materializer.trust(record)
         self.store.put_action(key, res)
@@ -475,13 +466,6 @@ class Executor:
         if self.remote is not None and self.remote.upload_enabled:
             self._upload(self.remote, material, res)
         return res
-
-    def _clean_up(self, work: str, linked: Sequence[OutputRecord]) -> None:
-        """Remove an action's work folder; the blobs its exec root linked (``linked``) changed
-        only their ctime, which the stat index accepts once the links are gone."""
-        remove_tree(work, ignore_errors=True)  # a leftover is removed with the stale temp dirs
-        for record in linked:
-            self.materializer.refresh_linked(record)
 
     def _toolchain_root(self, action: Action) -> str | None:
         """The unpacked tree of the action's toolchain (made on first need), or None."""
