@@ -38,8 +38,9 @@ def run_process_action(action: ProcessAction, work: str, *, store: LocalStore, w
     """Run ``action`` in the sandbox on an exec root below ``work`` built from ``input_sources``
     (declared input path -> where it can be read on the host); ``env`` is its full environment."""
     exec_root = os.path.join(work, "execroot")
-    os.mkdir(exec_root)
-    logs = work  # stdout and stderr beside the exec root: one folder less to make and remove per action
+    logs = os.path.join(work, "logs")
+    os.makedirs(exec_root)
+    os.makedirs(logs)
     sources = frozenset(f.path for f in action.inputs if f.is_source)
     writable = prepare_exec_root(exec_root, action, input_sources, sources)
     outcome = run_process(action, exec_root, writable, env, hide_paths, logs, root=toolchain_root)

@@ -317,10 +317,7 @@ class LocalStore:
 
     def new_tmp_dir(self, prefix: str = "x") -> str:
         path = os.path.join(self.tmp_dir, f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        try:
-            os.mkdir(path)  # once per action: skip makedirs' walk up when tmp/ is there (it is, but the first time)
-        except FileNotFoundError:
-            os.makedirs(path)
+        os.makedirs(path)
         return path
 
     def expunge(self) -> None:
