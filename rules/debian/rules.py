@@ -95,9 +95,12 @@ def _write_deb_layer(io: ActionIO, params: Mapping[str, Any]) -> None:
         with open(path, "rb") as handle:
             return deb.read_deb(handle.read(), name=os.path.basename(path))
 
-    # xz decompression releases the GIL, so packages unpack in parallel.
+    # xz decompression releases the GIL, so packages unpack in parallel; the largest start first
+    # (libc6, python3.11-minimal: ~0.2 s each), so no thread is left with one of them at the end.
+    # The closure's order is kept for everything after.
     with ThreadPoolExecutor(max(1, io.jobs)) as pool:
-        debs = list(pool.map(load, paths))
+        futures = {path: pool.submit(load, path) for path in sorted(paths, key=os.path.getsize, reverse=True)}
+        debs = [futures[path].result() for path in paths]
     entries = deb.rootfs_entries(debs, codename=params["codename"], version=params["release"],
                                  exclude=params["exclude"])
     if params.get("python"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,10 @@ from typing import Any
 
 from pbuild.engine.api import ActionIO, Label
 from pbuild.engine.errors import PbuildError
+
+#: A folder named by this variable gets a cProfile dump of each isolated action
+#: (``<function>-<pid>.prof``), for bench/ and performance work; unset, nothing is profiled.
+PROFILE_ENV = "PBUILD_PROFILE_ISOLATED"
 
 #: Exit status a worker uses for a user error (its JSON description is on stdout).
 _USER_ERROR = 3
@@ -65,8 +70,25 @@ def main() -> None:
     io = ActionIO(payload["inputs"], payload["outputs"], payload["tmpdir"], Label.parse(payload["label"]),
                   jobs=payload["jobs"], toolchain_root=payload.get("toolchain_root"))
     try:
-        function(io, payload["params"])
+        profile_dir = os.environ.get(PROFILE_ENV)
+        if profile_dir:
+            _profiled(function, io, payload["params"], profile_dir)
+        else:
+            function(io, payload["params"])
     except PbuildError as exc:
         json.dump({"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}, sys.stdout)
         sys.stdout.flush()
         raise SystemExit(_USER_ERROR) from None
+
+
+def _profiled(function: Callable[[ActionIO, Mapping[str, Any]], None], io: ActionIO,
+              params: Mapping[str, Any], folder: str) -> None:
+    """``function(io, params)`` under cProfile, its statistics dumped into ``folder``."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(function, io, params)
+    finally:
+        os.makedirs(folder, exist_ok=True)
+        profiler.dump_stats(os.path.join(folder, f"{function.__name__.lstrip('_')}-{os.getpid()}.prof"))

@@ -78,13 +78,29 @@ class BytecodeError(PbuildError):
 
 
 def _batches(work: list[tuple[bytes, str]], jobs: int) -> list[list[tuple[bytes, str]]]:
-    """Split ``work`` into at most ``jobs`` batches of at least :data:`_MIN_BATCH` modules.
+    """Split ``work`` into at most ``jobs`` runs of consecutive modules (each of at least
+    :data:`_MIN_BATCH` modules) holding about the same number of source bytes.
 
-    Each module is compiled on its own, so the split never changes the output.
+    Compile time follows the source's size, not the module count: cut by count, the standard
+    library's two halves took 0.47 and 0.65 CPU-seconds, and the first worker waited for the
+    second. Each module is compiled on its own, so the split never changes the output.
     """
     count = max(1, min(jobs, len(work) // _MIN_BATCH))
-    share = -(-len(work) // count) or 1
-    return [work[i:i + share] for i in range(0, len(work), share)]
+    if count == 1:
+        return [work]
+    total = sum(len(source) for source, _ in work)
+    batches: list[list[tuple[bytes, str]]] = []
+    start, seen = 0, 0
+    for index, (source, _) in enumerate(work):
+        seen += len(source)
+        left = count - len(batches) - 1  # batches still to cut after this one
+        # Cut once this batch has its share, keeping enough modules for the batches after it.
+        if (left and seen * count >= total * (len(batches) + 1) and index + 1 - start >= _MIN_BATCH
+                and len(work) - (index + 1) >= left * _MIN_BATCH):
+            batches.append(work[start:index + 1])
+            start = index + 1
+    batches.append(work[start:])
+    return batches
 
 
 def compile_on_toolchain(io: ActionIO, work: list[tuple[bytes, str]], *, python: str,

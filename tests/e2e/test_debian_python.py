@@ -251,3 +251,19 @@ def test_a_python_that_cannot_start_is_a_message(workspace: WorkspaceFactory, pb
     assert "cannot compile bytecode with /usr/bin/python3.11 of the toolchain" in result.err, result
     assert "//third_party/debian:base" in result.err and "libc6" in result.err, result
     assert not (ws / "pbuild-out/third_party/debian/base/layer.tar.gz").exists()
+
+
+def test_scratch_tree_falls_back_to_the_action_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pbuild.rules.debian import python
+
+    monkeypatch.setattr(python, "MEMORY_FOLDERS", (str(tmp_path / "absent"),))
+    folder = python.scratch_folder(str(tmp_path), 1000)
+    assert os.path.dirname(folder) == str(tmp_path) and os.listdir(folder) == []
+    monkeypatch.setattr(python, "MEMORY_FOLDERS", (str(tmp_path / "memory"),))
+    (tmp_path / "memory").mkdir()
+    inside = python.scratch_folder(str(tmp_path / "tmp"), 1000)
+    assert os.path.dirname(inside) == str(tmp_path / "memory")
+    # A tree larger than a quarter of the free space goes to the disk.
+    free = os.statvfs(tmp_path / "memory")
+    big = python.scratch_folder(str(tmp_path), free.f_bavail * free.f_frsize)
+    assert os.path.dirname(big) == str(tmp_path)

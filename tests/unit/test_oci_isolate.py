@@ -42,3 +42,16 @@ def test_user_error_crosses_the_process_boundary(tmp_path: Path) -> None:
     with pytest.raises(DebError, match="in.deb is not a Debian package") as info:
         write_deb_layer(io, params)
     assert info.value.label == Label("third_party/debian", "t")
+
+
+def test_profile_of_an_isolated_action(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pstats
+
+    from pbuild.rules.oci.isolate import PROFILE_ENV
+
+    io, params = _io(tmp_path, make_deb(DebSpec("tool", files={"usr/bin/tool": b"#!/bin/sh\n"})))
+    monkeypatch.setenv(PROFILE_ENV, str(tmp_path / "prof"))
+    write_deb_layer(io, params)
+    (dump,) = (tmp_path / "prof").glob("write_deb_layer-*.prof")
+    assert any(name == "_write_deb_layer" for _, _, name in pstats.Stats(str(dump)).stats)  # type: ignore[attr-defined]
+    assert (tmp_path / "l.tar.gz").exists()  # the action's work is done as without a profile

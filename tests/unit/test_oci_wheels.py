@@ -113,3 +113,17 @@ def test_pyc_is_used_by_the_interpreter(tmp_path: Path) -> None:
     assert out.stdout.strip() == "42"
     pyc = root / "site/demo/__pycache__" / f"__init__.{sys.implementation.cache_tag}.pyc"
     assert f"code object from '{pyc}'" in out.stderr
+
+
+def test_bytecode_batches_share_the_source_bytes() -> None:
+    # One big module among small ones: a split by count would give one worker nearly everything.
+    work = [(b"x = 1\n" * (20000 if i == 10 else 10), f"/m{i}.py") for i in range(200)]
+    batches = pyc._batches(work, 2)
+    assert [item for batch in batches for item in batch] == work  # consecutive runs, in order
+    assert len(batches) == 2
+    assert all(len(batch) >= pyc._MIN_BATCH for batch in batches)
+    sizes = [sum(len(source) for source, _ in batch) for batch in batches]
+    assert sizes[0] >= sizes[1]  # the cut comes as soon as the first batch holds its share
+    assert pyc._batches(work[:50], 4) == [work[:50]]  # too few modules for two workers
+    even = [(b"y = 2\n", f"/e{i}.py") for i in range(400)]
+    assert [len(batch) for batch in pyc._batches(even, 4)] == [100, 100, 100, 100]
