@@ -7,8 +7,10 @@ Workspaces come from bench/gen_workspace.py (N/100 packages × 100 chained genru
 size and each checkout, in turns (checkout A, B, A, B, ... so each pair sees the same load):
 
 - ``load``: ``Loader.expand_patterns(["//..."])`` with no parse cache (every BUILD.toml parsed),
-  in a fresh process; ``analysis``: ``Analyzer.analyze`` of those labels; ``pickle``: the
-  analysis cache's ``pickle.dumps`` and ``pickle.loads`` of the Analyzed result.
+  in a fresh process; ``analysis``: ``Analyzer.analyze`` of those labels and the Analyzed result
+  a build caches; ``pickle``: that cache's ``pickle.dumps`` and ``pickle.loads``; all three inside
+  the collector pause ``analyze_for_build`` holds (where the checkout has one); ``collect``: one
+  ``gc.collect()`` after, the full pass the graph costs once the collector runs again.
 - ``query``: ``pbuild query //...`` and ``pbuild query 'deps(//...)'`` as commands.
 - ``no-op``: ``pbuild build //...`` after a build of the same workspace (only for --noop-sizes: a
   cold 100k build takes ~20 minutes of sandboxed actions); its events are checked
@@ -50,6 +52,14 @@ root = sys.argv[2]
 session = open_session(BuildRequest(patterns=("//...",), cwd=root, cache_dir=sys.argv[3]))
 session.loader.parse_cache = ParseCache(None)
 out = {}
+try:  # production runs all of it inside analyze_for_build's pause (pbuild.lib.gcpause)
+    from pbuild.lib.gcpause import collector_paused
+except ImportError:
+    import contextlib
+    collector_paused = contextlib.nullcontext
+import gc
+pause = collector_paused()
+pause.__enter__()
 w, c = time.perf_counter(), cpu()
 labels = session.loader.expand_patterns(["//..."], "")
 out["load"] = (time.perf_counter() - w, cpu() - c)
@@ -62,6 +72,10 @@ out["analysis"] = (time.perf_counter() - w, cpu() - c)
 w, c = time.perf_counter(), cpu()
 pickle.loads(pickle.dumps(analyzed, protocol=pickle.HIGHEST_PROTOCOL))
 out["pickle"] = (time.perf_counter() - w, cpu() - c)
+pause.__exit__(None, None, None)
+w, c = time.perf_counter(), cpu()
+gc.collect()  # what the graph costs the collector once it runs again (one full pass)
+out["collect"] = (time.perf_counter() - w, cpu() - c)
 out["targets"] = len(labels)
 out["actions"] = len(analyzed.actions)
 session.close()
@@ -127,7 +141,7 @@ def main() -> None:
                     phases = json.loads(done.stdout)
                     if phases["targets"] != targets:
                         sys.exit(f"bench: {name} loaded {phases['targets']} targets, not {targets}")
-                    for phase in ("load", "analysis", "pickle"):
+                    for phase in ("load", "analysis", "pickle", "collect"):
                         rows.setdefault((size, name, phase), []).append(tuple(phases[phase]))
                     pbuild = os.path.join(checkout, "pbuild")
                     for phase, expr in (("query //...", "//..."), ("query deps()", "deps(//...)")):
@@ -147,7 +161,7 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     print(f"medians of {args.runs} interleaved runs; wall s / CPU s / CPU µs per target")
-    phases = ["load", "analysis", "pickle", "query //...", "query deps()", "no-op"]
+    phases = ["load", "analysis", "pickle", "collect", "query //...", "query deps()", "no-op"]
     for name in names.values():
         print(f"{name}:")
         for phase in phases:
