@@ -36,6 +36,7 @@ from pbuild.engine.toolchainconf import SECTION as TOOLCHAINS_SECTION
 from pbuild.engine.toolchainconf import ToolchainDefault, read_defaults, rule_schema
 from pbuild.engine.toolchains import needed_files
 from pbuild.lib.errors import UserError
+from pbuild.lib.gcpause import collector_paused
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -243,8 +244,9 @@ class Analyzer:
         self._toolchain_defaults: dict[str, ToolchainDefault] | None = None
 
     def analyze(self, labels: Sequence[Label]) -> ActionGraph:
-        for label in labels:
-            self._analyze(label, None, None)
+        with collector_paused():  # the graph is large and long-lived: see pbuild.lib.gcpause
+            for label in labels:
+                self._analyze(label, None, None)
         return self.graph
 
     def _analyze(self, label: Label, parent: TargetDecl | None, attr_name: str | None) -> ConfiguredTarget:

@@ -39,6 +39,7 @@ from pbuild.engine.workspace import (
 from pbuild.lib import atomicio
 from pbuild.lib.determinism import source_date_epoch
 from pbuild.lib.filelock import FileLock
+from pbuild.lib.gcpause import collector_paused
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,11 @@ def analyze_for_build(session: Session, request: BuildRequest, reporter: Reporte
     execution; that keeps the one-file-changed rebuild of a large workspace fast. A saved
     analysis that cannot be read is discarded, with a message to ``reporter``.
     """
+    with collector_paused():  # the graph is large and long-lived: see pbuild.lib.gcpause
+        return _analyze_for_build(session, request, reporter)
+
+
+def _analyze_for_build(session: Session, request: BuildRequest, reporter: Reporter | None) -> Analyzed:
     cache_path = uptodate.stamp_path(session.index_base, uptodate.request_text(
         request.patterns, current_package(session.workspace, request.cwd), session.epoch)) + ".analysis"
     recorder = session.loader.recorder

@@ -21,6 +21,7 @@ from pbuild.engine.scheduler import ActionStatus
 from pbuild.engine.store import LocalStore
 from pbuild.engine.toolchains import needed_files
 from pbuild.engine.workspace import default_cache_dir, find_workspace
+from pbuild.lib.gcpause import collector_paused
 from pbuild.tools.fstree import remove_tree
 
 
@@ -76,8 +77,10 @@ def query_command(expr: str, *, output: str, workspace: str | None, cache_dir: s
     request = BuildRequest(patterns=(), workspace=workspace, cache_dir=cache_dir)
     session = open_session(request)
     graph = TargetGraph(session.loader, session.analyzer)
-    result = evaluate(expr, graph, request.cwd)
-    print(render(result, graph, output), end="")
+    with collector_paused():  # loading builds a large, long-lived graph: see pbuild.lib.gcpause
+        result = evaluate(expr, graph, request.cwd)
+        text = render(result, graph, output)
+    print(text, end="")
     return 0
 
 

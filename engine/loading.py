@@ -22,6 +22,7 @@ from pbuild.engine.ruleset import RuleSet
 from pbuild.engine.uptodate import DependencyRecorder
 from pbuild.engine.workspace import ALWAYS_IGNORED, BUILD_FILE, IGNORE_FILE, Workspace, is_builtin_package
 from pbuild.lib import atomicio
+from pbuild.lib.gcpause import collector_paused
 from pbuild.lib.tomlpos import load_toml, table_positions, toml_error_location, toml_error_message
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ class ParseCache:
         self._lock = threading.Lock()
         if path:
             try:
-                with open(path, "rb") as handle:
-                    version, entries = marshal.load(handle)
+                with open(path, "rb") as handle:  # loads of bytes: marshal.load reads value by value
+                    version, entries = marshal.loads(handle.read())
                 if version == _PARSE_CACHE_VERSION:
                     self._entries = entries
             except (OSError, ValueError, EOFError, TypeError):
@@ -261,6 +262,10 @@ class Loader:
 
     def expand_patterns(self, patterns: Iterable[str], current_package: str = "") -> list[Label]:
         """The labels a command's patterns name, in a stable order; errors for empty patterns."""
+        with collector_paused():  # loading builds a large, long-lived graph: see pbuild.lib.gcpause
+            return self._expand_patterns(patterns, current_package)
+
+    def _expand_patterns(self, patterns: Iterable[str], current_package: str) -> list[Label]:
         labels: dict[Label, None] = {}
         for text in patterns:
             pattern = Pattern.parse(text, current_package=current_package)

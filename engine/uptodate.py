@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Any
 
 from pbuild.engine.hashing import digest_bytes
@@ -145,14 +146,21 @@ def save_analysis(path: str, recorder: DependencyRecorder, payload: bytes) -> No
 def load_analysis(path: str, recorder: DependencyRecorder) -> bytes | None:
     """A saved analysis if nothing it read changed; its dependencies join ``recorder``."""
     try:
-        with open(path, "rb") as handle:
-            version, entries, payload = marshal.load(handle)
+        version, entries, payload = _read_marshal(path)
     except (OSError, ValueError, EOFError, TypeError):
         return None
     if version != _VERSION or not _unchanged(entries):
         return None
     recorder.extend(entries)
     return payload if isinstance(payload, bytes) else None
+
+
+def _read_marshal(path: str) -> Any:
+    """``marshal.loads`` of the whole file. ``marshal.load(handle)`` reads a Python file object
+    through its ``readinto`` method once per value: for the 12,000 entries and 10,000 events of
+    a 10,000-target stamp that was 62 ms of the no-op's CPU, against 8 ms from bytes."""
+    with open(path, "rb") as handle:
+        return marshal.loads(handle.read())
 
 
 def check_stamp(path: str) -> list[Event] | None:
@@ -164,8 +172,7 @@ def check_stamp(path: str) -> list[Event] | None:
 def check_stamp_with_extra(path: str) -> tuple[list[Event], Any] | None:
     """Like :func:`check_stamp`, with the extra data stored beside (a run plan)."""
     try:
-        with open(path, "rb") as handle:
-            version, entries, events, extra = marshal.load(handle)
+        version, entries, events, extra = _read_marshal(path)
     except (OSError, ValueError, EOFError, TypeError):
         return None
     if version != _VERSION or not _unchanged(entries):
@@ -189,7 +196,8 @@ def _unchanged(entries: Iterable[tuple[str, int, StatKey]]) -> bool:
                 return False
             continue
         if kind == EXISTENCE:
-            if key == _ABSENT or not os.path.isfile(p):
+            # From the stat just taken: os.path.isfile would stat the path a second time.
+            if key == _ABSENT or not S_ISREG(st.st_mode):
                 return False
         elif kind == DIRECTORY:
             if (0, st.st_mtime_ns, 0, st.st_ino) != key:
