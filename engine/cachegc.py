@@ -149,7 +149,7 @@ def stamp_uses(cache_dir: str) -> dict[str, float]:
         try:
             mtime = os.stat(path).st_mtime
             with open(path, "rb") as handle:
-                record = marshal.load(handle)
+                record = marshal.loads(handle.read())  # from bytes: load(handle) reads value by value
             events = record[2]
             for _label, _mnemonic, key in events:
                 if isinstance(key, str) and uses.get(key, 0.0) < mtime:

@@ -66,7 +66,7 @@ class StatIndex:
         self.hashed_files = 0
         try:
             with open(path, "rb") as handle:
-                version, entries = marshal.load(handle)
+                version, entries = marshal.loads(handle.read())  # from bytes: load(handle) reads value by value
             if version == _INDEX_VERSION:
                 self._entries = entries
         except (OSError, ValueError, EOFError, TypeError):

@@ -398,7 +398,7 @@ def _read_marshalled_dict(path: str) -> dict[Any, Any]:
     damaged: both are hints the build can do without."""
     try:
         with open(path, "rb") as handle:
-            data = marshal.load(handle)
+            data = marshal.loads(handle.read())  # from bytes: load(handle) reads value by value
     except (OSError, ValueError, EOFError, TypeError):
         return {}
     return data if isinstance(data, dict) else {}
