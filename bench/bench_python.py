@@ -14,8 +14,8 @@ fetch of numpy (through your pip configuration) and to lock.
 Each figure's premise is checked before it is printed (bench/runcheck.py): the cold lock wrote a
 lock pinning numpy, with pip's cache off (``PIP_NO_CACHE_DIR=1``) into a workspace with no lock
 yet; every timed ``pbuild run`` prints numpy's answer (18) and its build events say nothing ran
-("nothing to rebuild": no events at all is run's fast path, the recorded run plan started
-without a build, see ``runcheck.expect_noop_run``) or exactly the edited program's chain ran
+("nothing to rebuild": run's fast path, which starts the recorded run plan without a build,
+replays that build's events, all cached) or exactly the edited program's chain ran
 (``EDIT_CHAIN``: one PyStage, nothing of numpy or the tree); every timed ``pbuild test`` took each of its py_test
 results from the cache and ran nothing. The venv's python3 must print the same answer. Usage:
 
@@ -138,7 +138,7 @@ def bench_run(runs: int) -> None:
     pbuild_samples, python_samples = [], []
     for _ in range(runs):  # alternate, so both see the same machine load
         pbuild_samples.append(run_program(root, env, events))
-        runcheck.expect_noop_run(events, "pbuild run //app:program, nothing to rebuild")
+        runcheck.expect_noop(events, "pbuild run //app:program, nothing to rebuild")
         python_samples.append(timed([str(python), "app/program.py"], cwd=root, check_out="18"))
     p, q = statistics.median(pbuild_samples), statistics.median(python_samples)
     print(f"pbuild run //app:program, nothing to rebuild: median {p:.3f} s {fmt(pbuild_samples)}")

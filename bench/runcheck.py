@@ -189,11 +189,3 @@ def fresh(path: Path | str) -> str:
     return str(path)
 
 
-def expect_noop_run(path: Path | str, figure: str) -> BuildEvents | None:
-    """``pbuild run`` of a target with nothing to rebuild. Its fast path (the recorded run plan
-    of an identical earlier run, engine/run.py) starts the program without building and writes
-    no events at all, so no file at ``path`` (removed before the run: :func:`fresh`) means that
-    path; a file, that a build ran, which then must have executed nothing."""
-    if not Path(path).exists():
-        return None
-    return expect_noop(path, figure)
