@@ -7,7 +7,7 @@ podman, then runs, turn by turn, each checkout's `./pbuild run //app:image` and 
 prints 18), and reports medians of the wall time and of the CPU time (user+sys of the command
 and every process it waited for: steadier than wall on a shared machine). pbuild's figure is a
 no-op build, the launch and the program; podman's is its launch and the program. Give
-/work/main and a worktree to compare a change with its base in the same run.
+a checkout of main and a worktree to compare a change with its base in the same run.
 
 The figure is "nothing to rebuild", checked for each checkout: after the timed runs one more
 `pbuild run --build-event-json` must replay its build with no action executed (bench/runcheck.py;

@@ -26,7 +26,6 @@ from pbuild.lib.architectures import host_architecture
 from pbuild.lib.errors import UserError
 
 _KEYS = ("locks", "images")
-DEFAULT = ("linux/amd64",)
 
 
 class PlatformError(UserError):

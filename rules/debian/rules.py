@@ -24,7 +24,7 @@ from pbuild.engine.api import (
 )
 from pbuild.engine.errors import HashMismatch
 from pbuild.lib import determinism
-from pbuild.lib.platforms import Platform, PlatformError, read_platforms
+from pbuild.lib.platforms import Platform
 from pbuild.rules.debian import deb, sources
 from pbuild.rules.debian.contents import package_contents
 from pbuild.rules.debian.lock import (
@@ -41,6 +41,7 @@ from pbuild.rules.oci.isolate import run_isolated
 from pbuild.rules.oci.layerwriter import write_layer
 from pbuild.rules.oci.providers import Layer, LayerInfo, PythonRuntimeInfo
 from pbuild.rules.oci.rules import FAST_GZIP_LEVEL, compression_attrs, effective_level
+from pbuild.rules.platforms import workspace_platforms
 
 _PYTHON_MINIMAL = re.compile(r"^python3\.(\d+)-minimal$")
 
@@ -164,10 +165,7 @@ def layer_toolchain(ctx: RuleContext, blob: File, meta: File,
 def _deb_packages(ctx: RuleContext) -> list[Provider]:
     if ctx.attr.architecture:
         ctx.fail("deb_packages has no 'architecture' any more", attr="architecture", hint=ARCHITECTURE_HINT)
-    try:
-        platforms = read_platforms({"platforms": ctx.config("platforms")})
-    except PlatformError as exc:
-        ctx.fail(f"WORKSPACE.toml: {exc.message}", hint=exc.hint)
+    platforms = workspace_platforms(ctx)
     request = Request(
         packages=tuple(ctx.attr.packages),
         suites=tuple(ctx.attr.suites),

@@ -22,10 +22,11 @@ from pbuild.engine.api import (
 )
 from pbuild.engine.errors import PbuildError
 from pbuild.lib import determinism
-from pbuild.lib.platforms import Platform, PlatformError, WorkspacePlatforms, read_platforms
+from pbuild.lib.platforms import Platform, PlatformError, WorkspacePlatforms
 from pbuild.rules.oci import actions, pyc, sbom
 from pbuild.rules.oci.layerwriter import clean_path
 from pbuild.rules.oci.providers import ImageInfo, Layer, LayerInfo, PythonRuntimeInfo
+from pbuild.rules.platforms import workspace_platforms
 from pbuild.rules.python.providers import PyBinaryInfo, PyInfo, Wheel
 
 COMPRESSIONS = ("gzip", "none", "zstd")
@@ -392,10 +393,7 @@ def _interpreter_override(ctx: RuleContext) -> PythonRuntimeInfo | None:
 def _image_platforms(ctx: RuleContext) -> tuple[WorkspacePlatforms, list[Platform]]:
     """The workspace's ``[platforms]`` and the image's platforms (its attribute, else ``images``),
     each checked to be one the locks cover."""
-    try:
-        workspace = read_platforms({"platforms": ctx.config("platforms")})
-    except PlatformError as exc:
-        ctx.fail(f"WORKSPACE.toml: {exc.message}", hint=exc.hint)
+    workspace = workspace_platforms(ctx)
     if not ctx.attr.platforms:
         return workspace, list(workspace.images)
     platforms: list[Platform] = []

@@ -21,7 +21,8 @@ from pbuild.engine.api import (
     target_generator,
 )
 from pbuild.engine.errors import WorkspaceError
-from pbuild.lib.platforms import Platform, PlatformError, read_platforms
+from pbuild.lib.platforms import Platform, PlatformError
+from pbuild.rules.platforms import workspace_platforms
 from pbuild.rules.python.config import PythonTarget, described_platforms, lock_platforms
 from pbuild.rules.python.library import toolchain_python
 from pbuild.rules.python.lockfile import Lock, LockedProject, PythonLockError, inputs_digest, parse_lock
@@ -146,9 +147,9 @@ def _check_lock_target(ctx: RuleContext, target: PythonTarget) -> tuple[tuple[Pl
     try:
         platforms = lock_platforms({"platforms": ctx.config("platforms")})
         expected = target.describe() if platforms is None else target.describe_platforms(platforms)
-        primary = str(read_platforms({"platforms": ctx.config("platforms")}).primary) if platforms else ""
     except (PlatformError, WorkspaceError) as exc:
         ctx.fail(f"WORKSPACE.toml: {exc.message}", hint=exc.hint)
+    primary = str(workspace_platforms(ctx).primary) if platforms else ""
     wanted = tuple(str(p) for p in platforms) if platforms else described_platforms(target.describe())
     primary = primary or (wanted[0] if wanted else "linux/amd64")
     locked = ctx.attr.lock_target
